@@ -1,0 +1,291 @@
+//! `convagent chat`: talk to the agent in the terminal, through the same
+//! core as the daemon, stored under channel `cli`. Interactive on a
+//! terminal (streamed replies, slash commands); one reply per input line
+//! when stdin is a pipe, so it can be scripted.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use convagent::adapters::channels::cli;
+use convagent::config::parse_chain;
+use convagent::core::{
+    Agent, AgentSettings, ConversationKey, Reply, Store, StreamEvent, SystemClock,
+};
+use tokio::io::AsyncBufReadExt;
+
+use crate::context::{Context, UserError};
+use crate::output::{now_ms, utc};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// LLM providers to try, in order, for this session (e.g. `embedded`)
+    #[arg(long, value_name = "LIST")]
+    chain: Option<String>,
+
+    /// Start a new conversation instead of continuing the last one
+    #[arg(long)]
+    new: bool,
+
+    /// Print one JSON object per reply (for scripts)
+    #[arg(long)]
+    json: bool,
+}
+
+const HELP: &str = "\
+/reset              start a new conversation
+/history            show this conversation
+/prompt             show the system prompt
+/prompt set TEXT    save TEXT as a new system prompt version
+/model              show the LLM providers and models in use
+/help               this list
+/quit               leave (Ctrl-D works too)";
+
+pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(session(ctx, args))
+}
+
+struct Session {
+    agent: Agent,
+    key: ConversationKey,
+    interactive: bool,
+    json: bool,
+    last_answer: Option<(String, String)>,
+}
+
+async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
+    let settings = ctx.settings()?.clone();
+    let mut settings_for_chain = settings.clone();
+    if let Some(list) = &args.chain {
+        settings_for_chain.config.llm.chain = parse_chain(list)
+            .map_err(|m| UserError::new(format!("--chain: {m}"), "e.g. --chain ollama,embedded"))?;
+    }
+    let store = ctx.store()?;
+    let providers = convagent::adapters::llm::configured(&settings_for_chain);
+    let chain = Arc::new(convagent::adapters::llm::chain(&providers));
+    let agent_settings = AgentSettings {
+        default_system_prompt: settings.config.agent.system_prompt.clone(),
+        context_budget: settings.config.agent.context_budget,
+        reply_reserve: settings.config.agent.reply_reserve,
+    };
+    let agent = Agent::new(store, chain, Arc::new(SystemClock), agent_settings);
+    let key = cli::conversation_key(&cli::local_user());
+    if args.new {
+        agent.store().close_conversation(&key, now_ms())?;
+    }
+
+    let interactive = std::io::stdin().is_terminal();
+    let mut s = Session {
+        agent,
+        key,
+        interactive,
+        json: args.json,
+        last_answer: None,
+    };
+    if interactive {
+        println!(
+            "convagent chat — {}. Type /help for commands, Ctrl-D to leave.",
+            describe_chain(&providers)
+        );
+    }
+
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut failures = 0usize;
+    loop {
+        if s.interactive {
+            print!("\n› ");
+            std::io::stdout().flush()?;
+        }
+        let Some(line) = lines.next_line().await.context("reading stdin")? else {
+            break;
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(command) = line.strip_prefix('/') {
+            match slash(&mut s, command, &providers) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    eprintln!("error: {}", ctx.masker().mask(&format!("{e:#}")));
+                    failures += 1;
+                    continue;
+                }
+            }
+        }
+        if let Err(e) = turn(&mut s, line).await {
+            let masked = ctx.masker().mask(&format!("{e:#}")).into_owned();
+            eprintln!("error: {masked}");
+            eprintln!(
+                "hint: run `convagent doctor` to see which provider is failing and how to fix it"
+            );
+            failures += 1;
+        }
+    }
+    if s.interactive {
+        println!();
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn turn(s: &mut Session, text: &str) -> Result<()> {
+    let message = cli::inbound(&s.key, text, now_ms());
+    let stream = s.interactive && !s.json;
+    let mut on_event = |event: StreamEvent<'_>| {
+        if !stream {
+            return;
+        }
+        match event {
+            StreamEvent::Token(t) => {
+                print!("{t}");
+                let _ = std::io::stdout().flush();
+            }
+            StreamEvent::Restart { provider, error } => {
+                eprintln!(
+                    "\n[{provider} failed mid-reply ({error}); starting over with the next provider]"
+                );
+            }
+        }
+    };
+    let reply = s.agent.handle(&message, &mut on_event).await?;
+    report(s, &reply);
+    Ok(())
+}
+
+fn report(s: &mut Session, reply: &Reply) {
+    let r = &reply.reply;
+    let provider = r.provider.clone().unwrap_or_default();
+    let model = r.model.clone().unwrap_or_default();
+    if s.json {
+        let line = serde_json::json!({
+            "reply": r.text,
+            "provider": provider,
+            "model": model,
+            "prompt_version": r.prompt_version,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "latency_ms": r.latency_ms,
+            "correlation_id": r.correlation_id,
+            "conversation_id": reply.conversation_id,
+        });
+        println!("{line}");
+    } else if s.interactive {
+        println!();
+        let first = s.agent.llm().model();
+        let mut notes = vec![format!("{provider} · {model}")];
+        if let Some(n) = r.completion_tokens {
+            notes.push(format!("{n} tokens"));
+        }
+        if let Some(ms) = r.latency_ms {
+            notes.push(format!("{:.1}s", ms as f64 / 1000.0));
+        }
+        eprintln!("  [{}]", notes.join(" · "));
+        if model != first && !first.is_empty() {
+            eprintln!("  (answered by a fallback provider: {provider})");
+        }
+    } else {
+        println!("{}", r.text.trim_end());
+    }
+    s.last_answer = Some((provider, model));
+}
+
+/// Handles a slash command; returns false to end the session.
+fn slash(
+    s: &mut Session,
+    command: &str,
+    providers: &[convagent::adapters::llm::Configured],
+) -> Result<bool> {
+    let (name, rest) = command
+        .split_once(char::is_whitespace)
+        .map_or((command, ""), |(n, r)| (n, r.trim()));
+    let store = s.agent.store().clone();
+    match name {
+        "quit" | "exit" | "q" => return Ok(false),
+        "help" | "?" => println!("{HELP}"),
+        "reset" => {
+            store.close_conversation(&s.key, now_ms())?;
+            println!("Started a new conversation.");
+        }
+        "history" => show_history(store.as_ref(), &s.key)?,
+        "prompt" => {
+            if let Some(text) = rest.strip_prefix("set") {
+                let text = text.trim();
+                if text.is_empty() {
+                    anyhow::bail!(UserError::new(
+                        "/prompt set needs the new prompt text",
+                        "e.g. /prompt set You are a pirate. Answer briefly."
+                    ));
+                }
+                let p = store.set_prompt(text, now_ms())?;
+                println!(
+                    "System prompt version {} saved; it applies from the next message.",
+                    p.version
+                );
+            } else if rest.is_empty() {
+                match store.current_prompt()? {
+                    Some(p) => println!(
+                        "System prompt v{} (set {} UTC):\n{}",
+                        p.version,
+                        utc(p.created_at),
+                        p.text
+                    ),
+                    None => println!(
+                        "No system prompt stored yet; the configured default applies on the first message."
+                    ),
+                }
+            } else {
+                anyhow::bail!(UserError::new(
+                    format!("unknown /prompt argument `{rest}`"),
+                    "use /prompt or /prompt set TEXT"
+                ));
+            }
+        }
+        "model" => {
+            println!("{}", describe_chain(providers));
+            if let Some((p, m)) = &s.last_answer {
+                println!("Last reply from: {p} · {m}");
+            }
+        }
+        other => anyhow::bail!(UserError::new(
+            format!("unknown command /{other}"),
+            "/help lists the commands"
+        )),
+    }
+    Ok(true)
+}
+
+fn show_history(store: &dyn Store, key: &ConversationKey) -> Result<()> {
+    let Some(id) = store.open_conversation(key)? else {
+        println!("No messages in this conversation yet.");
+        return Ok(());
+    };
+    for m in store.messages(id)? {
+        let who = match m.role {
+            convagent::core::Role::User => "you".to_string(),
+            _ => format!("agent ({})", m.model.as_deref().unwrap_or("?")),
+        };
+        println!("{} {who}: {}", utc(m.created_at), m.text.trim_end());
+    }
+    Ok(())
+}
+
+fn describe_chain(providers: &[convagent::adapters::llm::Configured]) -> String {
+    let parts: Vec<String> = providers
+        .iter()
+        .map(|c| {
+            let p = c.provider();
+            format!("{} ({})", p.name(), p.model())
+        })
+        .collect();
+    format!("LLM chain: {}", parts.join(" → "))
+}

@@ -1,0 +1,137 @@
+//! What commands share, opened once and only when asked for: settings (and
+//! with them telemetry), the store, the LLM providers.
+
+use std::cell::OnceCell;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use convagent::adapters::llm::{self, Configured};
+use convagent::adapters::store::{OpenMode, SqliteStore};
+use convagent::config::{ConfigError, Settings};
+use convagent::telemetry::{self, Masker, TelemetryGuard, TelemetryOptions};
+
+/// An error with a hint for the user.
+#[derive(Debug)]
+pub struct UserError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl UserError {
+    pub fn new(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        UserError {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+pub struct Context {
+    config_flag: Option<PathBuf>,
+    verbose: u8,
+    settings: OnceCell<Settings>,
+    telemetry: OnceCell<Option<TelemetryGuard>>,
+    store: OnceCell<Arc<SqliteStore>>,
+}
+
+impl Context {
+    pub fn new(config_flag: Option<PathBuf>, verbose: u8) -> Self {
+        Context {
+            config_flag,
+            verbose,
+            settings: OnceCell::new(),
+            telemetry: OnceCell::new(),
+            store: OnceCell::new(),
+        }
+    }
+
+    /// Loads the configuration (once) and starts telemetry with it.
+    pub fn settings(&self) -> Result<&Settings> {
+        if let Some(s) = self.settings.get() {
+            return Ok(s);
+        }
+        let loaded = Settings::load(self.config_flag.as_deref(), &|k| std::env::var(k).ok())
+            .map_err(config_error)?;
+        let settings = self.settings.get_or_init(|| loaded);
+        self.telemetry.get_or_init(|| {
+            let stderr_filter = match self.verbose {
+                0 => "warn".to_string(),
+                1 => settings.config.log.filter.clone(),
+                _ => "debug".to_string(),
+            };
+            let options = TelemetryOptions {
+                log_dir: Some(settings.log_dir()),
+                filter: settings.config.log.filter.clone(),
+                stderr_filter: Some(stderr_filter),
+                secrets: settings.config.secrets(),
+            };
+            match telemetry::init(&options) {
+                Ok(guard) => Some(guard),
+                Err(e) => {
+                    eprintln!("warning: {e}; continuing without a log file");
+                    None
+                }
+            }
+        });
+        Ok(settings)
+    }
+
+    /// The store, opened for writing (creating it and migrating as needed).
+    pub fn store(&self) -> Result<Arc<SqliteStore>> {
+        if let Some(s) = self.store.get() {
+            return Ok(s.clone());
+        }
+        let path = self.settings()?.store_path();
+        let store = SqliteStore::open(&path).with_context(|| {
+            UserError::new(
+                format!("cannot open the store at {}", path.display()),
+                "check the directory is writable, or set `store.path` in the config",
+            )
+        })?;
+        Ok(self.store.get_or_init(|| Arc::new(store)).clone())
+    }
+
+    /// The store for reading only, or `None` when it was never created.
+    pub fn store_read_only(&self) -> Result<Option<SqliteStore>> {
+        let path = self.settings()?.store_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let store = SqliteStore::open_with(&path, OpenMode::ReadOnly)
+            .with_context(|| format!("cannot open the store at {}", path.display()))?;
+        Ok(Some(store))
+    }
+
+    pub fn providers(&self) -> Result<Vec<Configured>> {
+        Ok(llm::configured(self.settings()?))
+    }
+
+    /// Masks configured secrets; masks nothing if the config did not load.
+    pub fn masker(&self) -> Masker {
+        self.settings
+            .get()
+            .map(|s| Masker::new(&s.config.secrets()))
+            .unwrap_or_default()
+    }
+}
+
+fn config_error(e: ConfigError) -> anyhow::Error {
+    let hint = match &e {
+        ConfigError::Parse { .. } => {
+            "fix the key in the file; config.example.toml lists every key with its type"
+        }
+        ConfigError::Read { .. } => "check the path given by --config or CONVAGENT_CONFIG",
+        ConfigError::Env { .. } => "fix or unset the environment variable",
+        ConfigError::NoHome => "set HOME (or the XDG_* variables)",
+    };
+    anyhow::Error::new(UserError::new(e.to_string(), hint))
+}

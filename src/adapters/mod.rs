@@ -1,0 +1,6 @@
+//! Adapters: the concrete stores, LLM providers and channels behind the
+//! core's ports.
+
+pub mod channels;
+pub mod llm;
+pub mod store;

@@ -1,0 +1,6 @@
+//! Store adapters. SQLite is the default; every backend passes the same
+//! conformance suite (`tests/engine/store.rs`).
+
+pub mod sqlite;
+
+pub use sqlite::{OpenMode, SqliteStore};

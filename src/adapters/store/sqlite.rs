@@ -1,0 +1,505 @@
+//! The SQLite store: one database file in WAL mode, schema from the
+//! append-only migrations in `migrations/`, applied on open.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite_migration::{M, Migrations, SchemaVersion};
+
+use crate::core::message::{Channel, ConversationKey, InboundMessage, Role, Turn};
+use crate::core::ports::{
+    Accepted, ConversationFilter, ConversationSummary, NewReply, PromptVersion, SearchHit, Store,
+    StoreError, StoreHealth, StoredMessage,
+};
+
+/// The schema, oldest first. Append only.
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../../migrations/0001_init.sql"))];
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// How to open the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file if needed and bring the schema up to date.
+    ReadWrite,
+    /// Never write: for readers beside a running daemon, and for `doctor`,
+    /// which must report an outdated schema rather than fix it silently.
+    ReadOnly,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and applies pending
+    /// migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, OpenMode::ReadWrite)
+    }
+
+    pub fn open_with(path: &Path, mode: OpenMode) -> Result<Self, StoreError> {
+        let mut conn = match mode {
+            OpenMode::ReadWrite => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                Connection::open(path)
+            }
+            OpenMode::ReadOnly => Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+        }
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+
+        conn.busy_timeout(Duration::from_secs(5))?;
+        if mode == OpenMode::ReadWrite {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            Migrations::from_slice(MIGRATIONS)
+                .to_latest(&mut conn)
+                .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// An in-memory store, for tests and benchmarks.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut conn)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: PathBuf::from(":memory:"),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (statements are atomic), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The newest turns of a conversation up to a message: a backwards range
+/// scan of `messages_by_conversation`, bounded by the limit.
+pub const RECENT_TURNS_SQL: &str = "SELECT id, role, text FROM messages
+     WHERE conversation_id = ?1 AND id <= ?2
+     ORDER BY id DESC LIMIT ?3";
+
+const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.role, m.text, m.created_at, \
+     m.correlation_id, m.provider_message_id, m.reply_to, m.provider, m.model, \
+     m.prompt_version, m.prompt_tokens, m.completion_tokens, m.latency_ms";
+
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let role: String = row.get(2)?;
+    Ok(StoredMessage {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        role: parse_role(&role, 2)?,
+        text: row.get(3)?,
+        created_at: row.get(4)?,
+        correlation_id: row.get(5)?,
+        provider_message_id: row.get(6)?,
+        reply_to: row.get(7)?,
+        provider: row.get(8)?,
+        model: row.get(9)?,
+        prompt_version: row.get(10)?,
+        prompt_tokens: row.get(11)?,
+        completion_tokens: row.get(12)?,
+        latency_ms: row.get::<_, Option<i64>>(13)?.map(|v| v.max(0) as u64),
+    })
+}
+
+const CONVERSATION_COLUMNS: &str =
+    "id, channel, sender, thread, message_count, started_at, last_activity_at, closed_at";
+
+fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<ConversationSummary> {
+    let channel: String = row.get(1)?;
+    let closed_at: Option<i64> = row.get(7)?;
+    Ok(ConversationSummary {
+        id: row.get(0)?,
+        channel: parse_channel(&channel, 1)?,
+        sender: row.get(2)?,
+        thread: row.get(3)?,
+        message_count: row.get::<_, i64>(4)?.max(0) as u64,
+        started_at: row.get(5)?,
+        last_activity_at: row.get(6)?,
+        closed: closed_at.is_some(),
+    })
+}
+
+fn parse_role(s: &str, column: usize) -> rusqlite::Result<Role> {
+    Role::parse(s).ok_or_else(|| bad_value(column, format!("unknown role `{s}`")))
+}
+
+fn parse_channel(s: &str, column: usize) -> rusqlite::Result<Channel> {
+    s.parse()
+        .map_err(|e: crate::core::message::UnknownChannel| bad_value(column, e.to_string()))
+}
+
+fn bad_value(column: usize, message: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, message.into())
+}
+
+impl Store for SqliteStore {
+    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
+        if message.provider_message_id.is_empty() {
+            return Err(StoreError::Invalid("provider message id is empty".into()));
+        }
+        let key = &message.key;
+        let channel = key.channel.as_str();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+
+        let seen: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT id, conversation_id FROM messages
+                 WHERE channel = ?1 AND provider_message_id = ?2",
+                params![channel, message.provider_message_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((message_id, conversation_id)) = seen {
+            return Ok(Accepted {
+                message_id,
+                conversation_id,
+                duplicate: true,
+            });
+        }
+
+        let at = message.received_at;
+        let conversation_id: i64 = tx.query_row(
+            "INSERT INTO conversations (channel, sender, thread, started_at, last_activity_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (channel, sender, thread) WHERE closed_at IS NULL
+             DO UPDATE SET last_activity_at = max(last_activity_at, excluded.last_activity_at)
+             RETURNING id",
+            params![channel, key.sender, key.thread, at],
+            |r| r.get(0),
+        )?;
+        let attachments = serde_json::to_string(&message.attachments)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let metadata = serde_json::to_string(&message.metadata)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO messages (conversation_id, role, channel, text, created_at,
+                 provider_message_id, provider_ts, correlation_id, attachments, metadata)
+             VALUES (?1, 'user', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                conversation_id,
+                channel,
+                message.text,
+                at,
+                message.provider_message_id,
+                message.provider_ts,
+                message.correlation_id.0,
+                attachments,
+                metadata,
+            ],
+        )?;
+        let message_id = tx.last_insert_rowid();
+        tx.execute(
+            "UPDATE conversations SET message_count = message_count + 1 WHERE id = ?1",
+            params![conversation_id],
+        )?;
+        tx.commit()?;
+        Ok(Accepted {
+            message_id,
+            conversation_id,
+            duplicate: false,
+        })
+    }
+
+    fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
+        let conn = self.conn();
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.reply_to = ?1");
+        Ok(conn
+            .query_row(&sql, params![message_id], message_from_row)
+            .optional()?)
+    }
+
+    fn record_reply(&self, message_id: i64, reply: &NewReply) -> Result<i64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let (conversation_id, channel, correlation_id): (i64, String, Option<String>) = tx
+            .query_row(
+                "SELECT conversation_id, channel, correlation_id FROM messages
+                 WHERE id = ?1 AND role = 'user'",
+                params![message_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("user message {message_id}")))?;
+        // Exactly one reply per message: a second writer keeps the first reply.
+        let inserted: Option<i64> = tx
+            .query_row(
+                "INSERT INTO messages (conversation_id, role, channel, text, created_at,
+                     correlation_id, reply_to, provider, model, prompt_version,
+                     prompt_tokens, completion_tokens, latency_ms)
+                 VALUES (?1, 'assistant', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL DO NOTHING
+                 RETURNING id",
+                params![
+                    conversation_id,
+                    channel,
+                    reply.text,
+                    reply.created_at,
+                    correlation_id,
+                    message_id,
+                    reply.provider,
+                    reply.model,
+                    reply.prompt_version,
+                    reply.prompt_tokens,
+                    reply.completion_tokens,
+                    i64::try_from(reply.latency_ms).unwrap_or(i64::MAX),
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let id = match inserted {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE conversations
+                     SET message_count = message_count + 1,
+                         last_activity_at = max(last_activity_at, ?2)
+                     WHERE id = ?1",
+                    params![conversation_id, reply.created_at],
+                )?;
+                id
+            }
+            None => tx.query_row(
+                "SELECT id FROM messages WHERE reply_to = ?1",
+                params![message_id],
+                |r| r.get(0),
+            )?,
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn recent_turns(
+        &self,
+        conversation_id: i64,
+        up_to_message_id: i64,
+        limit: usize,
+    ) -> Result<Vec<Turn>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(RECENT_TURNS_SQL)?;
+        let mut turns = stmt
+            .query_map(
+                params![conversation_id, up_to_message_id, limit as i64],
+                |r| {
+                    let role: String = r.get(1)?;
+                    Ok(Turn {
+                        message_id: r.get(0)?,
+                        role: parse_role(&role, 1)?,
+                        text: r.get(2)?,
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        turns.reverse();
+        Ok(turns)
+    }
+
+    fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "UPDATE conversations SET closed_at = ?4
+             WHERE channel = ?1 AND sender = ?2 AND thread = ?3 AND closed_at IS NULL",
+            params![key.channel.as_str(), key.sender, key.thread, at],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn open_conversation(&self, key: &ConversationKey) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT id FROM conversations
+                 WHERE channel = ?1 AND sender = ?2 AND thread = ?3 AND closed_at IS NULL",
+                params![key.channel.as_str(), key.sender, key.thread],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn conversations(
+        &self,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations
+             WHERE (?1 IS NULL OR channel = ?1) AND (?2 IS NULL OR sender = ?2)
+             ORDER BY last_activity_at DESC, id DESC LIMIT ?3"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let limit = if filter.limit == 0 {
+            -1
+        } else {
+            filter.limit as i64
+        };
+        let rows = stmt.query_map(
+            params![filter.channel.map(Channel::as_str), filter.sender, limit],
+            conversation_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn conversation(&self, id: i64) -> Result<Option<ConversationSummary>, StoreError> {
+        let conn = self.conn();
+        let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1");
+        Ok(conn
+            .query_row(&sql, params![id], conversation_from_row)
+            .optional()?)
+    }
+
+    fn messages(&self, conversation_id: i64) -> Result<Vec<StoredMessage>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 ORDER BY m.id"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![conversation_id], message_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn search(
+        &self,
+        query: &str,
+        channel: Option<Channel>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let fts_query = fts_phrase_query(query)
+            .ok_or_else(|| StoreError::Invalid("the search text has no words".into()))?;
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS}, c.channel, c.sender,
+                    snippet(messages_fts, 0, '[', ']', '…', 12)
+             FROM messages_fts
+             JOIN messages m ON m.id = messages_fts.rowid
+             JOIN conversations c ON c.id = m.conversation_id
+             WHERE messages_fts MATCH ?1 AND (?2 IS NULL OR c.channel = ?2)
+             ORDER BY rank LIMIT ?3"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![fts_query, channel.map(Channel::as_str), limit.max(1) as i64],
+            |r| {
+                let channel: String = r.get(14)?;
+                Ok(SearchHit {
+                    message: message_from_row(r)?,
+                    channel: parse_channel(&channel, 14)?,
+                    sender: r.get(15)?,
+                    snippet: r.get(16)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn current_prompt(&self) -> Result<Option<PromptVersion>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT version, text, created_at FROM system_prompts
+                 ORDER BY version DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(PromptVersion {
+                        version: r.get(0)?,
+                        text: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn set_prompt(&self, text: &str, at: i64) -> Result<PromptVersion, StoreError> {
+        if text.trim().is_empty() {
+            return Err(StoreError::Invalid("the system prompt is empty".into()));
+        }
+        let conn = self.conn();
+        let version = conn.query_row(
+            "INSERT INTO system_prompts (text, created_at) VALUES (?1, ?2) RETURNING version",
+            params![text, at],
+            |r| r.get(0),
+        )?;
+        Ok(PromptVersion {
+            version,
+            text: text.to_string(),
+            created_at: at,
+        })
+    }
+
+    fn health(&self) -> Result<StoreHealth, StoreError> {
+        let conn = self.conn();
+        let migrations = Migrations::from_slice(MIGRATIONS);
+        let schema_version = match migrations
+            .current_version(&conn)
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+        {
+            SchemaVersion::NoneSet => 0,
+            SchemaVersion::Inside(v) | SchemaVersion::Outside(v) => v.get(),
+        };
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        Ok(StoreHealth {
+            location: self.path.display().to_string(),
+            schema_version,
+            latest_schema_version: MIGRATIONS.len(),
+            integrity: if check == "ok" { Ok(()) } else { Err(check) },
+        })
+    }
+}
+
+/// Turns free text into an FTS5 query that matches all its words, each
+/// quoted so that FTS5 operators in user input are taken literally.
+fn fts_phrase_query(text: &str) -> Option<String> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("\"{w}\""))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fts_queries_quote_every_word() {
+        assert_eq!(
+            fts_phrase_query("hello, NEAR(world) \"x\"").as_deref(),
+            Some("\"hello\" \"NEAR\" \"world\" \"x\"")
+        );
+        assert_eq!(fts_phrase_query(" ,;* "), None);
+    }
+
+    #[test]
+    fn migrations_are_valid() {
+        Migrations::from_slice(MIGRATIONS).validate().unwrap();
+    }
+}

@@ -1,0 +1,619 @@
+//! Configuration: defaults < `config.toml` (XDG config dir, or `--config` /
+//! `CONVAGENT_CONFIG`) < environment < flags. The environment names are a
+//! contract (SPEC.md); `config.example.toml` documents every key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::llm::embedded::DEFAULT_MODEL_FILE;
+use crate::core::agent::DEFAULT_SYSTEM_PROMPT;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub log: LogConfig,
+    pub agent: AgentConfig,
+    pub llm: LlmConfig,
+    pub server: ServerConfig,
+    pub channels: ChannelsConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file; default `$XDG_DATA_HOME/convagent/convagent.db`.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing env-filter syntax, e.g. `info,convagent=debug`.
+    pub filter: String,
+    /// Directory of the JSON log files; default `$XDG_STATE_HOME/convagent/logs`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Stored as prompt version 1 when the store has no prompt yet.
+    pub system_prompt: String,
+    pub context_budget: usize,
+    pub reply_reserve: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            context_budget: 4096,
+            reply_reserve: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Ollama,
+    Openai,
+    Embedded,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Ollama => "ollama",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Embedded => "embedded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ollama" => Some(ProviderKind::Ollama),
+            "openai" => Some(ProviderKind::Openai),
+            "embedded" => Some(ProviderKind::Embedded),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Providers in the order they are tried.
+    pub chain: Vec<ProviderKind>,
+    pub ollama: OllamaConfig,
+    pub openai: OpenAiConfig,
+    pub embedded: EmbeddedConfig,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            chain: vec![ProviderKind::Ollama, ProviderKind::Embedded],
+            ollama: OllamaConfig::default(),
+            openai: OpenAiConfig::default(),
+            embedded: EmbeddedConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OllamaConfig {
+    pub host: String,
+    pub model: String,
+    pub num_ctx: u32,
+    pub keep_alive: String,
+    /// Cold model loads can take minutes before the first byte.
+    pub first_chunk_timeout_secs: u64,
+    pub chunk_timeout_secs: u64,
+}
+
+impl Default for OllamaConfig {
+    fn default() -> Self {
+        OllamaConfig {
+            host: "http://127.0.0.1:11434".into(),
+            model: "mistral:7b".into(),
+            num_ctx: 4096,
+            keep_alive: "5m".into(),
+            first_chunk_timeout_secs: 300,
+            chunk_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// Including the version path, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub model: String,
+    pub first_chunk_timeout_secs: u64,
+    pub chunk_timeout_secs: u64,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            base_url: "https://api.openai.com/v1".into(),
+            api_key: None,
+            model: "gpt-4o-mini".into(),
+            first_chunk_timeout_secs: 120,
+            chunk_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// GGUF file; default: the model the install step fetched.
+    pub model_path: Option<PathBuf>,
+    /// CPU threads; 0 = all available cores.
+    pub threads: u32,
+    pub context_size: u32,
+    /// 0 = greedy (deterministic).
+    pub temperature: f32,
+    pub seed: u32,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            model_path: None,
+            threads: 0,
+            context_size: 4096,
+            temperature: 0.7,
+            seed: 42,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// The public base URL the providers call (what `convagent tunnel` records).
+    pub public_url: Option<String>,
+    /// Record outbound messages instead of sending them.
+    pub dry_run: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelsConfig {
+    pub twilio: TwilioConfig,
+    pub telegram: TelegramConfig,
+    pub slack: SlackConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwilioConfig {
+    pub account_sid: Option<String>,
+    pub auth_token: Option<String>,
+    pub whatsapp_from: Option<String>,
+    pub api_base: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelegramConfig {
+    pub bot_token: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub api_base: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlackConfig {
+    pub bot_token: Option<String>,
+    pub signing_secret: Option<String>,
+    pub api_base: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}{}: key `{key}`: {message}", .path.display(), .line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Parse {
+        path: PathBuf,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: &'static str, message: String },
+    #[error(
+        "cannot find a home directory to keep convagent's files in (set HOME or XDG_DATA_HOME)"
+    )]
+    NoHome,
+}
+
+/// Where a loaded configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// No file: defaults (and environment). `looked_at` is the default path.
+    Defaults {
+        looked_at: PathBuf,
+    },
+}
+
+/// The XDG directories convagent uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirs {
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Dirs {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let dirs =
+            directories::ProjectDirs::from("", "", "convagent").ok_or(ConfigError::NoHome)?;
+        Ok(Dirs {
+            config: dirs.config_dir().to_path_buf(),
+            data: dirs.data_dir().to_path_buf(),
+            state: dirs
+                .state_dir()
+                .unwrap_or_else(|| dirs.data_local_dir())
+                .to_path_buf(),
+        })
+    }
+
+    /// Where `install.sh` puts the default embedded model.
+    pub fn default_model_path(&self) -> PathBuf {
+        self.data.join("models").join(DEFAULT_MODEL_FILE)
+    }
+}
+
+/// A configuration with its resolved locations.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub source: ConfigSource,
+    pub dirs: Dirs,
+}
+
+impl Settings {
+    /// Loads the configuration: `explicit` is `--config`/`CONVAGENT_CONFIG`
+    /// (which must exist); otherwise the default file is read if present.
+    /// `env` looks up environment variables (injectable for tests).
+    pub fn load(
+        explicit: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let dirs = Dirs::from_env()?;
+        let (mut config, source) = match explicit {
+            Some(path) => (read_file(path)?, ConfigSource::File(path.to_path_buf())),
+            None => {
+                let path = dirs.config.join("config.toml");
+                if path.is_file() {
+                    (read_file(&path)?, ConfigSource::File(path))
+                } else {
+                    (
+                        Config::default(),
+                        ConfigSource::Defaults { looked_at: path },
+                    )
+                }
+            }
+        };
+        config.apply_env(env)?;
+        Ok(Settings {
+            config,
+            source,
+            dirs,
+        })
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.config
+            .store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.dirs.data.join("convagent.db"))
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.config
+            .log
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.dirs.state.join("logs"))
+    }
+
+    pub fn model_path(&self) -> PathBuf {
+        self.config
+            .llm
+            .embedded
+            .model_path
+            .clone()
+            .unwrap_or_else(|| self.dirs.default_model_path())
+    }
+}
+
+/// Parses a config file, naming the file, the key and the line on error.
+pub fn read_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|ParseError { key, line, message }| ConfigError::Parse {
+        path: path.to_path_buf(),
+        key,
+        line,
+        message,
+    })
+}
+
+struct ParseError {
+    key: String,
+    line: Option<usize>,
+    message: String,
+}
+
+fn parse(text: &str) -> Result<Config, ParseError> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| ParseError {
+        key: "(syntax)".into(),
+        line: line_of(e.span()),
+        message: e.message().trim().to_string(),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ParseError {
+            key,
+            line: line_of(inner.span()),
+            message: inner.message().trim().to_string(),
+        }
+    })
+}
+
+fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(ConfigError::Env {
+            var,
+            message: format!("`{other}` is not a boolean (use 1 or 0)"),
+        }),
+    }
+}
+
+/// Ollama accepts `OLLAMA_HOST=host:port` without a scheme.
+fn normalize_host(value: &str) -> String {
+    if value.contains("://") {
+        value.to_string()
+    } else {
+        format!("http://{value}")
+    }
+}
+
+impl Config {
+    /// Applies the environment variables of SPEC.md over this config.
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |name: &str| env(name).filter(|v| !v.is_empty());
+        let set = |target: &mut Option<String>, name: &str| {
+            if let Some(v) = get(name) {
+                *target = Some(v);
+            }
+        };
+        if let Some(v) = get("CONVAGENT_LOG") {
+            self.log.filter = v;
+        }
+        if let Some(v) = get("CONVAGENT_LISTEN") {
+            self.server.listen = v;
+        }
+        set(&mut self.server.public_url, "CONVAGENT_PUBLIC_URL");
+        if let Some(v) = env("CONVAGENT_DRY_RUN") {
+            self.server.dry_run = parse_bool("CONVAGENT_DRY_RUN", &v)?;
+        }
+        if let Some(v) = get("OLLAMA_HOST") {
+            self.llm.ollama.host = normalize_host(&v);
+        }
+        if let Some(v) = get("CONVAGENT_OLLAMA_MODEL") {
+            self.llm.ollama.model = v;
+        }
+        if let Some(v) = get("OPENAI_BASE_URL") {
+            self.llm.openai.base_url = v;
+        }
+        set(&mut self.llm.openai.api_key, "OPENAI_API_KEY");
+        if let Some(v) = get("CONVAGENT_OPENAI_MODEL") {
+            self.llm.openai.model = v;
+        }
+        if let Some(v) = get("CONVAGENT_MODEL_PATH") {
+            self.llm.embedded.model_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("CONVAGENT_LLM_CHAIN") {
+            self.llm.chain = parse_chain(&v).map_err(|message| ConfigError::Env {
+                var: "CONVAGENT_LLM_CHAIN",
+                message,
+            })?;
+        }
+        let c = &mut self.channels;
+        set(&mut c.twilio.account_sid, "TWILIO_ACCOUNT_SID");
+        set(&mut c.twilio.auth_token, "TWILIO_AUTH_TOKEN");
+        set(&mut c.twilio.whatsapp_from, "TWILIO_WHATSAPP_FROM");
+        set(&mut c.twilio.api_base, "CONVAGENT_TWILIO_API_BASE");
+        set(&mut c.telegram.bot_token, "TELEGRAM_BOT_TOKEN");
+        set(&mut c.telegram.webhook_secret, "TELEGRAM_WEBHOOK_SECRET");
+        set(&mut c.telegram.api_base, "CONVAGENT_TELEGRAM_API_BASE");
+        set(&mut c.slack.bot_token, "SLACK_BOT_TOKEN");
+        set(&mut c.slack.signing_secret, "SLACK_SIGNING_SECRET");
+        set(&mut c.slack.api_base, "CONVAGENT_SLACK_API_BASE");
+        Ok(())
+    }
+
+    /// Every configured secret value, for masking in logs and output.
+    pub fn secrets(&self) -> Vec<String> {
+        let c = &self.channels;
+        [
+            &self.llm.openai.api_key,
+            &c.twilio.auth_token,
+            &c.telegram.bot_token,
+            &c.telegram.webhook_secret,
+            &c.slack.bot_token,
+            &c.slack.signing_secret,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.trim().is_empty())
+        .cloned()
+        .collect()
+    }
+}
+
+/// Parses a comma list of provider names (`ollama,embedded`).
+pub fn parse_chain(value: &str) -> Result<Vec<ProviderKind>, String> {
+    let chain = value
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            ProviderKind::parse(s).ok_or_else(|| {
+                format!(
+                    "unknown provider `{}` (expected a comma list of ollama, openai, embedded)",
+                    s.trim()
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if chain.is_empty() {
+        return Err("the chain is empty (expected e.g. `ollama,embedded`)".into());
+    }
+    Ok(chain)
+}
+
+/// Seconds from config as a [`Duration`].
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn the_example_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../config.example.toml");
+        let parsed = parse(text).map_err(|e| e.message).unwrap();
+        // The example documents the defaults: uncommented keys hold them.
+        assert_eq!(parsed, Config::default());
+        // Every commented-out key is valid too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        parse(&uncommented)
+            .map_err(|e| format!("{}: {}", e.key, e.message))
+            .unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key_the_line_and_what_was_expected() {
+        let text = "[agent]\nsystem_prompt = \"hi\"\ncontext_budget = \"big\"\n";
+        let e = parse(text).err().unwrap();
+        assert_eq!(e.key, "agent.context_budget");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("expected"), "{}", e.message);
+
+        let e = parse("[llm]\nchian = [\"ollama\"]\n").err().unwrap();
+        assert_eq!(e.key, "llm.chian");
+        assert!(e.message.contains("unknown field `chian`"), "{}", e.message);
+
+        let e = parse("[llm]\nchain = [\"gpt\"]\n").err().unwrap();
+        assert!(e.key.starts_with("llm.chain"), "{}", e.key);
+        assert!(e.message.contains("ollama"), "{}", e.message);
+
+        let e = parse("[agent\n").err().unwrap();
+        assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut config = parse("[llm.ollama]\nmodel = \"llama3\"\nhost = \"http://a:1\"\n")
+            .map_err(|e| e.message)
+            .unwrap();
+        config
+            .apply_env(&env_of(&[
+                ("OLLAMA_HOST", "10.0.0.5:11434"),
+                ("CONVAGENT_LLM_CHAIN", "embedded, ollama"),
+                ("CONVAGENT_DRY_RUN", "1"),
+                ("TELEGRAM_BOT_TOKEN", "123:abc"),
+            ]))
+            .unwrap();
+        assert_eq!(config.llm.ollama.host, "http://10.0.0.5:11434");
+        assert_eq!(config.llm.ollama.model, "llama3");
+        assert_eq!(
+            config.llm.chain,
+            vec![ProviderKind::Embedded, ProviderKind::Ollama]
+        );
+        assert!(config.server.dry_run);
+        assert_eq!(config.secrets(), vec!["123:abc".to_string()]);
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let mut config = Config::default();
+        let e = config
+            .apply_env(&env_of(&[("CONVAGENT_LLM_CHAIN", "ollama,gpt4")]))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("environment variable CONVAGENT_LLM_CHAIN")
+        );
+        assert!(e.to_string().contains("`gpt4`"));
+        let e = config
+            .apply_env(&env_of(&[("CONVAGENT_DRY_RUN", "maybe")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("CONVAGENT_DRY_RUN"));
+    }
+}

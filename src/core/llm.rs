@@ -1,0 +1,113 @@
+//! The LLM port: one streaming interface that every provider (Ollama,
+//! OpenAI-compatible, embedded llama.cpp, the provider chain, test fakes)
+//! implements.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::message::Role;
+
+/// A boxed future, so the trait stays object-safe without `async-trait`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmRequest {
+    pub messages: Vec<ChatMessage>,
+    /// Upper bound on generated tokens (the room kept for the reply).
+    pub max_tokens: u32,
+}
+
+/// What a finished generation produced, and who produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmOutput {
+    pub text: String,
+    pub provider: String,
+    pub model: String,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+}
+
+/// Events streamed to the caller while a reply is generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEvent<'a> {
+    /// The next piece of the reply text.
+    Token(&'a str),
+    /// A provider failed after streaming some text; what was streamed so far
+    /// is void and the next provider starts over.
+    Restart { provider: &'a str, error: &'a str },
+}
+
+/// The sink for [`StreamEvent`]s.
+pub type OnEvent<'a> = dyn FnMut(StreamEvent<'_>) + Send + 'a;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    /// Nothing listens there (connection refused, DNS failure): the chain
+    /// moves on at once.
+    #[error("{provider} is unreachable at {url}: {reason}")]
+    Unreachable {
+        provider: String,
+        url: String,
+        reason: String,
+    },
+    #[error("{provider} sent nothing for {}s ({phase})", .after.as_secs())]
+    Timeout {
+        provider: String,
+        phase: &'static str,
+        after: Duration,
+    },
+    #[error("{provider} answered HTTP {status}: {message}")]
+    Http {
+        provider: String,
+        status: u16,
+        message: String,
+    },
+    /// An error reported inside the stream (e.g. Ollama's `{"error": ...}`
+    /// line after an HTTP 200).
+    #[error("{provider} failed mid-stream: {message}")]
+    Stream { provider: String, message: String },
+    #[error("{provider}: model `{model}` is not available: {hint}")]
+    ModelMissing {
+        provider: String,
+        model: String,
+        hint: String,
+    },
+    #[error("{provider}: {message}")]
+    Other { provider: String, message: String },
+    #[error("no LLM provider is configured (set `llm.chain` or CONVAGENT_LLM_CHAIN)")]
+    NoProvider,
+    #[error("every LLM provider failed: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    AllFailed(Vec<LlmError>),
+}
+
+/// A streaming chat-completion provider.
+pub trait LlmProvider: Send + Sync {
+    /// Short provider name (`ollama`, `openai`, `embedded`, `chain`).
+    fn name(&self) -> &str;
+    /// The model this provider asks for.
+    fn model(&self) -> &str;
+    /// Generates a reply, streaming pieces of it to `on_event` as they come.
+    fn generate<'a>(
+        &'a self,
+        request: &'a LlmRequest,
+        on_event: &'a mut OnEvent<'_>,
+    ) -> BoxFuture<'a, Result<LlmOutput, LlmError>>;
+}

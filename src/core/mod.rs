@@ -1,0 +1,20 @@
+//! The domain: canonical message types, the ports (traits) the outside world
+//! implements, and the use cases built on them. This module never names a
+//! concrete database, HTTP stack or UI crate (a test checks that).
+
+pub mod agent;
+pub mod context;
+pub mod llm;
+pub mod message;
+pub mod ports;
+
+pub use agent::{Agent, AgentError, AgentSettings, Reply};
+pub use context::{ContextWindow, estimate_tokens};
+pub use llm::{ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, StreamEvent};
+pub use message::{
+    Attachment, Channel, ConversationKey, CorrelationId, InboundMessage, Role, Turn,
+};
+pub use ports::{
+    Accepted, Clock, ConversationFilter, ConversationSummary, NewReply, PromptVersion, SearchHit,
+    Store, StoreError, StoreHealth, StoredMessage, SystemClock,
+};

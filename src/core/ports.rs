@@ -1,0 +1,193 @@
+//! The ports the core drives: the store and the clock. Adapters implement
+//! them; the core and the tests only ever see these traits.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::message::{Channel, ConversationKey, InboundMessage, Role, Turn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store error: {0}")]
+    Backend(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("invalid input: {0}")]
+    Invalid(String),
+}
+
+/// The result of durably accepting an inbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub message_id: i64,
+    pub conversation_id: i64,
+    /// The provider message id was seen before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A reply to record against the message it answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReply {
+    pub text: String,
+    pub provider: String,
+    pub model: String,
+    pub prompt_version: i64,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    pub latency_ms: u64,
+    pub created_at: i64,
+}
+
+/// One stored message, user's or assistant's, as `history` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub role: Role,
+    pub text: String,
+    pub created_at: i64,
+    pub correlation_id: Option<String>,
+    pub provider_message_id: Option<String>,
+    /// For an assistant message, the user message it answers.
+    pub reply_to: Option<i64>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub prompt_version: Option<i64>,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    pub latency_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationSummary {
+    pub id: i64,
+    pub channel: Channel,
+    pub sender: String,
+    pub thread: String,
+    pub message_count: u64,
+    pub started_at: i64,
+    pub last_activity_at: i64,
+    /// Closed by `/reset`: the sender's next message starts a new one.
+    pub closed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConversationFilter {
+    pub channel: Option<Channel>,
+    pub sender: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchHit {
+    pub message: StoredMessage,
+    pub channel: Channel,
+    pub sender: String,
+    /// The matching text with the hits marked by `[` and `]`.
+    pub snippet: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PromptVersion {
+    pub version: i64,
+    pub text: String,
+    pub created_at: i64,
+}
+
+/// What `doctor` reports about a store.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoreHealth {
+    pub location: String,
+    pub schema_version: usize,
+    pub latest_schema_version: usize,
+    pub integrity: Result<(), String>,
+}
+
+/// Durable storage of conversations, messages, replies and prompts.
+///
+/// Implementations must make `accept` and `record_reply` atomic: either the
+/// whole record is stored or nothing is.
+pub trait Store: Send + Sync {
+    /// Stores an inbound user message (opening its conversation if needed),
+    /// or reports it as a duplicate of one with the same channel and
+    /// provider message id.
+    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError>;
+
+    /// The stored reply to a user message, if it has one.
+    fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError>;
+
+    /// Records the assistant's reply to `message_id`; returns the reply's id.
+    fn record_reply(&self, message_id: i64, reply: &NewReply) -> Result<i64, StoreError>;
+
+    /// Up to `limit` most recent turns of a conversation up to and including
+    /// `up_to_message_id`, oldest first. Must be an indexed, bounded read:
+    /// its cost may not grow with the conversation's length.
+    fn recent_turns(
+        &self,
+        conversation_id: i64,
+        up_to_message_id: i64,
+        limit: usize,
+    ) -> Result<Vec<Turn>, StoreError>;
+
+    /// Closes the open conversation for `key`, if any; the next message from
+    /// that sender starts a new conversation. Returns whether one was closed.
+    fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError>;
+
+    /// The open conversation for `key`, if any.
+    fn open_conversation(&self, key: &ConversationKey) -> Result<Option<i64>, StoreError>;
+
+    /// Conversations, most recent activity first.
+    fn conversations(
+        &self,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<ConversationSummary>, StoreError>;
+
+    fn conversation(&self, id: i64) -> Result<Option<ConversationSummary>, StoreError>;
+
+    /// All messages of a conversation, oldest first.
+    fn messages(&self, conversation_id: i64) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Full-text search over message text, best match first.
+    fn search(
+        &self,
+        query: &str,
+        channel: Option<Channel>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, StoreError>;
+
+    /// The current system prompt, if one was ever set.
+    fn current_prompt(&self) -> Result<Option<PromptVersion>, StoreError>;
+
+    /// Stores `text` as a new system prompt version and returns it.
+    fn set_prompt(&self, text: &str, at: i64) -> Result<PromptVersion, StoreError>;
+
+    /// Returns the current prompt, first storing `default_text` as version 1
+    /// when none exists yet.
+    fn ensure_prompt(&self, default_text: &str, at: i64) -> Result<PromptVersion, StoreError> {
+        match self.current_prompt()? {
+            Some(p) => Ok(p),
+            None => self.set_prompt(default_text, at),
+        }
+    }
+
+    fn health(&self) -> Result<StoreHealth, StoreError>;
+}
+
+/// Time, injectable so tests can fix it.
+pub trait Clock: Send + Sync {
+    /// Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}

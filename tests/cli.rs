@@ -1,0 +1,120 @@
+//! End-to-end tests of the built `convagent` binary with a temp HOME: chat,
+//! history, doctor, completions.
+
+#[path = "support/mod.rs"]
+mod support;
+
+#[path = "cli/chat.rs"]
+mod chat;
+#[path = "cli/completions.rs"]
+mod completions;
+#[path = "cli/doctor.rs"]
+mod doctor;
+#[path = "cli/history.rs"]
+mod history;
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+
+/// Every variable of SPEC.md's contract: cleared so the developer's own
+/// environment cannot leak into a test.
+const CONTRACT_VARS: &[&str] = &[
+    "CONVAGENT_CONFIG",
+    "CONVAGENT_LOG",
+    "CONVAGENT_LISTEN",
+    "CONVAGENT_PUBLIC_URL",
+    "CONVAGENT_DRY_RUN",
+    "OLLAMA_HOST",
+    "CONVAGENT_OLLAMA_MODEL",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "CONVAGENT_OPENAI_MODEL",
+    "CONVAGENT_MODEL_PATH",
+    "CONVAGENT_LLM_CHAIN",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_WHATSAPP_FROM",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "CONVAGENT_TWILIO_API_BASE",
+    "CONVAGENT_TELEGRAM_API_BASE",
+    "CONVAGENT_SLACK_API_BASE",
+];
+
+/// A temp HOME with XDG dirs inside it; nothing is read or written elsewhere.
+pub struct Env {
+    pub home: tempfile::TempDir,
+    /// Where Ollama is supposed to be: a closed port unless a test fakes it.
+    pub ollama: String,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Env {
+            home: tempfile::tempdir().unwrap(),
+            ollama: support::closed_port_url(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.home.path().join(rel)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("data/convagent/convagent.db")
+    }
+
+    pub fn log_text(&self) -> String {
+        let dir = self.path("state/convagent/logs");
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            text.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
+        text
+    }
+
+    /// `convagent ARGS` in this environment, with the real model and no
+    /// Ollama (connection refused) unless the test says otherwise.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::cargo_bin("convagent").unwrap();
+        for var in CONTRACT_VARS {
+            cmd.env_remove(var);
+        }
+        let home = self.home.path();
+        cmd.env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_STATE_HOME", home.join("state"))
+            .env("XDG_CACHE_HOME", home.join("cache"))
+            .env("USER", "tester")
+            .env("OLLAMA_HOST", &self.ollama)
+            .env("CONVAGENT_MODEL_PATH", support::model_path())
+            .current_dir(home)
+            .args(args);
+        cmd
+    }
+
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.path("config/convagent/config.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+pub fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

@@ -1,0 +1,215 @@
+//! `convagent chat` driven through a pipe, as a script would.
+
+use convagent::adapters::store::{OpenMode, SqliteStore};
+use convagent::core::{ConversationFilter, Role, Store};
+
+use crate::{Env, stderr_of, stdout_of};
+
+const DETERMINISTIC: &str = "[llm.embedded]\ntemperature = 0.0\n";
+
+#[test]
+fn piped_chat_answers_each_line_from_the_embedded_model_and_stores_every_turn() {
+    let env = Env::new();
+    env.write_config(DETERMINISTIC);
+    let out = env
+        .cmd(&["chat"])
+        .write_stdin("What is the capital of France?\n\nName a color.\n")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = stdout_of(&out);
+    assert!(stdout.contains("Paris"), "{stdout}");
+
+    let store = SqliteStore::open_with(&env.store(), OpenMode::ReadOnly).unwrap();
+    let conversations = store.conversations(&ConversationFilter::default()).unwrap();
+    assert_eq!(conversations.len(), 1);
+    let c = &conversations[0];
+    assert_eq!((c.channel.as_str(), c.sender.as_str()), ("cli", "tester"));
+    let messages = store.messages(c.id).unwrap();
+    let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [Role::User, Role::Assistant, Role::User, Role::Assistant]
+    );
+    assert_eq!(messages[0].text, "What is the capital of France?");
+    // Ollama refused the connection; the embedded model answered.
+    let reply = &messages[1];
+    assert_eq!(reply.provider.as_deref(), Some("embedded"));
+    assert_eq!(reply.model.as_deref(), Some("SmolLM2-135M-Instruct.Q4_1"));
+    assert_eq!(reply.prompt_version, Some(1));
+    assert!(reply.completion_tokens.unwrap() > 0);
+    assert!(reply.latency_ms.is_some());
+    // One printed reply per message, each the stored text.
+    for m in messages.iter().filter(|m| m.role == Role::Assistant) {
+        assert!(stdout.contains(m.text.trim()), "{stdout}");
+    }
+}
+
+#[test]
+fn slash_commands_reset_show_history_and_version_the_prompt() {
+    let env = Env::new();
+    env.write_config(DETERMINISTIC);
+    let script = "/prompt\nHello\n/prompt set You are a pirate. Answer briefly.\n/prompt\nHi again\n/history\n/model\n/reset\nNew topic\n/nonsense\n/quit\nnever sent\n";
+    let out = env
+        .cmd(&["chat", "--chain", "embedded"])
+        .write_stdin(script)
+        .output()
+        .unwrap();
+    let stdout = stdout_of(&out);
+    let stderr = stderr_of(&out);
+    assert!(stdout.contains("System prompt version 2 saved"), "{stdout}");
+    assert!(stdout.contains("System prompt v2"), "{stdout}");
+    assert!(stdout.contains("You are a pirate."), "{stdout}");
+    assert!(stdout.contains("you: Hello"), "{stdout}");
+    assert!(stdout.contains("you: Hi again"), "{stdout}");
+    assert!(
+        stdout.contains("LLM chain: embedded (SmolLM2-135M-Instruct.Q4_1)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Started a new conversation."), "{stdout}");
+    assert!(stderr.contains("unknown command /nonsense"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "an unknown command makes the exit code non-zero"
+    );
+
+    let store = SqliteStore::open_with(&env.store(), OpenMode::ReadOnly).unwrap();
+    let conversations = store.conversations(&ConversationFilter::default()).unwrap();
+    assert_eq!(
+        conversations.len(),
+        2,
+        "/reset started a second conversation"
+    );
+    let (newer, older) = (&conversations[0], &conversations[1]);
+    assert!(older.closed && !newer.closed);
+    let old = store.messages(older.id).unwrap();
+    assert_eq!(old.len(), 4);
+    assert_eq!(old[1].prompt_version, Some(1));
+    assert_eq!(
+        old[3].prompt_version,
+        Some(2),
+        "the new prompt applies from the next message"
+    );
+    let new = store.messages(newer.id).unwrap();
+    assert_eq!(new[0].text, "New topic");
+    assert!(!stdout.contains("never sent"));
+    assert_eq!(
+        store.messages(newer.id).unwrap().len(),
+        2,
+        "nothing after /quit"
+    );
+}
+
+#[test]
+fn json_mode_prints_one_object_per_reply() {
+    let env = Env::new();
+    env.write_config(DETERMINISTIC);
+    let out = env
+        .cmd(&["chat", "--json"])
+        .write_stdin("Say hello.\nSay goodbye.\n")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let lines: Vec<serde_json::Value> = stdout_of(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert_eq!(l["provider"], "embedded");
+        assert!(!l["reply"].as_str().unwrap().is_empty());
+        assert_eq!(l["correlation_id"].as_str().unwrap().len(), 32);
+    }
+}
+
+#[test]
+fn every_provider_down_is_a_clear_error_and_the_message_is_kept() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["chat", "--chain", "ollama"])
+        .write_stdin("anyone there?\n")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("every LLM provider failed"), "{stderr}");
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    assert!(stderr.contains("convagent doctor"), "{stderr}");
+    let store = SqliteStore::open_with(&env.store(), OpenMode::ReadOnly).unwrap();
+    let c = &store.conversations(&ConversationFilter::default()).unwrap()[0];
+    assert_eq!(
+        store.messages(c.id).unwrap().len(),
+        1,
+        "the user's message is stored"
+    );
+}
+
+#[test]
+fn a_bad_chain_flag_and_a_broken_config_are_explained() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["chat", "--chain", "ollama,gpt5"])
+        .write_stdin("")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("unknown provider `gpt5`"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let path = env.write_config("[agent]\ncontext_budget = \"lots\"\n");
+    let out = env.cmd(&["chat"]).write_stdin("hi\n").output().unwrap();
+    assert!(!out.status.success());
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains("agent.context_budget"), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+}
+
+#[test]
+fn secrets_never_reach_the_log_and_every_event_carries_its_correlation_id() {
+    let env = Env::new();
+    env.write_config(DETERMINISTIC);
+    let secret = "123456:AAF-super-secret-bot-token";
+    let out = env
+        .cmd(&["chat", "--json"])
+        .env("TELEGRAM_BOT_TOKEN", secret)
+        .env("CONVAGENT_LOG", "debug")
+        .write_stdin(format!("my token is {secret}, keep it safe\n"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let reply: serde_json::Value = serde_json::from_str(stdout_of(&out).trim()).unwrap();
+    let correlation_id = reply["correlation_id"].as_str().unwrap();
+
+    let log = env.log_text();
+    assert!(!log.contains(secret), "the secret leaked into the log");
+    assert!(log.contains("********"), "the masked text is there");
+    let about_message: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["span"]["name"] == "message")
+        .collect();
+    assert!(about_message.len() >= 4, "{log}");
+    for event in &about_message {
+        assert_eq!(event["span"]["correlation_id"], correlation_id, "{event}");
+    }
+    let messages: Vec<&str> = about_message
+        .iter()
+        .filter_map(|e| e["fields"]["message"].as_str())
+        .collect();
+    for stage in [
+        "message stored",
+        "context built",
+        "LLM replied",
+        "reply stored",
+    ] {
+        assert!(
+            messages.contains(&stage),
+            "missing `{stage}` in {messages:?}"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! `convagent history` over a store filled through the engine.
+
+use std::collections::BTreeMap;
+
+use convagent::adapters::store::SqliteStore;
+use convagent::core::{Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, Store};
+
+use crate::{Env, stderr_of, stdout_of};
+
+fn fill(env: &Env) {
+    let store = SqliteStore::open(&env.store()).unwrap();
+    let prompt = store.ensure_prompt("be nice", 1_000).unwrap();
+    let add = |channel, sender: &str, id: &str, text: &str, reply: &str, at: i64| {
+        let message = InboundMessage {
+            key: ConversationKey::new(channel, sender, ""),
+            text: text.into(),
+            provider_message_id: id.into(),
+            provider_ts: None,
+            received_at: at,
+            attachments: vec![],
+            metadata: BTreeMap::new(),
+            correlation_id: CorrelationId::generate(),
+        };
+        let a = store.accept(&message).unwrap();
+        store
+            .record_reply(
+                a.message_id,
+                &NewReply {
+                    text: reply.into(),
+                    provider: "ollama".into(),
+                    model: "mistral:7b".into(),
+                    prompt_version: prompt.version,
+                    prompt_tokens: Some(30),
+                    completion_tokens: Some(7),
+                    latency_ms: 850,
+                    created_at: at + 900,
+                },
+            )
+            .unwrap();
+    };
+    add(
+        Channel::Telegram,
+        "alice",
+        "1",
+        "Where is my parcel?",
+        "It ships tomorrow.",
+        1_700_000_000_000,
+    );
+    add(
+        Channel::Whatsapp,
+        "whatsapp:+15551234567",
+        "SM1",
+        "Opening hours?",
+        "9 to 5.",
+        1_700_000_100_000,
+    );
+    add(
+        Channel::Telegram,
+        "alice",
+        "2",
+        "And the invoice?",
+        "Sent by mail.",
+        1_700_000_200_000,
+    );
+}
+
+#[test]
+fn an_empty_store_says_how_to_start() {
+    let env = Env::new();
+    let out = env.cmd(&["history"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(stdout_of(&out).contains("convagent chat"));
+    assert!(!env.store().exists(), "reading history creates no store");
+    let out = env.cmd(&["history", "--json"]).output().unwrap();
+    assert_eq!(stdout_of(&out).trim(), "[]");
+}
+
+#[test]
+fn lists_most_recent_first_and_filters_by_channel() {
+    let env = Env::new();
+    fill(&env);
+    let out = env.cmd(&["history"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("CHANNEL") && lines[0].contains("SENDER"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("telegram") && lines[1].contains("alice") && lines[1].contains(" 4 "),
+        "{text}"
+    );
+    assert!(lines[2].contains("whatsapp:+15551234567"), "{text}");
+
+    let out = env
+        .cmd(&["history", "--channel", "whatsapp", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["channel"], "whatsapp");
+    assert_eq!(list[0]["message_count"], 2);
+
+    let out = env.cmd(&["history", "--channel", "sms"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("unknown channel `sms`"));
+}
+
+#[test]
+fn shows_a_conversation_with_model_prompt_tokens_and_latency() {
+    let env = Env::new();
+    fill(&env);
+    let out = env.cmd(&["history", "show", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = stdout_of(&out);
+    assert!(text.contains("Where is my parcel?"), "{text}");
+    assert!(text.contains("It ships tomorrow."), "{text}");
+    assert!(
+        text.contains("ollama/mistral:7b · prompt v1 · 30+7 tokens · 850 ms"),
+        "{text}"
+    );
+    assert!(text.contains("2023-11-14 22:13:20 UTC"), "{text}");
+
+    let out = env
+        .cmd(&["history", "show", "1", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["conversation"]["sender"], "alice");
+    assert_eq!(v["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(v["messages"][1]["prompt_version"], 1);
+
+    let out = env.cmd(&["history", "show", "99"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("no conversation with id 99") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn searches_text_across_channels() {
+    let env = Env::new();
+    fill(&env);
+    let out = env.cmd(&["history", "search", "invoice"]).output().unwrap();
+    let text = stdout_of(&out);
+    assert!(
+        text.contains("[invoice]") && text.contains("alice"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+
+    let out = env
+        .cmd(&[
+            "history",
+            "search",
+            "invoice",
+            "--channel",
+            "whatsapp",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+
+    let out = env.cmd(&["history", "search", "***"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("no words"), "{}", stderr_of(&out));
+}

@@ -1,0 +1,205 @@
+//! The agent: stores, builds context, calls the LLM once per message, and
+//! answers a redelivered message from the store.
+
+use std::sync::Arc;
+
+use convagent::adapters::channels::cli;
+use convagent::adapters::store::SqliteStore;
+use convagent::core::{
+    Agent, AgentSettings, Channel, Clock, ConversationKey, LlmError, Role, Store, StreamEvent,
+    estimate_tokens,
+};
+
+use crate::support::FakeLlm;
+
+struct FixedClock(i64);
+impl Clock for FixedClock {
+    fn now_ms(&self) -> i64 {
+        self.0
+    }
+}
+
+fn agent_with(llm: Arc<FakeLlm>, settings: AgentSettings) -> (Agent, Arc<SqliteStore>) {
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let agent = Agent::new(
+        store.clone(),
+        llm,
+        Arc::new(FixedClock(1_700_000_000_000)),
+        settings,
+    );
+    (agent, store)
+}
+
+fn key() -> ConversationKey {
+    ConversationKey::new(Channel::Telegram, "42", "")
+}
+
+#[tokio::test]
+async fn replies_once_and_answers_redeliveries_from_the_store() {
+    let llm = Arc::new(FakeLlm::replying("Hello there, friend"));
+    let (agent, store) = agent_with(llm.clone(), AgentSettings::default());
+    let message = cli::inbound(&key(), "hi", 1_000);
+
+    let mut streamed = String::new();
+    let first = agent
+        .handle(&message, &mut |e| {
+            if let StreamEvent::Token(t) = e {
+                streamed.push_str(t)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(streamed, "Hello there, friend");
+    assert!(!first.from_store);
+    assert_eq!(first.reply.text, "Hello there, friend");
+    assert_eq!(first.reply.prompt_version, Some(1));
+    assert_eq!(first.reply.model.as_deref(), Some("fake-model"));
+    assert_eq!(first.reply.completion_tokens, Some(3));
+    assert!(first.reply.latency_ms.is_some());
+    assert_eq!(
+        first.reply.correlation_id.as_deref(),
+        Some(message.correlation_id.0.as_str())
+    );
+
+    // The provider redelivers the same message: same reply, no LLM call.
+    let mut again = String::new();
+    let second = agent
+        .handle(&message, &mut |e| {
+            if let StreamEvent::Token(t) = e {
+                again.push_str(t)
+            }
+        })
+        .await
+        .unwrap();
+    assert!(second.from_store);
+    assert_eq!(second.reply.id, first.reply.id);
+    assert_eq!(again, "Hello there, friend");
+    assert_eq!(llm.calls(), 1);
+    assert_eq!(store.messages(first.conversation_id).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn context_is_system_prompt_plus_history_in_order() {
+    let llm = Arc::new(FakeLlm::replying("ok"));
+    let settings = AgentSettings {
+        default_system_prompt: "You are a test.".into(),
+        ..AgentSettings::default()
+    };
+    let (agent, store) = agent_with(llm.clone(), settings);
+    for text in ["one", "two", "three"] {
+        agent
+            .handle(&cli::inbound(&key(), text, 1), &mut |_| {})
+            .await
+            .unwrap();
+    }
+    let request = llm.last_request();
+    let shape: Vec<(Role, &str)> = request
+        .messages
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (Role::System, "You are a test."),
+            (Role::User, "one"),
+            (Role::Assistant, "ok"),
+            (Role::User, "two"),
+            (Role::Assistant, "ok"),
+            (Role::User, "three"),
+        ]
+    );
+    assert_eq!(request.max_tokens, 512);
+
+    // A new prompt version applies from the next message and is recorded.
+    store.set_prompt("You are terse.", 2).unwrap();
+    let r = agent
+        .handle(&cli::inbound(&key(), "four", 1), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(r.reply.prompt_version, Some(2));
+    assert_eq!(llm.last_request().messages[0].content, "You are terse.");
+}
+
+#[tokio::test]
+async fn long_conversations_are_cut_to_the_budget_oldest_first() {
+    let llm = Arc::new(FakeLlm::replying(&"reply words ".repeat(20)));
+    let settings = AgentSettings {
+        context_budget: 1024,
+        reply_reserve: 256,
+        ..AgentSettings::default()
+    };
+    let (agent, _store) = agent_with(llm.clone(), settings);
+    let mut last = None;
+    for i in 0..60 {
+        let text = format!("question {i} {}", "padding ".repeat(15));
+        last = Some(
+            agent
+                .handle(&cli::inbound(&key(), &text, 1), &mut |_| {})
+                .await
+                .unwrap(),
+        );
+    }
+    let request = llm.last_request();
+    let used: usize = request
+        .messages
+        .iter()
+        .map(|m| estimate_tokens(&m.content))
+        .sum();
+    assert!(
+        used <= 1024 - 256,
+        "context of {used} tokens exceeds the budget"
+    );
+    assert!(last.unwrap().dropped_turns > 0);
+    assert!(
+        request
+            .messages
+            .last()
+            .unwrap()
+            .content
+            .starts_with("question 59 ")
+    );
+    assert!(
+        !request
+            .messages
+            .iter()
+            .any(|m| m.content.starts_with("question 0 "))
+    );
+    assert_eq!(request.max_tokens, 256);
+}
+
+#[tokio::test]
+async fn a_failed_llm_call_keeps_the_message_for_a_later_answer() {
+    let failing = Arc::new(FakeLlm::failing(LlmError::Stream {
+        provider: "fake".into(),
+        message: "model crashed".into(),
+    }));
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let clock = Arc::new(FixedClock(5));
+    let agent = Agent::new(
+        store.clone(),
+        failing,
+        clock.clone(),
+        AgentSettings::default(),
+    );
+    let message = cli::inbound(&key(), "are you there?", 1);
+    let err = agent.handle(&message, &mut |_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("model crashed"), "{err}");
+
+    let conversation = store.open_conversation(&key()).unwrap().unwrap();
+    let stored = store.messages(conversation).unwrap();
+    assert_eq!(stored.len(), 1, "the message is kept, no reply is stored");
+
+    let working = Arc::new(FakeLlm::replying("yes"));
+    let agent = Agent::new(
+        store.clone(),
+        working.clone(),
+        clock,
+        AgentSettings::default(),
+    );
+    let r = agent.handle(&message, &mut |_| {}).await.unwrap();
+    assert!(!r.from_store);
+    assert_eq!(r.reply.text, "yes");
+    assert_eq!(working.calls(), 1);
+    assert_eq!(store.messages(conversation).unwrap().len(), 2);
+}

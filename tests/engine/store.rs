@@ -1,0 +1,332 @@
+//! The store conformance suite, written against the `Store` port so every
+//! backend runs the same checks. SQLite runs it in memory and on a file.
+
+use std::collections::BTreeMap;
+
+use convagent::adapters::store::{OpenMode, SqliteStore};
+use convagent::core::{
+    Attachment, Channel, ConversationFilter, ConversationKey, CorrelationId, InboundMessage,
+    NewReply, Role, Store,
+};
+
+fn message(key: &ConversationKey, id: &str, text: &str, at: i64) -> InboundMessage {
+    InboundMessage {
+        key: key.clone(),
+        text: text.into(),
+        provider_message_id: id.into(),
+        provider_ts: Some(at - 5),
+        received_at: at,
+        attachments: vec![Attachment {
+            url: "https://example.com/a.jpg".into(),
+            content_type: Some("image/jpeg".into()),
+        }],
+        metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
+        correlation_id: CorrelationId::generate(),
+    }
+}
+
+fn reply(text: &str, at: i64, prompt_version: i64) -> NewReply {
+    NewReply {
+        text: text.into(),
+        provider: "fake".into(),
+        model: "fake-model".into(),
+        prompt_version,
+        prompt_tokens: Some(12),
+        completion_tokens: Some(3),
+        latency_ms: 42,
+        created_at: at,
+    }
+}
+
+fn alice() -> ConversationKey {
+    ConversationKey::new(Channel::Telegram, "alice", "")
+}
+
+/// Every check of the suite, against one fresh store.
+fn conformance(store: &dyn Store) {
+    // First: replies below refer to prompt versions 1 and 2.
+    prompts_are_versioned(store);
+    accept_and_deduplicate(store);
+    replies_are_unique_per_message(store);
+    recent_turns_are_bounded_and_ordered(store);
+    reset_starts_a_new_conversation(store);
+    listing_filters_and_orders(store);
+    search_finds_words(store);
+    health_reports_current_schema(store);
+}
+
+fn accept_and_deduplicate(store: &dyn Store) {
+    let key = ConversationKey::new(Channel::Whatsapp, "whatsapp:+15550001", "");
+    let first = store.accept(&message(&key, "SM1", "hello", 1_000)).unwrap();
+    assert!(!first.duplicate);
+    let again = store
+        .accept(&message(&key, "SM1", "hello (redelivered)", 2_000))
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message_id, first.message_id);
+    assert_eq!(again.conversation_id, first.conversation_id);
+    // The same provider id on another channel is another message.
+    let other = ConversationKey::new(Channel::Slack, "U1", "");
+    assert!(
+        !store
+            .accept(&message(&other, "SM1", "hi", 3_000))
+            .unwrap()
+            .duplicate
+    );
+    let msgs = store.messages(first.conversation_id).unwrap();
+    assert_eq!(msgs.len(), 1, "the duplicate stored nothing");
+    assert_eq!(msgs[0].text, "hello");
+    assert_eq!(msgs[0].provider_message_id.as_deref(), Some("SM1"));
+    assert!(store.accept(&message(&key, "", "no id", 4_000)).is_err());
+}
+
+fn replies_are_unique_per_message(store: &dyn Store) {
+    let a = store
+        .accept(&message(&alice(), "u1", "what time is it?", 10_000))
+        .unwrap();
+    assert_eq!(store.reply_to(a.message_id).unwrap(), None);
+    let id = store
+        .record_reply(a.message_id, &reply("noon", 10_500, 1))
+        .unwrap();
+    let second = store
+        .record_reply(a.message_id, &reply("midnight", 10_600, 1))
+        .unwrap();
+    assert_eq!(id, second, "a second reply keeps the first");
+    let stored = store.reply_to(a.message_id).unwrap().unwrap();
+    assert_eq!(stored.text, "noon");
+    assert_eq!(stored.role, Role::Assistant);
+    assert_eq!(stored.reply_to, Some(a.message_id));
+    assert_eq!(stored.provider.as_deref(), Some("fake"));
+    assert_eq!(stored.model.as_deref(), Some("fake-model"));
+    assert_eq!(stored.prompt_version, Some(1));
+    assert_eq!(
+        (stored.prompt_tokens, stored.completion_tokens),
+        (Some(12), Some(3))
+    );
+    assert_eq!(stored.latency_ms, Some(42));
+    assert!(store.record_reply(999_999, &reply("x", 1, 1)).is_err());
+}
+
+fn recent_turns_are_bounded_and_ordered(store: &dyn Store) {
+    let key = ConversationKey::new(Channel::Telegram, "bob", "");
+    let mut last = None;
+    for i in 0..30 {
+        let a = store
+            .accept(&message(
+                &key,
+                &format!("b{i}"),
+                &format!("q{i}"),
+                20_000 + i,
+            ))
+            .unwrap();
+        store
+            .record_reply(a.message_id, &reply(&format!("a{i}"), 20_000 + i, 1))
+            .unwrap();
+        last = Some(a);
+    }
+    let last = last.unwrap();
+    let turns = store
+        .recent_turns(last.conversation_id, last.message_id, 5)
+        .unwrap();
+    let texts: Vec<&str> = turns.iter().map(|t| t.text.as_str()).collect();
+    // Up to and including the message being answered, not its reply.
+    assert_eq!(texts, ["q27", "a27", "q28", "a28", "q29"]);
+    assert_eq!(turns[4].role, Role::User);
+    assert_eq!(turns[3].role, Role::Assistant);
+    let all = store
+        .recent_turns(last.conversation_id, i64::MAX, 1000)
+        .unwrap();
+    assert_eq!(all.len(), 60);
+}
+
+fn reset_starts_a_new_conversation(store: &dyn Store) {
+    let key = ConversationKey::new(Channel::Cli, "carol", "");
+    let first = store.accept(&message(&key, "c1", "one", 30_000)).unwrap();
+    assert_eq!(
+        store.open_conversation(&key).unwrap(),
+        Some(first.conversation_id)
+    );
+    assert!(store.close_conversation(&key, 30_100).unwrap());
+    assert!(
+        !store.close_conversation(&key, 30_200).unwrap(),
+        "nothing open to close"
+    );
+    assert_eq!(store.open_conversation(&key).unwrap(), None);
+    let second = store.accept(&message(&key, "c2", "two", 30_300)).unwrap();
+    assert_ne!(second.conversation_id, first.conversation_id);
+    assert!(
+        store
+            .conversation(first.conversation_id)
+            .unwrap()
+            .unwrap()
+            .closed
+    );
+    assert!(
+        !store
+            .conversation(second.conversation_id)
+            .unwrap()
+            .unwrap()
+            .closed
+    );
+    // Threads are separate conversations.
+    let thread = ConversationKey::new(Channel::Cli, "carol", "t1");
+    let t = store
+        .accept(&message(&thread, "c3", "three", 30_400))
+        .unwrap();
+    assert_ne!(t.conversation_id, second.conversation_id);
+}
+
+fn listing_filters_and_orders(store: &dyn Store) {
+    let all = store.conversations(&ConversationFilter::default()).unwrap();
+    assert!(all.len() >= 6);
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].last_activity_at >= w[1].last_activity_at)
+    );
+    let telegram = store
+        .conversations(&ConversationFilter {
+            channel: Some(Channel::Telegram),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(telegram.len(), 2);
+    assert!(telegram.iter().all(|c| c.channel == Channel::Telegram));
+    let bob = &telegram[0];
+    assert_eq!(bob.sender, "bob");
+    assert_eq!(bob.message_count, 60);
+    let limited = store
+        .conversations(&ConversationFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+    let by_sender = store
+        .conversations(&ConversationFilter {
+            sender: Some("alice".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_sender.len(), 1);
+    assert_eq!(store.conversation(-1).unwrap(), None);
+}
+
+fn search_finds_words(store: &dyn Store) {
+    let key = ConversationKey::new(Channel::Slack, "U9", "1700000000.000100");
+    store
+        .accept(&message(
+            &key,
+            "s1",
+            "The invoice for März is attached",
+            40_000,
+        ))
+        .unwrap();
+    let hits = store.search("invoice marz", None, 10).unwrap();
+    assert_eq!(hits.len(), 1, "diacritics folded, all words required");
+    assert_eq!(hits[0].channel, Channel::Slack);
+    assert_eq!(hits[0].sender, "U9");
+    assert!(hits[0].snippet.contains("[invoice]"), "{}", hits[0].snippet);
+    assert!(
+        store
+            .search("invoice", Some(Channel::Telegram), 10)
+            .unwrap()
+            .is_empty()
+    );
+    // FTS syntax in user input is taken literally, not as an operator.
+    assert!(
+        store
+            .search("invoice OR \"unbalanced", None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.search("  *  ", None, 10).is_err());
+}
+
+fn prompts_are_versioned(store: &dyn Store) {
+    assert_eq!(store.current_prompt().unwrap(), None);
+    let v1 = store.ensure_prompt("be kind", 50_000).unwrap();
+    assert_eq!(v1.version, 1);
+    assert_eq!(store.ensure_prompt("ignored", 50_100).unwrap(), v1);
+    let v2 = store.set_prompt("be brief", 50_200).unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(store.current_prompt().unwrap().unwrap().text, "be brief");
+    assert!(store.set_prompt("   ", 50_300).is_err());
+}
+
+fn health_reports_current_schema(store: &dyn Store) {
+    let h = store.health().unwrap();
+    assert_eq!(h.schema_version, h.latest_schema_version);
+    assert!(h.latest_schema_version >= 1);
+    assert_eq!(h.integrity, Ok(()));
+}
+
+#[test]
+fn sqlite_in_memory_conforms() {
+    conformance(&SqliteStore::open_in_memory().unwrap());
+}
+
+#[test]
+fn sqlite_file_conforms_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/convagent.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        conformance(&store);
+    }
+    let reopened = SqliteStore::open(&path).unwrap();
+    let bob = reopened
+        .conversations(&ConversationFilter {
+            sender: Some("bob".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(bob[0].message_count, 60);
+    assert_eq!(reopened.current_prompt().unwrap().unwrap().version, 2);
+    let mode: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+
+    let read_only = SqliteStore::open_with(&path, OpenMode::ReadOnly).unwrap();
+    assert_eq!(
+        read_only
+            .conversations(&ConversationFilter::default())
+            .unwrap()
+            .len(),
+        8
+    );
+    let key = ConversationKey::new(Channel::Cli, "dave", "");
+    assert!(
+        read_only.accept(&message(&key, "d1", "x", 1)).is_err(),
+        "read-only store refuses writes"
+    );
+}
+
+#[test]
+fn recent_turns_is_an_index_range_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convagent.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut stmt = conn
+        .prepare(&format!(
+            "EXPLAIN QUERY PLAN {}",
+            convagent::adapters::store::sqlite::RECENT_TURNS_SQL
+        ))
+        .unwrap();
+    let plan: Vec<String> = stmt
+        .query_map([1, 100, 10], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("USING INDEX messages_by_conversation"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("TEMP B-TREE"),
+        "no sort of the whole conversation: {plan}"
+    );
+}

@@ -1,0 +1,154 @@
+//! Helpers shared by the integration tests: fake LLM providers, the real
+//! model's location, and temp environments for the binary.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use convagent::config::Dirs;
+use convagent::core::llm::{BoxFuture, OnEvent};
+use convagent::core::{LlmError, LlmOutput, LlmProvider, LlmRequest, StreamEvent};
+
+/// A scripted LLM: streams `reply` in word-sized pieces (or fails with
+/// `error`), and records every request it gets.
+pub struct FakeLlm {
+    pub name: String,
+    pub reply: String,
+    pub error: Option<LlmError>,
+    pub requests: Mutex<Vec<LlmRequest>>,
+}
+
+impl FakeLlm {
+    pub fn replying(reply: &str) -> Self {
+        FakeLlm {
+            name: "fake".into(),
+            reply: reply.into(),
+            error: None,
+            requests: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn failing(error: LlmError) -> Self {
+        FakeLlm {
+            error: Some(error),
+            ..FakeLlm::replying("")
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn last_request(&self) -> LlmRequest {
+        self.requests
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no request")
+    }
+}
+
+impl LlmProvider for FakeLlm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn model(&self) -> &str {
+        "fake-model"
+    }
+
+    fn generate<'a>(
+        &'a self,
+        request: &'a LlmRequest,
+        on_event: &'a mut OnEvent<'_>,
+    ) -> BoxFuture<'a, Result<LlmOutput, LlmError>> {
+        Box::pin(async move {
+            self.requests.lock().unwrap().push(request.clone());
+            if let Some(e) = &self.error {
+                return Err(e.clone());
+            }
+            for piece in self.reply.split_inclusive(' ') {
+                on_event(StreamEvent::Token(piece));
+            }
+            Ok(LlmOutput {
+                text: self.reply.clone(),
+                provider: self.name.clone(),
+                model: "fake-model".into(),
+                prompt_tokens: Some(10),
+                completion_tokens: Some(self.reply.split(' ').count() as u32),
+            })
+        })
+    }
+}
+
+/// The real default model, as `install.sh` placed it (or
+/// `CONVAGENT_MODEL_PATH`). Tests that generate need it: fail loudly.
+pub fn model_path() -> PathBuf {
+    let path = std::env::var_os("CONVAGENT_MODEL_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Dirs::from_env().unwrap().default_model_path());
+    assert!(
+        path.is_file(),
+        "the embedded model is missing at {}: run ./install.sh --deps-only first",
+        path.display()
+    );
+    path
+}
+
+/// An address on loopback where nothing listens (connection refused).
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// A raw HTTP/1.1 server on loopback that answers one request with a
+/// chunked 200, sends `chunks`, then holds the connection open without
+/// sending more: a provider that stalls mid-stream.
+pub async fn stalling_server(content_type: &'static str, chunks: Vec<String>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let chunks = chunks.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                );
+                socket.write_all(head.as_bytes()).await.unwrap();
+                for c in chunks {
+                    let frame = format!("{:x}\r\n{c}\r\n", c.len());
+                    socket.write_all(frame.as_bytes()).await.unwrap();
+                }
+                socket.flush().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Collects streamed tokens and restarts.
+#[derive(Default, Debug)]
+pub struct Collected {
+    pub tokens: Vec<String>,
+    pub restarts: Vec<String>,
+}
+
+impl Collected {
+    pub fn sink(&mut self) -> impl FnMut(StreamEvent<'_>) + Send + '_ {
+        move |e| match e {
+            StreamEvent::Token(t) => self.tokens.push(t.to_string()),
+            StreamEvent::Restart { provider, .. } => self.restarts.push(provider.to_string()),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.tokens.concat()
+    }
+}
