@@ -189,10 +189,10 @@ fn report(s: &mut Session, reply: &Reply) {
         if let Some(ms) = r.latency_ms {
             notes.push(format!("{:.1}s", ms as f64 / 1000.0));
         }
-        eprintln!("  [{}]", notes.join(" · "));
         if model != first && !first.is_empty() {
-            eprintln!("  (answered by a fallback provider: {provider})");
+            notes.push("fallback provider".into());
         }
+        eprintln!("  [{}]", notes.join(" · "));
     } else {
         println!("{}", r.text.trim_end());
     }

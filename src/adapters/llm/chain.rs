@@ -42,12 +42,18 @@ impl Chain {
             match result {
                 Ok(output) => return Ok(output),
                 Err(error) => {
-                    tracing::warn!(
-                        provider = provider.name(),
-                        model = provider.model(),
-                        error = %error,
-                        "LLM provider failed; trying the next"
-                    );
+                    // Nothing listening is the everyday case of an optional
+                    // provider (no Ollama installed): not worth a warning.
+                    if matches!(error, LlmError::Unreachable { .. }) {
+                        tracing::info!(provider = provider.name(), error = %error, "LLM provider unreachable; trying the next");
+                    } else {
+                        tracing::warn!(
+                            provider = provider.name(),
+                            model = provider.model(),
+                            error = %error,
+                            "LLM provider failed; trying the next"
+                        );
+                    }
                     if streamed {
                         on_event(StreamEvent::Restart {
                             provider: provider.name(),
