@@ -5,18 +5,15 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use convagent::adapters::channels::cli;
 use convagent::config::parse_chain;
-use convagent::core::{
-    Agent, AgentSettings, ConversationKey, Reply, Store, StreamEvent, SystemClock,
-};
+use convagent::core::{Agent, ConversationKey, Reply, ReplyKind, Store, StreamEvent};
 use tokio::io::AsyncBufReadExt;
 
 use crate::context::{Context, UserError};
-use crate::output::{now_ms, utc};
+use crate::output::{now_ms, preview, utc};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -56,24 +53,17 @@ struct Session {
     interactive: bool,
     json: bool,
     last_answer: Option<(String, String)>,
+    first_provider: Option<String>,
 }
 
 async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
-    let settings = ctx.settings()?.clone();
-    let mut settings_for_chain = settings.clone();
+    let mut settings = ctx.settings()?.clone();
     if let Some(list) = &args.chain {
-        settings_for_chain.config.llm.chain = parse_chain(list)
+        settings.config.llm.chain = parse_chain(list)
             .map_err(|m| UserError::new(format!("--chain: {m}"), "e.g. --chain ollama,embedded"))?;
     }
-    let store = ctx.store()?;
-    let providers = convagent::adapters::llm::configured(&settings_for_chain);
-    let chain = Arc::new(convagent::adapters::llm::chain(&providers));
-    let agent_settings = AgentSettings {
-        default_system_prompt: settings.config.agent.system_prompt.clone(),
-        context_budget: settings.config.agent.context_budget,
-        reply_reserve: settings.config.agent.reply_reserve,
-    };
-    let agent = Agent::new(store, chain, Arc::new(SystemClock), agent_settings);
+    let providers = convagent::adapters::llm::configured(&settings);
+    let agent = ctx.agent(&providers)?;
     let key = cli::conversation_key(&cli::local_user());
     if args.new {
         agent.store().close_conversation(&key, now_ms())?;
@@ -86,6 +76,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
         interactive,
         json: args.json,
         last_answer: None,
+        first_provider: providers.first().map(|p| p.provider().name().to_string()),
     };
     if interactive {
         println!(
@@ -108,24 +99,22 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
         if line.is_empty() {
             continue;
         }
-        if let Some(command) = line.strip_prefix('/') {
-            match slash(&mut s, command, &providers) {
-                Ok(true) => continue,
+        let outcome = match line.strip_prefix('/') {
+            Some(command) => match slash(&mut s, command, &providers) {
+                Ok(true) => Ok(true),
                 Ok(false) => break,
-                Err(e) => {
-                    eprintln!("error: {}", ctx.masker().mask(&format!("{e:#}")));
-                    failures += 1;
-                    continue;
-                }
+                Err(e) => Err(e),
+            },
+            None => turn(&mut s, line).await,
+        };
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => failures += 1,
+            Err(e) => {
+                let masked = ctx.masker().mask(&format!("{e:#}")).into_owned();
+                eprintln!("error: {masked}");
+                failures += 1;
             }
-        }
-        if let Err(e) = turn(&mut s, line).await {
-            let masked = ctx.masker().mask(&format!("{e:#}")).into_owned();
-            eprintln!("error: {masked}");
-            eprintln!(
-                "hint: run `convagent doctor` to see which provider is failing and how to fix it"
-            );
-            failures += 1;
         }
     }
     if s.interactive {
@@ -138,7 +127,23 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
     })
 }
 
-async fn turn(s: &mut Session, text: &str) -> Result<()> {
+/// Answers one typed line (after any earlier message still waiting for
+/// its answer); returns false when the reply was the canned fallback.
+async fn turn(s: &mut Session, text: &str) -> Result<bool> {
+    if let Some(conversation) = s.agent.store().open_conversation(&s.key)? {
+        for earlier in s.agent.store().pending(conversation, 5)? {
+            let reply = s.agent.handle(&earlier, &mut |_| {}).await?;
+            if reply.kind() == ReplyKind::Answer {
+                if !s.json {
+                    eprintln!(
+                        "(answering your earlier message «{}»)",
+                        preview(&earlier.text, 40)
+                    );
+                }
+                report(s, &reply);
+            }
+        }
+    }
     let message = cli::inbound(&s.key, text, now_ms());
     let stream = s.interactive && !s.json;
     let mut on_event = |event: StreamEvent<'_>| {
@@ -159,16 +164,18 @@ async fn turn(s: &mut Session, text: &str) -> Result<()> {
     };
     let reply = s.agent.handle(&message, &mut on_event).await?;
     report(s, &reply);
-    Ok(())
+    Ok(reply.kind() != ReplyKind::Fallback)
 }
 
 fn report(s: &mut Session, reply: &Reply) {
     let r = &reply.reply;
+    let kind = reply.kind();
     let provider = r.provider.clone().unwrap_or_default();
     let model = r.model.clone().unwrap_or_default();
     if s.json {
         let line = serde_json::json!({
             "reply": r.text,
+            "kind": kind.as_str(),
             "provider": provider,
             "model": model,
             "prompt_version": r.prompt_version,
@@ -179,24 +186,42 @@ fn report(s: &mut Session, reply: &Reply) {
             "conversation_id": reply.conversation_id,
         });
         println!("{line}");
-    } else if s.interactive {
-        println!();
-        let first = s.agent.llm().model();
-        let mut notes = vec![format!("{provider} · {model}")];
-        if let Some(n) = r.completion_tokens {
-            notes.push(format!("{n} tokens"));
-        }
-        if let Some(ms) = r.latency_ms {
-            notes.push(format!("{:.1}s", ms as f64 / 1000.0));
-        }
-        if model != first && !first.is_empty() {
-            notes.push("fallback provider".into());
-        }
-        eprintln!("  [{}]", notes.join(" · "));
     } else {
-        println!("{}", r.text.trim_end());
+        if s.interactive {
+            println!();
+        } else {
+            println!("{}", r.text.trim_end());
+        }
+        match kind {
+            ReplyKind::Refusal => {
+                eprintln!("  [refused by guardrail `{model}`; the LLM was not asked]")
+            }
+            ReplyKind::Fallback => eprintln!(
+                "  [no LLM provider answered ({}); this message will be answered once one recovers — see `convagent doctor`]",
+                reply.llm_error.as_deref().unwrap_or("they failed before")
+            ),
+            ReplyKind::Answer if s.interactive => {
+                let mut notes = vec![format!("{provider} · {model}")];
+                if let Some(n) = r.completion_tokens {
+                    notes.push(format!("{n} tokens"));
+                }
+                if let Some(ms) = r.latency_ms {
+                    notes.push(format!("{:.1}s", ms as f64 / 1000.0));
+                }
+                if s.first_provider
+                    .as_deref()
+                    .is_some_and(|first| first != provider)
+                {
+                    notes.push("fallback provider".into());
+                }
+                eprintln!("  [{}]", notes.join(" · "));
+            }
+            ReplyKind::Answer => {}
+        }
     }
-    s.last_answer = Some((provider, model));
+    if kind == ReplyKind::Answer {
+        s.last_answer = Some((provider, model));
+    }
 }
 
 /// Handles a slash command; returns false to end the session.

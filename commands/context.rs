@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
+use convagent::adapters::clock::SystemClock;
 use convagent::adapters::llm::{self, Configured};
 use convagent::adapters::store::{OpenMode, SqliteStore};
 use convagent::config::{ConfigError, Settings};
+use convagent::core::{Agent, AgentSettings};
 use convagent::telemetry::{self, Masker, TelemetryGuard, TelemetryOptions};
 
 /// An error with a hint for the user.
@@ -115,6 +117,34 @@ impl Context {
         Ok(llm::configured(self.settings()?))
     }
 
+    /// The agent over the store and the configured LLM chain (or `providers`).
+    pub fn agent(&self, providers: &[Configured]) -> Result<Agent> {
+        let settings = self.settings()?;
+        let config = &settings.config;
+        let store = self.store()?;
+        let clock = Arc::new(SystemClock);
+        let chain = llm::chain(providers, settings, store.clone(), clock.clone());
+        let agent_settings = AgentSettings {
+            default_system_prompt: config.agent.system_prompt.clone(),
+            context_budget: config.agent.context_budget,
+            reply_reserve: config.agent.reply_reserve,
+            fallback_reply: config.agent.fallback_reply.clone(),
+            summary_min_turns: config.agent.summary_min_turns,
+            summary_threshold: config.agent.summary_threshold,
+            secrets: config.secrets(),
+            ..AgentSettings::default()
+        };
+        // Patterns were checked when the config loaded.
+        let guardrails = config.guardrails()?;
+        Ok(Agent::new(
+            store,
+            Arc::new(chain),
+            clock,
+            guardrails,
+            agent_settings,
+        ))
+    }
+
     /// Masks configured secrets; masks nothing if the config did not load.
     pub fn masker(&self) -> Masker {
         self.settings
@@ -131,6 +161,7 @@ fn config_error(e: ConfigError) -> anyhow::Error {
         }
         ConfigError::Read { .. } => "check the path given by --config or CONVAGENT_CONFIG",
         ConfigError::Env { .. } => "fix or unset the environment variable",
+        ConfigError::Invalid { .. } => "fix the value in the config file",
         ConfigError::NoHome => "set HOME (or the XDG_* variables)",
     };
     anyhow::Error::new(UserError::new(e.to_string(), hint))

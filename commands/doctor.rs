@@ -7,10 +7,11 @@ use anyhow::Result;
 use convagent::adapters::llm::Configured;
 use convagent::adapters::llm::embedded::{ModelFileCheck, check_model_file};
 use convagent::config::{ConfigSource, Settings};
-use convagent::core::{LlmError, Store};
+use convagent::core::{Breaker, BreakerState, LlmError, Store};
 use serde::Serialize;
 
 use crate::context::Context;
+use crate::output::{now_ms, utc};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,10 +70,17 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         Ok(settings) => {
             checks.push(config_check(settings));
             checks.push(store_check(ctx));
+            let breakers = match ctx.store_read_only() {
+                Ok(Some(store)) => store.breakers().unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let providers = ctx.providers()?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            checks.extend(runtime.block_on(provider_checks(&ctx.providers()?)));
+            let mut provider_checks = runtime.block_on(provider_checks(&providers));
+            add_breakers(&mut provider_checks, &providers, &breakers, now_ms());
+            checks.extend(provider_checks);
         }
         Err(e) => checks.push(Check::fail(
             "config",
@@ -307,4 +315,43 @@ async fn provider_checks(providers: &[Configured]) -> Vec<Check> {
 
 fn unreachable_check(name: &str, e: &LlmError, fix: &str) -> Check {
     Check::fail(name, e.to_string(), fix)
+}
+
+/// Adds each provider's circuit breaker, as persisted by the processes
+/// that used it, to its check.
+fn add_breakers(checks: &mut [Check], providers: &[Configured], breakers: &[Breaker], now: i64) {
+    for (check, configured) in checks.iter_mut().zip(providers) {
+        let p = configured.provider();
+        let Some(b) = breakers
+            .iter()
+            .find(|b| b.provider == p.name() && b.model == p.model())
+        else {
+            continue;
+        };
+        let last_error = b.last_error.as_deref().unwrap_or("none recorded");
+        match b.state {
+            BreakerState::Closed if b.failures == 0 => check.detail.push_str("; breaker closed"),
+            BreakerState::Closed => check.detail.push_str(&format!(
+                "; breaker closed, {} recent failure(s), last: {last_error}",
+                b.failures
+            )),
+            BreakerState::Open | BreakerState::HalfOpen => {
+                let probe = b.next_probe_at.map_or(String::new(), |t| {
+                    format!(", next probe in {}s", ((t - now).max(0) + 999) / 1000)
+                });
+                let since = b
+                    .opened_at
+                    .map_or(String::new(), |t| format!(" since {} UTC", utc(t)));
+                check.detail.push_str(&format!(
+                    "; breaker {}{since}{probe}, last error: {last_error}",
+                    b.state
+                ));
+                if check.status == Status::Pass {
+                    check.status = Status::Warn;
+                    check.fix =
+                        Some("the breaker closes by itself after a successful probe".into());
+                }
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use convagent::core::{Channel, ConversationFilter, Role, Store, StoredMessage};
+use convagent::core::{Channel, ConversationFilter, ReplyKind, Role, Store, StoredMessage};
 
 use crate::context::{Context, UserError};
 use crate::output::{age, now_ms, preview, utc};
@@ -147,8 +147,15 @@ fn message_header(m: &StoredMessage) -> String {
         Role::User => format!("── {when} UTC · user"),
         _ => {
             let mut parts = vec![format!("── {when} UTC · {}", m.role.as_str())];
-            if let (Some(p), Some(model)) = (&m.provider, &m.model) {
-                parts.push(format!("{p}/{model}"));
+            match (m.kind, &m.provider, &m.model) {
+                (Some(ReplyKind::Refusal), _, Some(rule)) => {
+                    parts.push(format!("refused by guardrail `{rule}`"))
+                }
+                (Some(ReplyKind::Fallback), _, _) => {
+                    parts.push("fallback (no LLM answered)".into())
+                }
+                (_, Some(p), Some(model)) => parts.push(format!("{p}/{model}")),
+                _ => {}
             }
             if let Some(v) = m.prompt_version {
                 parts.push(format!("prompt v{v}"));

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::llm::embedded::DEFAULT_MODEL_FILE;
-use crate::core::agent::DEFAULT_SYSTEM_PROMPT;
+use crate::core::agent::{DEFAULT_FALLBACK_REPLY, DEFAULT_SYSTEM_PROMPT};
+use crate::core::guardrails::Guardrails;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -17,6 +18,7 @@ pub struct Config {
     pub log: LogConfig,
     pub agent: AgentConfig,
     pub llm: LlmConfig,
+    pub guardrails: GuardrailsConfig,
     pub server: ServerConfig,
     pub channels: ChannelsConfig,
 }
@@ -53,6 +55,12 @@ pub struct AgentConfig {
     pub system_prompt: String,
     pub context_budget: usize,
     pub reply_reserve: usize,
+    /// Sent when every LLM provider failed; the message is answered later.
+    pub fallback_reply: String,
+    /// Older turns are summarised once a conversation has more turns than
+    /// this and its window is `summary_threshold` full.
+    pub summary_min_turns: u64,
+    pub summary_threshold: f32,
 }
 
 impl Default for AgentConfig {
@@ -61,8 +69,27 @@ impl Default for AgentConfig {
             system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
             context_budget: 4096,
             reply_reserve: 512,
+            fallback_reply: DEFAULT_FALLBACK_REPLY.into(),
+            summary_min_turns: 50,
+            summary_threshold: 0.8,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardrailsConfig {
+    /// Extra rules: messages matching one get the polite refusal.
+    pub patterns: Vec<GuardrailPattern>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailPattern {
+    /// Recorded with each violation.
+    pub name: String,
+    /// A regular expression, matched case-insensitively.
+    pub pattern: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +124,14 @@ impl ProviderKind {
 pub struct LlmConfig {
     /// Providers in the order they are tried.
     pub chain: Vec<ProviderKind>,
+    /// Waits before retrying a connection error, in milliseconds.
+    pub retry_backoff_ms: Vec<u64>,
+    /// A turn's whole budget: no retry starts past it.
+    pub turn_deadline_secs: u64,
+    /// Consecutive failures that open a provider's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips its provider before one probe.
+    pub breaker_cooldown_secs: u64,
     pub ollama: OllamaConfig,
     pub openai: OpenAiConfig,
     pub embedded: EmbeddedConfig,
@@ -106,6 +141,10 @@ impl Default for LlmConfig {
     fn default() -> Self {
         LlmConfig {
             chain: vec![ProviderKind::Ollama, ProviderKind::Embedded],
+            retry_backoff_ms: vec![1000, 2000, 4000],
+            turn_deadline_secs: 600,
+            breaker_failures: 3,
+            breaker_cooldown_secs: 300,
             ollama: OllamaConfig::default(),
             openai: OpenAiConfig::default(),
             embedded: EmbeddedConfig::default(),
@@ -253,6 +292,8 @@ pub enum ConfigError {
         line: Option<usize>,
         message: String,
     },
+    #[error("config: `{key}`: {message}")]
+    Invalid { key: String, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: &'static str, message: String },
     #[error(
@@ -331,6 +372,7 @@ impl Settings {
             }
         };
         config.apply_env(env)?;
+        config.validate()?;
         Ok(Settings {
             config,
             source,
@@ -425,6 +467,47 @@ fn normalize_host(value: &str) -> String {
 }
 
 impl Config {
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            message,
+        };
+        self.guardrails()
+            .map_err(|e| invalid("guardrails.patterns", e.to_string()))?;
+        let a = &self.agent;
+        if a.reply_reserve >= a.context_budget {
+            return Err(invalid(
+                "agent.reply_reserve",
+                format!(
+                    "must be less than agent.context_budget ({})",
+                    a.context_budget
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&a.summary_threshold) {
+            return Err(invalid(
+                "agent.summary_threshold",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if self.llm.breaker_failures == 0 {
+            return Err(invalid("llm.breaker_failures", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The built-in guardrails plus the configured patterns.
+    pub fn guardrails(&self) -> Result<Guardrails, crate::core::guardrails::PatternError> {
+        let patterns: Vec<(String, String)> = self
+            .guardrails
+            .patterns
+            .iter()
+            .map(|p| (p.name.clone(), p.pattern.clone()))
+            .collect();
+        Guardrails::new(&patterns)
+    }
+
     /// Applies the environment variables of SPEC.md over this config.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let get = |name: &str| env(name).filter(|v| !v.is_empty());
@@ -547,14 +630,22 @@ mod tests {
             .lines()
             .map(|l| {
                 l.strip_prefix("# ")
-                    .filter(|r| r.contains(" = "))
+                    .filter(|r| r.contains(" = ") || r.starts_with("[["))
                     .unwrap_or(l)
             })
             .collect::<Vec<_>>()
             .join("\n");
-        parse(&uncommented)
+        let full = parse(&uncommented)
             .map_err(|e| format!("{}: {}", e.key, e.message))
             .unwrap();
+        full.validate().unwrap();
+        assert_eq!(full.guardrails.patterns.len(), 1);
+        assert!(
+            full.guardrails()
+                .unwrap()
+                .check("is ACME corp better")
+                .is_some()
+        );
     }
 
     #[test]
@@ -598,6 +689,27 @@ mod tests {
         );
         assert!(config.server.dry_run);
         assert_eq!(config.secrets(), vec!["123:abc".to_string()]);
+    }
+
+    #[test]
+    fn invalid_values_are_caught_with_their_key() {
+        let mut config = parse("[[guardrails.patterns]]\nname = \"x\"\npattern = \"(\"\n")
+            .map_err(|e| e.message)
+            .unwrap();
+        let e = config.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("guardrails.patterns") && e.contains("`x`"),
+            "{e}"
+        );
+        config.guardrails.patterns.clear();
+        config.agent.reply_reserve = 5000;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("agent.reply_reserve")
+        );
     }
 
     #[test]

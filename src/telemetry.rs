@@ -4,7 +4,7 @@
 //! is written.
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -201,6 +201,7 @@ pub fn subscriber(
                 .compact()
                 .without_time()
                 .with_target(false)
+                .with_ansi(io::stderr().is_terminal())
                 .with_writer(MaskingMakeWriter {
                     inner: io::stderr,
                     masker,

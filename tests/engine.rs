@@ -13,9 +13,15 @@ mod boundary;
 mod chain;
 #[path = "engine/embedded.rs"]
 mod embedded;
+#[path = "engine/guarded.rs"]
+mod guarded;
 #[path = "engine/ollama.rs"]
 mod ollama;
 #[path = "engine/openai.rs"]
 mod openai;
+#[path = "engine/resilience.rs"]
+mod resilience;
 #[path = "engine/store.rs"]
 mod store;
+#[path = "engine/summaries.rs"]
+mod summaries;

@@ -2,5 +2,6 @@
 //! core's ports.
 
 pub mod channels;
+pub mod clock;
 pub mod llm;
 pub mod store;

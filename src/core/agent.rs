@@ -1,16 +1,22 @@
-//! The agent orchestrator: given an inbound message, store it, build the
-//! context, ask the LLM, store the reply. A message that was answered before
-//! gets its stored reply back without an LLM call.
+//! The agent orchestrator (SPEC.md pipeline steps 2, 4–7): store the
+//! message, refuse what the guardrails refuse, build the context (with a
+//! summary of older turns once a conversation grows long), ask the LLM
+//! chain, store the reply. A message answered before gets its stored reply
+//! back without an LLM call; when every provider fails the user gets the
+//! canned fallback and the message stays pending until a provider recovers.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
-use super::context::{self, max_turns_for};
-use super::llm::{LlmError, LlmProvider, LlmRequest, OnEvent, StreamEvent};
-use super::message::InboundMessage;
-use super::ports::{Clock, NewReply, Store, StoreError, StoredMessage};
+use super::context::{self, ContextWindow};
+use super::guardrails::{Guardrails, REFUSAL, SecretFilter};
+use super::llm::{ChatMessage, LlmError, LlmProvider, LlmRequest, OnEvent, StreamEvent};
+use super::message::{InboundMessage, Role, Turn};
+use super::ports::{
+    Accepted, Clock, NewReply, PromptVersion, ReplyKind, Store, StoreError, StoredMessage, Summary,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentSettings {
@@ -20,6 +26,16 @@ pub struct AgentSettings {
     pub context_budget: usize,
     /// Tokens of the window kept free for the reply.
     pub reply_reserve: usize,
+    /// Sent when every LLM provider failed.
+    pub fallback_reply: String,
+    /// Summarise only conversations with more stored turns than this...
+    pub summary_min_turns: u64,
+    /// ...whose window is at least this full (fraction of the budget)...
+    pub summary_threshold: f32,
+    /// ...once at least this many turns fell out of it since the last summary.
+    pub summary_batch: usize,
+    /// Configured secrets: never echoed in a reply.
+    pub secrets: Vec<String>,
 }
 
 impl Default for AgentSettings {
@@ -28,12 +44,27 @@ impl Default for AgentSettings {
             default_system_prompt: DEFAULT_SYSTEM_PROMPT.to_string(),
             context_budget: 4096,
             reply_reserve: 512,
+            fallback_reply: DEFAULT_FALLBACK_REPLY.to_string(),
+            summary_min_turns: 50,
+            summary_threshold: 0.8,
+            summary_batch: 10,
+            secrets: Vec::new(),
         }
     }
 }
 
 pub const DEFAULT_SYSTEM_PROMPT: &str =
     "You are a helpful, concise assistant. Answer in plain text, in the user's language.";
+
+pub const DEFAULT_FALLBACK_REPLY: &str = "Sorry, I can't answer right now. \
+     I'll reply to this message as soon as I can.";
+
+const SUMMARIZER_PROMPT: &str = "You summarise conversations. Write a concise summary \
+     (under 150 words) of the conversation below, keeping names, facts, decisions and open \
+     questions. Reply with the summary only.";
+
+/// Turns read at most when folding older turns into a summary.
+const SUMMARY_READ_LIMIT: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -51,14 +82,23 @@ pub struct Reply {
     pub reply: StoredMessage,
     /// The reply was stored before (a redelivered message); no LLM call.
     pub from_store: bool,
-    /// Turns of the conversation the model did not see.
+    /// Turns of the conversation the model did not see (beyond the summary).
     pub dropped_turns: usize,
+    /// For a fallback: why every provider failed.
+    pub llm_error: Option<String>,
+}
+
+impl Reply {
+    pub fn kind(&self) -> ReplyKind {
+        self.reply.kind.unwrap_or(ReplyKind::Answer)
+    }
 }
 
 pub struct Agent {
     store: Arc<dyn Store>,
     llm: Arc<dyn LlmProvider>,
     clock: Arc<dyn Clock>,
+    guardrails: Guardrails,
     settings: AgentSettings,
 }
 
@@ -67,12 +107,14 @@ impl Agent {
         store: Arc<dyn Store>,
         llm: Arc<dyn LlmProvider>,
         clock: Arc<dyn Clock>,
+        guardrails: Guardrails,
         settings: AgentSettings,
     ) -> Self {
         Agent {
             store,
             llm,
             clock,
+            guardrails,
             settings,
         }
     }
@@ -86,7 +128,7 @@ impl Agent {
     }
 
     /// Handles one inbound message, streaming the reply to `on_event` as it
-    /// is generated (a reply found in the store is sent as one token).
+    /// is generated (a stored, refused or fallback reply comes as one token).
     pub async fn handle(
         &self,
         message: &InboundMessage,
@@ -119,80 +161,331 @@ impl Agent {
                 "already answered; returning the stored reply"
             );
             on_event(StreamEvent::Token(&reply.text));
-            return Ok(Reply {
-                message_id: accepted.message_id,
-                conversation_id: accepted.conversation_id,
-                reply,
-                from_store: true,
-                dropped_turns: 0,
-            });
+            return Ok(self.reply(&accepted, reply, true, 0, None));
         }
 
         let prompt = self
             .store
             .ensure_prompt(&self.settings.default_system_prompt, self.clock.now_ms())?;
-        let turns = self.store.recent_turns(
-            accepted.conversation_id,
-            accepted.message_id,
-            max_turns_for(self.settings.context_budget),
-        )?;
-        let window = context::build(
-            &prompt.text,
-            &turns,
-            self.settings.context_budget,
-            self.settings.reply_reserve,
-        );
+        if let Some(violation) = self.guardrails.check(&message.text) {
+            info!(rule = %violation.rule, "guardrail refused the message");
+            self.store.record_violation(
+                accepted.message_id,
+                &violation.rule,
+                self.clock.now_ms(),
+            )?;
+            let reply = self.record(
+                &accepted,
+                ReplyKind::Refusal,
+                REFUSAL,
+                "guardrail",
+                &violation.rule,
+                &prompt,
+                None,
+                0,
+            )?;
+            on_event(StreamEvent::Token(&reply.text));
+            return Ok(self.reply(&accepted, reply, false, 0, None));
+        }
+
+        let window = self.context(&accepted, &prompt).await?;
         info!(
             prompt_version = prompt.version,
-            turns = window.messages.len() - 1,
+            messages = window.messages.len(),
             dropped_turns = window.dropped_turns,
             estimated_tokens = window.estimated_tokens,
             "context built"
         );
-
         let request = LlmRequest {
             messages: window.messages,
             max_tokens: self.settings.reply_reserve as u32,
         };
-        let started = Instant::now();
-        let output = self
-            .llm
-            .generate(&request, on_event)
-            .await
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "LLM call failed");
-            })?;
-        let latency_ms = started.elapsed().as_millis() as u64;
-        info!(
-            provider = %output.provider,
-            model = %output.model,
-            latency_ms,
-            completion_tokens = output.completion_tokens,
-            "LLM replied"
-        );
 
-        let new_reply = NewReply {
-            text: output.text,
-            provider: output.provider,
-            model: output.model,
-            prompt_version: prompt.version,
-            prompt_tokens: output.prompt_tokens,
-            completion_tokens: output.completion_tokens,
-            latency_ms,
-            created_at: self.clock.now_ms(),
-        };
-        self.store.record_reply(accepted.message_id, &new_reply)?;
-        let reply = self
-            .store
-            .reply_to(accepted.message_id)?
-            .ok_or_else(|| StoreError::NotFound("the reply just recorded".into()))?;
-        info!(reply_id = reply.id, "reply stored");
-        Ok(Reply {
+        let started = Instant::now();
+        let mut filter = SecretFilter::new(&self.settings.secrets);
+        let result = self
+            .llm
+            .generate(&request, &mut |event| match event {
+                StreamEvent::Token(t) => {
+                    let safe = filter.push(t);
+                    if !safe.is_empty() {
+                        on_event(StreamEvent::Token(&safe));
+                    }
+                }
+                StreamEvent::Restart { .. } => {
+                    filter = SecretFilter::new(&self.settings.secrets);
+                    on_event(event);
+                }
+            })
+            .await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+
+        match result {
+            Ok(output) => {
+                let tail = filter.finish();
+                if !tail.is_empty() {
+                    on_event(StreamEvent::Token(&tail));
+                }
+                info!(
+                    provider = %output.provider,
+                    model = %output.model,
+                    latency_ms,
+                    completion_tokens = output.completion_tokens,
+                    "LLM replied"
+                );
+                let text = filter.redact(&output.text);
+                let reply = self.record(
+                    &accepted,
+                    ReplyKind::Answer,
+                    &text,
+                    &output.provider,
+                    &output.model,
+                    &prompt,
+                    Some((output.prompt_tokens, output.completion_tokens)),
+                    latency_ms,
+                )?;
+                info!(reply_id = reply.id, "reply stored");
+                Ok(self.reply(&accepted, reply, false, window.dropped_turns, None))
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                warn!(error = %reason, "every LLM provider failed; sending the fallback reply");
+                // One fallback per message: a redelivery while the LLM is
+                // still down gets the same one back, not another.
+                let (reply, from_store) = match self.store.fallback_for(accepted.message_id)? {
+                    Some(previous) => (previous, true),
+                    None => {
+                        let text = self.settings.fallback_reply.clone();
+                        (
+                            self.record(
+                                &accepted,
+                                ReplyKind::Fallback,
+                                &text,
+                                "fallback",
+                                "",
+                                &prompt,
+                                None,
+                                latency_ms,
+                            )?,
+                            false,
+                        )
+                    }
+                };
+                on_event(StreamEvent::Token(&reply.text));
+                info!(
+                    reply_id = reply.id,
+                    "fallback reply stored; the message stays pending"
+                );
+                Ok(self.reply(
+                    &accepted,
+                    reply,
+                    from_store,
+                    window.dropped_turns,
+                    Some(reason),
+                ))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        accepted: &Accepted,
+        kind: ReplyKind,
+        text: &str,
+        provider: &str,
+        model: &str,
+        prompt: &PromptVersion,
+        tokens: Option<(Option<u32>, Option<u32>)>,
+        latency_ms: u64,
+    ) -> Result<StoredMessage, StoreError> {
+        let (prompt_tokens, completion_tokens) = tokens.unwrap_or((None, None));
+        self.store.record_reply(
+            accepted.message_id,
+            &NewReply {
+                kind,
+                text: text.to_string(),
+                provider: provider.to_string(),
+                model: model.to_string(),
+                prompt_version: prompt.version,
+                prompt_tokens,
+                completion_tokens,
+                latency_ms,
+                created_at: self.clock.now_ms(),
+            },
+        )
+    }
+
+    fn reply(
+        &self,
+        accepted: &Accepted,
+        reply: StoredMessage,
+        from_store: bool,
+        dropped_turns: usize,
+        llm_error: Option<String>,
+    ) -> Reply {
+        Reply {
             message_id: accepted.message_id,
             conversation_id: accepted.conversation_id,
             reply,
-            from_store: false,
-            dropped_turns: window.dropped_turns,
-        })
+            from_store,
+            dropped_turns,
+            llm_error,
+        }
+    }
+
+    /// The model's view: prompt + latest summary + the newest turns after
+    /// it that fit. Summarises first when the conversation has outgrown
+    /// the window (see [`AgentSettings`]).
+    async fn context(
+        &self,
+        accepted: &Accepted,
+        prompt: &PromptVersion,
+    ) -> Result<ContextWindow, StoreError> {
+        let (budget, reserve) = (self.settings.context_budget, self.settings.reply_reserve);
+        let conversation = accepted.conversation_id;
+        let mut summary = self.store.latest_summary(conversation)?;
+        let turns = context::gather(
+            self.store.as_ref(),
+            conversation,
+            accepted.message_id,
+            budget,
+        )?;
+        let after = |s: &Option<Summary>| {
+            let covered = s.as_ref().map_or(0, |s| s.to_message_id);
+            turns
+                .iter()
+                .filter(|t| t.message_id > covered)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let mut recent = after(&summary);
+        let mut window = context::build(
+            &prompt.text,
+            summary.as_ref().map(|s| s.text.as_str()),
+            &recent,
+            budget,
+            reserve,
+        );
+
+        if self.should_summarize(conversation, &window)? {
+            let first_kept = recent[window.dropped_turns].message_id;
+            if let Some(new) = self
+                .summarize(conversation, summary.as_ref(), first_kept)
+                .await?
+            {
+                summary = Some(new);
+                recent = after(&summary);
+                window = context::build(
+                    &prompt.text,
+                    summary.as_ref().map(|s| s.text.as_str()),
+                    &recent,
+                    budget,
+                    reserve,
+                );
+            }
+        }
+        Ok(window)
+    }
+
+    fn should_summarize(
+        &self,
+        conversation: i64,
+        window: &ContextWindow,
+    ) -> Result<bool, StoreError> {
+        if window.dropped_turns == 0 {
+            return Ok(false);
+        }
+        let available = self
+            .settings
+            .context_budget
+            .saturating_sub(self.settings.reply_reserve);
+        if (window.estimated_tokens as f32) < self.settings.summary_threshold * available as f32 {
+            return Ok(false);
+        }
+        let turns = self
+            .store
+            .conversation(conversation)?
+            .map_or(0, |c| c.message_count);
+        Ok(turns > self.settings.summary_min_turns)
+    }
+
+    /// Folds the turns before `first_kept` that the previous summary does
+    /// not cover into a new summary, once there are enough of them. Each
+    /// range is summarised once; a failed summary leaves the context as is.
+    async fn summarize(
+        &self,
+        conversation: i64,
+        previous: Option<&Summary>,
+        first_kept: i64,
+    ) -> Result<Option<Summary>, StoreError> {
+        let covered = previous.map_or(0, |s| s.to_message_id);
+        let mut fold: Vec<Turn> = self
+            .store
+            .recent_turns(conversation, first_kept - 1, SUMMARY_READ_LIMIT)?
+            .into_iter()
+            .filter(|t| t.message_id > covered)
+            .collect();
+        if fold.len() < self.settings.summary_batch {
+            return Ok(None);
+        }
+        // The summariser's own input must fit its window too.
+        let room = self.settings.context_budget / 2;
+        while fold
+            .iter()
+            .map(|t| context::estimate_tokens(&t.text))
+            .sum::<usize>()
+            > room
+            && fold.len() > 1
+        {
+            fold.remove(0);
+        }
+        let (Some(first), Some(last)) = (fold.first(), fold.last()) else {
+            return Ok(None);
+        };
+        let (from, to) = (
+            previous.map_or(first.message_id, |s| s.from_message_id),
+            last.message_id,
+        );
+
+        let mut transcript = String::new();
+        if let Some(p) = previous {
+            transcript.push_str(&format!("Summary so far: {}\n\n", p.text));
+        }
+        transcript.push_str("Conversation:\n");
+        for t in &fold {
+            let who = if t.role == Role::User {
+                "user"
+            } else {
+                "assistant"
+            };
+            transcript.push_str(&format!("{who}: {}\n", t.text));
+        }
+        let request = LlmRequest {
+            messages: vec![
+                ChatMessage::new(Role::System, SUMMARIZER_PROMPT),
+                ChatMessage::new(Role::User, transcript),
+            ],
+            max_tokens: self.settings.reply_reserve.min(256) as u32,
+        };
+        let output = match self.llm.generate(&request, &mut |_| {}).await {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "summarising older turns failed; continuing without");
+                return Ok(None);
+            }
+        };
+        let filter = SecretFilter::new(&self.settings.secrets);
+        let summary = self.store.save_summary(&Summary {
+            conversation_id: conversation,
+            from_message_id: from,
+            to_message_id: to,
+            text: filter.redact(output.text.trim()),
+            provider: output.provider,
+            model: output.model,
+            created_at: self.clock.now_ms(),
+        })?;
+        info!(from, to, turns = fold.len(), "older turns summarised");
+        Ok(Some(summary))
     }
 }

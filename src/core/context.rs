@@ -4,6 +4,7 @@
 
 use super::llm::ChatMessage;
 use super::message::{Role, Turn};
+use super::ports::{Store, StoreError};
 
 /// Tokens a chat template spends around each message (role markers, separators).
 pub const MESSAGE_OVERHEAD_TOKENS: usize = 4;
@@ -23,6 +24,42 @@ pub fn max_turns_for(budget: usize) -> usize {
     (budget / MESSAGE_OVERHEAD_TOKENS).max(1)
 }
 
+/// Turns read from the store per query while gathering a context.
+pub const PAGE_TURNS: usize = 64;
+
+/// Reads the newest turns of a conversation up to `up_to_message_id`, page
+/// by page, stopping once they exceed what `budget` tokens can hold (or at
+/// [`max_turns_for`]). The cost depends on the budget, never on how long
+/// the conversation is. Oldest first.
+pub fn gather(
+    store: &dyn Store,
+    conversation_id: i64,
+    up_to_message_id: i64,
+    budget: usize,
+) -> Result<Vec<Turn>, StoreError> {
+    let max_turns = max_turns_for(budget);
+    let mut newest_first: Vec<Turn> = Vec::new();
+    let mut tokens = 0;
+    let mut cursor = up_to_message_id;
+    loop {
+        let page = store.recent_turns(conversation_id, cursor, PAGE_TURNS)?;
+        let exhausted = page.len() < PAGE_TURNS;
+        let Some(oldest) = page.first().map(|t| t.message_id) else {
+            break;
+        };
+        for turn in page.into_iter().rev() {
+            tokens += estimate_tokens(&turn.text);
+            newest_first.push(turn);
+        }
+        if exhausted || tokens > budget || newest_first.len() >= max_turns {
+            break;
+        }
+        cursor = oldest - 1;
+    }
+    newest_first.reverse();
+    Ok(newest_first)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContextWindow {
     pub messages: Vec<ChatMessage>,
@@ -32,20 +69,25 @@ pub struct ContextWindow {
     pub dropped_turns: usize,
 }
 
-/// Builds the model's view of a conversation.
+/// How a stored summary of older turns is introduced to the model.
+pub const SUMMARY_PREFIX: &str = "Summary of the earlier conversation:\n";
+
+/// Builds the model's view of a conversation: the system prompt, the
+/// summary of older turns if there is one, then the newest turns that fit.
 ///
 /// `turns` are oldest first and end with the message being answered, which
 /// is always kept (cut to fit if it alone exceeds the budget). `budget` is
 /// the model's whole context; `reply_reserve` of it is kept for the reply.
 pub fn build(
     system_prompt: &str,
+    summary: Option<&str>,
     turns: &[Turn],
     budget: usize,
     reply_reserve: usize,
 ) -> ContextWindow {
     let available = budget.saturating_sub(reply_reserve);
-    let system_cost = estimate_tokens(system_prompt);
-    let mut used = system_cost;
+    let summary = summary.map(|s| format!("{SUMMARY_PREFIX}{s}"));
+    let mut used = estimate_tokens(system_prompt) + summary.as_deref().map_or(0, estimate_tokens);
     let mut kept: Vec<ChatMessage> = Vec::new();
 
     for (i, turn) in turns.iter().rev().enumerate() {
@@ -67,6 +109,9 @@ pub fn build(
     }
 
     let dropped_turns = turns.len() - kept.len();
+    if let Some(summary) = summary {
+        kept.push(ChatMessage::new(Role::System, summary));
+    }
     kept.push(ChatMessage::new(Role::System, system_prompt));
     kept.reverse();
     ContextWindow {
@@ -119,7 +164,7 @@ mod tests {
     #[test]
     fn everything_fits_in_a_short_conversation() {
         let turns = conversation(5, 3);
-        let ctx = build("be nice", &turns, 4096, 512);
+        let ctx = build("be nice", None, &turns, 4096, 512);
         assert_eq!(ctx.messages.len(), 6);
         assert_eq!(ctx.messages[0], ChatMessage::new(Role::System, "be nice"));
         assert_eq!(ctx.messages[5].content, turns[4].text);
@@ -130,7 +175,7 @@ mod tests {
     fn oldest_turns_drop_first_and_budget_is_respected() {
         let turns = conversation(400, 20);
         for budget in [256, 1024, 4096] {
-            let ctx = build("system", &turns, budget, 128);
+            let ctx = build("system", None, &turns, budget, 128);
             let total: usize = ctx
                 .messages
                 .iter()
@@ -155,7 +200,7 @@ mod tests {
     fn an_oversized_current_message_is_cut_to_fit() {
         let mut turns = conversation(3, 2);
         turns.push(turn(9, Role::User, &"é".repeat(10_000)));
-        let ctx = build("system", &turns, 512, 128);
+        let ctx = build("system", None, &turns, 512, 128);
         assert_eq!(
             ctx.messages.len(),
             2,
@@ -167,12 +212,27 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_comes_after_the_system_prompt_and_counts_against_the_budget() {
+        let turns = conversation(200, 20);
+        let without = build("system", None, &turns, 1024, 128);
+        let with = build("system", Some("they talked about turns"), &turns, 1024, 128);
+        assert_eq!(with.messages[1].role, Role::System);
+        assert_eq!(
+            with.messages[1].content,
+            format!("{SUMMARY_PREFIX}they talked about turns")
+        );
+        assert!(with.estimated_tokens <= 1024 - 128);
+        // The summary takes room from the turns, never adds to the total.
+        assert!(with.messages.len() - 2 < without.messages.len());
+    }
+
+    #[test]
     fn read_bound_covers_any_fitting_conversation() {
         assert_eq!(max_turns_for(4096), 1024);
         assert_eq!(max_turns_for(0), 1);
         // Even empty turns cost the overhead, so no more than this can fit.
         let turns: Vec<Turn> = (0..5000).map(|i| turn(i, Role::User, "")).collect();
-        let ctx = build("", &turns, 4096, 0);
+        let ctx = build("", None, &turns, 4096, 0);
         assert!(ctx.messages.len() - 1 <= max_turns_for(4096));
     }
 }

@@ -60,10 +60,18 @@ pub type OnEvent<'a> = dyn FnMut(StreamEvent<'_>) + Send + 'a;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LlmError {
-    /// Nothing listens there (connection refused, DNS failure): the chain
-    /// moves on at once.
+    /// Nothing listens there (connection refused, unknown host): the chain
+    /// moves on at once, without retrying.
     #[error("{provider} is unreachable at {url}: {reason}")]
     Unreachable {
+        provider: String,
+        url: String,
+        reason: String,
+    },
+    /// A connection failed on the way (reset, connect timeout): worth a
+    /// retry after a short wait.
+    #[error("{provider}: connection to {url} failed: {reason}")]
+    Connection {
         provider: String,
         url: String,
         reason: String,
@@ -92,10 +100,26 @@ pub enum LlmError {
     },
     #[error("{provider}: {message}")]
     Other { provider: String, message: String },
+    /// The provider's circuit breaker is open: skipped without a call.
+    #[error(
+        "{provider} ({model}) skipped: circuit open after repeated failures, next probe in {retry_in_secs}s"
+    )]
+    CircuitOpen {
+        provider: String,
+        model: String,
+        retry_in_secs: i64,
+    },
     #[error("no LLM provider is configured (set `llm.chain` or CONVAGENT_LLM_CHAIN)")]
     NoProvider,
     #[error("every LLM provider failed: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     AllFailed(Vec<LlmError>),
+}
+
+impl LlmError {
+    /// Whether the same call may succeed after a short wait.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LlmError::Connection { .. })
+    }
 }
 
 /// A streaming chat-completion provider.

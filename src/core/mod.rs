@@ -3,18 +3,22 @@
 //! concrete database, HTTP stack or UI crate (a test checks that).
 
 pub mod agent;
+pub mod breaker;
 pub mod context;
+pub mod guardrails;
 pub mod llm;
 pub mod message;
 pub mod ports;
 
 pub use agent::{Agent, AgentError, AgentSettings, Reply};
+pub use breaker::{Admission, Breaker, BreakerPolicy, BreakerState, Transition};
 pub use context::{ContextWindow, estimate_tokens};
+pub use guardrails::{Guardrails, SecretFilter, Violation};
 pub use llm::{ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, StreamEvent};
 pub use message::{
     Attachment, Channel, ConversationKey, CorrelationId, InboundMessage, Role, Turn,
 };
 pub use ports::{
-    Accepted, Clock, ConversationFilter, ConversationSummary, NewReply, PromptVersion, SearchHit,
-    Store, StoreError, StoreHealth, StoredMessage, SystemClock,
+    Accepted, Clock, ConversationFilter, ConversationSummary, NewReply, PromptVersion, ReplyKind,
+    SearchHit, Store, StoreError, StoreHealth, StoredMessage, Summary,
 };

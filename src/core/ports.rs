@@ -1,10 +1,12 @@
 //! The ports the core drives: the store and the clock. Adapters implement
 //! them; the core and the tests only ever see these traits.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::breaker::{Breaker, Transition};
+use super::llm::BoxFuture;
 use super::message::{Channel, ConversationKey, InboundMessage, Role, Turn};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +28,42 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
+/// What an assistant message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyKind {
+    /// The LLM's answer.
+    Answer,
+    /// The canned reply sent when every provider failed; the message stays
+    /// pending and gets its answer once a provider recovers.
+    Fallback,
+    /// A guardrail's polite refusal; the LLM was not called.
+    Refusal,
+}
+
+impl ReplyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyKind::Answer => "answer",
+            ReplyKind::Fallback => "fallback",
+            ReplyKind::Refusal => "refusal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "answer" => Some(ReplyKind::Answer),
+            "fallback" => Some(ReplyKind::Fallback),
+            "refusal" => Some(ReplyKind::Refusal),
+            _ => None,
+        }
+    }
+}
+
 /// A reply to record against the message it answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewReply {
+    pub kind: ReplyKind,
     pub text: String,
     pub provider: String,
     pub model: String,
@@ -51,6 +86,8 @@ pub struct StoredMessage {
     pub provider_message_id: Option<String>,
     /// For an assistant message, the user message it answers.
     pub reply_to: Option<i64>,
+    /// For an assistant message, what it is.
+    pub kind: Option<ReplyKind>,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub prompt_version: Option<i64>,
@@ -95,6 +132,18 @@ pub struct PromptVersion {
     pub created_at: i64,
 }
 
+/// A stored summary of a conversation's turns `from_message_id..=to_message_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub conversation_id: i64,
+    pub from_message_id: i64,
+    pub to_message_id: i64,
+    pub text: String,
+    pub provider: String,
+    pub model: String,
+    pub created_at: i64,
+}
+
 /// What `doctor` reports about a store.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoreHealth {
@@ -114,11 +163,48 @@ pub trait Store: Send + Sync {
     /// provider message id.
     fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError>;
 
-    /// The stored reply to a user message, if it has one.
+    /// The answer (or refusal) to a user message, if it has one. Fallback
+    /// replies do not count.
     fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError>;
 
-    /// Records the assistant's reply to `message_id`; returns the reply's id.
-    fn record_reply(&self, message_id: i64, reply: &NewReply) -> Result<i64, StoreError>;
+    /// The latest fallback reply sent for a user message, if any.
+    fn fallback_for(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError>;
+
+    /// Records an assistant message for `message_id` and returns it. An
+    /// answer or refusal marks the message answered, and a second one keeps
+    /// the first; fallbacks leave the message pending.
+    fn record_reply(&self, message_id: i64, reply: &NewReply) -> Result<StoredMessage, StoreError>;
+
+    /// Up to `limit` user messages of a conversation still without an
+    /// answer, oldest first (indexed).
+    fn pending(
+        &self,
+        conversation_id: i64,
+        limit: usize,
+    ) -> Result<Vec<InboundMessage>, StoreError>;
+
+    /// Records that `message_id` broke guardrail `rule`.
+    fn record_violation(&self, message_id: i64, rule: &str, at: i64) -> Result<(), StoreError>;
+
+    /// The newest summary of a conversation, if any.
+    fn latest_summary(&self, conversation_id: i64) -> Result<Option<Summary>, StoreError>;
+
+    /// Stores a summary; a range summarised before keeps its first summary,
+    /// which is returned.
+    fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError>;
+
+    /// The circuit breaker of a provider+model, if it was ever used.
+    fn breaker(&self, provider: &str, model: &str) -> Result<Option<Breaker>, StoreError>;
+
+    /// Persists a breaker, with the transition that changed it if any.
+    fn save_breaker(
+        &self,
+        breaker: &Breaker,
+        transition: Option<&Transition>,
+    ) -> Result<(), StoreError>;
+
+    /// Every breaker, for `doctor`, the TUI and `/metrics`.
+    fn breakers(&self) -> Result<Vec<Breaker>, StoreError>;
 
     /// Up to `limit` most recent turns of a conversation up to and including
     /// `up_to_message_id`, oldest first. Must be an indexed, bounded read:
@@ -174,20 +260,10 @@ pub trait Store: Send + Sync {
     fn health(&self) -> Result<StoreHealth, StoreError>;
 }
 
-/// Time, injectable so tests can fix it.
+/// Time, injectable so tests can fix it (and skip the waiting).
 pub trait Clock: Send + Sync {
     /// Unix milliseconds.
     fn now_ms(&self) -> i64;
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
+    /// Waits `duration` (a fake clock just moves on).
+    fn sleep(&self, duration: Duration) -> BoxFuture<'_, ()>;
 }

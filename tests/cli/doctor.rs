@@ -145,3 +145,29 @@ fn secrets_are_masked_in_doctor_output() {
     assert!(!text.contains("sk-live-999"), "{text}");
     assert!(text.contains("********"), "{text}");
 }
+
+#[test]
+fn doctor_shows_an_open_breaker_with_its_last_error() {
+    let env = Env::new();
+    // Three turns with Ollama down open its breaker (each gets the fallback).
+    let out = env
+        .cmd(&["chat", "--chain", "ollama"])
+        .write_stdin("one\ntwo\nthree\nfour\n")
+        .output()
+        .unwrap();
+    assert!(
+        stderr_of(&out).contains("circuit open"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = env
+        .cmd(&["doctor"])
+        .env("CONVAGENT_LLM_CHAIN", "ollama")
+        .output()
+        .unwrap();
+    let text = stdout_of(&out);
+    assert!(text.contains("✗ ollama"), "{text}");
+    assert!(text.contains("breaker open since"), "{text}");
+    assert!(text.contains("next probe in "), "{text}");
+    assert!(text.contains("last error: ollama is unreachable"), "{text}");
+}

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use convagent::adapters::store::SqliteStore;
-use convagent::core::{Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, Store};
+use convagent::core::{
+    Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, ReplyKind, Store,
+};
 
 use crate::{Env, stderr_of, stdout_of};
 
@@ -26,6 +28,7 @@ fn fill(env: &Env) {
             .record_reply(
                 a.message_id,
                 &NewReply {
+                    kind: ReplyKind::Answer,
                     text: reply.into(),
                     provider: "ollama".into(),
                     model: "mistral:7b".into(),

@@ -3,10 +3,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use convagent::adapters::llm::{Chain, Ollama, OllamaSettings, Timeouts};
+use convagent::adapters::clock::SystemClock;
+use convagent::adapters::llm::{Chain, ChainPolicy, Ollama, OllamaSettings, Timeouts};
+use convagent::adapters::store::SqliteStore;
 use convagent::core::{ChatMessage, LlmError, LlmProvider, LlmRequest, Role};
 
 use crate::support::{Collected, FakeLlm, closed_port_url};
+
+fn chain(providers: Vec<Arc<dyn LlmProvider>>) -> Chain {
+    Chain::new(
+        providers,
+        Arc::new(SqliteStore::open_in_memory().unwrap()),
+        Arc::new(SystemClock),
+        ChainPolicy::default(),
+    )
+}
 
 fn request() -> LlmRequest {
     LlmRequest {
@@ -31,7 +42,7 @@ async fn an_unreachable_ollama_falls_through_at_once() {
         name: "embedded".into(),
         ..FakeLlm::replying("from the backup")
     });
-    let chain = Chain::new(vec![ollama, backup.clone()]);
+    let chain = chain(vec![ollama, backup.clone()]);
     let started = Instant::now();
     let out = chain.generate(&request(), &mut |_| {}).await.unwrap();
     assert_eq!(out.text, "from the backup");
@@ -65,7 +76,7 @@ async fn a_failure_after_streaming_tells_the_caller_to_start_over() {
             })
         }
     }
-    let chain = Chain::new(vec![
+    let chain = chain(vec![
         Arc::new(HalfThenFail),
         Arc::new(FakeLlm::replying("whole answer")),
     ]);
@@ -86,7 +97,7 @@ async fn when_every_provider_fails_all_errors_are_reported() {
         provider: "b".into(),
         message: "also down".into(),
     }));
-    let err = Chain::new(vec![a, b])
+    let err = chain(vec![a, b])
         .generate(&request(), &mut |_| {})
         .await
         .unwrap_err();
@@ -95,7 +106,7 @@ async fn when_every_provider_fails_all_errors_are_reported() {
         text.contains("a: down") && text.contains("b: also down"),
         "{text}"
     );
-    let empty = Chain::new(vec![])
+    let empty = chain(vec![])
         .generate(&request(), &mut |_| {})
         .await
         .unwrap_err();

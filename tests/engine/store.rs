@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use convagent::adapters::store::{OpenMode, SqliteStore};
 use convagent::core::{
-    Attachment, Channel, ConversationFilter, ConversationKey, CorrelationId, InboundMessage,
-    NewReply, Role, Store,
+    Attachment, Breaker, BreakerPolicy, BreakerState, Channel, ConversationFilter, ConversationKey,
+    CorrelationId, InboundMessage, NewReply, ReplyKind, Role, Store, Summary,
 };
 
 fn message(key: &ConversationKey, id: &str, text: &str, at: i64) -> InboundMessage {
@@ -27,6 +27,7 @@ fn message(key: &ConversationKey, id: &str, text: &str, at: i64) -> InboundMessa
 
 fn reply(text: &str, at: i64, prompt_version: i64) -> NewReply {
     NewReply {
+        kind: ReplyKind::Answer,
         text: text.into(),
         provider: "fake".into(),
         model: "fake-model".into(),
@@ -52,6 +53,9 @@ fn conformance(store: &dyn Store) {
     reset_starts_a_new_conversation(store);
     listing_filters_and_orders(store);
     search_finds_words(store);
+    fallbacks_leave_messages_pending(store);
+    summaries_are_kept_once_per_range(store);
+    breakers_round_trip(store);
     health_reports_current_schema(store);
 }
 
@@ -91,7 +95,8 @@ fn replies_are_unique_per_message(store: &dyn Store) {
     let second = store
         .record_reply(a.message_id, &reply("midnight", 10_600, 1))
         .unwrap();
-    assert_eq!(id, second, "a second reply keeps the first");
+    assert_eq!(id.id, second.id, "a second reply keeps the first");
+    assert_eq!(second.text, "noon");
     let stored = store.reply_to(a.message_id).unwrap().unwrap();
     assert_eq!(stored.text, "noon");
     assert_eq!(stored.role, Role::Assistant);
@@ -253,6 +258,108 @@ fn prompts_are_versioned(store: &dyn Store) {
     assert!(store.set_prompt("   ", 50_300).is_err());
 }
 
+fn fallbacks_leave_messages_pending(store: &dyn Store) {
+    let key = ConversationKey::new(Channel::Whatsapp, "whatsapp:+15550002", "");
+    let a = store
+        .accept(&message(&key, "SM-f1", "first", 60_000))
+        .unwrap();
+    let b = store
+        .accept(&message(&key, "SM-f2", "second", 60_001))
+        .unwrap();
+    let pending: Vec<String> = store
+        .pending(a.conversation_id, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(pending, ["first", "second"]);
+
+    let fallback = NewReply {
+        kind: ReplyKind::Fallback,
+        ..reply("back soon", 60_100, 1)
+    };
+    let f = store.record_reply(a.message_id, &fallback).unwrap();
+    assert_eq!(f.kind, Some(ReplyKind::Fallback));
+    assert_eq!(
+        store.reply_to(a.message_id).unwrap(),
+        None,
+        "a fallback is not the answer"
+    );
+    assert_eq!(store.fallback_for(a.message_id).unwrap().unwrap().id, f.id);
+    assert_eq!(store.pending(a.conversation_id, 10).unwrap().len(), 2);
+
+    let answer = store
+        .record_reply(a.message_id, &reply("the answer", 60_200, 1))
+        .unwrap();
+    assert_eq!(store.reply_to(a.message_id).unwrap().unwrap().id, answer.id);
+    let refusal = NewReply {
+        kind: ReplyKind::Refusal,
+        ..reply("no", 60_300, 1)
+    };
+    store.record_reply(b.message_id, &refusal).unwrap();
+    assert!(store.pending(a.conversation_id, 10).unwrap().is_empty());
+
+    // The pending message comes back whole, ready to be handled again.
+    let c = store
+        .accept(&message(&key, "SM-f3", "third", 60_400))
+        .unwrap();
+    let back = store.pending(c.conversation_id, 10).unwrap().remove(0);
+    assert_eq!(back.key, key);
+    assert_eq!(back.provider_message_id, "SM-f3");
+    assert_eq!(back.attachments.len(), 1);
+    assert_eq!(back.metadata.get("k").map(String::as_str), Some("v"));
+    assert_eq!(back.correlation_id.0.len(), 32);
+    store
+        .record_violation(c.message_id, "credential_request", 60_500)
+        .unwrap();
+}
+
+fn summaries_are_kept_once_per_range(store: &dyn Store) {
+    let key = ConversationKey::new(Channel::Telegram, "summarised", "");
+    let a = store.accept(&message(&key, "sum1", "x", 70_000)).unwrap();
+    assert_eq!(store.latest_summary(a.conversation_id).unwrap(), None);
+    let summary = |from, to, text: &str| Summary {
+        conversation_id: a.conversation_id,
+        from_message_id: from,
+        to_message_id: to,
+        text: text.into(),
+        provider: "fake".into(),
+        model: "fake-model".into(),
+        created_at: 70_100,
+    };
+    store.save_summary(&summary(1, 10, "first")).unwrap();
+    let again = store.save_summary(&summary(1, 10, "redone")).unwrap();
+    assert_eq!(again.text, "first", "a range is summarised once");
+    store.save_summary(&summary(1, 20, "longer")).unwrap();
+    assert_eq!(
+        store
+            .latest_summary(a.conversation_id)
+            .unwrap()
+            .unwrap()
+            .text,
+        "longer"
+    );
+}
+
+fn breakers_round_trip(store: &dyn Store) {
+    assert_eq!(store.breaker("ollama", "mistral:7b").unwrap(), None);
+    let policy = BreakerPolicy {
+        failure_threshold: 1,
+        cooldown_ms: 1_000,
+    };
+    let mut b = Breaker::new("ollama", "mistral:7b", 80_000);
+    let t = b.on_failure(80_001, "refused", &policy);
+    store.save_breaker(&b, t.as_ref()).unwrap();
+    let loaded = store.breaker("ollama", "mistral:7b").unwrap().unwrap();
+    assert_eq!(loaded, b);
+    assert_eq!(loaded.state, BreakerState::Open);
+    let t = b.on_success(80_002);
+    store.save_breaker(&b, t.as_ref()).unwrap();
+    let all = store.breakers().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, BreakerState::Closed);
+}
+
 fn health_reports_current_schema(store: &dyn Store) {
     let h = store.health().unwrap();
     assert_eq!(h.schema_version, h.latest_schema_version);
@@ -289,12 +396,10 @@ fn sqlite_file_conforms_and_persists() {
     assert_eq!(mode, "wal");
 
     let read_only = SqliteStore::open_with(&path, OpenMode::ReadOnly).unwrap();
+    let everything = ConversationFilter::default();
     assert_eq!(
-        read_only
-            .conversations(&ConversationFilter::default())
-            .unwrap()
-            .len(),
-        8
+        read_only.conversations(&everything).unwrap(),
+        reopened.conversations(&everything).unwrap()
     );
     let key = ConversationKey::new(Channel::Cli, "dave", "");
     assert!(
@@ -328,5 +433,57 @@ fn recent_turns_is_an_index_range_scan() {
     assert!(
         !plan.contains("TEMP B-TREE"),
         "no sort of the whole conversation: {plan}"
+    );
+}
+
+#[test]
+fn gathering_context_reads_only_what_the_budget_can_hold() {
+    use convagent::core::context::{PAGE_TURNS, estimate_tokens, gather};
+    let store = SqliteStore::open_in_memory().unwrap();
+    let key = alice();
+    let text = "a turn of roughly twenty tokens, give or take a few words";
+    let mut last = None;
+    for i in 0..5_000 {
+        last = Some(
+            store
+                .accept(&message(&key, &format!("g{i}"), text, i))
+                .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    let per_turn = estimate_tokens(text);
+    let turns = gather(&store, last.conversation_id, last.message_id, 1024).unwrap();
+    assert!(
+        turns.len() * per_turn > 1024,
+        "enough turns to fill the budget"
+    );
+    assert!(
+        turns.len() <= 1024 / per_turn + PAGE_TURNS,
+        "read {} turns",
+        turns.len()
+    );
+    assert_eq!(turns.last().unwrap().message_id, last.message_id);
+    assert!(
+        turns
+            .windows(2)
+            .all(|w| w[1].message_id == w[0].message_id + 1),
+        "contiguous, oldest first"
+    );
+
+    let short = ConversationKey::new(Channel::Slack, "brief", "");
+    let mut last = None;
+    for i in 0..10 {
+        last = Some(
+            store
+                .accept(&message(&short, &format!("s{i}"), "hi", i))
+                .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    assert_eq!(
+        gather(&store, last.conversation_id, last.message_id, 4096)
+            .unwrap()
+            .len(),
+        10
     );
 }

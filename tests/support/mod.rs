@@ -152,3 +152,127 @@ impl Collected {
         self.tokens.concat()
     }
 }
+
+/// A clock the test moves by hand; `sleep` returns at once and moves it.
+pub struct FakeClock {
+    now: std::sync::atomic::AtomicI64,
+    pub slept: Mutex<Vec<std::time::Duration>>,
+}
+
+impl FakeClock {
+    pub fn at(ms: i64) -> Self {
+        FakeClock {
+            now: std::sync::atomic::AtomicI64::new(ms),
+            slept: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.now.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn slept(&self) -> Vec<std::time::Duration> {
+        self.slept.lock().unwrap().clone()
+    }
+}
+
+impl convagent::core::Clock for FakeClock {
+    fn now_ms(&self) -> i64 {
+        self.now.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn sleep(&self, duration: std::time::Duration) -> BoxFuture<'_, ()> {
+        self.slept.lock().unwrap().push(duration);
+        self.advance(duration.as_millis() as i64);
+        Box::pin(async {})
+    }
+}
+
+/// An LLM whose behaviour the test scripts call by call: each call takes
+/// the next outcome (the last one repeats).
+pub struct ScriptedLlm {
+    pub name: String,
+    pub outcomes: Mutex<Vec<Result<String, LlmError>>>,
+    pub calls: std::sync::atomic::AtomicUsize,
+    pub last_failure: Mutex<Option<std::time::Instant>>,
+}
+
+impl ScriptedLlm {
+    pub fn new(name: &str, outcomes: Vec<Result<String, LlmError>>) -> Self {
+        ScriptedLlm {
+            name: name.into(),
+            outcomes: Mutex::new(outcomes),
+            calls: Default::default(),
+            last_failure: Mutex::new(None),
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// From now on, every call has this outcome.
+    pub fn set(&self, outcome: Result<String, LlmError>) {
+        *self.outcomes.lock().unwrap() = vec![outcome];
+    }
+}
+
+impl LlmProvider for ScriptedLlm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn model(&self) -> &str {
+        "scripted"
+    }
+
+    fn generate<'a>(
+        &'a self,
+        _request: &'a LlmRequest,
+        on_event: &'a mut OnEvent<'_>,
+    ) -> BoxFuture<'a, Result<LlmOutput, LlmError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let outcome = {
+                let mut outcomes = self.outcomes.lock().unwrap();
+                if outcomes.len() > 1 {
+                    outcomes.remove(0)
+                } else {
+                    outcomes[0].clone()
+                }
+            };
+            match outcome {
+                Ok(text) => {
+                    on_event(StreamEvent::Token(&text));
+                    Ok(LlmOutput {
+                        text,
+                        provider: self.name.clone(),
+                        model: "scripted".into(),
+                        prompt_tokens: None,
+                        completion_tokens: None,
+                    })
+                }
+                Err(e) => {
+                    *self.last_failure.lock().unwrap() = Some(std::time::Instant::now());
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+pub fn http_500(provider: &str) -> LlmError {
+    LlmError::Http {
+        provider: provider.into(),
+        status: 500,
+        message: "internal error".into(),
+    }
+}
+
+pub fn reset_by_peer(provider: &str) -> LlmError {
+    LlmError::Connection {
+        provider: provider.into(),
+        url: "http://127.0.0.1:9".into(),
+        reason: "connection reset by peer".into(),
+    }
+}

@@ -1,20 +1,61 @@
-//! The provider chain: providers tried in the configured order; a provider
-//! that fails hands the turn to the next at once. The output names the
-//! provider and model that answered.
+//! The provider chain (SPEC.md pipeline step 6): providers tried in the
+//! configured order, each behind a circuit breaker persisted in the store,
+//! with retries and exponential backoff on connection errors bounded by the
+//! turn's deadline. A provider that fails hands the turn to the next; the
+//! output names the provider and model that answered.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::core::breaker::{Admission, Breaker, BreakerPolicy, Transition};
 use crate::core::llm::{
     BoxFuture, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
 };
+use crate::core::{Clock, Store};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainPolicy {
+    pub breaker: BreakerPolicy,
+    /// Waits before each retry of a connection error, in order.
+    pub backoff: Vec<Duration>,
+    /// The whole turn's budget: no retry starts that would end after it.
+    pub deadline: Duration,
+}
+
+impl Default for ChainPolicy {
+    fn default() -> Self {
+        ChainPolicy {
+            breaker: BreakerPolicy::default(),
+            backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(4),
+            ],
+            deadline: Duration::from_secs(600),
+        }
+    }
+}
 
 pub struct Chain {
     providers: Vec<Arc<dyn LlmProvider>>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    policy: ChainPolicy,
 }
 
 impl Chain {
-    pub fn new(providers: Vec<Arc<dyn LlmProvider>>) -> Self {
-        Chain { providers }
+    pub fn new(
+        providers: Vec<Arc<dyn LlmProvider>>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        policy: ChainPolicy,
+    ) -> Self {
+        Chain {
+            providers,
+            store,
+            clock,
+            policy,
+        }
     }
 
     pub fn providers(&self) -> &[Arc<dyn LlmProvider>] {
@@ -29,35 +70,60 @@ impl Chain {
         if self.providers.is_empty() {
             return Err(LlmError::NoProvider);
         }
+        let deadline = self.clock.now_ms() + self.policy.deadline.as_millis() as i64;
         let mut errors = Vec::new();
         for provider in &self.providers {
+            let (name, model) = (provider.name(), provider.model());
+            let mut breaker = self.load_breaker(name, model);
+            let now = self.clock.now_ms();
+            let (admission, transition) = breaker.admit(now, &self.policy.breaker);
+            if transition.is_some() {
+                self.persist(&breaker, transition.as_ref());
+            }
+            if let Admission::Skip { retry_at } = admission {
+                tracing::info!(provider = name, model, "circuit open; skipping provider");
+                errors.push(LlmError::CircuitOpen {
+                    provider: name.to_string(),
+                    model: model.to_string(),
+                    retry_in_secs: ((retry_at - now).max(0) + 999) / 1000,
+                });
+                continue;
+            }
+
             let mut streamed = false;
             let result = {
                 let mut forward = |event: StreamEvent<'_>| {
                     streamed |= matches!(event, StreamEvent::Token(_));
                     on_event(event);
                 };
-                provider.generate(request, &mut forward).await
+                self.call_with_retries(provider.as_ref(), request, &mut forward, deadline)
+                    .await
             };
+            let now = self.clock.now_ms();
             match result {
-                Ok(output) => return Ok(output),
+                Ok(output) => {
+                    let had_failures = breaker.failures > 0;
+                    let transition = breaker.on_success(now);
+                    if had_failures || transition.is_some() {
+                        self.persist(&breaker, transition.as_ref());
+                    }
+                    return Ok(output);
+                }
                 Err(error) => {
+                    let message = error.to_string();
+                    let transition = breaker.on_failure(now, &message, &self.policy.breaker);
+                    self.persist(&breaker, transition.as_ref());
                     // Nothing listening is the everyday case of an optional
                     // provider (no Ollama installed): not worth a warning.
                     if matches!(error, LlmError::Unreachable { .. }) {
-                        tracing::info!(provider = provider.name(), error = %error, "LLM provider unreachable; trying the next");
+                        tracing::info!(provider = name, error = %message, "LLM provider unreachable; trying the next");
                     } else {
-                        tracing::warn!(
-                            provider = provider.name(),
-                            model = provider.model(),
-                            error = %error,
-                            "LLM provider failed; trying the next"
-                        );
+                        tracing::warn!(provider = name, model, error = %message, "LLM provider failed; trying the next");
                     }
                     if streamed {
                         on_event(StreamEvent::Restart {
-                            provider: provider.name(),
-                            error: &error.to_string(),
+                            provider: name,
+                            error: &message,
                         });
                     }
                     errors.push(error);
@@ -65,6 +131,66 @@ impl Chain {
             }
         }
         Err(LlmError::AllFailed(errors))
+    }
+
+    async fn call_with_retries(
+        &self,
+        provider: &dyn LlmProvider,
+        request: &LlmRequest,
+        on_event: &mut OnEvent<'_>,
+        deadline: i64,
+    ) -> Result<LlmOutput, LlmError> {
+        let mut attempt = 0;
+        loop {
+            let error = match provider.generate(request, on_event).await {
+                Ok(output) => return Ok(output),
+                Err(e) => e,
+            };
+            let Some(wait) = self.policy.backoff.get(attempt) else {
+                return Err(error);
+            };
+            if !error.is_retryable() || self.clock.now_ms() + wait.as_millis() as i64 > deadline {
+                return Err(error);
+            }
+            attempt += 1;
+            tracing::info!(
+                provider = provider.name(),
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                error = %error,
+                "retrying after a connection error"
+            );
+            self.clock.sleep(*wait).await;
+        }
+    }
+
+    fn load_breaker(&self, provider: &str, model: &str) -> Breaker {
+        match self.store.breaker(provider, model) {
+            Ok(Some(b)) => b,
+            Ok(None) => Breaker::new(provider, model, self.clock.now_ms()),
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "cannot read the circuit breaker; assuming closed");
+                Breaker::new(provider, model, self.clock.now_ms())
+            }
+        }
+    }
+
+    /// Saves the breaker; a transition is also logged. A store error costs
+    /// the persisted state, not the reply.
+    fn persist(&self, breaker: &Breaker, transition: Option<&Transition>) {
+        if let Some(t) = transition {
+            tracing::warn!(
+                provider = %breaker.provider,
+                model = %breaker.model,
+                from = %t.from,
+                to = %t.to,
+                reason = %t.reason,
+                "circuit breaker transition"
+            );
+        }
+        if let Err(e) = self.store.save_breaker(breaker, transition) {
+            tracing::warn!(provider = %breaker.provider, error = %e, "cannot save the circuit breaker");
+        }
     }
 }
 

@@ -30,11 +30,18 @@ pub fn client() -> reqwest::Client {
 }
 
 pub fn transport_error(provider: &str, url: &str, e: &reqwest::Error) -> LlmError {
-    if e.is_connect() || e.is_builder() {
+    let reason = root_cause(e);
+    if e.is_builder() || (e.is_connect() && is_nobody_there(e)) {
         LlmError::Unreachable {
             provider: provider.to_string(),
             url: url.to_string(),
-            reason: root_cause(e),
+            reason,
+        }
+    } else if e.is_connect() || e.is_timeout() || e.is_request() {
+        LlmError::Connection {
+            provider: provider.to_string(),
+            url: url.to_string(),
+            reason,
         }
     } else {
         LlmError::Other {
@@ -42,6 +49,24 @@ pub fn transport_error(provider: &str, url: &str, e: &reqwest::Error) -> LlmErro
             message: format!("request to {url} failed: {}", root_cause(e)),
         }
     }
+}
+
+/// Connection refused or an unknown host: nothing to wait for.
+fn is_nobody_there(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        let text = c.to_string();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

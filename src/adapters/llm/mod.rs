@@ -8,11 +8,13 @@ pub mod ollama;
 pub mod openai;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{ProviderKind, Settings, secs};
 use crate::core::llm::LlmProvider;
+use crate::core::{BreakerPolicy, Clock, Store};
 
-pub use chain::Chain;
+pub use chain::{Chain, ChainPolicy};
 pub use embedded::{Embedded, EmbeddedSettings};
 pub use http::Timeouts;
 pub use ollama::{Ollama, OllamaSettings};
@@ -86,7 +88,34 @@ pub fn configured(settings: &Settings) -> Vec<Configured> {
         .collect()
 }
 
-/// The configured chain as one provider.
-pub fn chain(providers: &[Configured]) -> Chain {
-    Chain::new(providers.iter().map(Configured::provider).collect())
+/// The retry, deadline and breaker policy from the configuration.
+pub fn chain_policy(settings: &Settings) -> ChainPolicy {
+    let llm = &settings.config.llm;
+    ChainPolicy {
+        breaker: BreakerPolicy {
+            failure_threshold: llm.breaker_failures,
+            cooldown_ms: (llm.breaker_cooldown_secs * 1000) as i64,
+        },
+        backoff: llm
+            .retry_backoff_ms
+            .iter()
+            .map(|&ms| Duration::from_millis(ms))
+            .collect(),
+        deadline: secs(llm.turn_deadline_secs),
+    }
+}
+
+/// The configured chain as one provider, its breakers kept in `store`.
+pub fn chain(
+    providers: &[Configured],
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+) -> Chain {
+    Chain::new(
+        providers.iter().map(Configured::provider).collect(),
+        store,
+        clock,
+        chain_policy(settings),
+    )
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations, SchemaVersion};
 
-use crate::core::message::{Channel, ConversationKey, InboundMessage, Role, Turn};
+use crate::core::breaker::{Breaker, Transition};
+use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage, Role, Turn};
 use crate::core::ports::{
-    Accepted, ConversationFilter, ConversationSummary, NewReply, PromptVersion, SearchHit, Store,
-    StoreError, StoreHealth, StoredMessage,
+    Accepted, ConversationFilter, ConversationSummary, NewReply, PromptVersion, ReplyKind,
+    SearchHit, Store, StoreError, StoreHealth, StoredMessage, Summary,
 };
 
 /// The schema, oldest first. Append only.
@@ -108,7 +109,7 @@ pub const RECENT_TURNS_SQL: &str = "SELECT id, role, text FROM messages
 
 const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.role, m.text, m.created_at, \
      m.correlation_id, m.provider_message_id, m.reply_to, m.provider, m.model, \
-     m.prompt_version, m.prompt_tokens, m.completion_tokens, m.latency_ms";
+     m.prompt_version, m.prompt_tokens, m.completion_tokens, m.latency_ms, m.kind";
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     let role: String = row.get(2)?;
@@ -127,7 +128,47 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
         prompt_tokens: row.get(11)?,
         completion_tokens: row.get(12)?,
         latency_ms: row.get::<_, Option<i64>>(13)?.map(|v| v.max(0) as u64),
+        kind: row
+            .get::<_, Option<String>>(14)?
+            .map(|k| {
+                ReplyKind::parse(&k).ok_or_else(|| bad_value(14, format!("unknown kind `{k}`")))
+            })
+            .transpose()?,
     })
+}
+
+const BREAKER_COLUMNS: &str =
+    "provider, model, state, failures, opened_at, next_probe_at, last_error, updated_at";
+
+fn breaker_from_row(row: &Row<'_>) -> rusqlite::Result<Breaker> {
+    let state: String = row.get(2)?;
+    Ok(Breaker {
+        provider: row.get(0)?,
+        model: row.get(1)?,
+        state: state.parse().map_err(|e| bad_value(2, e))?,
+        failures: row.get(3)?,
+        opened_at: row.get(4)?,
+        next_probe_at: row.get(5)?,
+        last_error: row.get(6)?,
+        updated_at: row.get(7)?,
+    })
+}
+
+fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<Summary> {
+    Ok(Summary {
+        conversation_id: row.get(0)?,
+        from_message_id: row.get(1)?,
+        to_message_id: row.get(2)?,
+        text: row.get(3)?,
+        provider: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+        model: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+        created_at: row.get(6)?,
+    })
+}
+
+fn message_by_id(conn: &Connection, id: i64) -> Result<StoredMessage, StoreError> {
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1");
+    Ok(conn.query_row(&sql, params![id], message_from_row)?)
 }
 
 const CONVERSATION_COLUMNS: &str =
@@ -232,13 +273,27 @@ impl Store for SqliteStore {
 
     fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
         let conn = self.conn();
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.reply_to = ?1");
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m
+             WHERE m.reply_to = ?1 AND m.kind <> 'fallback'"
+        );
         Ok(conn
             .query_row(&sql, params![message_id], message_from_row)
             .optional()?)
     }
 
-    fn record_reply(&self, message_id: i64, reply: &NewReply) -> Result<i64, StoreError> {
+    fn fallback_for(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m
+             WHERE m.reply_to = ?1 AND m.kind = 'fallback' ORDER BY m.id DESC LIMIT 1"
+        );
+        Ok(conn
+            .query_row(&sql, params![message_id], message_from_row)
+            .optional()?)
+    }
+
+    fn record_reply(&self, message_id: i64, reply: &NewReply) -> Result<StoredMessage, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let (conversation_id, channel, correlation_id): (i64, String, Option<String>) = tx
@@ -250,14 +305,16 @@ impl Store for SqliteStore {
             )
             .optional()?
             .ok_or_else(|| StoreError::NotFound(format!("user message {message_id}")))?;
-        // Exactly one reply per message: a second writer keeps the first reply.
+        // Exactly one answer per message: a second writer keeps the first.
+        // Fallbacks are outside that index and never conflict.
         let inserted: Option<i64> = tx
             .query_row(
                 "INSERT INTO messages (conversation_id, role, channel, text, created_at,
-                     correlation_id, reply_to, provider, model, prompt_version,
+                     correlation_id, reply_to, kind, provider, model, prompt_version,
                      prompt_tokens, completion_tokens, latency_ms)
-                 VALUES (?1, 'assistant', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL DO NOTHING
+                 VALUES (?1, 'assistant', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL AND kind <> 'fallback'
+                 DO NOTHING
                  RETURNING id",
                 params![
                     conversation_id,
@@ -266,6 +323,7 @@ impl Store for SqliteStore {
                     reply.created_at,
                     correlation_id,
                     message_id,
+                    reply.kind.as_str(),
                     reply.provider,
                     reply.model,
                     reply.prompt_version,
@@ -285,16 +343,168 @@ impl Store for SqliteStore {
                      WHERE id = ?1",
                     params![conversation_id, reply.created_at],
                 )?;
+                if reply.kind != ReplyKind::Fallback {
+                    tx.execute(
+                        "UPDATE messages SET answered_at = ?2 WHERE id = ?1",
+                        params![message_id, reply.created_at],
+                    )?;
+                }
                 id
             }
             None => tx.query_row(
-                "SELECT id FROM messages WHERE reply_to = ?1",
+                "SELECT id FROM messages WHERE reply_to = ?1 AND kind <> 'fallback'",
                 params![message_id],
                 |r| r.get(0),
             )?,
         };
+        let stored = message_by_id(&tx, id)?;
         tx.commit()?;
-        Ok(id)
+        Ok(stored)
+    }
+
+    fn pending(
+        &self,
+        conversation_id: i64,
+        limit: usize,
+    ) -> Result<Vec<InboundMessage>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.text, m.provider_message_id, m.provider_ts, m.created_at,
+                    m.attachments, m.metadata, m.correlation_id,
+                    c.channel, c.sender, c.thread
+             FROM messages m JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.conversation_id = ?1 AND m.role = 'user' AND m.answered_at IS NULL
+             ORDER BY m.id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![conversation_id, limit as i64], |r| {
+            let attachments: String = r.get(4)?;
+            let metadata: String = r.get(5)?;
+            let channel: String = r.get(7)?;
+            Ok(InboundMessage {
+                key: ConversationKey::new(
+                    parse_channel(&channel, 7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                ),
+                text: r.get(0)?,
+                provider_message_id: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                provider_ts: r.get(2)?,
+                received_at: r.get(3)?,
+                attachments: serde_json::from_str(&attachments)
+                    .map_err(|e| bad_value(4, e.to_string()))?,
+                metadata: serde_json::from_str(&metadata)
+                    .map_err(|e| bad_value(5, e.to_string()))?,
+                correlation_id: CorrelationId(r.get::<_, Option<String>>(6)?.unwrap_or_default()),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_violation(&self, message_id: i64, rule: &str, at: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO guardrail_violations (message_id, rule, created_at) VALUES (?1, ?2, ?3)",
+            params![message_id, rule, at],
+        )?;
+        Ok(())
+    }
+
+    fn latest_summary(&self, conversation_id: i64) -> Result<Option<Summary>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT conversation_id, from_message_id, to_message_id, text, provider, model,
+                        created_at
+                 FROM summaries WHERE conversation_id = ?1
+                 ORDER BY to_message_id DESC, id DESC LIMIT 1",
+                params![conversation_id],
+                summary_from_row,
+            )
+            .optional()?)
+    }
+
+    fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO summaries (conversation_id, from_message_id, to_message_id, text,
+                 provider, model, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (conversation_id, from_message_id, to_message_id) DO NOTHING",
+            params![
+                summary.conversation_id,
+                summary.from_message_id,
+                summary.to_message_id,
+                summary.text,
+                summary.provider,
+                summary.model,
+                summary.created_at,
+            ],
+        )?;
+        Ok(conn.query_row(
+            "SELECT conversation_id, from_message_id, to_message_id, text, provider, model,
+                    created_at
+             FROM summaries
+             WHERE conversation_id = ?1 AND from_message_id = ?2 AND to_message_id = ?3",
+            params![
+                summary.conversation_id,
+                summary.from_message_id,
+                summary.to_message_id
+            ],
+            summary_from_row,
+        )?)
+    }
+
+    fn breaker(&self, provider: &str, model: &str) -> Result<Option<Breaker>, StoreError> {
+        let sql =
+            format!("SELECT {BREAKER_COLUMNS} FROM breakers WHERE provider = ?1 AND model = ?2");
+        Ok(self
+            .conn()
+            .query_row(&sql, params![provider, model], breaker_from_row)
+            .optional()?)
+    }
+
+    fn save_breaker(
+        &self,
+        breaker: &Breaker,
+        transition: Option<&Transition>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO breakers (provider, model, state, failures, opened_at, next_probe_at,
+                 last_error, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (provider, model) DO UPDATE SET
+                 state = excluded.state, failures = excluded.failures,
+                 opened_at = excluded.opened_at, next_probe_at = excluded.next_probe_at,
+                 last_error = excluded.last_error, updated_at = excluded.updated_at",
+            params![
+                breaker.provider,
+                breaker.model,
+                breaker.state.as_str(),
+                breaker.failures,
+                breaker.opened_at,
+                breaker.next_probe_at,
+                breaker.last_error,
+                breaker.updated_at,
+            ],
+        )?;
+        if let Some(t) = transition {
+            tx.execute(
+                "INSERT INTO breaker_transitions (provider, model, from_state, to_state, reason, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![breaker.provider, breaker.model, t.from.as_str(), t.to.as_str(), t.reason, t.at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
+        let conn = self.conn();
+        let sql = format!("SELECT {BREAKER_COLUMNS} FROM breakers ORDER BY provider, model");
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], breaker_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn recent_turns(
@@ -407,12 +617,12 @@ impl Store for SqliteStore {
         let rows = stmt.query_map(
             params![fts_query, channel.map(Channel::as_str), limit.max(1) as i64],
             |r| {
-                let channel: String = r.get(14)?;
+                let channel: String = r.get(15)?;
                 Ok(SearchHit {
                     message: message_from_row(r)?,
-                    channel: parse_channel(&channel, 14)?,
-                    sender: r.get(15)?,
-                    snippet: r.get(16)?,
+                    channel: parse_channel(&channel, 15)?,
+                    sender: r.get(16)?,
+                    snippet: r.get(17)?,
                 })
             },
         )?;

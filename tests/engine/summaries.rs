@@ -1,0 +1,138 @@
+//! Summarisation of older turns: triggers past the threshold, is stored
+//! with its range, reused, never redone for a range, and the context never
+//! exceeds the budget.
+
+use std::sync::Arc;
+
+use convagent::adapters::channels::cli;
+use convagent::adapters::store::SqliteStore;
+use convagent::core::context::SUMMARY_PREFIX;
+use convagent::core::{AgentSettings, Store, estimate_tokens};
+
+use crate::agent::{agent_over, key};
+use crate::support::FakeLlm;
+
+fn is_summary_request(r: &convagent::core::LlmRequest) -> bool {
+    r.messages[0]
+        .content
+        .starts_with("You summarise conversations")
+}
+
+#[tokio::test]
+async fn older_turns_are_summarised_once_per_range_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convagent.db");
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let llm = Arc::new(FakeLlm::replying(
+        &"a fairly wordy reply with many tokens in it ".repeat(3),
+    ));
+    let settings = AgentSettings {
+        context_budget: 1024,
+        reply_reserve: 128,
+        summary_min_turns: 50,
+        summary_threshold: 0.8,
+        summary_batch: 10,
+        ..AgentSettings::default()
+    };
+    let agent = agent_over(store.clone(), llm.clone(), settings);
+
+    let mut conversation = 0;
+    let mut summaries_seen_at = Vec::new();
+    for i in 0..90 {
+        let text = format!("message {i}: {}", "tell me more about the topic ".repeat(3));
+        let before = llm.calls();
+        let reply = agent
+            .handle(&cli::inbound(&key(), &text, i), &mut |_| {})
+            .await
+            .unwrap();
+        conversation = reply.conversation_id;
+        let requests = llm.requests.lock().unwrap()[before..].to_vec();
+        let (summarising, answering): (Vec<_>, Vec<_>) =
+            requests.iter().partition(|r| is_summary_request(r));
+        assert_eq!(answering.len(), 1);
+        let answer = answering[0];
+        let used: usize = answer
+            .messages
+            .iter()
+            .map(|m| estimate_tokens(&m.content))
+            .sum();
+        assert!(used <= 1024 - 128, "turn {i}: context of {used} tokens");
+        assert!(
+            answer
+                .messages
+                .last()
+                .unwrap()
+                .content
+                .starts_with(&format!("message {i}:"))
+        );
+        if !summarising.is_empty() {
+            // Only past the threshold: more than 50 stored turns.
+            let stored_turns = store
+                .conversation(conversation)
+                .unwrap()
+                .unwrap()
+                .message_count;
+            assert!(stored_turns > 50, "summarised at {stored_turns} turns");
+            for s in &summarising {
+                let used: usize = s.messages.iter().map(|m| estimate_tokens(&m.content)).sum();
+                assert!(used <= 1024, "summary request of {used} tokens");
+            }
+            summaries_seen_at.push(i);
+        }
+        if store.latest_summary(conversation).unwrap().is_some() {
+            assert!(
+                answer.messages[1].content.starts_with(SUMMARY_PREFIX),
+                "turn {i}: the stored summary is in the context"
+            );
+        }
+    }
+    assert!(!summaries_seen_at.is_empty(), "the threshold was crossed");
+    // Reused between folds: far fewer summaries than turns.
+    assert!(
+        summaries_seen_at.len() <= 90 * 2 / 10,
+        "{summaries_seen_at:?}"
+    );
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT from_message_id, to_message_id FROM summaries WHERE conversation_id = ?1 ORDER BY id")
+        .unwrap();
+    let ranges: Vec<(i64, i64)> = stmt
+        .query_map([conversation], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ranges.len(), summaries_seen_at.len());
+    assert!(
+        ranges.windows(2).all(|w| w[1].1 >= w[0].1 + 10),
+        "each fold adds a batch: {ranges:?}"
+    );
+    assert!(
+        ranges.iter().all(|r| r.0 == ranges[0].0),
+        "each summary extends the first: {ranges:?}"
+    );
+    // The user's full history is kept.
+    assert_eq!(store.messages(conversation).unwrap().len(), 180);
+}
+
+#[tokio::test]
+async fn short_conversations_are_never_summarised() {
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let llm = Arc::new(FakeLlm::replying(&"long reply ".repeat(60)));
+    let settings = AgentSettings {
+        context_budget: 1024,
+        reply_reserve: 128,
+        ..AgentSettings::default()
+    };
+    let agent = agent_over(store.clone(), llm.clone(), settings);
+    // 25 exchanges = 50 turns: the window overflows, but not the turn threshold.
+    for i in 0..25 {
+        agent
+            .handle(&cli::inbound(&key(), &format!("q{i}"), i), &mut |_| {})
+            .await
+            .unwrap();
+    }
+    assert_eq!(llm.calls(), 25, "no summarisation call");
+    let conversation = store.open_conversation(&key()).unwrap().unwrap();
+    assert_eq!(store.latest_summary(conversation).unwrap(), None);
+}
