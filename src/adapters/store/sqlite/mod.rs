@@ -1,0 +1,136 @@
+//! The SQLite store: one database file in WAL mode, schema from the
+//! append-only migrations in `migrations/`, applied on open.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use rusqlite_migration::{M, Migrations};
+
+mod port;
+mod rows;
+
+use crate::core::ports::StoreError;
+
+/// The schema, oldest first. Append only.
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../../../migrations/0001_init.sql"))];
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// How to open the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file if needed and bring the schema up to date.
+    ReadWrite,
+    /// Never write: for readers beside a running daemon, and for `doctor`,
+    /// which must report an outdated schema rather than fix it silently.
+    ReadOnly,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and applies pending
+    /// migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, OpenMode::ReadWrite)
+    }
+
+    pub fn open_with(path: &Path, mode: OpenMode) -> Result<Self, StoreError> {
+        let mut conn = match mode {
+            OpenMode::ReadWrite => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                Connection::open(path)
+            }
+            OpenMode::ReadOnly => Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+        }
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+
+        conn.busy_timeout(Duration::from_secs(5))?;
+        if mode == OpenMode::ReadWrite {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            Migrations::from_slice(MIGRATIONS)
+                .to_latest(&mut conn)
+                .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// An in-memory store, for tests and benchmarks.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut conn)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: PathBuf::from(":memory:"),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (statements are atomic), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The newest turns of a conversation up to a message: a backwards range
+/// scan of `messages_by_conversation`, bounded by the limit.
+pub const RECENT_TURNS_SQL: &str = "SELECT id, role, text FROM messages
+     WHERE conversation_id = ?1 AND id <= ?2
+     ORDER BY id DESC LIMIT ?3";
+
+/// Turns free text into an FTS5 query that matches all its words, each
+/// quoted so that FTS5 operators in user input are taken literally.
+fn fts_phrase_query(text: &str) -> Option<String> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("\"{w}\""))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fts_queries_quote_every_word() {
+        assert_eq!(
+            fts_phrase_query("hello, NEAR(world) \"x\"").as_deref(),
+            Some("\"hello\" \"NEAR\" \"world\" \"x\"")
+        );
+        assert_eq!(fts_phrase_query(" ,;* "), None);
+    }
+
+    #[test]
+    fn migrations_are_valid() {
+        Migrations::from_slice(MIGRATIONS).validate().unwrap();
+    }
+}

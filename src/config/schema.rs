@@ -1,0 +1,275 @@
+//! The configuration's shape: every key, its type and its default.
+//! `config.example.toml` documents the same, and a test keeps them equal.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::agent::{DEFAULT_FALLBACK_REPLY, DEFAULT_SYSTEM_PROMPT};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub log: LogConfig,
+    pub agent: AgentConfig,
+    pub llm: LlmConfig,
+    pub guardrails: GuardrailsConfig,
+    pub server: ServerConfig,
+    pub channels: ChannelsConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file; default `$XDG_DATA_HOME/convagent/convagent.db`.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing env-filter syntax, e.g. `info,convagent=debug`.
+    pub filter: String,
+    /// Directory of the JSON log files; default `$XDG_STATE_HOME/convagent/logs`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Stored as prompt version 1 when the store has no prompt yet.
+    pub system_prompt: String,
+    pub context_budget: usize,
+    pub reply_reserve: usize,
+    /// Sent when every LLM provider failed; the message is answered later.
+    pub fallback_reply: String,
+    /// Older turns are summarised once a conversation has more turns than
+    /// this and its window is `summary_threshold` full.
+    pub summary_min_turns: u64,
+    pub summary_threshold: f32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            context_budget: 4096,
+            reply_reserve: 512,
+            fallback_reply: DEFAULT_FALLBACK_REPLY.into(),
+            summary_min_turns: 50,
+            summary_threshold: 0.8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardrailsConfig {
+    /// Extra rules: messages matching one get the polite refusal.
+    pub patterns: Vec<GuardrailPattern>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailPattern {
+    /// Recorded with each violation.
+    pub name: String,
+    /// A regular expression, matched case-insensitively.
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Ollama,
+    Openai,
+    Embedded,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Ollama => "ollama",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Embedded => "embedded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ollama" => Some(ProviderKind::Ollama),
+            "openai" => Some(ProviderKind::Openai),
+            "embedded" => Some(ProviderKind::Embedded),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Providers in the order they are tried.
+    pub chain: Vec<ProviderKind>,
+    /// Waits before retrying a connection error, in milliseconds.
+    pub retry_backoff_ms: Vec<u64>,
+    /// A turn's whole budget: no retry starts past it.
+    pub turn_deadline_secs: u64,
+    /// Consecutive failures that open a provider's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips its provider before one probe.
+    pub breaker_cooldown_secs: u64,
+    pub ollama: OllamaConfig,
+    pub openai: OpenAiConfig,
+    pub embedded: EmbeddedConfig,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            chain: vec![ProviderKind::Ollama, ProviderKind::Embedded],
+            retry_backoff_ms: vec![1000, 2000, 4000],
+            turn_deadline_secs: 600,
+            breaker_failures: 3,
+            breaker_cooldown_secs: 300,
+            ollama: OllamaConfig::default(),
+            openai: OpenAiConfig::default(),
+            embedded: EmbeddedConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OllamaConfig {
+    pub host: String,
+    pub model: String,
+    pub num_ctx: u32,
+    pub keep_alive: String,
+    /// Cold model loads can take minutes before the first byte.
+    pub first_chunk_timeout_secs: u64,
+    pub chunk_timeout_secs: u64,
+}
+
+impl Default for OllamaConfig {
+    fn default() -> Self {
+        OllamaConfig {
+            host: "http://127.0.0.1:11434".into(),
+            model: "mistral:7b".into(),
+            num_ctx: 4096,
+            keep_alive: "5m".into(),
+            first_chunk_timeout_secs: 300,
+            chunk_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// Including the version path, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub model: String,
+    pub first_chunk_timeout_secs: u64,
+    pub chunk_timeout_secs: u64,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            base_url: "https://api.openai.com/v1".into(),
+            api_key: None,
+            model: "gpt-4o-mini".into(),
+            first_chunk_timeout_secs: 120,
+            chunk_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// GGUF file; default: the model the install step fetched.
+    pub model_path: Option<PathBuf>,
+    /// CPU threads; 0 = all available cores.
+    pub threads: u32,
+    pub context_size: u32,
+    /// 0 = greedy (deterministic).
+    pub temperature: f32,
+    pub seed: u32,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            model_path: None,
+            threads: 0,
+            context_size: 4096,
+            temperature: 0.7,
+            seed: 42,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// The public base URL the providers call (what `convagent tunnel` records).
+    pub public_url: Option<String>,
+    /// Record outbound messages instead of sending them.
+    pub dry_run: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelsConfig {
+    pub twilio: TwilioConfig,
+    pub telegram: TelegramConfig,
+    pub slack: SlackConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwilioConfig {
+    pub account_sid: Option<String>,
+    pub auth_token: Option<String>,
+    pub whatsapp_from: Option<String>,
+    pub api_base: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelegramConfig {
+    pub bot_token: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub api_base: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlackConfig {
+    pub bot_token: Option<String>,
+    pub signing_secret: Option<String>,
+    pub api_base: Option<String>,
+}
