@@ -9,7 +9,7 @@ use convagent::core::guardrails::REFUSAL;
 use convagent::core::{Agent, AgentSettings, Guardrails, ReplyKind, Store, StreamEvent};
 
 use crate::agent::key;
-use crate::support::{FakeClock, FakeLlm};
+use crate::support::{FakeClock, FakeLlm, pairs};
 
 fn agent(store: Arc<SqliteStore>, llm: Arc<FakeLlm>, secrets: Vec<String>) -> Agent {
     let rules = Guardrails::new(&[("competitors".into(), r"\bacme\s+corp\b".into())]).unwrap();
@@ -23,17 +23,6 @@ fn agent(store: Arc<SqliteStore>, llm: Arc<FakeLlm>, secrets: Vec<String>) -> Ag
             ..AgentSettings::default()
         },
     )
-}
-
-fn violations(path: &std::path::Path) -> Vec<(i64, String)> {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT message_id, rule FROM guardrail_violations ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 #[tokio::test]
@@ -69,7 +58,11 @@ async fn each_rule_refuses_without_calling_the_llm_and_is_recorded() {
         expected.push((reply.message_id, rule.to_string()));
     }
     assert_eq!(llm.calls(), 0);
-    assert_eq!(violations(&path), expected);
+    let violations: Vec<(i64, String)> = pairs(
+        &path,
+        "SELECT message_id, rule FROM guardrail_violations ORDER BY id",
+    );
+    assert_eq!(violations, expected);
     // A refusal is the message's answer: redelivery does not ask again.
     let conversation = store.open_conversation(&key()).unwrap().unwrap();
     assert!(store.pending(conversation, 10).unwrap().is_empty());

@@ -15,7 +15,7 @@ use convagent::core::{
 };
 
 use crate::agent::{agent_over, key};
-use crate::support::{FakeClock, ScriptedLlm, http_500, reset_by_peer};
+use crate::support::{FakeClock, ScriptedLlm, http_500, pairs, reset_by_peer};
 
 const COOLDOWN_MS: i64 = 300_000;
 
@@ -47,17 +47,6 @@ fn chain_of(
     clock: Arc<FakeClock>,
 ) -> Chain {
     Chain::new(providers, store, clock, policy())
-}
-
-fn transitions(path: &std::path::Path) -> Vec<(String, String)> {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT from_state, to_state FROM breaker_transitions ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 #[tokio::test]
@@ -128,7 +117,10 @@ async fn the_breaker_opens_skips_half_opens_closes_and_survives_a_restart() {
         (BreakerState::Closed, 0, None)
     );
 
-    let seen = transitions(&path);
+    let seen: Vec<(String, String)> = pairs(
+        &path,
+        "SELECT from_state, to_state FROM breaker_transitions ORDER BY id",
+    );
     let expected = [
         ("closed", "open"),
         ("open", "half_open"),

@@ -10,7 +10,7 @@ use convagent::core::context::SUMMARY_PREFIX;
 use convagent::core::{AgentSettings, Store, estimate_tokens};
 
 use crate::agent::{agent_over, key};
-use crate::support::FakeLlm;
+use crate::support::{FakeLlm, pairs};
 
 fn is_summary_request(r: &convagent::core::LlmRequest) -> bool {
     r.messages[0]
@@ -93,15 +93,12 @@ async fn older_turns_are_summarised_once_per_range_and_reused() {
         "{summaries_seen_at:?}"
     );
 
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT from_message_id, to_message_id FROM summaries WHERE conversation_id = ?1 ORDER BY id")
-        .unwrap();
-    let ranges: Vec<(i64, i64)> = stmt
-        .query_map([conversation], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let ranges: Vec<(i64, i64)> = pairs(
+        &path,
+        &format!(
+            "SELECT from_message_id, to_message_id FROM summaries WHERE conversation_id = {conversation} ORDER BY id"
+        ),
+    );
     assert_eq!(ranges.len(), summaries_seen_at.len());
     assert!(
         ranges.windows(2).all(|w| w[1].1 >= w[0].1 + 10),

@@ -276,3 +276,17 @@ pub fn reset_by_peer(provider: &str) -> LlmError {
         reason: "connection reset by peer".into(),
     }
 }
+
+/// Rows of a raw query on a store file, for checking what the port does
+/// not expose (transitions, violations, summary ranges).
+pub fn pairs<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+    path: &std::path::Path,
+    sql: &str,
+) -> Vec<(A, B)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
