@@ -7,6 +7,8 @@ mod context;
 mod doctor;
 mod history;
 mod output;
+mod replay;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,12 +39,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: channel webhooks, workers, outbox, health, metrics
+    Serve(serve::Args),
     /// Talk to the agent in the terminal (channel `cli`)
     Chat(chat::Args),
     /// List, show and search stored conversations
     History(history::Args),
     /// Check config, store and LLM providers, with a fix for each problem
     Doctor(doctor::Args),
+    /// Sign golden webhook payloads and post them to a daemon (or load-test it)
+    Replay(replay::Args),
     /// Print or write shell completion scripts
     Completions(completions::Args),
 }
@@ -51,9 +57,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Context::new(cli.config, cli.verbose);
     let result = match cli.command {
+        Command::Serve(args) => serve::run(&ctx, args),
         Command::Chat(args) => chat::run(&ctx, args),
         Command::History(args) => history::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
+        Command::Replay(args) => replay::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
     };
     match result {

@@ -28,11 +28,20 @@ complete -c convagent -n "__fish_convagent_needs_command" -l config -d 'Config f
 complete -c convagent -n "__fish_convagent_needs_command" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_needs_command" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_needs_command" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_needs_command" -f -a "serve" -d 'Run the daemon: channel webhooks, workers, outbox, health, metrics'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "chat" -d 'Talk to the agent in the terminal (channel `cli`)'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "history" -d 'List, show and search stored conversations'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "doctor" -d 'Check config, store and LLM providers, with a fix for each problem'
+complete -c convagent -n "__fish_convagent_needs_command" -f -a "replay" -d 'Sign golden webhook payloads and post them to a daemon (or load-test it)'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "completions" -d 'Print or write shell completion scripts'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand serve" -l listen -d 'Address to listen on (default: CONVAGENT_LISTEN or 127.0.0.1:8080)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand serve" -l public-url -d 'The public base URL providers call, e.g. https://x.trycloudflare.com' -r
+complete -c convagent -n "__fish_convagent_using_subcommand serve" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand serve" -l dry-run -d 'Record replies instead of sending them'
+complete -c convagent -n "__fish_convagent_using_subcommand serve" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -l chain -d 'LLM providers to try, in order, for this session (e.g. `embedded`)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -l new -d 'Start a new conversation instead of continuing the last one'
@@ -82,16 +91,28 @@ complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l json -d '
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -l to -d 'The daemon\'s base URL' -r
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -l public-url -d 'The public base URL the daemon knows itself by (Twilio signs it)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -l expect -d 'Check each answer: against STATUS, or the file\'s own expectation' -r
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -l rate -d 'Load mode: requests per second, for --duration seconds' -r
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -l duration -d 'Load mode: how long to send, in seconds' -r
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -l concurrency -d 'Load mode: requests in flight at most' -r
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -l dir -d 'Write the bash, zsh and fish scripts into this directory instead' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "chat" -d 'Talk to the agent in the terminal (channel `cli`)'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "history" -d 'List, show and search stored conversations'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "doctor" -d 'Check config, store and LLM providers, with a fix for each problem'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "completions" -d 'Print or write shell completion scripts'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from chat history doctor completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay completions help" -f -a "serve" -d 'Run the daemon: channel webhooks, workers, outbox, health, metrics'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay completions help" -f -a "chat" -d 'Talk to the agent in the terminal (channel `cli`)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay completions help" -f -a "history" -d 'List, show and search stored conversations'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay completions help" -f -a "doctor" -d 'Check config, store and LLM providers, with a fix for each problem'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay completions help" -f -a "replay" -d 'Sign golden webhook payloads and post them to a daemon (or load-test it)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay completions help" -f -a "completions" -d 'Print or write shell completion scripts'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "list" -d 'List conversations, most recent first (the default)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "show" -d 'Show one conversation\'s messages'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "search" -d 'Full-text search over all messages'

@@ -5,4 +5,6 @@
 pub mod adapters;
 pub mod config;
 pub mod core;
+pub mod daemon;
+pub mod golden;
 pub mod telemetry;

@@ -15,7 +15,8 @@ use super::guardrails::{Guardrails, REFUSAL, SecretFilter};
 use super::llm::{ChatMessage, LlmError, LlmProvider, LlmRequest, OnEvent, StreamEvent};
 use super::message::{InboundMessage, Role, Turn};
 use super::ports::{
-    Accepted, Clock, NewReply, PromptVersion, ReplyKind, Store, StoreError, StoredMessage, Summary,
+    Accepted, Clock, NewReply, PromptVersion, ReplyKind, StageSink, Store, StoreError,
+    StoredMessage, Summary, TraceEvent,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +101,7 @@ pub struct Agent {
     clock: Arc<dyn Clock>,
     guardrails: Guardrails,
     settings: AgentSettings,
+    stages: Option<Arc<dyn StageSink>>,
 }
 
 impl Agent {
@@ -116,7 +118,38 @@ impl Agent {
             clock,
             guardrails,
             settings,
+            stages: None,
         }
+    }
+
+    /// Reports every stage of every message to `sink` as well.
+    pub fn with_stages(mut self, sink: Arc<dyn StageSink>) -> Self {
+        self.stages = Some(sink);
+        self
+    }
+
+    fn stage(
+        &self,
+        message: &InboundMessage,
+        stage: &str,
+        began: (i64, Instant),
+        outcome: &str,
+        detail: Option<String>,
+    ) {
+        if let Some(sink) = &self.stages {
+            sink.record(TraceEvent {
+                correlation_id: message.correlation_id.0.clone(),
+                stage: stage.to_string(),
+                started_at: began.0,
+                duration_us: began.1.elapsed().as_micros() as u64,
+                outcome: outcome.to_string(),
+                detail,
+            });
+        }
+    }
+
+    fn now(&self) -> (i64, Instant) {
+        (self.clock.now_ms(), Instant::now())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -167,7 +200,13 @@ impl Agent {
         let prompt = self
             .store
             .ensure_prompt(&self.settings.default_system_prompt, self.clock.now_ms())?;
-        if let Some(violation) = self.guardrails.check(&message.text) {
+        let began = self.now();
+        let violation = self.guardrails.check(&message.text);
+        let verdict = violation
+            .as_ref()
+            .map_or("pass".to_string(), |v| format!("refused: {}", v.rule));
+        self.stage(message, "guarded", began, &verdict, None);
+        if let Some(violation) = violation {
             info!(rule = %violation.rule, "guardrail refused the message");
             self.store.record_violation(
                 accepted.message_id,
@@ -185,10 +224,30 @@ impl Agent {
                 0,
             )?;
             on_event(StreamEvent::Token(&reply.text));
+            self.stage(
+                message,
+                "reply stored",
+                began,
+                "refusal",
+                Some(format!("reply {}", reply.id)),
+            );
             return Ok(self.reply(&accepted, reply, false, 0, None));
         }
 
+        let began = self.now();
         let window = self.context(&accepted, &prompt).await?;
+        self.stage(
+            message,
+            "context built",
+            began,
+            "ok",
+            Some(format!(
+                "{} messages, ~{} tokens, {} turns dropped",
+                window.messages.len(),
+                window.estimated_tokens,
+                window.dropped_turns
+            )),
+        );
         info!(
             prompt_version = prompt.version,
             messages = window.messages.len(),
@@ -202,6 +261,7 @@ impl Agent {
         };
 
         let started = Instant::now();
+        let llm_began = self.now();
         let mut filter = SecretFilter::new(&self.settings.secrets);
         let result = self
             .llm
@@ -219,6 +279,23 @@ impl Agent {
             })
             .await;
         let latency_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(o) => self.stage(
+                message,
+                "llm call",
+                llm_began,
+                "ok",
+                Some(format!("{}/{}", o.provider, o.model)),
+            ),
+            Err(e) => self.stage(
+                message,
+                "llm call",
+                llm_began,
+                "failed",
+                Some(e.to_string()),
+            ),
+        }
+        let began = self.now();
 
         match result {
             Ok(output) => {
@@ -245,6 +322,13 @@ impl Agent {
                     latency_ms,
                 )?;
                 info!(reply_id = reply.id, "reply stored");
+                self.stage(
+                    message,
+                    "reply stored",
+                    began,
+                    "answer",
+                    Some(format!("reply {}", reply.id)),
+                );
                 Ok(self.reply(&accepted, reply, false, window.dropped_turns, None))
             }
             Err(error) => {

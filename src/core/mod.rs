@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod breaker;
+pub mod channel;
 pub mod context;
 pub mod guardrails;
 pub mod llm;
@@ -19,6 +20,7 @@ pub use message::{
     Attachment, Channel, ConversationKey, CorrelationId, InboundMessage, Role, Turn,
 };
 pub use ports::{
-    Accepted, Clock, ConversationFilter, ConversationSummary, NewReply, PromptVersion, ReplyKind,
-    SearchHit, Store, StoreError, StoreHealth, StoredMessage, Summary,
+    Accepted, Clock, ConversationFilter, ConversationSummary, NewReply, OutboxItem, OutboxStats,
+    OutboxStore, OutboxUpdate, PromptVersion, ReplyKind, SearchHit, StageSink, Store, StoreError,
+    StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore,
 };

@@ -267,3 +267,88 @@ pub trait Clock: Send + Sync {
     /// Waits `duration` (a fake clock just moves on).
     fn sleep(&self, duration: Duration) -> BoxFuture<'_, ()>;
 }
+
+/// A reply waiting in the outbox: the head of its conversation's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub reply_id: i64,
+    pub conversation_id: i64,
+    pub key: ConversationKey,
+    pub text: String,
+    /// Parts of a split reply already delivered.
+    pub parts_sent: u32,
+    pub attempts: u32,
+    pub correlation_id: Option<String>,
+}
+
+/// What became of a send attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxUpdate {
+    /// One more part delivered (more to go).
+    Progress {
+        parts_sent: u32,
+        provider_message_id: Option<String>,
+    },
+    /// Every part delivered (or recorded, in dry-run mode).
+    Sent {
+        provider_message_id: Option<String>,
+        dry_run: bool,
+    },
+    /// Try again at `next_attempt_at`; `attempts` counts the failures
+    /// that lead to a dead letter (a 429 does not).
+    Retry {
+        next_attempt_at: i64,
+        attempts: u32,
+        error: String,
+    },
+    /// Given up: a dead letter with the provider's code.
+    Dead { code: String, error: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxStats {
+    pub queued: u64,
+    pub dead: u64,
+}
+
+/// The durable outbox of replies to channels (SPEC.md step 8). Replies are
+/// queued by the store itself when they are recorded.
+pub trait OutboxStore: Send + Sync {
+    /// Items due at `now`, at most one per conversation (the oldest not yet
+    /// sent), oldest first.
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// The earliest time a queued item becomes due, if any is queued.
+    fn next_due_at(&self) -> Result<Option<i64>, StoreError>;
+
+    fn update_outbox(&self, id: i64, update: &OutboxUpdate, at: i64) -> Result<(), StoreError>;
+
+    fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+
+    /// Conversations holding messages not yet answered (for a restart).
+    fn conversations_with_pending(&self, limit: usize) -> Result<Vec<i64>, StoreError>;
+}
+
+/// One stage of one message's journey (SPEC.md step 9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceEvent {
+    pub correlation_id: String,
+    pub stage: String,
+    pub started_at: i64,
+    pub duration_us: u64,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+pub trait TraceStore: Send + Sync {
+    fn record_traces(&self, events: &[TraceEvent]) -> Result<(), StoreError>;
+    /// Every stage recorded for a correlation id, in order.
+    fn trace(&self, correlation_id: &str) -> Result<Vec<TraceEvent>, StoreError>;
+}
+
+/// Where the agent reports the stages it runs (guarded, context built, LLM
+/// call, reply stored); the daemon's tracer stores and logs them.
+pub trait StageSink: Send + Sync {
+    fn record(&self, event: TraceEvent);
+}

@@ -1,5 +1,105 @@
-//! Channel adapters: each turns its provider's wire format into the
-//! canonical [`InboundMessage`](crate::core::InboundMessage) and sends replies
-//! back. WhatsApp, Telegram and Slack arrive with `convagent serve`.
+//! Channel adapters: each turns its provider's webhooks into canonical
+//! messages (verify, parse) and sends replies back, behind the core's
+//! [`ChannelAdapter`](crate::core::channel::ChannelAdapter) port.
 
 pub mod cli;
+pub mod slack;
+pub mod telegram;
+pub mod whatsapp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+
+use crate::config::Config;
+use crate::core::channel::{ChannelAdapter, SendError};
+
+/// Compares secrets without leaking, through timing, how much matched.
+pub fn secure_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("convagent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// `Retry-After: <seconds>` of a response, if any.
+fn retry_after_header(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Maps a provider's failure onto what the outbox does with it.
+fn send_error(
+    status: u16,
+    retry_after: Option<Duration>,
+    code: String,
+    detail: String,
+) -> SendError {
+    match status {
+        429 => SendError::RateLimited {
+            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+            detail,
+        },
+        500..=599 => SendError::Transient(format!("HTTP {status}: {detail}")),
+        _ => SendError::Permanent { code, detail },
+    }
+}
+
+/// The channels whose secrets are configured, as adapters.
+pub fn enabled(config: &Config) -> Vec<Arc<dyn ChannelAdapter>> {
+    let c = &config.channels;
+    let mut out: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
+    if let (Some(sid), Some(token)) = (&c.twilio.account_sid, &c.twilio.auth_token) {
+        out.push(Arc::new(whatsapp::WhatsApp::new(
+            whatsapp::TwilioSettings {
+                account_sid: sid.clone(),
+                auth_token: token.clone(),
+                whatsapp_from: c.twilio.whatsapp_from.clone(),
+                api_base: c
+                    .twilio
+                    .api_base
+                    .clone()
+                    .unwrap_or_else(|| whatsapp::DEFAULT_API_BASE.into()),
+            },
+        )));
+    }
+    if let (Some(token), Some(secret)) = (&c.telegram.bot_token, &c.telegram.webhook_secret) {
+        out.push(Arc::new(telegram::Telegram::new(
+            telegram::TelegramSettings {
+                bot_token: token.clone(),
+                webhook_secret: secret.clone(),
+                api_base: c
+                    .telegram
+                    .api_base
+                    .clone()
+                    .unwrap_or_else(|| telegram::DEFAULT_API_BASE.into()),
+            },
+        )));
+    }
+    if let (Some(token), Some(secret)) = (&c.slack.bot_token, &c.slack.signing_secret) {
+        out.push(Arc::new(slack::Slack::new(slack::SlackSettings {
+            bot_token: token.clone(),
+            signing_secret: secret.clone(),
+            api_base: c
+                .slack
+                .api_base
+                .clone()
+                .unwrap_or_else(|| slack::DEFAULT_API_BASE.into()),
+        })));
+    }
+    out
+}

@@ -8,13 +8,17 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
+mod outbox;
 mod port;
 mod rows;
 
 use crate::core::ports::StoreError;
 
 /// The schema, oldest first. Append only.
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../../../../migrations/0001_init.sql")),
+    M::up(include_str!("../../../../migrations/0002_daemon.sql")),
+];
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {

@@ -1,0 +1,249 @@
+//! Slack Events API. Inbound: JSON events signed with `X-Slack-Signature` =
+//! `v0=` hex(HMAC-SHA256(signing secret, `v0:{timestamp}:{raw body}`)), the
+//! timestamp within 5 minutes of now; `url_verification` is answered with
+//! its challenge; bot messages (including our own: `bot_id` without any
+//! subtype) are ignored. Outbound: `chat.postMessage` in the thread.
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+
+use super::{http_client, secure_eq, send_error};
+use crate::core::channel::{
+    ChannelAdapter, Inbound, SendError, Sent, WebhookError, WebhookRequest,
+};
+use crate::core::llm::BoxFuture;
+use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage};
+
+pub const DEFAULT_API_BASE: &str = "https://slack.com/api";
+/// Slack truncates messages past about 4,000 characters.
+pub const MAX_TEXT: usize = 4000;
+/// How far a signed timestamp may be from now.
+pub const REPLAY_WINDOW_SECS: i64 = 5 * 60;
+
+#[derive(Debug, Clone)]
+pub struct SlackSettings {
+    pub bot_token: String,
+    pub signing_secret: String,
+    pub api_base: String,
+}
+
+pub struct Slack {
+    settings: SlackSettings,
+    client: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    challenge: Option<String>,
+    event_id: Option<String>,
+    event_time: Option<i64>,
+    event: Option<Event>,
+}
+
+#[derive(Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    user: Option<String>,
+    text: Option<String>,
+    channel: Option<String>,
+    ts: Option<String>,
+    thread_ts: Option<String>,
+    bot_id: Option<String>,
+    subtype: Option<String>,
+    channel_type: Option<String>,
+}
+
+impl Slack {
+    pub fn new(settings: SlackSettings) -> Self {
+        Slack {
+            settings,
+            client: http_client(),
+        }
+    }
+
+    /// `v0=` + hex HMAC-SHA256 of `v0:{timestamp}:{body}`.
+    pub fn signature(signing_secret: &str, timestamp: &str, body: &[u8]) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(signing_secret.as_bytes()).expect("any key length");
+        mac.update(b"v0:");
+        mac.update(timestamp.as_bytes());
+        mac.update(b":");
+        mac.update(body);
+        format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+impl ChannelAdapter for Slack {
+    fn channel(&self) -> Channel {
+        Channel::Slack
+    }
+
+    fn verify(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
+        if request.content_type() != Some("application/json") {
+            return Err(WebhookError::UnsupportedMediaType(
+                "Slack events are application/json".into(),
+            ));
+        }
+        let unauthorized = |m: &str| WebhookError::Unauthorized(m.to_string());
+        let timestamp = request
+            .header("x-slack-request-timestamp")
+            .ok_or_else(|| unauthorized("missing X-Slack-Request-Timestamp header"))?;
+        let given = request
+            .header("x-slack-signature")
+            .ok_or_else(|| unauthorized("missing X-Slack-Signature header"))?;
+        let ts: i64 = timestamp
+            .parse()
+            .map_err(|_| unauthorized("X-Slack-Request-Timestamp is not a number"))?;
+        if (request.now_ms / 1000 - ts).abs() > REPLAY_WINDOW_SECS {
+            return Err(unauthorized(
+                "X-Slack-Request-Timestamp is more than 5 minutes from now (replayed, or a wrong clock)",
+            ));
+        }
+        let expected = Self::signature(&self.settings.signing_secret, timestamp, request.body);
+        if secure_eq(&expected, given) {
+            Ok(())
+        } else {
+            Err(unauthorized(
+                "X-Slack-Signature does not match (check the signing secret)",
+            ))
+        }
+    }
+
+    fn parse(&self, request: &WebhookRequest<'_>) -> Result<Inbound, WebhookError> {
+        let envelope: Envelope = serde_json::from_slice(request.body)
+            .map_err(|e| WebhookError::BadRequest(format!("invalid Slack event: {e}")))?;
+        match envelope.kind.as_str() {
+            "url_verification" => {
+                let challenge = envelope.challenge.ok_or_else(|| {
+                    WebhookError::BadRequest("url_verification without `challenge`".into())
+                })?;
+                return Ok(Inbound::Respond {
+                    content_type: "application/json",
+                    body: json!({ "challenge": challenge }).to_string(),
+                });
+            }
+            "event_callback" => {}
+            _ => return Ok(Inbound::Ignore("event type not handled")),
+        }
+        let bad = |m: &str| WebhookError::BadRequest(format!("Slack event_callback without `{m}`"));
+        let event_id = envelope.event_id.ok_or_else(|| bad("event_id"))?;
+        let event = envelope.event.ok_or_else(|| bad("event"))?;
+        if event.bot_id.is_some() || event.subtype.as_deref() == Some("bot_message") {
+            return Ok(Inbound::Ignore("bot message"));
+        }
+        if event.subtype.is_some() {
+            return Ok(Inbound::Ignore("message edit, deletion or other subtype"));
+        }
+        let direct = event.kind == "message" && event.channel_type.as_deref() == Some("im");
+        if event.kind != "app_mention" && !direct {
+            // A mention in a channel also arrives as `app_mention`: answer that one.
+            return Ok(Inbound::Ignore("channel message not addressed to the bot"));
+        }
+        let user = event.user.ok_or_else(|| bad("event.user"))?;
+        let channel = event.channel.ok_or_else(|| bad("event.channel"))?;
+        let text = event.text.unwrap_or_default();
+        if text.trim().is_empty() {
+            return Ok(Inbound::Ignore("no text"));
+        }
+        // Mentions are answered in their thread; a direct message chat is
+        // one conversation unless the user opened a thread.
+        let thread = match (&event.thread_ts, direct) {
+            (Some(t), _) => format!("{channel}:{t}"),
+            (None, true) => channel.clone(),
+            (None, false) => format!("{channel}:{}", event.ts.clone().unwrap_or_default()),
+        };
+        Ok(Inbound::Message(InboundMessage {
+            key: ConversationKey::new(Channel::Slack, user, thread),
+            text,
+            provider_message_id: event_id,
+            provider_ts: envelope.event_time.map(|t| t * 1000),
+            received_at: request.now_ms,
+            attachments: Vec::new(),
+            metadata: BTreeMap::from([("event_type".to_string(), event.kind)]),
+            correlation_id: CorrelationId::generate(),
+        }))
+    }
+
+    fn max_message_len(&self) -> usize {
+        MAX_TEXT
+    }
+
+    fn send<'a>(
+        &'a self,
+        to: &'a ConversationKey,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<Sent, SendError>> {
+        Box::pin(async move {
+            let s = &self.settings;
+            let (channel, thread_ts) = match to.thread.split_once(':') {
+                Some((c, t)) => (c, Some(t)),
+                None => (to.thread.as_str(), None),
+            };
+            let mut body = json!({ "channel": channel, "text": text });
+            if let Some(t) = thread_ts {
+                body["thread_ts"] = json!(t);
+            }
+            let response = self
+                .client
+                .post(format!(
+                    "{}/chat.postMessage",
+                    s.api_base.trim_end_matches('/')
+                ))
+                .bearer_auth(&s.bot_token)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| SendError::Transient(format!("Slack: {}", e.without_url())))?;
+            let status = response.status().as_u16();
+            let retry_after = super::retry_after_header(&response);
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if status == 200 && body["ok"].as_bool() == Some(true) {
+                return Ok(Sent {
+                    provider_message_id: body["ts"].as_str().map(str::to_string),
+                });
+            }
+            let code = body["error"]
+                .as_str()
+                .unwrap_or("unknown_error")
+                .to_string();
+            // Slack reports most failures as HTTP 200 with `ok: false`.
+            let status = match (status, code.as_str()) {
+                (_, "ratelimited") => 429,
+                (
+                    200,
+                    "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout",
+                ) => 503,
+                (200, _) => 400,
+                (s, _) => s,
+            };
+            Err(send_error(
+                status,
+                retry_after,
+                code.clone(),
+                format!("Slack: {code}"),
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_slacks_documented_example() {
+        // From Slack's "Verifying requests from Slack" documentation.
+        let body = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        assert_eq!(
+            Slack::signature("8f742231b10e8888abcd99yyyzzz85a5", "1531420618", body),
+            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+        );
+    }
+}

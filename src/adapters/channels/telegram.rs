@@ -1,0 +1,268 @@
+//! Telegram Bot API. Inbound: JSON `Update`s, authenticated by the
+//! `X-Telegram-Bot-Api-Secret-Token` header set with `setWebhook`. Text,
+//! captions and callback queries are messages; edits are acknowledged and
+//! ignored; in groups the bot answers only when addressed. Outbound:
+//! `sendMessage`, whose 429 carries `parameters.retry_after`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{http_client, secure_eq, send_error};
+use crate::core::channel::{
+    ChannelAdapter, Inbound, SendError, Sent, WebhookError, WebhookRequest,
+};
+use crate::core::llm::BoxFuture;
+use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage};
+
+pub const DEFAULT_API_BASE: &str = "https://api.telegram.org";
+/// Telegram's limit for one message's text.
+pub const MAX_TEXT: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct TelegramSettings {
+    pub bot_token: String,
+    pub webhook_secret: String,
+    pub api_base: String,
+}
+
+pub struct Telegram {
+    settings: TelegramSettings,
+    client: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Update {
+    update_id: i64,
+    message: Option<Message>,
+    edited_message: Option<serde_json::Value>,
+    channel_post: Option<serde_json::Value>,
+    callback_query: Option<CallbackQuery>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    message_id: i64,
+    from: Option<User>,
+    chat: Chat,
+    date: Option<i64>,
+    text: Option<String>,
+    caption: Option<String>,
+    #[serde(default)]
+    entities: Vec<Entity>,
+    reply_to_message: Option<Box<Message>>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    id: i64,
+    #[serde(default)]
+    is_bot: bool,
+    username: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Chat {
+    id: i64,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct Entity {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    id: String,
+    from: User,
+    message: Option<Message>,
+    data: Option<String>,
+}
+
+impl Telegram {
+    pub fn new(settings: TelegramSettings) -> Self {
+        Telegram {
+            settings,
+            client: http_client(),
+        }
+    }
+
+    fn message(&self, update_id: i64, m: Message, now: i64) -> Inbound {
+        let Some(from) = &m.from else {
+            return Inbound::Ignore("message without a sender");
+        };
+        if from.is_bot {
+            return Inbound::Ignore("message from a bot");
+        }
+        let text = m.text.clone().or(m.caption.clone()).unwrap_or_default();
+        if text.trim().is_empty() {
+            return Inbound::Ignore("no text");
+        }
+        let group = matches!(m.chat.kind.as_str(), "group" | "supergroup");
+        if group && !addressed(&m, &text) {
+            return Inbound::Ignore("group message not addressed to the bot");
+        }
+        let mut metadata = BTreeMap::from([
+            ("update_id".to_string(), update_id.to_string()),
+            ("chat_type".to_string(), m.chat.kind.clone()),
+        ]);
+        if let Some(u) = &from.username {
+            metadata.insert("username".into(), u.clone());
+        }
+        Inbound::Message(InboundMessage {
+            key: ConversationKey::new(
+                Channel::Telegram,
+                from.id.to_string(),
+                m.chat.id.to_string(),
+            ),
+            text,
+            // A redelivered update and the same message in another update
+            // are one message.
+            provider_message_id: format!("{}:{}", m.chat.id, m.message_id),
+            provider_ts: m.date.map(|d| d * 1000),
+            received_at: now,
+            attachments: Vec::new(),
+            metadata,
+            correlation_id: CorrelationId::generate(),
+        })
+    }
+}
+
+/// In a group the bot answers commands, mentions and replies to itself.
+fn addressed(m: &Message, text: &str) -> bool {
+    text.starts_with('/')
+        || m.entities
+            .iter()
+            .any(|e| e.kind == "mention" || e.kind == "bot_command")
+        || m.reply_to_message
+            .as_ref()
+            .and_then(|r| r.from.as_ref())
+            .is_some_and(|u| u.is_bot)
+}
+
+impl ChannelAdapter for Telegram {
+    fn channel(&self) -> Channel {
+        Channel::Telegram
+    }
+
+    fn verify(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
+        if request.content_type() != Some("application/json") {
+            return Err(WebhookError::UnsupportedMediaType(
+                "Telegram updates are application/json".into(),
+            ));
+        }
+        let given = request
+            .header("x-telegram-bot-api-secret-token")
+            .ok_or_else(|| {
+                WebhookError::Unauthorized("missing X-Telegram-Bot-Api-Secret-Token header".into())
+            })?;
+        if secure_eq(given, &self.settings.webhook_secret) {
+            Ok(())
+        } else {
+            Err(WebhookError::Unauthorized(
+                "X-Telegram-Bot-Api-Secret-Token does not match the configured secret".into(),
+            ))
+        }
+    }
+
+    fn parse(&self, request: &WebhookRequest<'_>) -> Result<Inbound, WebhookError> {
+        let update: Update = serde_json::from_slice(request.body)
+            .map_err(|e| WebhookError::BadRequest(format!("invalid Telegram update: {e}")))?;
+        if let Some(m) = update.message {
+            return Ok(self.message(update.update_id, m, request.now_ms));
+        }
+        if let Some(q) = update.callback_query {
+            let Some(chat) = q.message.as_ref().map(|m| m.chat.id) else {
+                return Ok(Inbound::Ignore("callback query without its message"));
+            };
+            let Some(data) = q.data.filter(|d| !d.trim().is_empty()) else {
+                return Ok(Inbound::Ignore("callback query without data"));
+            };
+            if q.from.is_bot {
+                return Ok(Inbound::Ignore("callback query from a bot"));
+            }
+            return Ok(Inbound::Message(InboundMessage {
+                key: ConversationKey::new(
+                    Channel::Telegram,
+                    q.from.id.to_string(),
+                    chat.to_string(),
+                ),
+                text: data,
+                provider_message_id: format!("callback:{}", q.id),
+                provider_ts: None,
+                received_at: request.now_ms,
+                attachments: Vec::new(),
+                metadata: BTreeMap::from([
+                    ("update_id".to_string(), update.update_id.to_string()),
+                    ("kind".to_string(), "callback_query".to_string()),
+                ]),
+                correlation_id: CorrelationId::generate(),
+            }));
+        }
+        if update.edited_message.is_some() {
+            return Ok(Inbound::Ignore("edited message"));
+        }
+        if update.channel_post.is_some() {
+            return Ok(Inbound::Ignore("channel post"));
+        }
+        Ok(Inbound::Ignore("update kind not handled"))
+    }
+
+    fn max_message_len(&self) -> usize {
+        MAX_TEXT
+    }
+
+    fn send<'a>(
+        &'a self,
+        to: &'a ConversationKey,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<Sent, SendError>> {
+        Box::pin(async move {
+            let s = &self.settings;
+            let url = format!(
+                "{}/bot{}/sendMessage",
+                s.api_base.trim_end_matches('/'),
+                s.bot_token
+            );
+            let chat_id = if to.thread.is_empty() {
+                &to.sender
+            } else {
+                &to.thread
+            };
+            let response = self
+                .client
+                .post(&url)
+                .json(&json!({ "chat_id": chat_id, "text": text }))
+                .send()
+                .await
+                // The URL holds the bot token: never let it into an error.
+                .map_err(|e| SendError::Transient(format!("Telegram: {}", e.without_url())))?;
+            let status = response.status().as_u16();
+            let retry_after_header = super::retry_after_header(&response);
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if body["ok"].as_bool() == Some(true) {
+                return Ok(Sent {
+                    provider_message_id: body["result"]["message_id"]
+                        .as_i64()
+                        .map(|id| id.to_string()),
+                });
+            }
+            let code = body["error_code"].as_i64().map_or(status, |c| c as u16);
+            let retry_after = body["parameters"]["retry_after"]
+                .as_u64()
+                .map(std::time::Duration::from_secs)
+                .or(retry_after_header);
+            let detail = body["description"].as_str().unwrap_or("no description");
+            Err(send_error(
+                code,
+                retry_after,
+                code.to_string(),
+                format!("Telegram: {detail}"),
+            ))
+        })
+    }
+}

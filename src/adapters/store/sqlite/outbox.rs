@@ -1,0 +1,180 @@
+//! The outbox and trace ports on SQLite.
+
+use rusqlite::params;
+
+use super::SqliteStore;
+use super::rows::parse_channel;
+use crate::core::message::ConversationKey;
+use crate::core::ports::{
+    OutboxItem, OutboxStats, OutboxStore, OutboxUpdate, StoreError, TraceEvent, TraceStore,
+};
+
+impl OutboxStore for SqliteStore {
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let conn = self.conn();
+        // The head of each conversation's queue, if it is due: a later
+        // reply never overtakes an earlier one that is waiting to retry.
+        let mut stmt = conn.prepare_cached(
+            "SELECT o.id, o.reply_id, o.conversation_id, c.channel, c.sender, c.thread,
+                    m.text, o.parts_sent, o.attempts, m.correlation_id
+             FROM outbox o
+             JOIN conversations c ON c.id = o.conversation_id
+             JOIN messages m ON m.id = o.reply_id
+             WHERE o.state = 'queued' AND o.next_attempt_at <= ?1
+               AND o.id = (SELECT min(h.id) FROM outbox h
+                           WHERE h.conversation_id = o.conversation_id AND h.state = 'queued')
+             ORDER BY o.id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now, limit as i64], |r| {
+            let channel: String = r.get(3)?;
+            Ok(OutboxItem {
+                id: r.get(0)?,
+                reply_id: r.get(1)?,
+                conversation_id: r.get(2)?,
+                key: ConversationKey::new(
+                    parse_channel(&channel, 3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ),
+                text: r.get(6)?,
+                parts_sent: r.get(7)?,
+                attempts: r.get(8)?,
+                correlation_id: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT min(next_attempt_at) FROM outbox WHERE state = 'queued'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn update_outbox(&self, id: i64, update: &OutboxUpdate, at: i64) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let push_id = |provider_id: &Option<String>| -> Result<(), StoreError> {
+            if let Some(pid) = provider_id {
+                conn.execute(
+                    "UPDATE outbox SET provider_message_ids = json_insert(provider_message_ids, '$[#]', ?2)
+                     WHERE id = ?1",
+                    params![id, pid],
+                )?;
+            }
+            Ok(())
+        };
+        let n = match update {
+            OutboxUpdate::Progress {
+                parts_sent,
+                provider_message_id,
+            } => {
+                push_id(provider_message_id)?;
+                conn.execute(
+                    "UPDATE outbox SET parts_sent = ?2, attempts = 0, updated_at = ?3 WHERE id = ?1",
+                    params![id, parts_sent, at],
+                )?
+            }
+            OutboxUpdate::Sent {
+                provider_message_id,
+                dry_run,
+            } => {
+                push_id(provider_message_id)?;
+                conn.execute(
+                    "UPDATE outbox SET state = 'sent', dry_run = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![id, dry_run, at],
+                )?
+            }
+            OutboxUpdate::Retry {
+                next_attempt_at,
+                attempts,
+                error,
+            } => conn.execute(
+                "UPDATE outbox SET attempts = ?5, next_attempt_at = ?2, last_error = ?3,
+                     updated_at = ?4
+                 WHERE id = ?1",
+                params![id, next_attempt_at, error, at, attempts],
+            )?,
+            OutboxUpdate::Dead { code, error } => conn.execute(
+                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, error_code = ?2,
+                     last_error = ?3, updated_at = ?4
+                 WHERE id = ?1",
+                params![id, code, error, at],
+            )?,
+        };
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("outbox item {id}")));
+        }
+        Ok(())
+    }
+
+    fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead')
+             FROM outbox",
+            [],
+            |r| {
+                Ok(OutboxStats {
+                    queued: r.get::<_, i64>(0)? as u64,
+                    dead: r.get::<_, i64>(1)? as u64,
+                })
+            },
+        )?)
+    }
+
+    fn conversations_with_pending(&self, limit: usize) -> Result<Vec<i64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT DISTINCT conversation_id FROM messages
+             WHERE role = 'user' AND answered_at IS NULL
+             ORDER BY conversation_id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl TraceStore for SqliteStore {
+    fn record_traces(&self, events: &[TraceEvent]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO traces (correlation_id, stage, started_at, duration_us, outcome, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for e in events {
+                stmt.execute(params![
+                    e.correlation_id,
+                    e.stage,
+                    e.started_at,
+                    i64::try_from(e.duration_us).unwrap_or(i64::MAX),
+                    e.outcome,
+                    e.detail
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn trace(&self, correlation_id: &str) -> Result<Vec<TraceEvent>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT correlation_id, stage, started_at, duration_us, outcome, detail
+             FROM traces WHERE correlation_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![correlation_id], |r| {
+            Ok(TraceEvent {
+                correlation_id: r.get(0)?,
+                stage: r.get(1)?,
+                started_at: r.get(2)?,
+                duration_us: r.get::<_, i64>(3)?.max(0) as u64,
+                outcome: r.get(4)?,
+                detail: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,190 @@
+//! The channel port: how a chat provider's webhook becomes a canonical
+//! message (verify, then parse) and how a reply goes back (send). Adding a
+//! channel means implementing [`ChannelAdapter`] and nothing else.
+
+use std::time::Duration;
+
+use super::llm::BoxFuture;
+use super::message::{Channel, ConversationKey, InboundMessage};
+
+/// A webhook request as the daemon received it.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookRequest<'a> {
+    /// The full URL the provider called (public base + path + query), for
+    /// signatures computed over it (Twilio).
+    pub url: &'a str,
+    /// Header names in lower case.
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+    /// Unix milliseconds when it arrived.
+    pub now_ms: i64,
+}
+
+impl WebhookRequest<'_> {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The media type of the body, without parameters.
+    pub fn content_type(&self) -> Option<&str> {
+        self.header("content-type")
+            .map(|v| v.split(';').next().unwrap_or_default().trim())
+    }
+}
+
+/// What a verified webhook asks of us.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// A message to store and answer.
+    Message(InboundMessage),
+    /// Acknowledge and do nothing: bots, our own messages, status
+    /// callbacks, edits that need no answer.
+    Ignore(&'static str),
+    /// Answer the request itself (Slack's `url_verification` challenge).
+    Respond {
+        content_type: &'static str,
+        body: String,
+    },
+}
+
+/// Why a webhook was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// A sent message's receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sent {
+    pub provider_message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// 429: try again after the wait the provider asked for.
+    #[error("rate limited; retry after {}s: {detail}", .retry_after.as_secs())]
+    RateLimited {
+        retry_after: Duration,
+        detail: String,
+    },
+    /// 5xx or the network: back off and try again.
+    #[error("{0}")]
+    Transient(String),
+    /// 4xx: it will never work; dead-letter with the provider's code.
+    #[error("permanent failure {code}: {detail}")]
+    Permanent { code: String, detail: String },
+}
+
+/// One chat provider: inbound verify + parse, outbound send.
+pub trait ChannelAdapter: Send + Sync {
+    fn channel(&self) -> Channel;
+
+    /// Checks the provider's signature or secret, in constant time.
+    fn verify(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError>;
+
+    /// Turns a verified request into what it asks of us.
+    fn parse(&self, request: &WebhookRequest<'_>) -> Result<Inbound, WebhookError>;
+
+    /// The longest text one message may carry.
+    fn max_message_len(&self) -> usize;
+
+    /// Sends one piece of a reply into the conversation.
+    fn send<'a>(
+        &'a self,
+        to: &'a ConversationKey,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<Sent, SendError>>;
+}
+
+/// Splits a reply into pieces of at most `limit` characters, preferring
+/// paragraph, then line, then sentence, then word boundaries.
+pub fn split_message(text: &str, limit: usize) -> Vec<String> {
+    let limit = limit.max(1);
+    let mut parts = Vec::new();
+    let mut rest = text.trim();
+    while rest.chars().count() > limit {
+        let window_end = rest
+            .char_indices()
+            .nth(limit)
+            .map_or(rest.len(), |(i, _)| i);
+        let window = &rest[..window_end];
+        let cut = ["\n\n", "\n", ". ", "! ", "? ", "; ", ", ", " "]
+            .iter()
+            .find_map(|sep| {
+                window
+                    .rfind(sep)
+                    .filter(|&i| i > 0)
+                    .map(|i| i + sep.trim_end().len())
+            })
+            .unwrap_or(window_end);
+        parts.push(rest[..cut].trim_end().to_string());
+        rest = rest[cut..].trim_start();
+    }
+    if !rest.is_empty() || parts.is_empty() {
+        parts.push(rest.to_string());
+    }
+    parts
+}
+
+/// The channel an adapter list serves.
+pub fn find(
+    adapters: &[std::sync::Arc<dyn ChannelAdapter>],
+    channel: Channel,
+) -> Option<&std::sync::Arc<dyn ChannelAdapter>> {
+    adapters.iter().find(|a| a.channel() == channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_text_is_one_piece() {
+        assert_eq!(split_message("hello", 10), ["hello"]);
+        assert_eq!(split_message("", 10), [""]);
+    }
+
+    #[test]
+    fn long_text_splits_on_sentences_then_words() {
+        let text = "First sentence here. Second one is longer than the rest. Third.";
+        let parts = split_message(text, 30);
+        assert_eq!(
+            parts,
+            [
+                "First sentence here.",
+                "Second one is longer than the",
+                "rest. Third."
+            ]
+        );
+        assert!(parts.iter().all(|p| p.chars().count() <= 30));
+    }
+
+    #[test]
+    fn lines_win_over_sentences_and_nothing_is_lost() {
+        let text = format!("{}\n{}", "a".repeat(8), "b. c d e f g h");
+        let parts = split_message(&text, 12);
+        assert_eq!(parts[0], "aaaaaaaa");
+        let joined: String = parts.concat();
+        assert_eq!(
+            joined.replace([' ', '\n'], ""),
+            text.replace([' ', '\n'], "")
+        );
+    }
+
+    #[test]
+    fn unbroken_text_is_cut_at_the_limit_on_char_boundaries() {
+        let text = "é".repeat(25);
+        let parts = split_message(&text, 10);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.chars().count() <= 10));
+        assert_eq!(parts.concat(), text);
+    }
+}

@@ -1,0 +1,164 @@
+//! The daemon (`convagent serve`): webhooks in, durable accept, per-
+//! conversation workers, the outbox out, health and metrics. `router` and
+//! `serve` take their parts injected, so tests bind 127.0.0.1:0 with fakes.
+
+mod health;
+pub mod metrics;
+mod outbox;
+mod tracer;
+mod webhook;
+mod workers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::core::channel::ChannelAdapter;
+use crate::core::{Agent, Clock, OutboxStore, Store, TraceStore};
+
+pub use metrics::Metrics;
+pub use tracer::Tracer;
+
+/// Everything the daemon needs from its store.
+pub trait DaemonStore: Store + OutboxStore + TraceStore {}
+impl<T: Store + OutboxStore + TraceStore> DaemonStore for T {}
+
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// The public base URL providers call (for Twilio signatures); without
+    /// it the request's Host header is used.
+    pub public_url: Option<String>,
+    /// Record sends instead of calling the channel APIs.
+    pub dry_run: bool,
+    /// Largest webhook body accepted.
+    pub max_body_bytes: usize,
+    /// Conversations processed at the same time.
+    pub max_parallel_conversations: usize,
+    /// How long shutdown waits for in-flight turns and sends.
+    pub shutdown_grace: Duration,
+    /// Waits between retries of a failed send (then dead letter).
+    pub send_backoff: Vec<Duration>,
+    /// When to retry conversations whose messages got the fallback reply.
+    pub fallback_retry: Duration,
+    /// LLM providers in the chain, for `/health/ready`.
+    pub providers: Vec<String>,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            public_url: None,
+            dry_run: false,
+            max_body_bytes: 1024 * 1024,
+            max_parallel_conversations: 16,
+            shutdown_grace: Duration::from_secs(10),
+            send_backoff: [1, 2, 4, 8, 16].map(Duration::from_secs).to_vec(),
+            fallback_retry: Duration::from_secs(30),
+            providers: Vec::new(),
+        }
+    }
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    pub(crate) store: Arc<dyn DaemonStore>,
+    pub(crate) agent: Arc<Agent>,
+    pub(crate) channels: Vec<Arc<dyn ChannelAdapter>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) settings: DaemonSettings,
+    pub(crate) metrics: Metrics,
+    pub(crate) tracer: Tracer,
+    pub(crate) workers: workers::Workers,
+    pub(crate) outbox_wake: Notify,
+    pub(crate) stopping: AtomicBool,
+}
+
+impl Daemon {
+    /// `tracer` and `metrics` are made first (with [`Tracer::start`]) so
+    /// that the agent can report its stages to them too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn DaemonStore>,
+        agent: Arc<Agent>,
+        channels: Vec<Arc<dyn ChannelAdapter>>,
+        clock: Arc<dyn Clock>,
+        settings: DaemonSettings,
+        metrics: Metrics,
+        tracer: Tracer,
+    ) -> Arc<Self> {
+        Arc::new(Daemon {
+            workers: workers::Workers::new(settings.max_parallel_conversations),
+            store,
+            agent,
+            channels,
+            clock,
+            settings,
+            metrics,
+            tracer,
+            outbox_wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// The HTTP routes.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    let limit = daemon.settings.max_body_bytes;
+    Router::new()
+        .route("/webhook/{channel}", post(webhook::handle))
+        .route("/health", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(daemon)
+}
+
+/// Serves until `shutdown` resolves: stops accepting, lets in-flight turns
+/// and sends finish within the grace period, leaves the rest (durably
+/// stored) for the next start.
+pub async fn serve(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Messages accepted before a crash or stop and not yet answered.
+    workers::recover(&daemon);
+    let dispatcher = tokio::spawn(outbox::run(daemon.clone()));
+
+    let app = router(daemon.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+
+    tracing::info!("shutting down: no new webhooks; finishing in-flight work");
+    daemon.stopping.store(true, Ordering::SeqCst);
+    daemon.outbox_wake.notify_one();
+    let grace = daemon.settings.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        daemon.workers.idle().await;
+        let _ = dispatcher.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "in-flight work did not finish in time; it resumes at the next start"
+        );
+    }
+    daemon.tracer.flush().await;
+    Ok(())
+}

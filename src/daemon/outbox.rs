@@ -1,0 +1,224 @@
+//! The outbox dispatcher (SPEC.md step 8): sends queued replies in order
+//! per conversation, split at the channel's limit. 429 waits what the
+//! provider asks; 5xx and network errors back off (1, 2, 4, 8, 16 s) then
+//! dead-letter; a permanent 4xx dead-letters at once with the provider's
+//! code. A crash between a send and its record is the only way to send twice.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Daemon;
+use crate::core::channel::{self, SendError, split_message};
+use crate::core::{OutboxItem, OutboxUpdate};
+
+/// Items picked per round.
+const BATCH: usize = 64;
+/// Longest sleep between rounds when nothing is due.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+pub async fn run(daemon: Arc<Daemon>) {
+    let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        if daemon.stopping() {
+            break;
+        }
+        let now = daemon.clock.now_ms();
+        let due = daemon.store.due(now, BATCH).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the outbox");
+            Vec::new()
+        });
+        for item in due {
+            // One send at a time per conversation keeps the order.
+            let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if busy.contains(&item.conversation_id) {
+                continue;
+            }
+            drop(busy);
+            in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(item.conversation_id);
+            let (daemon, in_flight) = (daemon.clone(), in_flight.clone());
+            tasks.spawn(async move {
+                let conversation = item.conversation_id;
+                deliver(&daemon, item).await;
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&conversation);
+                daemon.outbox_wake.notify_one();
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+
+        let wait = match daemon.store.next_due_at() {
+            Ok(Some(at)) => {
+                Duration::from_millis((at - daemon.clock.now_ms()).clamp(0, 1000) as u64)
+            }
+            _ => IDLE_POLL,
+        };
+        let wait = if wait.is_zero() {
+            Duration::from_millis(20)
+        } else {
+            wait
+        };
+        tokio::select! {
+            _ = daemon.outbox_wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    // Let sends already on the wire finish and be recorded.
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn deliver(daemon: &Arc<Daemon>, item: OutboxItem) {
+    let correlation = item.correlation_id.clone().unwrap_or_default();
+    let attempt = item.attempts + 1;
+    let started_at = daemon.clock.now_ms();
+    let began = Instant::now();
+    let stage = format!("send attempt {attempt}");
+    let (update, outcome) = attempt_send(daemon, &item).await;
+    let channel = item.key.channel.as_str();
+    match &update {
+        OutboxUpdate::Sent { .. } => {
+            daemon
+                .tracer
+                .stage(&correlation, &stage, started_at, began, "ok", None);
+            daemon
+                .tracer
+                .stage(&correlation, "sent", started_at, began, "ok", None);
+            daemon.metrics.send(channel, "sent");
+        }
+        OutboxUpdate::Progress { .. } => {
+            daemon
+                .tracer
+                .stage(&correlation, &stage, started_at, began, "part sent", None);
+        }
+        OutboxUpdate::Retry { error, .. } => {
+            daemon.tracer.stage(
+                &correlation,
+                &stage,
+                started_at,
+                began,
+                "retry",
+                Some(error.clone()),
+            );
+            daemon.metrics.send(channel, "retry");
+        }
+        OutboxUpdate::Dead { code, error } => {
+            daemon.tracer.stage(
+                &correlation,
+                &stage,
+                started_at,
+                began,
+                "failed",
+                Some(error.clone()),
+            );
+            daemon.tracer.stage(
+                &correlation,
+                "dead",
+                started_at,
+                began,
+                code,
+                Some(error.clone()),
+            );
+            daemon.metrics.send(channel, "dead");
+            tracing::warn!(correlation_id = %correlation, code, error, "reply dead-lettered");
+        }
+    }
+    if let Err(e) = daemon
+        .store
+        .update_outbox(item.id, &update, daemon.clock.now_ms())
+    {
+        tracing::error!(correlation_id = %correlation, error = %e, outcome, "cannot record a send");
+    }
+}
+
+/// One attempt: sends the parts not sent yet; returns how it went.
+async fn attempt_send(daemon: &Arc<Daemon>, item: &OutboxItem) -> (OutboxUpdate, &'static str) {
+    let Some(adapter) = channel::find(&daemon.channels, item.key.channel) else {
+        return (
+            OutboxUpdate::Dead {
+                code: "channel_disabled".into(),
+                error: format!("channel {} is not enabled", item.key.channel),
+            },
+            "dead",
+        );
+    };
+    let parts = split_message(&item.text, adapter.max_message_len());
+    if daemon.settings.dry_run {
+        tracing::info!(to = %item.key.sender, channel = %item.key.channel, parts = parts.len(), "dry run: reply recorded, not sent");
+        return (
+            OutboxUpdate::Sent {
+                provider_message_id: None,
+                dry_run: true,
+            },
+            "dry run",
+        );
+    }
+    let mut sent = item.parts_sent as usize;
+    let mut last_id = None;
+    while sent < parts.len() {
+        match adapter.send(&item.key, &parts[sent]).await {
+            Ok(receipt) => {
+                sent += 1;
+                last_id = receipt.provider_message_id;
+                if sent < parts.len() {
+                    // Record each part so a crash never resends it.
+                    let progress = OutboxUpdate::Progress {
+                        parts_sent: sent as u32,
+                        provider_message_id: last_id.clone(),
+                    };
+                    if let Err(e) =
+                        daemon
+                            .store
+                            .update_outbox(item.id, &progress, daemon.clock.now_ms())
+                    {
+                        tracing::error!(error = %e, "cannot record a sent part");
+                    }
+                }
+            }
+            Err(error) => return (failure(daemon, item, error), "failed"),
+        }
+    }
+    (
+        OutboxUpdate::Sent {
+            provider_message_id: last_id,
+            dry_run: false,
+        },
+        "sent",
+    )
+}
+
+fn failure(daemon: &Arc<Daemon>, item: &OutboxItem, error: SendError) -> OutboxUpdate {
+    let now = daemon.clock.now_ms();
+    match error {
+        SendError::RateLimited {
+            retry_after,
+            detail,
+        } => OutboxUpdate::Retry {
+            next_attempt_at: now + retry_after.as_millis() as i64,
+            attempts: item.attempts,
+            error: format!("429: {detail}"),
+        },
+        SendError::Transient(detail) => {
+            match daemon.settings.send_backoff.get(item.attempts as usize) {
+                Some(wait) => OutboxUpdate::Retry {
+                    next_attempt_at: now + wait.as_millis() as i64,
+                    attempts: item.attempts + 1,
+                    error: detail,
+                },
+                None => OutboxUpdate::Dead {
+                    code: "retries_exhausted".into(),
+                    error: detail,
+                },
+            }
+        }
+        SendError::Permanent { code, detail } => OutboxUpdate::Dead {
+            code,
+            error: detail,
+        },
+    }
+}

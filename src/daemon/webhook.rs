@@ -1,0 +1,188 @@
+//! `POST /webhook/{channel}` (SPEC.md steps 1–2): size, content type,
+//! signature and schema checks, then the normalised message is stored in
+//! one transaction and acknowledged before any LLM work. Errors map to
+//! HTTP statuses here and nowhere else.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{Daemon, workers};
+use crate::core::channel::{self, Inbound, WebhookError, WebhookRequest};
+use crate::core::{Channel, StoreError};
+
+/// Why a webhook was not accepted, as the provider (or developer) sees it.
+#[derive(Debug)]
+pub enum Rejection {
+    NotFound(String),
+    Webhook(WebhookError),
+    Store(StoreError),
+    Stopping,
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let (status, reason) = match self {
+            Rejection::NotFound(r) => (StatusCode::NOT_FOUND, r),
+            Rejection::Webhook(WebhookError::Unauthorized(r)) => (StatusCode::UNAUTHORIZED, r),
+            Rejection::Webhook(WebhookError::UnsupportedMediaType(r)) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, r)
+            }
+            Rejection::Webhook(WebhookError::BadRequest(r)) => (StatusCode::BAD_REQUEST, r),
+            // Not acknowledged: the provider retries later, nothing is lost.
+            Rejection::Store(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")),
+            Rejection::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
+        };
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{reason}\n"),
+        )
+            .into_response()
+    }
+}
+
+pub async fn handle(
+    State(daemon): State<Arc<Daemon>>,
+    Path(channel): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Rejection> {
+    let began = Instant::now();
+    let now = daemon.clock.now_ms();
+    let channel: Channel = channel
+        .parse()
+        .ok()
+        .filter(|c| *c != Channel::Cli)
+        .ok_or_else(|| {
+            Rejection::NotFound(format!(
+                "unknown channel `{channel}` (whatsapp, telegram, slack)"
+            ))
+        })?;
+    let Some(adapter) = channel::find(&daemon.channels, channel) else {
+        daemon.metrics.inbound(channel.as_str(), "not_enabled");
+        return Err(Rejection::NotFound(format!(
+            "channel {channel} is not enabled: set its secrets ({})",
+            secrets_hint(channel)
+        )));
+    };
+    if daemon.stopping() {
+        return Err(Rejection::Stopping);
+    }
+
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let url = public_url(daemon.settings.public_url.as_deref(), &headers, &uri);
+    let request = WebhookRequest {
+        url: &url,
+        headers: &headers,
+        body: &body,
+        now_ms: now,
+    };
+
+    let checked = adapter
+        .verify(&request)
+        .and_then(|()| adapter.parse(&request));
+    let inbound = match checked {
+        Ok(i) => i,
+        Err(e) => {
+            daemon.metrics.inbound(channel.as_str(), "rejected");
+            tracing::info!(channel = %channel, error = %e, "webhook rejected");
+            return Err(Rejection::Webhook(e));
+        }
+    };
+    let message = match inbound {
+        Inbound::Message(m) => m,
+        Inbound::Ignore(reason) => {
+            daemon.metrics.inbound(channel.as_str(), "ignored");
+            tracing::info!(channel = %channel, reason, "webhook acknowledged and ignored");
+            return Ok((StatusCode::OK, format!("ignored: {reason}\n")).into_response());
+        }
+        Inbound::Respond { content_type, body } => {
+            return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
+        }
+    };
+
+    let correlation = message.correlation_id.0.clone();
+    daemon.tracer.stage(
+        &correlation,
+        "received",
+        now,
+        began,
+        "ok",
+        Some(format!("{} bytes", body.len())),
+    );
+    daemon
+        .tracer
+        .stage(&correlation, "verified", now, began, "ok", None);
+    let stored_began = Instant::now();
+    let accepted = daemon.store.accept(&message).map_err(|e| {
+        tracing::error!(correlation_id = %correlation, error = %e, "cannot store an inbound message");
+        Rejection::Store(e)
+    })?;
+    daemon.metrics.observe_stage("ack", began.elapsed());
+    if accepted.duplicate {
+        daemon.metrics.inbound(channel.as_str(), "duplicate");
+        daemon.tracer.stage(
+            &correlation,
+            "duplicate",
+            now,
+            stored_began,
+            "ignored",
+            Some(format!("message {}", accepted.message_id)),
+        );
+        return Ok((
+            StatusCode::OK,
+            [("x-correlation-id", correlation)],
+            "duplicate\n",
+        )
+            .into_response());
+    }
+    daemon.metrics.inbound(channel.as_str(), "accepted");
+    daemon.tracer.stage(
+        &correlation,
+        "stored",
+        now,
+        stored_began,
+        "ok",
+        Some(format!("message {}", accepted.message_id)),
+    );
+    workers::schedule(&daemon, accepted.conversation_id);
+    Ok((StatusCode::OK, [("x-correlation-id", correlation)], "ok\n").into_response())
+}
+
+/// The URL the provider called: the configured public base, or what the
+/// Host header says, plus the path and query as received.
+fn public_url(base: Option<&str>, headers: &[(String, String)], uri: &Uri) -> String {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    match base {
+        Some(b) => format!("{}{path}", b.trim_end_matches('/')),
+        None => {
+            let host = headers
+                .iter()
+                .find(|(k, _)| k == "host")
+                .map_or("localhost", |(_, v)| v.as_str());
+            let scheme = headers
+                .iter()
+                .find(|(k, _)| k == "x-forwarded-proto")
+                .map_or("http", |(_, v)| v.as_str());
+            format!("{scheme}://{host}{path}")
+        }
+    }
+}
+
+fn secrets_hint(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Whatsapp => "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
+        Channel::Telegram => "TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET",
+        Channel::Slack => "SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET",
+        Channel::Cli => "none",
+    }
+}

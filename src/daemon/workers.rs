@@ -1,0 +1,144 @@
+//! Workers: strictly one message at a time per conversation, in arrival
+//! order; different conversations in parallel, bounded. A conversation is
+//! scheduled when a message is accepted, at start for what a crash left
+//! unanswered, and again later when the LLM was down.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, Semaphore};
+
+use super::Daemon;
+use crate::core::ReplyKind;
+
+/// Messages read per round of a conversation.
+const ROUND: usize = 16;
+/// Conversations recovered at start, at most (the rest follow as they
+/// receive messages, or at the next start).
+const RECOVER_LIMIT: usize = 10_000;
+
+pub struct Workers {
+    /// Conversations being processed; `true` when more arrived meanwhile.
+    active: Mutex<HashMap<i64, bool>>,
+    permits: Arc<Semaphore>,
+    idle: Notify,
+}
+
+impl Workers {
+    pub fn new(parallel: usize) -> Self {
+        Workers {
+            active: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(parallel.max(1))),
+            idle: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, bool>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves once no conversation is being processed.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.lock().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Makes sure `conversation` gets processed: starts a worker, or tells the
+/// running one to look again when it is done.
+pub fn schedule(daemon: &Arc<Daemon>, conversation: i64) {
+    {
+        let mut active = daemon.workers.lock();
+        if let Some(more) = active.get_mut(&conversation) {
+            *more = true;
+            return;
+        }
+        active.insert(conversation, false);
+    }
+    let daemon = daemon.clone();
+    tokio::spawn(async move { process(daemon, conversation).await });
+}
+
+async fn process(daemon: Arc<Daemon>, conversation: i64) {
+    let _permit = daemon.workers.permits.clone().acquire_owned().await;
+    let mut retry_later = false;
+    loop {
+        if !daemon.stopping() {
+            retry_later |= round(&daemon, conversation).await;
+        }
+        let mut active = daemon.workers.lock();
+        match active.get_mut(&conversation) {
+            Some(more) if *more && !daemon.stopping() => *more = false,
+            _ => {
+                active.remove(&conversation);
+                if active.is_empty() {
+                    daemon.workers.idle.notify_waiters();
+                }
+                break;
+            }
+        }
+    }
+    if retry_later && !daemon.stopping() {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(daemon.settings.fallback_retry).await;
+            if !daemon.stopping() {
+                schedule(&daemon, conversation);
+            }
+        });
+    }
+}
+
+/// Answers the conversation's pending messages in order; returns whether
+/// one got the fallback (and so needs another try later).
+async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
+    let pending = match daemon.store.pending(conversation, ROUND) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(conversation, error = %e, "cannot read pending messages");
+            return true;
+        }
+    };
+    let mut fallback = false;
+    for message in pending {
+        if daemon.stopping() {
+            break;
+        }
+        match daemon.agent.handle(&message, &mut |_| {}).await {
+            Ok(reply) => {
+                daemon.metrics.reply(reply.kind());
+                fallback |= reply.kind() == ReplyKind::Fallback;
+                daemon.outbox_wake.notify_one();
+            }
+            Err(e) => {
+                tracing::error!(correlation_id = %message.correlation_id, error = %e, "cannot answer the message");
+                fallback = true;
+                break;
+            }
+        }
+    }
+    fallback
+}
+
+/// Schedules every conversation left with unanswered messages.
+pub fn recover(daemon: &Arc<Daemon>) {
+    match daemon.store.conversations_with_pending(RECOVER_LIMIT) {
+        Ok(conversations) => {
+            if !conversations.is_empty() {
+                tracing::info!(
+                    count = conversations.len(),
+                    "resuming conversations with unanswered messages"
+                );
+            }
+            for c in conversations {
+                schedule(daemon, c);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot look for unanswered messages"),
+    }
+}
