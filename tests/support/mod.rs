@@ -290,3 +290,77 @@ pub fn pairs<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
         .map(Result::unwrap)
         .collect()
 }
+
+/// An LLM that answers "echo: <the last user message>", so tests can tell
+/// which reply answers which message.
+pub struct EchoLlm {
+    pub calls: std::sync::atomic::AtomicUsize,
+    /// Repeats the answer this many times (long replies).
+    pub repeat: usize,
+    pub delay: std::time::Duration,
+}
+
+impl EchoLlm {
+    pub fn new() -> Self {
+        EchoLlm {
+            calls: Default::default(),
+            repeat: 1,
+            delay: std::time::Duration::ZERO,
+        }
+    }
+}
+
+impl Default for EchoLlm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LlmProvider for EchoLlm {
+    fn name(&self) -> &str {
+        "echo"
+    }
+
+    fn model(&self) -> &str {
+        "echo-1"
+    }
+
+    fn generate<'a>(
+        &'a self,
+        request: &'a LlmRequest,
+        on_event: &'a mut OnEvent<'_>,
+    ) -> BoxFuture<'a, Result<LlmOutput, LlmError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            let last = request
+                .messages
+                .last()
+                .map(|m| m.content.clone())
+                .unwrap_or_default();
+            let text = vec![format!("echo: {last}"); self.repeat].join(" ");
+            on_event(StreamEvent::Token(&text));
+            Ok(LlmOutput {
+                text,
+                provider: "echo".into(),
+                model: "echo-1".into(),
+                prompt_tokens: Some(1),
+                completion_tokens: Some(1),
+            })
+        })
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `secs` pass.
+pub async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    check()
+}

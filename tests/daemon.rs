@@ -1,0 +1,226 @@
+//! `convagent serve` end to end in-process: the daemon on 127.0.0.1:0 with
+//! the real SQLite store, an echoing LLM, and fake Telegram, Slack and
+//! Twilio APIs speaking their documented wire formats.
+
+#[path = "support/mod.rs"]
+mod support;
+
+#[path = "daemon/delivery.rs"]
+mod delivery;
+#[path = "daemon/ingress.rs"]
+mod ingress;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use convagent::adapters::channels;
+use convagent::adapters::clock::SystemClock;
+use convagent::adapters::store::SqliteStore;
+use convagent::config::Config;
+use convagent::core::{Agent, AgentSettings, Guardrails, LlmProvider};
+use convagent::daemon::{self, Daemon, DaemonSettings, Metrics, Tracer};
+use convagent::golden::{Golden, SignedRequest};
+use serde_json::json;
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub const TELEGRAM_TOKEN: &str = "123456:TEST-bot-token";
+pub const TELEGRAM_SECRET: &str = "tg-webhook-secret";
+pub const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+pub const TWILIO_TOKEN: &str = "twilio-auth-token";
+
+/// A running daemon and the fakes around it.
+pub struct Harness {
+    pub url: String,
+    pub store: Arc<SqliteStore>,
+    pub config: Config,
+    pub telegram: MockServer,
+    pub slack: MockServer,
+    pub twilio: MockServer,
+    pub daemon: Arc<Daemon>,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub struct Options {
+    pub llm: Arc<dyn LlmProvider>,
+    pub settings: DaemonSettings,
+    pub public_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            llm: Arc::new(support::EchoLlm::new()),
+            settings: DaemonSettings {
+                send_backoff: vec![std::time::Duration::from_millis(200); 2],
+                providers: vec!["echo".into()],
+                ..DaemonSettings::default()
+            },
+            public_url: None,
+        }
+    }
+}
+
+/// Fakes that answer every send with success, as each API documents it.
+pub async fn mount_success(h: &Harness) {
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "ok": true,
+            "result": { "message_id": 555, "date": 1763712000, "chat": { "id": 111222333, "type": "private" }, "text": "..." }
+        })))
+        .mount(&h.telegram)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/chat\.postMessage$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "ok": true, "channel": "C123ABC456", "ts": "1503435956.000247", "message": { "text": "..." }
+        })))
+        .mount(&h.slack)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/2010-04-01/Accounts/[^/]+/Messages\.json$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+            "sid": "SM1234567890abcdef1234567890abcdef", "status": "queued", "body": "..."
+        })))
+        .mount(&h.twilio)
+        .await;
+}
+
+impl Harness {
+    pub async fn start(options: Options) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, options).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, options: Options) -> Harness {
+        let (telegram, slack, twilio) = (
+            MockServer::start().await,
+            MockServer::start().await,
+            MockServer::start().await,
+        );
+        let mut config = Config::default();
+        let c = &mut config.channels;
+        c.telegram.bot_token = Some(TELEGRAM_TOKEN.into());
+        c.telegram.webhook_secret = Some(TELEGRAM_SECRET.into());
+        c.telegram.api_base = Some(telegram.uri());
+        c.slack.bot_token = Some("xoxb-test".into());
+        c.slack.signing_secret = Some(SLACK_SECRET.into());
+        c.slack.api_base = Some(slack.uri());
+        c.twilio.account_sid = Some("ACtest".into());
+        c.twilio.auth_token = Some(TWILIO_TOKEN.into());
+        c.twilio.whatsapp_from = Some("whatsapp:+14155238886".into());
+        c.twilio.api_base = Some(twilio.uri());
+
+        let store = Arc::new(SqliteStore::open(&dir.path().join("convagent.db")).unwrap());
+        let metrics = Metrics::new();
+        let tracer = Tracer::start(store.clone(), metrics.clone());
+        let agent = Agent::new(
+            store.clone(),
+            options.llm,
+            Arc::new(SystemClock),
+            Guardrails::new(&[]).unwrap(),
+            AgentSettings::default(),
+        )
+        .with_stages(Arc::new(tracer.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let settings = DaemonSettings {
+            public_url: options.public_url,
+            ..options.settings
+        };
+        let daemon = Daemon::new(
+            store.clone(),
+            Arc::new(agent),
+            channels::enabled(&config),
+            Arc::new(SystemClock),
+            settings,
+            metrics,
+            tracer,
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(daemon::serve(listener, daemon.clone(), async {
+            let _ = stopped.await;
+        }));
+        Harness {
+            url,
+            store,
+            config,
+            telegram,
+            slack,
+            twilio,
+            daemon,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn golden(&self, rel: &str) -> Golden {
+        Golden::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden")
+                .join(rel),
+        )
+        .unwrap()
+    }
+
+    pub fn sign(&self, golden: &Golden) -> SignedRequest {
+        golden
+            .sign(&self.url, None, &self.config.channels, now_secs())
+            .unwrap()
+    }
+
+    pub async fn post(&self, request: &SignedRequest) -> (u16, String, Option<String>) {
+        let mut b = reqwest::Client::new()
+            .post(&request.url)
+            .body(request.body.clone());
+        for (k, v) in &request.headers {
+            b = b.header(k, v);
+        }
+        let r = b.send().await.unwrap();
+        let status = r.status().as_u16();
+        let correlation = r
+            .headers()
+            .get("x-correlation-id")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, r.text().await.unwrap(), correlation)
+    }
+
+    /// Stops the daemon gracefully and waits for it.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        self.dir
+    }
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Bodies of the requests a fake received, as JSON (or form fields as JSON).
+pub async fn bodies(server: &MockServer) -> Vec<serde_json::Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            serde_json::from_slice(&r.body).unwrap_or_else(|_| {
+                let form: std::collections::BTreeMap<String, String> =
+                    serde_urlencoded::from_bytes(&r.body).unwrap_or_default();
+                json!(form)
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,350 @@
+//! From an accepted webhook to the reply on the provider's API: exactly one
+//! reply per message, in order per conversation, retried or dead-lettered
+//! as the provider answers, and traced stage by stage.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use convagent::core::{OutboxStore, TraceStore};
+use serde_json::json;
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::support::{EchoLlm, eventually};
+use crate::{Harness, Options, TELEGRAM_TOKEN, bodies, mount_success};
+
+fn telegram_text(
+    h: &Harness,
+    update_id: i64,
+    message_id: i64,
+    text: &str,
+) -> convagent::golden::SignedRequest {
+    let mut golden = h.golden("telegram/text.json");
+    let json = golden.json.as_mut().unwrap();
+    json["update_id"] = json!(update_id);
+    json["message"]["message_id"] = json!(message_id);
+    json["message"]["text"] = json!(text);
+    h.sign(&golden)
+}
+
+#[tokio::test]
+async fn one_message_gets_one_reply_with_the_right_text_and_recipient() {
+    let h = Harness::start(Options::default()).await;
+    mount_success(&h).await;
+    let (status, _, correlation) = h.post(&telegram_text(&h, 1, 1, "Hi there")).await;
+    assert_eq!(status, 200);
+    let sent = wait_for(&h.telegram, 1).await;
+    assert_eq!(
+        sent,
+        vec![json!({ "chat_id": "111222333", "text": "echo: Hi there" })]
+    );
+    let path = h.telegram.received_requests().await.unwrap()[0]
+        .url
+        .path()
+        .to_string();
+    assert_eq!(path, format!("/bot{TELEGRAM_TOKEN}/sendMessage"));
+
+    // Every stage of the message is traced under its correlation id.
+    let correlation = correlation.unwrap();
+    assert!(
+        eventually(5, || h
+            .store
+            .trace(&correlation)
+            .unwrap()
+            .iter()
+            .any(|t| t.stage == "sent"))
+        .await
+    );
+    let stages: Vec<String> = h
+        .store
+        .trace(&correlation)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.stage)
+        .collect();
+    for stage in [
+        "received",
+        "verified",
+        "stored",
+        "guarded",
+        "context built",
+        "llm call",
+        "reply stored",
+        "send attempt 1",
+        "sent",
+    ] {
+        assert!(
+            stages.iter().any(|s| s == stage),
+            "no `{stage}` in {stages:?}"
+        );
+    }
+    h.stop().await;
+}
+
+async fn wait_for(server: &wiremock::MockServer, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = bodies(server).await;
+        if got.len() >= n || Instant::now() > deadline {
+            // A moment more, to catch any extra (unwanted) send.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return bodies(server).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_same_payload_ten_times_at_once_gets_exactly_one_reply() {
+    let llm = Arc::new(EchoLlm::new());
+    let h = Harness::start(Options {
+        llm: llm.clone(),
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    let request = telegram_text(&h, 7, 70, "only once please");
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (request, url) = (request.clone(), h.url.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = url;
+            let mut b = reqwest::Client::new()
+                .post(&request.url)
+                .body(request.body.clone());
+            for (k, v) in &request.headers {
+                b = b.header(k, v);
+            }
+            let r = b.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|(_, b)| b == "ok\n").count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|(_, b)| b == "duplicate\n").count(),
+        9
+    );
+    let sent = wait_for(&h.telegram, 1).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(llm.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn five_messages_from_one_sender_are_answered_in_order() {
+    let llm = Arc::new(EchoLlm {
+        delay: Duration::from_millis(30),
+        ..EchoLlm::new()
+    });
+    let h = Harness::start(Options {
+        llm,
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    let requests: Vec<_> = (1..=5)
+        .map(|i| telegram_text(&h, 100 + i, 200 + i, &format!("message {i}")))
+        .collect();
+    // Sent in order, without waiting for replies (as Telegram delivers).
+    for r in &requests {
+        assert_eq!(h.post(r).await.0, 200);
+    }
+    let sent = wait_for(&h.telegram, 5).await;
+    let texts: Vec<&str> = sent.iter().map(|b| b["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        [
+            "echo: message 1",
+            "echo: message 2",
+            "echo: message 3",
+            "echo: message 4",
+            "echo: message 5"
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_is_waited_out_then_delivered() {
+    let h = Harness::start(Options::default()).await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(ResponseTemplate::new(429).set_body_json(json!({
+            "ok": false, "error_code": 429,
+            "description": "Too Many Requests: retry after 1",
+            "parameters": { "retry_after": 1 }
+        })))
+        .up_to_n_times(1)
+        .mount(&h.telegram)
+        .await;
+    mount_success(&h).await;
+    let started = Instant::now();
+    h.post(&telegram_text(&h, 9, 90, "busy?")).await;
+    let sent = wait_for(&h.telegram, 2).await;
+    assert_eq!(sent.len(), 2, "one 429, then the delivery");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited what the provider asked"
+    );
+    assert!(eventually(5, || h.store.outbox_stats().unwrap().queued == 0).await);
+    assert_eq!(h.store.outbox_stats().unwrap().dead, 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_400_is_a_dead_letter_with_the_providers_code() {
+    let h = Harness::start(Options::default()).await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "ok": false, "error_code": 400, "description": "Bad Request: chat not found"
+        })))
+        .mount(&h.telegram)
+        .await;
+    h.post(&telegram_text(&h, 11, 110, "hello?")).await;
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().dead == 1).await);
+    assert_eq!(bodies(&h.telegram).await.len(), 1, "not retried");
+    let db = h.dir.path().join("convagent.db");
+    let dead: Vec<(String, String)> = crate::support::pairs(
+        &db,
+        "SELECT error_code, last_error FROM outbox WHERE state = 'dead'",
+    );
+    assert_eq!(dead[0].0, "400");
+    assert!(dead[0].1.contains("chat not found"), "{dead:?}");
+    let text = reqwest::get(format!("{}/metrics", h.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("convagent_dead_letters 1"), "{text}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn server_errors_back_off_then_dead_letter() {
+    let h = Harness::start(Options::default()).await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(ResponseTemplate::new(502).set_body_string("Bad Gateway"))
+        .mount(&h.telegram)
+        .await;
+    h.post(&telegram_text(&h, 12, 120, "anyone?")).await;
+    // The harness backs off 200 ms twice (instead of 1, 2, 4, 8, 16 s).
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().dead == 1).await);
+    assert_eq!(
+        bodies(&h.telegram).await.len(),
+        3,
+        "first try and two retries"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn slack_replies_in_the_thread_and_twilio_from_the_configured_number() {
+    let h = Harness::start(Options::default()).await;
+    mount_success(&h).await;
+    h.post(&h.sign(&h.golden("slack/app_mention.json"))).await;
+    h.post(&h.sign(&h.golden("whatsapp/text.json"))).await;
+    let slack = wait_for(&h.slack, 1).await;
+    assert_eq!(slack[0]["channel"], "C123ABC456");
+    assert_eq!(slack[0]["thread_ts"], "1515449522.000016");
+    assert!(
+        slack[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("echo: <@U0LAN0Z89> is it everything")
+    );
+    let auth = h.slack.received_requests().await.unwrap()[0]
+        .headers
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(auth, "Bearer xoxb-test");
+
+    let twilio = wait_for(&h.twilio, 1).await;
+    assert_eq!(twilio[0]["To"], "whatsapp:+14155550123");
+    assert_eq!(twilio[0]["From"], "whatsapp:+14155238886");
+    assert_eq!(twilio[0]["Body"], "echo: Hi! Are you open on Sunday?");
+    let request = &h.twilio.received_requests().await.unwrap()[0];
+    assert_eq!(
+        request.url.path(),
+        "/2010-04-01/Accounts/ACtest/Messages.json"
+    );
+    assert!(
+        request
+            .headers
+            .get("authorization")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("Basic ")
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_reply_is_split_at_the_channel_limit() {
+    let llm = Arc::new(EchoLlm {
+        repeat: 300,
+        ..EchoLlm::new()
+    });
+    let h = Harness::start(Options {
+        llm,
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    h.post(&telegram_text(&h, 13, 130, "Tell me a very long story."))
+        .await;
+    let sent = wait_for(&h.telegram, 3).await;
+    assert!(sent.len() >= 2, "{} parts", sent.len());
+    for part in &sent {
+        assert!(part["text"].as_str().unwrap().chars().count() <= 4096);
+    }
+    let whole: String = sent
+        .iter()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        whole.matches("echo: Tell me a very long story.").count(),
+        300
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn dry_run_records_replies_without_sending() {
+    let mut options = Options::default();
+    options.settings.dry_run = true;
+    let h = Harness::start(options).await;
+    mount_success(&h).await;
+    h.post(&telegram_text(&h, 14, 140, "just pretend")).await;
+    let db = h.dir.path().join("convagent.db");
+    assert!(
+        eventually(10, || !crate::support::pairs::<String, i64>(
+            &db,
+            "SELECT state, dry_run FROM outbox WHERE state = 'sent'"
+        )
+        .is_empty())
+        .await
+    );
+    assert_eq!(
+        crate::support::pairs::<String, i64>(&db, "SELECT state, dry_run FROM outbox"),
+        [("sent".to_string(), 1)]
+    );
+    assert!(bodies(&h.telegram).await.is_empty());
+    h.stop().await;
+}

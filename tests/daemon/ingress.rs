@@ -1,0 +1,306 @@
+//! Ingress: every golden payload gets its documented answer; signatures,
+//! content types, sizes and schemas are checked with a clear 4xx.
+
+use std::path::Path;
+
+use convagent::adapters::channels::slack::Slack;
+use convagent::adapters::channels::whatsapp::WhatsApp;
+use convagent::core::Store;
+use convagent::golden::Golden;
+
+use crate::{Harness, Options, SLACK_SECRET, TWILIO_TOKEN, mount_success, now_secs};
+
+fn header<'a>(r: &'a convagent::golden::SignedRequest, name: &str) -> &'a str {
+    &r.headers.iter().find(|(k, _)| k == name).unwrap().1
+}
+
+fn set_header(r: &mut convagent::golden::SignedRequest, name: &str, value: &str) {
+    r.headers.retain(|(k, _)| k != name);
+    r.headers.push((name.to_string(), value.to_string()));
+}
+
+#[tokio::test]
+async fn every_golden_payload_gets_its_documented_answer() {
+    let h = Harness::start(Options::default()).await;
+    mount_success(&h).await;
+    let all =
+        Golden::load_all(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")).unwrap();
+    assert!(all.len() >= 18, "the golden set: {}", all.len());
+    for (path, golden) in &all {
+        let (status, body, correlation) = h.post(&h.sign(golden)).await;
+        assert_eq!(status, golden.expect_status, "{}: {body}", path.display());
+        let expect = golden.expect.as_deref().unwrap();
+        match expect {
+            "accepted" => {
+                assert_eq!(body, "ok\n", "{}", path.display());
+                assert_eq!(correlation.unwrap().len(), 32);
+            }
+            "ignored" => assert!(body.starts_with("ignored: "), "{}: {body}", path.display()),
+            other => assert!(body.starts_with(other), "{}: {body}", path.display()),
+        }
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn telegram_secret_header_is_required_and_compared() {
+    let h = Harness::start(Options::default()).await;
+    let golden = h.golden("telegram/text.json");
+    let mut request = h.sign(&golden);
+    set_header(
+        &mut request,
+        "x-telegram-bot-api-secret-token",
+        "wrong-secret",
+    );
+    let (status, body, _) = h.post(&request).await;
+    assert_eq!(
+        (status, body.trim()),
+        (
+            401,
+            "X-Telegram-Bot-Api-Secret-Token does not match the configured secret"
+        )
+    );
+    request
+        .headers
+        .retain(|(k, _)| k != "x-telegram-bot-api-secret-token");
+    let (status, body, _) = h.post(&request).await;
+    assert_eq!(
+        (status, body.trim()),
+        (401, "missing X-Telegram-Bot-Api-Secret-Token header")
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn slack_signatures_cover_secret_body_and_timestamp() {
+    let h = Harness::start(Options::default()).await;
+    let golden = h.golden("slack/message_im.json");
+    let good = h.sign(&golden);
+    let ts = header(&good, "x-slack-request-timestamp").to_string();
+
+    let mut wrong_secret = good.clone();
+    set_header(
+        &mut wrong_secret,
+        "x-slack-signature",
+        &Slack::signature("not-the-secret", &ts, &good.body),
+    );
+    assert_eq!(h.post(&wrong_secret).await.0, 401);
+
+    let mut tampered = good.clone();
+    tampered.body = String::from_utf8(good.body.clone())
+        .unwrap()
+        .replace("hear me", "wire me $100")
+        .into_bytes();
+    assert_eq!(h.post(&tampered).await.0, 401);
+
+    for skew in [-301, 301] {
+        let stale_ts = (now_secs() + skew).to_string();
+        let mut stale = good.clone();
+        set_header(&mut stale, "x-slack-request-timestamp", &stale_ts);
+        set_header(
+            &mut stale,
+            "x-slack-signature",
+            &Slack::signature(SLACK_SECRET, &stale_ts, &good.body),
+        );
+        let (status, body, _) = h.post(&stale).await;
+        assert_eq!(status, 401, "skew {skew}");
+        assert!(body.contains("more than 5 minutes"), "{body}");
+    }
+
+    let mut unsigned = good.clone();
+    unsigned.headers.retain(|(k, _)| k != "x-slack-signature");
+    assert_eq!(
+        h.post(&unsigned).await.1.trim(),
+        "missing X-Slack-Signature header"
+    );
+
+    assert_eq!(h.post(&good).await.0, 200, "the untouched request passes");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn twilio_signatures_use_the_public_url_with_or_without_the_default_port() {
+    let public = "https://bot.example.com";
+    let h = Harness::start(Options {
+        public_url: Some(public.into()),
+        ..Options::default()
+    })
+    .await;
+    let golden = h.golden("whatsapp/text.json");
+    let params: Vec<(String, String)> = golden.form.clone().unwrap().into_iter().collect();
+    let mut request = golden
+        .sign(&h.url, Some(public), &h.config.channels, now_secs())
+        .unwrap();
+    assert_eq!(h.post(&request).await.0, 200, "signed over the public URL");
+
+    // Twilio may sign the URL with the default port spelled out.
+    let with_port = WhatsApp::signature(
+        TWILIO_TOKEN,
+        "https://bot.example.com:443/webhook/whatsapp",
+        &params,
+    );
+    set_header(&mut request, "x-twilio-signature", &with_port);
+    assert_eq!(h.post(&request).await.0, 200, "default port accepted");
+
+    // Signed over the loopback URL, which is not the one the provider calls.
+    let local = WhatsApp::signature(
+        TWILIO_TOKEN,
+        &format!("{}/webhook/whatsapp", h.url),
+        &params,
+    );
+    set_header(&mut request, "x-twilio-signature", &local);
+    let (status, body, _) = h.post(&request).await;
+    assert_eq!(status, 401);
+    assert!(
+        body.contains("public URL"),
+        "the reason points at the usual mistake: {body}"
+    );
+
+    let wrong = WhatsApp::signature(
+        "other-token",
+        "https://bot.example.com/webhook/whatsapp",
+        &params,
+    );
+    set_header(&mut request, "x-twilio-signature", &wrong);
+    assert_eq!(h.post(&request).await.0, 401);
+    request.headers.retain(|(k, _)| k != "x-twilio-signature");
+    assert_eq!(
+        h.post(&request).await.1.trim(),
+        "missing X-Twilio-Signature header"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_status_with_a_reason_and_store_nothing() {
+    let h = Harness::start(Options::default()).await;
+    let golden = h.golden("telegram/text.json");
+
+    let mut wrong_type = h.sign(&golden);
+    set_header(&mut wrong_type, "content-type", "text/plain");
+    assert_eq!(h.post(&wrong_type).await.0, 415);
+
+    let mut huge = h.sign(&golden);
+    huge.body = vec![b' '; 2 * 1024 * 1024];
+    assert_eq!(h.post(&huge).await.0, 413);
+
+    for broken in [
+        &b"{not json"[..],
+        br#"{"message": {"text": "no update_id"}}"#,
+        br#"{"update_id": "seven"}"#,
+    ] {
+        let mut bad = h.sign(&golden);
+        bad.body = broken.to_vec();
+        let (status, body, _) = h.post(&bad).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.starts_with("invalid Telegram update"), "{body}");
+    }
+
+    let mut unknown = h.sign(&golden);
+    unknown.url = format!("{}/webhook/sms", h.url);
+    let (status, body, _) = h.post(&unknown).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("unknown channel `sms`"), "{body}");
+
+    assert!(
+        h.store
+            .conversations(&Default::default())
+            .unwrap()
+            .is_empty(),
+        "nothing stored"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_without_secrets_answers_404_with_the_variables_to_set() {
+    let h = Harness::start(Options::default()).await;
+    // A daemon with no channel enabled.
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        convagent::adapters::store::SqliteStore::open(&dir.path().join("x.db")).unwrap(),
+    );
+    let metrics = convagent::daemon::Metrics::new();
+    let tracer = convagent::daemon::Tracer::start(store.clone(), metrics.clone());
+    let agent = convagent::core::Agent::new(
+        store.clone(),
+        std::sync::Arc::new(crate::support::EchoLlm::new()),
+        std::sync::Arc::new(convagent::adapters::clock::SystemClock),
+        convagent::core::Guardrails::new(&[]).unwrap(),
+        Default::default(),
+    );
+    let daemon = convagent::daemon::Daemon::new(
+        store,
+        std::sync::Arc::new(agent),
+        vec![],
+        std::sync::Arc::new(convagent::adapters::clock::SystemClock),
+        Default::default(),
+        metrics,
+        tracer,
+    );
+    let app = convagent::daemon::router(daemon);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let request = h
+        .golden("slack/message_im.json")
+        .sign(&url, None, &h.config.channels, now_secs())
+        .unwrap();
+    let (status, body, _) = h.post(&request).await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET"),
+        "{body}"
+    );
+    let ready = reqwest::get(format!("{url}/health/ready")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503, "not ready without channels");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let h = Harness::start(Options::default()).await;
+    mount_success(&h).await;
+    assert_eq!(
+        reqwest::get(format!("{}/health", h.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok\n"
+    );
+    let ready: serde_json::Value = reqwest::get(format!("{}/health/ready", h.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["store"], "ok");
+    assert_eq!(
+        ready["channels"],
+        serde_json::json!(["whatsapp", "telegram", "slack"])
+    );
+
+    let golden = h.golden("telegram/text.json");
+    h.post(&h.sign(&golden)).await;
+    h.post(&h.sign(&golden)).await;
+    let text = reqwest::get(format!("{}/metrics", h.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"convagent_inbound_total{channel="telegram",outcome="accepted"} 1"#,
+        r#"convagent_inbound_total{channel="telegram",outcome="duplicate"} 1"#,
+        "convagent_stage_duration_seconds_bucket{",
+        r#"stage="ack""#,
+        "convagent_outbox_depth ",
+        "convagent_dead_letters 0",
+    ] {
+        assert!(text.contains(line), "missing {line} in:\n{text}");
+    }
+    h.stop().await;
+}
