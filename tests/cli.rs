@@ -12,6 +12,8 @@ mod completions;
 mod doctor;
 #[path = "cli/history.rs"]
 mod history;
+#[path = "cli/serve.rs"]
+mod serve;
 
 use std::path::PathBuf;
 
@@ -85,7 +87,12 @@ impl Env {
     /// `convagent ARGS` in this environment, with the real model and no
     /// Ollama (connection refused) unless the test says otherwise.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::cargo_bin("convagent").unwrap();
+        Command::from_std(self.std_cmd(args))
+    }
+
+    /// The same, as a plain process (for daemons the test stops itself).
+    pub fn std_cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("convagent"));
         for var in CONTRACT_VARS {
             cmd.env_remove(var);
         }
