@@ -70,6 +70,8 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.pragma_update(None, "cache_size", -16_000)?;
+            conn.pragma_update(None, "temp_store", "MEMORY")?;
             Migrations::from_slice(MIGRATIONS)
                 .to_latest(&mut conn)
                 .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;

@@ -46,20 +46,18 @@ impl OutboxStore for SqliteStore {
     }
 
     fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn().query_row(
-            "SELECT min(next_attempt_at) FROM outbox WHERE state = 'queued'",
-            [],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT min(next_attempt_at) FROM outbox WHERE state = 'queued'")?
+            .query_row([], |r| r.get(0))?)
     }
 
     fn update_outbox(&self, id: i64, update: &OutboxUpdate, at: i64) -> Result<(), StoreError> {
         let conn = self.conn();
         let push_id = |provider_id: &Option<String>| -> Result<(), StoreError> {
             if let Some(pid) = provider_id {
-                conn.execute(
-                    "UPDATE outbox SET provider_message_ids = json_insert(provider_message_ids, '$[#]', ?2)
-                     WHERE id = ?1",
+                conn.prepare_cached("UPDATE outbox SET provider_message_ids = json_insert(provider_message_ids, '$[#]', ?2)
+                     WHERE id = ?1")?.execute(
                     params![id, pid],
                 )?;
             }
@@ -71,8 +69,7 @@ impl OutboxStore for SqliteStore {
                 provider_message_id,
             } => {
                 push_id(provider_message_id)?;
-                conn.execute(
-                    "UPDATE outbox SET parts_sent = ?2, attempts = 0, updated_at = ?3 WHERE id = ?1",
+                conn.prepare_cached("UPDATE outbox SET parts_sent = ?2, attempts = 0, updated_at = ?3 WHERE id = ?1")?.execute(
                     params![id, parts_sent, at],
                 )?
             }
@@ -81,27 +78,29 @@ impl OutboxStore for SqliteStore {
                 dry_run,
             } => {
                 push_id(provider_message_id)?;
-                conn.execute(
+                conn.prepare_cached(
                     "UPDATE outbox SET state = 'sent', dry_run = ?2, updated_at = ?3 WHERE id = ?1",
-                    params![id, dry_run, at],
                 )?
+                .execute(params![id, dry_run, at])?
             }
             OutboxUpdate::Retry {
                 next_attempt_at,
                 attempts,
                 error,
-            } => conn.execute(
-                "UPDATE outbox SET attempts = ?5, next_attempt_at = ?2, last_error = ?3,
+            } => conn
+                .prepare_cached(
+                    "UPDATE outbox SET attempts = ?5, next_attempt_at = ?2, last_error = ?3,
                      updated_at = ?4
                  WHERE id = ?1",
-                params![id, next_attempt_at, error, at, attempts],
-            )?,
-            OutboxUpdate::Dead { code, error } => conn.execute(
-                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, error_code = ?2,
+                )?
+                .execute(params![id, next_attempt_at, error, at, attempts])?,
+            OutboxUpdate::Dead { code, error } => conn
+                .prepare_cached(
+                    "UPDATE outbox SET state = 'dead', attempts = attempts + 1, error_code = ?2,
                      last_error = ?3, updated_at = ?4
                  WHERE id = ?1",
-                params![id, code, error, at],
-            )?,
+                )?
+                .execute(params![id, code, error, at])?,
         };
         if n == 0 {
             return Err(StoreError::NotFound(format!("outbox item {id}")));
@@ -110,9 +109,8 @@ impl OutboxStore for SqliteStore {
     }
 
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        Ok(self.conn().query_row(
-            "SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead')
-             FROM outbox",
+        Ok(self.conn().prepare_cached("SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead')
+             FROM outbox")?.query_row(
             [],
             |r| {
                 Ok(OutboxStats {

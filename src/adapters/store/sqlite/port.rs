@@ -39,40 +39,40 @@ impl Store for SqliteStore {
         }
 
         let at = message.received_at;
-        let conversation_id: i64 = tx.query_row(
-            "INSERT INTO conversations (channel, sender, thread, started_at, last_activity_at)
+        let conversation_id: i64 = tx
+            .prepare_cached(
+                "INSERT INTO conversations (channel, sender, thread, started_at, last_activity_at)
              VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT (channel, sender, thread) WHERE closed_at IS NULL
              DO UPDATE SET last_activity_at = max(last_activity_at, excluded.last_activity_at)
              RETURNING id",
-            params![channel, key.sender, key.thread, at],
-            |r| r.get(0),
-        )?;
+            )?
+            .query_row(params![channel, key.sender, key.thread, at], |r| r.get(0))?;
         let attachments = serde_json::to_string(&message.attachments)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let metadata = serde_json::to_string(&message.metadata)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO messages (conversation_id, role, channel, text, created_at,
                  provider_message_id, provider_ts, correlation_id, attachments, metadata)
              VALUES (?1, 'user', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                conversation_id,
-                channel,
-                message.text,
-                at,
-                message.provider_message_id,
-                message.provider_ts,
-                message.correlation_id.0,
-                attachments,
-                metadata,
-            ],
-        )?;
+        )?
+        .execute(params![
+            conversation_id,
+            channel,
+            message.text,
+            at,
+            message.provider_message_id,
+            message.provider_ts,
+            message.correlation_id.0,
+            attachments,
+            metadata,
+        ])?;
         let message_id = tx.last_insert_rowid();
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE conversations SET message_count = message_count + 1 WHERE id = ?1",
-            params![conversation_id],
-        )?;
+        )?
+        .execute(params![conversation_id])?;
         tx.commit()?;
         Ok(Accepted {
             message_id,
@@ -146,26 +146,24 @@ impl Store for SqliteStore {
             .optional()?;
         let id = match inserted {
             Some(id) => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE conversations
                      SET message_count = message_count + 1,
                          last_activity_at = max(last_activity_at, ?2)
                      WHERE id = ?1",
-                    params![conversation_id, reply.created_at],
-                )?;
+                )?
+                .execute(params![conversation_id, reply.created_at])?;
                 if reply.kind != ReplyKind::Fallback {
-                    tx.execute(
-                        "UPDATE messages SET answered_at = ?2 WHERE id = ?1",
-                        params![message_id, reply.created_at],
-                    )?;
+                    tx.prepare_cached("UPDATE messages SET answered_at = ?2 WHERE id = ?1")?
+                        .execute(params![message_id, reply.created_at])?;
                 }
                 id
             }
-            None => tx.query_row(
-                "SELECT id FROM messages WHERE reply_to = ?1 AND kind <> 'fallback'",
-                params![message_id],
-                |r| r.get(0),
-            )?,
+            None => tx
+                .prepare_cached(
+                    "SELECT id FROM messages WHERE reply_to = ?1 AND kind <> 'fallback'",
+                )?
+                .query_row(params![message_id], |r| r.get(0))?,
         };
         let stored = message_by_id(&tx, id)?;
         tx.commit()?;
@@ -211,8 +209,7 @@ impl Store for SqliteStore {
     }
 
     fn record_violation(&self, message_id: i64, rule: &str, at: i64) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO guardrail_violations (message_id, rule, created_at) VALUES (?1, ?2, ?3)",
+        self.conn().prepare_cached("INSERT INTO guardrail_violations (message_id, rule, created_at) VALUES (?1, ?2, ?3)")?.execute(
             params![message_id, rule, at],
         )?;
         Ok(())
@@ -234,33 +231,36 @@ impl Store for SqliteStore {
 
     fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError> {
         let conn = self.conn();
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO summaries (conversation_id, from_message_id, to_message_id, text,
                  provider, model, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (conversation_id, from_message_id, to_message_id) DO NOTHING",
-            params![
-                summary.conversation_id,
-                summary.from_message_id,
-                summary.to_message_id,
-                summary.text,
-                summary.provider,
-                summary.model,
-                summary.created_at,
-            ],
-        )?;
-        Ok(conn.query_row(
-            "SELECT conversation_id, from_message_id, to_message_id, text, provider, model,
+        )?
+        .execute(params![
+            summary.conversation_id,
+            summary.from_message_id,
+            summary.to_message_id,
+            summary.text,
+            summary.provider,
+            summary.model,
+            summary.created_at,
+        ])?;
+        Ok(conn
+            .prepare_cached(
+                "SELECT conversation_id, from_message_id, to_message_id, text, provider, model,
                     created_at
              FROM summaries
              WHERE conversation_id = ?1 AND from_message_id = ?2 AND to_message_id = ?3",
-            params![
-                summary.conversation_id,
-                summary.from_message_id,
-                summary.to_message_id
-            ],
-            summary_from_row,
-        )?)
+            )?
+            .query_row(
+                params![
+                    summary.conversation_id,
+                    summary.from_message_id,
+                    summary.to_message_id
+                ],
+                summary_from_row,
+            )?)
     }
 
     fn breaker(&self, provider: &str, model: &str) -> Result<Option<Breaker>, StoreError> {
@@ -279,7 +279,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO breakers (provider, model, state, failures, opened_at, next_probe_at,
                  last_error, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -287,21 +287,20 @@ impl Store for SqliteStore {
                  state = excluded.state, failures = excluded.failures,
                  opened_at = excluded.opened_at, next_probe_at = excluded.next_probe_at,
                  last_error = excluded.last_error, updated_at = excluded.updated_at",
-            params![
-                breaker.provider,
-                breaker.model,
-                breaker.state.as_str(),
-                breaker.failures,
-                breaker.opened_at,
-                breaker.next_probe_at,
-                breaker.last_error,
-                breaker.updated_at,
-            ],
-        )?;
+        )?
+        .execute(params![
+            breaker.provider,
+            breaker.model,
+            breaker.state.as_str(),
+            breaker.failures,
+            breaker.opened_at,
+            breaker.next_probe_at,
+            breaker.last_error,
+            breaker.updated_at,
+        ])?;
         if let Some(t) = transition {
-            tx.execute(
-                "INSERT INTO breaker_transitions (provider, model, from_state, to_state, reason, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            tx.prepare_cached("INSERT INTO breaker_transitions (provider, model, from_state, to_state, reason, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
                 params![breaker.provider, breaker.model, t.from.as_str(), t.to.as_str(), t.reason, t.at],
             )?;
         }
@@ -344,11 +343,12 @@ impl Store for SqliteStore {
 
     fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError> {
         let conn = self.conn();
-        let n = conn.execute(
-            "UPDATE conversations SET closed_at = ?4
+        let n = conn
+            .prepare_cached(
+                "UPDATE conversations SET closed_at = ?4
              WHERE channel = ?1 AND sender = ?2 AND thread = ?3 AND closed_at IS NULL",
-            params![key.channel.as_str(), key.sender, key.thread, at],
-        )?;
+            )?
+            .execute(params![key.channel.as_str(), key.sender, key.thread, at])?;
         Ok(n > 0)
     }
 
@@ -462,11 +462,11 @@ impl Store for SqliteStore {
             return Err(StoreError::Invalid("the system prompt is empty".into()));
         }
         let conn = self.conn();
-        let version = conn.query_row(
-            "INSERT INTO system_prompts (text, created_at) VALUES (?1, ?2) RETURNING version",
-            params![text, at],
-            |r| r.get(0),
-        )?;
+        let version = conn
+            .prepare_cached(
+                "INSERT INTO system_prompts (text, created_at) VALUES (?1, ?2) RETURNING version",
+            )?
+            .query_row(params![text, at], |r| r.get(0))?;
         Ok(PromptVersion {
             version,
             text: text.to_string(),
@@ -484,7 +484,9 @@ impl Store for SqliteStore {
             SchemaVersion::NoneSet => 0,
             SchemaVersion::Inside(v) | SchemaVersion::Outside(v) => v.get(),
         };
-        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        let check: String = conn
+            .prepare_cached("PRAGMA quick_check")?
+            .query_row([], |r| r.get(0))?;
         Ok(StoreHealth {
             location: self.path.display().to_string(),
             schema_version,

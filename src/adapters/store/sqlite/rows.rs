@@ -67,7 +67,9 @@ pub(super) fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<Summary> {
 
 pub(super) fn message_by_id(conn: &Connection, id: i64) -> Result<StoredMessage, StoreError> {
     let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1");
-    Ok(conn.query_row(&sql, params![id], message_from_row)?)
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![id], message_from_row)?)
 }
 
 pub(super) const CONVERSATION_COLUMNS: &str =
