@@ -26,7 +26,8 @@ die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 cd "$(dirname "$0")"
 
 # 1. System packages: llama.cpp builds with cmake and clang (bindgen needs
-#    libclang); the model comes from PyPI through pip.
+#    libclang); the model comes from PyPI through pip; the TUI's end-to-end
+#    test drives it in tmux.
 have() {
   if command -v dpkg >/dev/null 2>&1; then
     dpkg -s "$1" >/dev/null 2>&1
@@ -39,7 +40,7 @@ have() {
   fi
 }
 need=""
-for pkg in cmake clang libclang-dev python3 python3-pip; do
+for pkg in cmake clang libclang-dev python3 python3-pip tmux; do
   have "$pkg" || need="$need $pkg"
 done
 # A python3 with pip from elsewhere (pyenv, a venv) serves as well.

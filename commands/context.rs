@@ -1,7 +1,7 @@
 //! What commands share, opened once and only when asked for: settings (and
 //! with them telemetry), the store, the LLM providers.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -40,6 +40,7 @@ impl std::error::Error for UserError {}
 pub struct Context {
     config_flag: Option<PathBuf>,
     verbose: u8,
+    file_logs_only: Cell<bool>,
     settings: OnceCell<Settings>,
     telemetry: OnceCell<Option<TelemetryGuard>>,
     store: OnceCell<Arc<SqliteStore>>,
@@ -50,10 +51,17 @@ impl Context {
         Context {
             config_flag,
             verbose,
+            file_logs_only: Cell::new(false),
             settings: OnceCell::new(),
             telemetry: OnceCell::new(),
             store: OnceCell::new(),
         }
+    }
+
+    /// Keeps log lines off the terminal (for the TUI); call before
+    /// anything loads the settings.
+    pub fn logs_to_file_only(&self) {
+        self.file_logs_only.set(true);
     }
 
     /// Loads the configuration (once) and starts telemetry with it.
@@ -73,7 +81,7 @@ impl Context {
             let options = TelemetryOptions {
                 log_dir: Some(settings.log_dir()),
                 filter: settings.config.log.filter.clone(),
-                stderr_filter: Some(stderr_filter),
+                stderr_filter: (!self.file_logs_only.get()).then_some(stderr_filter),
                 secrets: settings.config.secrets(),
             };
             match telemetry::init(&options) {

@@ -9,6 +9,8 @@ mod history;
 mod output;
 mod replay;
 mod serve;
+#[path = "../tui/mod.rs"]
+mod tui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +51,8 @@ enum Command {
     Doctor(doctor::Args),
     /// Sign golden webhook payloads and post them to a daemon (or load-test it)
     Replay(replay::Args),
+    /// Watch conversations, traces and breakers live (read-only)
+    Tui(tui::Args),
     /// Print or write shell completion scripts
     Completions(completions::Args),
 }
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::History(args) => history::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Replay(args) => replay::run(&ctx, args),
+        Command::Tui(args) => tui::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
     };
     match result {

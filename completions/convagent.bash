@@ -37,6 +37,9 @@ _convagent() {
             convagent,serve)
                 cmd="convagent__subcmd__serve"
                 ;;
+            convagent,tui)
+                cmd="convagent__subcmd__tui"
+                ;;
             convagent__subcmd__help,chat)
                 cmd="convagent__subcmd__help__subcmd__chat"
                 ;;
@@ -57,6 +60,9 @@ _convagent() {
                 ;;
             convagent__subcmd__help,serve)
                 cmd="convagent__subcmd__help__subcmd__serve"
+                ;;
+            convagent__subcmd__help,tui)
+                cmd="convagent__subcmd__help__subcmd__tui"
                 ;;
             convagent__subcmd__help__subcmd__history,list)
                 cmd="convagent__subcmd__help__subcmd__history__subcmd__list"
@@ -98,7 +104,7 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --verbose --help --version serve chat history doctor replay completions help"
+            opts="-v -h -V --config --verbose --help --version serve chat history doctor replay tui completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -178,7 +184,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history doctor replay completions help"
+            opts="serve chat history doctor replay tui completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -318,6 +324,20 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__tui)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -566,6 +586,24 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__tui)
+            opts="-v -h -V --config --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -41,3 +41,6 @@ CREATE TABLE traces (
     detail         TEXT
 );
 CREATE INDEX traces_by_correlation ON traces (correlation_id, id);
+
+-- Recent traffic by time, for monitors (messages per minute, latency).
+CREATE INDEX messages_by_time ON messages (created_at);

@@ -14,6 +14,8 @@ mod doctor;
 mod history;
 #[path = "cli/serve.rs"]
 mod serve;
+#[path = "cli/tui.rs"]
+mod tui;
 
 use std::path::PathBuf;
 

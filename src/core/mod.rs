@@ -20,7 +20,8 @@ pub use message::{
     Attachment, Channel, ConversationKey, CorrelationId, InboundMessage, Role, Turn,
 };
 pub use ports::{
-    Accepted, Clock, ConversationFilter, ConversationSummary, NewReply, OutboxItem, OutboxStats,
-    OutboxStore, OutboxUpdate, PromptVersion, ReplyKind, SearchHit, StageSink, Store, StoreError,
-    StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore,
+    Accepted, ActivityBucket, Clock, ConversationFilter, ConversationOverview, ConversationSummary,
+    MonitorStore, NewReply, OutboxItem, OutboxStats, OutboxStore, OutboxUpdate, PromptVersion,
+    ReplyKind, SearchHit, StageSink, Store, StoreError, StoreHealth, StoredMessage, Summary,
+    TraceEvent, TraceStore,
 };

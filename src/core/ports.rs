@@ -352,3 +352,46 @@ pub trait TraceStore: Send + Sync {
 pub trait StageSink: Send + Sync {
     fn record(&self, event: TraceEvent);
 }
+
+/// A conversation as a monitor lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationOverview {
+    pub summary: ConversationSummary,
+    /// The newest message's text.
+    pub last_text: String,
+    /// User messages still without an answer (being processed, or waiting
+    /// for an LLM to recover).
+    pub pending: u64,
+    /// Replies given up on (dead letters).
+    pub failed: u64,
+}
+
+/// Traffic in one time bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ActivityBucket {
+    pub start: i64,
+    pub messages: u64,
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+}
+
+/// What a live monitor (the TUI) reads; never writes.
+pub trait MonitorStore: Send + Sync {
+    /// A number that changes whenever any process commits to the store.
+    fn change_counter(&self) -> Result<i64, StoreError>;
+
+    fn overview(
+        &self,
+        filter: &ConversationFilter,
+        search: Option<&str>,
+    ) -> Result<Vec<ConversationOverview>, StoreError>;
+
+    /// Inbound messages per bucket and reply latency percentiles, for the
+    /// `buckets` buckets of `bucket_ms` ending at `now`, oldest first.
+    fn activity(
+        &self,
+        now: i64,
+        bucket_ms: i64,
+        buckets: usize,
+    ) -> Result<Vec<ActivityBucket>, StoreError>;
+}

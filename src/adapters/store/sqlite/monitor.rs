@@ -1,0 +1,126 @@
+//! The monitor port on SQLite: cheap reads for a live view beside a
+//! running daemon.
+
+use rusqlite::params;
+
+use super::rows::{CONVERSATION_COLUMNS, conversation_from_row};
+use super::{SqliteStore, fts_phrase_query};
+use crate::core::message::Channel;
+use crate::core::ports::{
+    ActivityBucket, ConversationFilter, ConversationOverview, MonitorStore, StoreError,
+};
+
+impl MonitorStore for SqliteStore {
+    fn change_counter(&self) -> Result<i64, StoreError> {
+        // `data_version` changes when another connection commits; our own
+        // commits show in `total_changes`. Together: any change.
+        let conn = self.conn();
+        let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok(version
+            .wrapping_mul(1_000_003)
+            .wrapping_add(conn.total_changes() as i64))
+    }
+
+    fn overview(
+        &self,
+        filter: &ConversationFilter,
+        search: Option<&str>,
+    ) -> Result<Vec<ConversationOverview>, StoreError> {
+        let fts = match search.map(fts_phrase_query) {
+            Some(None) => return Ok(Vec::new()),
+            Some(Some(q)) => Some(q),
+            None => None,
+        };
+        let conn = self.conn();
+        let columns = CONVERSATION_COLUMNS
+            .split(", ")
+            .map(|c| format!("c.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {columns},
+                (SELECT text FROM messages m WHERE m.conversation_id = c.id ORDER BY m.id DESC LIMIT 1),
+                (SELECT count(*) FROM messages m
+                 WHERE m.conversation_id = c.id AND m.role = 'user' AND m.answered_at IS NULL),
+                (SELECT count(*) FROM outbox o WHERE o.conversation_id = c.id AND o.state = 'dead')
+             FROM conversations c
+             WHERE (?1 IS NULL OR c.channel = ?1) AND (?2 IS NULL OR c.sender = ?2)
+               AND (?3 IS NULL OR c.id IN (
+                    SELECT m.conversation_id FROM messages_fts
+                    JOIN messages m ON m.id = messages_fts.rowid
+                    WHERE messages_fts MATCH ?3))
+             ORDER BY c.last_activity_at DESC, c.id DESC LIMIT ?4"
+        );
+        let limit = if filter.limit == 0 {
+            -1
+        } else {
+            filter.limit as i64
+        };
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![
+                filter.channel.map(Channel::as_str),
+                filter.sender,
+                fts,
+                limit
+            ],
+            |r| {
+                Ok(ConversationOverview {
+                    summary: conversation_from_row(r)?,
+                    last_text: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                    pending: r.get::<_, i64>(9)?.max(0) as u64,
+                    failed: r.get::<_, i64>(10)?.max(0) as u64,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn activity(
+        &self,
+        now: i64,
+        bucket_ms: i64,
+        buckets: usize,
+    ) -> Result<Vec<ActivityBucket>, StoreError> {
+        let bucket_ms = bucket_ms.max(1);
+        let since = now - bucket_ms * buckets as i64;
+        let conn = self.conn();
+        let mut out: Vec<ActivityBucket> = (0..buckets)
+            .map(|i| ActivityBucket {
+                start: since + bucket_ms * i as i64,
+                ..Default::default()
+            })
+            .collect();
+        let index = |at: i64| ((at - since) / bucket_ms).clamp(0, buckets as i64 - 1) as usize;
+        // An index range: the cost follows recent traffic, not history.
+        let mut stmt = conn.prepare_cached(
+            "SELECT created_at, role, latency_ms FROM messages WHERE created_at >= ?1",
+        )?;
+        let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); buckets];
+        let rows = stmt.query_map(params![since], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (at, role, latency) = row?;
+            let i = index(at);
+            if role == "user" {
+                out[i].messages += 1;
+            } else if let Some(l) = latency {
+                latencies[i].push(l.max(0) as u64);
+            }
+        }
+        for (bucket, mut l) in out.iter_mut().zip(latencies) {
+            if l.is_empty() {
+                continue;
+            }
+            l.sort_unstable();
+            bucket.p50_ms = l[l.len() / 2];
+            bucket.p95_ms = l[(l.len() * 95 / 100).min(l.len() - 1)];
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,213 @@
+//! `convagent tui` driven as a person would, in tmux: it shows the store,
+//! follows a new message written meanwhile, opens a trace, and quits
+//! leaving the terminal as it was.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use convagent::adapters::store::SqliteStore;
+use convagent::core::{
+    Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, ReplyKind, Store,
+    TraceEvent, TraceStore,
+};
+
+use crate::Env;
+
+fn inbound(sender: &str, id: &str, text: &str, correlation: &str) -> InboundMessage {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    InboundMessage {
+        key: ConversationKey::new(Channel::Telegram, sender, sender),
+        text: text.into(),
+        provider_message_id: id.into(),
+        provider_ts: None,
+        received_at: now,
+        attachments: vec![],
+        metadata: BTreeMap::new(),
+        correlation_id: CorrelationId(correlation.into()),
+    }
+}
+
+struct Tmux(String);
+
+impl Tmux {
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            assert!(
+                Command::new("tmux")
+                    .args(["send-keys", "-t", &self.0, k])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the screen shows `text`.
+    fn wait_for(&self, text: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{text}` never appeared on:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn the_tui_follows_the_store_opens_a_trace_and_restores_the_terminal() {
+    let env = Env::new();
+    let store = SqliteStore::open(&env.store()).unwrap();
+    let correlation = "5f1c0ffee0000000000000000000abcd";
+    let a = store
+        .accept(&inbound(
+            "111222333",
+            "m1",
+            "Where is my parcel?",
+            correlation,
+        ))
+        .unwrap();
+    let prompt = store.ensure_prompt("be nice", 1).unwrap();
+    store
+        .record_reply(
+            a.message_id,
+            &NewReply {
+                kind: ReplyKind::Answer,
+                text: "It ships tomorrow.".into(),
+                provider: "ollama".into(),
+                model: "mistral:7b".into(),
+                prompt_version: prompt.version,
+                prompt_tokens: Some(20),
+                completion_tokens: Some(5),
+                latency_ms: 640,
+                created_at: a.message_id,
+            },
+        )
+        .unwrap();
+    let stages = [
+        "received",
+        "verified",
+        "stored",
+        "guarded",
+        "context built",
+        "llm call",
+        "reply stored",
+        "sent",
+    ];
+    let events: Vec<TraceEvent> = stages
+        .iter()
+        .map(|s| TraceEvent {
+            correlation_id: correlation.into(),
+            stage: s.to_string(),
+            started_at: 0,
+            duration_us: if *s == "llm call" { 640_000 } else { 300 },
+            outcome: "ok".into(),
+            detail: None,
+        })
+        .collect();
+    store.record_traces(&events).unwrap();
+
+    // The same environment as the other tests, in a script tmux can run.
+    let cmd = env.std_cmd(&["tui"]);
+    let mut script = String::from("#!/bin/sh\n");
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            script.push_str(&format!(
+                "export {}='{}'\n",
+                k.to_string_lossy(),
+                v.to_string_lossy()
+            ));
+        }
+    }
+    script.push_str(&format!(
+        "'{}' tui\necho TUI-EXITED\nsleep 60\n",
+        cmd.get_program().to_string_lossy()
+    ));
+    let path = env.path("run-tui.sh");
+    std::fs::write(&path, script).unwrap();
+    let session = Tmux(format!("convagent-tui-{}", std::process::id()));
+    let started = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session.0,
+            "-x",
+            "120",
+            "-y",
+            "32",
+            "sh",
+            &path.to_string_lossy(),
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        started.success(),
+        "tmux is needed (install.sh --deps-only installs it)"
+    );
+
+    let screen = session.wait_for("It ships tomorrow.", 15);
+    assert!(screen.contains("convagent · health"), "{screen}");
+    assert!(screen.contains("telegram  111222333"), "{screen}");
+
+    // A message written by another process appears by itself.
+    store
+        .accept(&inbound("444555666", "m2", "Brand new question", "c2"))
+        .unwrap();
+    session.wait_for("Brand new question", 5);
+
+    // The older conversation is second now: open it, then its first message's trace.
+    session.keys(&["Down", "Enter"]);
+    let screen = session.wait_for("telegram · 111222333", 5);
+    assert!(
+        screen.contains("Where is my parcel?") && screen.contains("ollama/mistral:7b"),
+        "{screen}"
+    );
+    session.keys(&["Enter"]);
+    let screen = session.wait_for(&format!("trace {correlation}"), 5);
+    assert!(
+        screen.contains("llm call") && screen.contains("640.0 ms"),
+        "{screen}"
+    );
+    session.keys(&["y"]);
+    session.wait_for("copied", 5);
+
+    session.keys(&["?"]);
+    session.wait_for("read-only view of the store", 5);
+    session.keys(&["Escape", "q"]);
+    let screen = session.wait_for("TUI-EXITED", 5);
+    assert!(
+        !screen.contains("convagent · health"),
+        "the alternate screen is gone:\n{screen}"
+    );
+    assert!(
+        screen.contains(&format!("correlation id: {correlation}")),
+        "{screen}"
+    );
+}

@@ -1,0 +1,357 @@
+//! Rendering: `draw(&State, &mut Frame)` only reads the state.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap,
+};
+
+use convagent::core::{BreakerState, ReplyKind, Role};
+
+use super::state::{State, View};
+use crate::output::{age, preview, utc};
+
+const DIM: Style = Style::new().fg(Color::DarkGray);
+const SELECTED: Style = Style::new().add_modifier(Modifier::REVERSED);
+
+pub fn draw(state: &State, frame: &mut Frame) {
+    let [health, main, footer] = Layout::vertical([
+        Constraint::Length(4),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    draw_health(state, frame, health);
+    match state.view() {
+        View::Conversations => draw_conversations(state, frame, main),
+        View::Conversation => draw_conversation(state, frame, main),
+        View::Trace => draw_trace(state, frame, main),
+    }
+    draw_footer(state, frame, footer);
+    if state.help {
+        draw_help(frame);
+    }
+}
+
+fn draw_health(state: &State, frame: &mut Frame, area: Rect) {
+    let [left, messages, latency] = Layout::horizontal([
+        Constraint::Percentage(50),
+        Constraint::Percentage(25),
+        Constraint::Percentage(25),
+    ])
+    .areas(area);
+    let mut lines = Vec::new();
+    let mut breakers: Vec<Span> = vec![Span::raw("LLM ")];
+    if state.breakers.is_empty() {
+        breakers.push(Span::styled("no calls yet", DIM));
+    }
+    for (i, b) in state.breakers.iter().enumerate() {
+        if i > 0 {
+            breakers.push(Span::styled(" · ", DIM));
+        }
+        let (mark, color) = match b.state {
+            BreakerState::Closed => ("closed", Color::Green),
+            BreakerState::HalfOpen => ("half-open", Color::Yellow),
+            BreakerState::Open => ("open", Color::Red),
+        };
+        breakers.push(Span::raw(format!("{} ", b.provider)));
+        breakers.push(Span::styled(mark, Style::new().fg(color)));
+        if b.failures > 0 {
+            breakers.push(Span::raw(format!(" {}✗", b.failures)));
+        }
+        if b.state != BreakerState::Closed
+            && let Some(at) = b.next_probe_at
+        {
+            breakers.push(Span::raw(format!(
+                " probe {}s",
+                ((at - state.now_ms).max(0) + 999) / 1000
+            )));
+        }
+    }
+    lines.push(Line::from(breakers));
+    let dead_style = if state.outbox.dead > 0 {
+        Style::new().fg(Color::Red)
+    } else {
+        Style::new()
+    };
+    lines.push(Line::from(vec![
+        Span::raw(format!("outbox {} queued · ", state.outbox.queued)),
+        Span::styled(format!("{} dead", state.outbox.dead), dead_style),
+    ]));
+    let block = Block::new()
+        .borders(Borders::ALL)
+        .title(" convagent · health ");
+    frame.render_widget(Paragraph::new(lines).block(block), left);
+
+    let per_minute: Vec<u64> = state.activity.iter().map(|b| b.messages).collect();
+    let now = state.activity.last().map_or(0, |b| b.messages);
+    frame.render_widget(
+        Sparkline::default()
+            .block(
+                Block::new()
+                    .borders(Borders::ALL)
+                    .title(format!(" msgs/min {now} ")),
+            )
+            .data(&per_minute),
+        messages,
+    );
+    let p95: Vec<u64> = state.activity.iter().map(|b| b.p95_ms).collect();
+    let last = state.activity.iter().rev().find(|b| b.p50_ms > 0);
+    let title = match last {
+        Some(b) => format!(" p50 {} ms · p95 {} ms ", b.p50_ms, b.p95_ms),
+        None => " latency ".to_string(),
+    };
+    frame.render_widget(
+        Sparkline::default()
+            .block(Block::new().borders(Borders::ALL).title(title))
+            .data(&p95),
+        latency,
+    );
+}
+
+fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
+    let mut title = String::from(" conversations ");
+    if let Some(c) = state.channel {
+        title.push_str(&format!("· {c} "));
+    }
+    if let Some(q) = &state.search {
+        title.push_str(&format!("· “{q}” "));
+    }
+    let block = Block::new().borders(Borders::ALL).title(title);
+    if state.conversations.is_empty() {
+        let text = if state.no_store || (state.search.is_none() && state.channel.is_none()) {
+            vec![
+                Line::from("No conversations yet."),
+                Line::from(""),
+                Line::from(
+                    "Start one with `convagent chat`, or run `convagent serve` and message your bot.",
+                ),
+                Line::from(Span::styled(format!("store: {}", state.store), DIM)),
+            ]
+        } else {
+            vec![Line::from("Nothing matches. Esc clears the filter.")]
+        };
+        frame.render_widget(
+            Paragraph::new(text).block(block).wrap(Wrap { trim: false }),
+            area,
+        );
+        return;
+    }
+    let rows = state.conversations.iter().map(|c| {
+        let s = &c.summary;
+        let mut marks = String::new();
+        if c.pending > 0 {
+            marks.push_str(&format!("⋯{} ", c.pending));
+        }
+        if c.failed > 0 {
+            marks.push_str(&format!("✗{}", c.failed));
+        }
+        let sender = if s.thread.is_empty() || s.thread == s.sender {
+            s.sender.clone()
+        } else {
+            format!("{} #{}", s.sender, s.thread)
+        };
+        Row::new(vec![
+            Cell::from(s.channel.as_str()),
+            Cell::from(preview(&sender, 28)),
+            Cell::from(preview(&c.last_text, 200)),
+            Cell::from(age(s.last_activity_at, state.now_ms)),
+            Cell::from(marks).style(Style::new().fg(if c.failed > 0 {
+                Color::Red
+            } else {
+                Color::Yellow
+            })),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(9),
+            Constraint::Length(28),
+            Constraint::Min(10),
+            Constraint::Length(8),
+            Constraint::Length(8),
+        ],
+    )
+    .header(Row::new(["CHANNEL", "SENDER", "LAST MESSAGE", "AGE", ""]).style(DIM))
+    .row_highlight_style(SELECTED)
+    .block(block);
+    let mut table_state = TableState::default().with_selected(Some(state.selected));
+    frame.render_stateful_widget(table, area, &mut table_state);
+}
+
+fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
+    let title = match state.current() {
+        Some(c) => format!(
+            " {} · {} · {} messages ",
+            c.summary.channel, c.summary.sender, c.summary.message_count
+        ),
+        None => " conversation ".into(),
+    };
+    let mut lines: Vec<Line> = Vec::new();
+    let mut selected_line = 0;
+    for (i, m) in state.messages.iter().enumerate() {
+        if i == state.message {
+            selected_line = lines.len();
+        }
+        let time = utc(m.created_at);
+        let mut head = vec![Span::styled(format!("{} ", &time[11..]), DIM)];
+        match m.role {
+            Role::User => head.push(Span::styled("user", Style::new().fg(Color::Cyan))),
+            _ => {
+                head.push(Span::styled("agent", Style::new().fg(Color::Green)));
+                let mut info = Vec::new();
+                match m.kind {
+                    Some(ReplyKind::Fallback) => info.push("FALLBACK".to_string()),
+                    Some(ReplyKind::Refusal) => {
+                        info.push(format!("REFUSED {}", m.model.as_deref().unwrap_or("")))
+                    }
+                    _ => {
+                        if let (Some(p), Some(model)) = (&m.provider, &m.model) {
+                            info.push(format!("{p}/{model}"));
+                        }
+                    }
+                }
+                if let Some(t) = m.completion_tokens {
+                    info.push(format!("{}+{t} tok", m.prompt_tokens.unwrap_or(0)));
+                }
+                if let Some(l) = m.latency_ms {
+                    info.push(format!("{l} ms"));
+                }
+                if let Some(v) = m.prompt_version {
+                    info.push(format!("prompt v{v}"));
+                }
+                head.push(Span::styled(format!(" [{}]", info.join(" · ")), DIM));
+            }
+        }
+        let style = if i == state.message {
+            SELECTED
+        } else {
+            Style::new()
+        };
+        lines.push(Line::from(head).style(style));
+        for text in m.text.lines().take(6) {
+            lines.push(Line::from(format!("  {text}")).style(style));
+        }
+    }
+    let height = area.height.saturating_sub(2) as usize;
+    let scroll = selected_line.saturating_sub(height / 2) as u16;
+    frame.render_widget(
+        Paragraph::new(lines)
+            .block(Block::new().borders(Borders::ALL).title(title))
+            .scroll((scroll, 0)),
+        area,
+    );
+}
+
+fn draw_trace(state: &State, frame: &mut Frame, area: Rect) {
+    let id = state.trace_id.as_deref().unwrap_or("?");
+    let block = Block::new()
+        .borders(Borders::ALL)
+        .title(format!(" trace {id} "));
+    if state.trace.is_empty() {
+        let text = "No stages recorded for this message (traces are written by `convagent serve`).";
+        frame.render_widget(
+            Paragraph::new(text).block(block).wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
+    let total: u64 = state
+        .trace
+        .iter()
+        .map(|t| t.duration_us)
+        .sum::<u64>()
+        .max(1);
+    let bar_width = area.width.saturating_sub(48).max(10) as u64;
+    let lines: Vec<Line> = state
+        .trace
+        .iter()
+        .map(|t| {
+            let cells = (t.duration_us * bar_width).div_ceil(total).max(1);
+            let color = match t.outcome.as_str() {
+                "ok" | "pass" | "answer" => Color::Green,
+                "retry" | "fallback" | "ignored" => Color::Yellow,
+                "failed" => Color::Red,
+                _ if t.stage == "dead" => Color::Red,
+                _ => Color::Blue,
+            };
+            Line::from(vec![
+                Span::raw(format!("{:<16}", preview(&t.stage, 16))),
+                Span::styled("█".repeat(cells as usize), Style::new().fg(color)),
+                Span::raw(format!(" {} ", duration(t.duration_us))),
+                Span::styled(
+                    format!(
+                        "{} {}",
+                        t.outcome,
+                        t.detail
+                            .as_deref()
+                            .map(|d| preview(d, 40))
+                            .unwrap_or_default()
+                    ),
+                    DIM,
+                ),
+            ])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+fn duration(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+fn draw_footer(state: &State, frame: &mut Frame, area: Rect) {
+    let text = if let Some(typed) = &state.typing {
+        format!("search: {typed}▏  Enter apply · Esc cancel")
+    } else if let Some(notice) = &state.notice {
+        notice.clone()
+    } else {
+        match state.view() {
+            View::Conversations => {
+                "↑↓ move · Enter open · / search · c channel · Esc clear · ? help · q quit"
+            }
+            View::Conversation => "↑↓ message · Enter/t trace · Esc back · ? help · q quit",
+            View::Trace => "y copy correlation id · Esc back · ? help · q quit",
+        }
+        .to_string()
+    };
+    frame.render_widget(Paragraph::new(text).style(DIM), area);
+}
+
+fn draw_help(frame: &mut Frame) {
+    let area = frame.area();
+    let popup = Rect {
+        x: area.width / 6,
+        y: area.height / 6,
+        width: area.width * 2 / 3,
+        height: (area.height * 2 / 3).max(12).min(area.height),
+    };
+    let text = vec![
+        Line::from("convagent tui: a live, read-only view of the store"),
+        Line::from(""),
+        Line::from("Conversations  ↑↓ move · Enter open · / search"),
+        Line::from("               c cycle channel · Esc clear"),
+        Line::from("Conversation   ↑↓ message · Enter/t its trace · Esc back"),
+        Line::from("Trace          y copy the correlation id (printed at"),
+        Line::from("               exit too, for grep in the JSON log)"),
+        Line::from(""),
+        Line::from("Marks: ⋯N messages waiting for an answer, ✗N replies dead-lettered"),
+        Line::from("The view follows the store within a second; it never writes to it."),
+        Line::from(""),
+        Line::from(Span::styled("any key closes this", DIM)),
+    ];
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(text)
+            .block(Block::new().borders(Borders::ALL).title(" help "))
+            .wrap(Wrap { trim: false }),
+        popup,
+    );
+}

@@ -1,0 +1,186 @@
+//! `convagent tui`: a live view of the store — conversations across
+//! channels, one conversation's turns, one message's trace as a timeline,
+//! and a health strip (breakers, outbox, traffic). Read-only; follows the
+//! store's change counter a few times a second; restores the terminal on
+//! exit and on panic.
+
+mod draw;
+mod state;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use base64::Engine;
+use convagent::adapters::store::{OpenMode, SqliteStore};
+use convagent::core::{ConversationFilter, MonitorStore, OutboxStore, Store, TraceStore};
+use ratatui::Terminal;
+use ratatui::backend::Backend;
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+
+pub use draw::draw;
+pub use state::{Action, Key, State, View};
+
+use crate::context::Context;
+use crate::output::now_ms;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// How often the loop wakes to look for changes (and redraw ages).
+const TICK: Duration = Duration::from_millis(250);
+/// Conversations listed at most.
+const LIST_LIMIT: usize = 500;
+
+/// Where the data comes from: the store, opened read-only once it exists.
+pub struct Source {
+    path: PathBuf,
+    store: Option<SqliteStore>,
+}
+
+impl Source {
+    pub fn new(path: PathBuf) -> Self {
+        Source { path, store: None }
+    }
+
+    fn store(&mut self) -> Option<&SqliteStore> {
+        if self.store.is_none() && self.path.exists() {
+            self.store = SqliteStore::open_with(&self.path, OpenMode::ReadOnly).ok();
+        }
+        self.store.as_ref()
+    }
+
+    /// A value that changes when the store does (or appears).
+    pub fn change_counter(&mut self) -> Option<i64> {
+        self.store()?.change_counter().ok()
+    }
+
+    /// Reads everything the current view shows.
+    pub fn load(&mut self, state: &mut State) {
+        state.store = self.path.display().to_string();
+        state.now_ms = now_ms();
+        let Some(store) = self.store() else {
+            state.no_store = true;
+            return;
+        };
+        state.no_store = false;
+        let filter = ConversationFilter {
+            channel: state.channel,
+            sender: None,
+            limit: LIST_LIMIT,
+        };
+        match store.overview(&filter, state.search.as_deref()) {
+            Ok(c) => state.conversations = c,
+            Err(e) => state.notice = Some(format!("cannot read conversations: {e}")),
+        }
+        state.clamp();
+        if state.view() != View::Conversations
+            && let Some(id) = state.current().map(|c| c.summary.id)
+        {
+            state.messages = store.messages(id).unwrap_or_default();
+            state.clamp();
+        }
+        if let Some(id) = &state.trace_id {
+            state.trace = store.trace(id).unwrap_or_default();
+        }
+        state.breakers = store.breakers().unwrap_or_default();
+        state.outbox = store.outbox_stats().unwrap_or_default();
+        state.activity = store.activity(state.now_ms, 60_000, 30).unwrap_or_default();
+    }
+}
+
+pub fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
+    // While the TUI owns the screen, logs go to the file only.
+    ctx.logs_to_file_only();
+    let path = ctx.settings()?.store_path();
+    let mut source = Source::new(path);
+    let mut state = State::default();
+    source.load(&mut state);
+
+    let mut terminal = ratatui::init();
+    let guard = Restore;
+    let copied = event_loop(&mut terminal, &mut source, &mut state);
+    drop(guard);
+    for id in copied? {
+        println!("correlation id: {id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Restores the terminal however the loop ends (`ratatui::init` also
+/// restores it from the panic hook).
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+fn key(k: event::KeyEvent) -> Option<Key> {
+    if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
+        return Some(Key::CtrlC);
+    }
+    Some(match k.code {
+        KeyCode::Char(c) => Key::Char(c),
+        KeyCode::Enter => Key::Enter,
+        KeyCode::Esc => Key::Esc,
+        KeyCode::Backspace => Key::Backspace,
+        KeyCode::Up => Key::Up,
+        KeyCode::Down => Key::Down,
+        KeyCode::PageUp => Key::PageUp,
+        KeyCode::PageDown => Key::PageDown,
+        _ => return None,
+    })
+}
+
+/// Runs until `q`; returns the correlation ids the user copied.
+fn event_loop<B: Backend>(
+    terminal: &mut Terminal<B>,
+    source: &mut Source,
+    state: &mut State,
+) -> Result<Vec<String>>
+where
+    B::Error: Send + Sync + 'static,
+{
+    let mut copied = Vec::new();
+    let mut seen = source.change_counter();
+    loop {
+        state.now_ms = now_ms();
+        terminal.draw(|f| draw(state, f))?;
+        if !event::poll(TICK)? {
+            let now = source.change_counter();
+            if now != seen {
+                seen = now;
+                source.load(state);
+            }
+            continue;
+        }
+        let Event::Key(k) = event::read()? else {
+            continue; // a resize redraws on the next turn
+        };
+        if k.kind != KeyEventKind::Press {
+            continue;
+        }
+        let Some(k) = key(k) else { continue };
+        state.notice = None;
+        match state.on_key(k) {
+            Action::None => {}
+            Action::Reload => source.load(state),
+            Action::Quit => return Ok(copied),
+            Action::Copy(id) => {
+                // OSC 52: terminals that support it put this on the clipboard.
+                let encoded = base64::engine::general_purpose::STANDARD.encode(&id);
+                let mut out = std::io::stdout();
+                let _ = write!(out, "\x1b]52;c;{encoded}\x07");
+                let _ = out.flush();
+                copied.push(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

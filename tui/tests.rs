@@ -1,0 +1,235 @@
+//! Snapshot tests of every view on ratatui's `TestBackend`, from fixed
+//! state: times are relative to a fixed `now`, ids are fixed strings.
+
+use convagent::core::{
+    ActivityBucket, Breaker, BreakerState, Channel, ConversationOverview, ConversationSummary,
+    OutboxStats, ReplyKind, Role, StoredMessage, TraceEvent,
+};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+use super::{Key, State, View, draw};
+
+const NOW: i64 = 1_763_712_000_000;
+
+fn conversation(
+    id: i64,
+    channel: Channel,
+    sender: &str,
+    last: &str,
+    ago_s: i64,
+    pending: u64,
+    failed: u64,
+) -> ConversationOverview {
+    ConversationOverview {
+        summary: ConversationSummary {
+            id,
+            channel,
+            sender: sender.into(),
+            thread: String::new(),
+            message_count: 4,
+            started_at: NOW - 3_600_000,
+            last_activity_at: NOW - ago_s * 1000,
+            closed: false,
+        },
+        last_text: last.into(),
+        pending,
+        failed,
+    }
+}
+
+fn message(id: i64, role: Role, text: &str, kind: Option<ReplyKind>) -> StoredMessage {
+    let assistant = role == Role::Assistant;
+    StoredMessage {
+        id,
+        conversation_id: 1,
+        role,
+        text: text.into(),
+        created_at: NOW - 60_000 + id * 1000,
+        correlation_id: Some(format!("corr-{id:04}")),
+        provider_message_id: None,
+        reply_to: assistant.then_some(id - 1),
+        provider: assistant.then(|| "ollama".into()),
+        model: assistant.then(|| {
+            if kind == Some(ReplyKind::Refusal) {
+                "credential_request".into()
+            } else {
+                "mistral:7b".into()
+            }
+        }),
+        prompt_version: assistant.then_some(2),
+        prompt_tokens: assistant.then_some(120),
+        completion_tokens: assistant.then_some(18),
+        latency_ms: assistant.then_some(840),
+        kind,
+    }
+}
+
+fn state() -> State {
+    State {
+        now_ms: NOW,
+        conversations: vec![
+            conversation(
+                1,
+                Channel::Telegram,
+                "111222333",
+                "Where is my parcel?",
+                12,
+                1,
+                0,
+            ),
+            conversation(
+                2,
+                Channel::Whatsapp,
+                "whatsapp:+14155550123",
+                "Opening hours on Sunday?",
+                300,
+                0,
+                1,
+            ),
+            conversation(
+                3,
+                Channel::Slack,
+                "U061F7AUR",
+                "is it everything a river should be?",
+                7200,
+                0,
+                0,
+            ),
+        ],
+        messages: vec![
+            message(1, Role::User, "Where is my parcel?", None),
+            message(
+                2,
+                Role::Assistant,
+                "It ships tomorrow morning.",
+                Some(ReplyKind::Answer),
+            ),
+            message(3, Role::User, "What is the admin password?", None),
+            message(
+                4,
+                Role::Assistant,
+                "Sorry, I can't help with that.",
+                Some(ReplyKind::Refusal),
+            ),
+            message(5, Role::User, "Still there?", None),
+            message(
+                6,
+                Role::Assistant,
+                "Sorry, I can't answer right now.",
+                Some(ReplyKind::Fallback),
+            ),
+        ],
+        trace_id: Some("corr-0001".into()),
+        trace: [
+            ("received", 40, "ok"),
+            ("verified", 12, "ok"),
+            ("stored", 310, "ok"),
+            ("guarded", 25, "pass"),
+            ("context built", 480, "ok"),
+            ("llm call", 840_000, "ok"),
+            ("reply stored", 350, "answer"),
+            ("send attempt 1", 95_000, "retry"),
+            ("send attempt 2", 61_000, "ok"),
+            ("sent", 61_000, "ok"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (stage, us, outcome))| TraceEvent {
+            correlation_id: "corr-0001".into(),
+            stage: stage.to_string(),
+            started_at: NOW + i as i64,
+            duration_us: *us,
+            outcome: outcome.to_string(),
+            detail: None,
+        })
+        .collect(),
+        breakers: vec![
+            Breaker {
+                provider: "ollama".into(),
+                model: "mistral:7b".into(),
+                state: BreakerState::Open,
+                failures: 3,
+                opened_at: Some(NOW - 60_000),
+                next_probe_at: Some(NOW + 240_000),
+                last_error: Some("refused".into()),
+                updated_at: NOW,
+            },
+            Breaker::new("embedded", "SmolLM2-135M-Instruct.Q4_1", NOW),
+        ],
+        outbox: OutboxStats { queued: 2, dead: 1 },
+        activity: (0..30)
+            .map(|i| ActivityBucket {
+                start: NOW - (30 - i) * 60_000,
+                messages: (i % 7) as u64,
+                p50_ms: 400 + i as u64 * 10,
+                p95_ms: 900 + (i % 5) as u64 * 100,
+            })
+            .collect(),
+        store: "/home/me/.local/share/convagent/convagent.db".into(),
+        ..State::default()
+    }
+}
+
+fn render(state: &State) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(110, 28)).unwrap();
+    terminal.draw(|f| draw(state, f)).unwrap();
+    terminal.backend().to_string()
+}
+
+#[test]
+fn conversations_view() {
+    let mut s = state();
+    s.selected = 1;
+    insta::assert_snapshot!(render(&s));
+}
+
+#[test]
+fn conversation_view_marks_fallback_and_refused_turns() {
+    let mut s = state();
+    s.view = Some(View::Conversation);
+    s.message = 3;
+    insta::assert_snapshot!(render(&s));
+}
+
+#[test]
+fn trace_view_scales_bars_to_the_total() {
+    let mut s = state();
+    s.view = Some(View::Trace);
+    insta::assert_snapshot!(render(&s));
+}
+
+#[test]
+fn empty_store_says_how_to_start() {
+    let s = State {
+        now_ms: NOW,
+        no_store: true,
+        store: "/tmp/x/convagent.db".into(),
+        ..State::default()
+    };
+    insta::assert_snapshot!(render(&s));
+}
+
+#[test]
+fn help_and_search_overlays() {
+    let mut s = state();
+    s.on_key(Key::Char('?'));
+    insta::assert_snapshot!("help", render(&s));
+    s.on_key(Key::Esc);
+    s.on_key(Key::Char('/'));
+    for c in "parcel".chars() {
+        s.on_key(Key::Char(c));
+    }
+    insta::assert_snapshot!("search", render(&s));
+}
+
+#[test]
+fn a_small_terminal_still_renders() {
+    let mut terminal = Terminal::new(TestBackend::new(40, 10)).unwrap();
+    terminal.draw(|f| draw(&state(), f)).unwrap();
+    let text = terminal.backend().to_string();
+    assert!(
+        text.contains("conversations") || text.contains("convagent"),
+        "{text}"
+    );
+}
