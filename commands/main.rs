@@ -11,6 +11,7 @@ mod replay;
 mod serve;
 #[path = "../tui/mod.rs"]
 mod tui;
+mod tunnel;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,8 @@ enum Command {
     Doctor(doctor::Args),
     /// Sign golden webhook payloads and post them to a daemon (or load-test it)
     Replay(replay::Args),
+    /// Expose the daemon through cloudflared and register the webhooks
+    Tunnel(tunnel::Args),
     /// Watch conversations, traces and breakers live (read-only)
     Tui(tui::Args),
     /// Print or write shell completion scripts
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Replay(args) => replay::run(&ctx, args),
         Command::Tui(args) => tui::run(&ctx, args),
+        Command::Tunnel(args) => tunnel::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
     };
     match result {

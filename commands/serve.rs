@@ -46,6 +46,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
     let channels = channels::enabled(config);
     let daemon_settings = DaemonSettings {
         public_url: args.public_url.or_else(|| config.server.public_url.clone()),
+        recorded_public_url: Some(daemon::public_url::recorded_path(&settings.dirs.state)),
         dry_run: args.dry_run || config.server.dry_run,
         providers: providers
             .iter()

@@ -40,6 +40,9 @@ _convagent() {
             convagent,tui)
                 cmd="convagent__subcmd__tui"
                 ;;
+            convagent,tunnel)
+                cmd="convagent__subcmd__tunnel"
+                ;;
             convagent__subcmd__help,chat)
                 cmd="convagent__subcmd__help__subcmd__chat"
                 ;;
@@ -63,6 +66,9 @@ _convagent() {
                 ;;
             convagent__subcmd__help,tui)
                 cmd="convagent__subcmd__help__subcmd__tui"
+                ;;
+            convagent__subcmd__help,tunnel)
+                cmd="convagent__subcmd__help__subcmd__tunnel"
                 ;;
             convagent__subcmd__help__subcmd__history,list)
                 cmd="convagent__subcmd__help__subcmd__history__subcmd__list"
@@ -104,7 +110,7 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --verbose --help --version serve chat history doctor replay tui completions help"
+            opts="-v -h -V --config --verbose --help --version serve chat history doctor replay tunnel tui completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -184,7 +190,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history doctor replay tui completions help"
+            opts="serve chat history doctor replay tunnel tui completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -338,6 +344,20 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help__subcmd__tui)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__tunnel)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -604,6 +624,28 @@ _convagent() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__tunnel)
+            opts="-v -h -V --port --cleanup --keep-alive --config --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

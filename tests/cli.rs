@@ -16,6 +16,8 @@ mod history;
 mod serve;
 #[path = "cli/tui.rs"]
 mod tui;
+#[path = "cli/tunnel.rs"]
+mod tunnel;
 
 use std::path::PathBuf;
 

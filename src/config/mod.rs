@@ -287,6 +287,10 @@ impl Config {
         set(&mut c.twilio.auth_token, "TWILIO_AUTH_TOKEN");
         set(&mut c.twilio.whatsapp_from, "TWILIO_WHATSAPP_FROM");
         set(&mut c.twilio.api_base, "CONVAGENT_TWILIO_API_BASE");
+        set(
+            &mut c.twilio.phone_number_sid,
+            "CONVAGENT_TWILIO_PHONE_NUMBER_SID",
+        );
         set(&mut c.telegram.bot_token, "TELEGRAM_BOT_TOKEN");
         set(&mut c.telegram.webhook_secret, "TELEGRAM_WEBHOOK_SECRET");
         set(&mut c.telegram.api_base, "CONVAGENT_TELEGRAM_API_BASE");

@@ -16,6 +16,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub guardrails: GuardrailsConfig,
     pub server: ServerConfig,
+    pub tunnel: TunnelConfig,
     pub channels: ChannelsConfig,
 }
 
@@ -241,6 +242,27 @@ impl Default for ServerConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// The cloudflared program (a name on PATH, or a path).
+    pub cloudflared: String,
+    /// A named tunnel (`cloudflared tunnel run NAME`) instead of a quick one...
+    pub name: Option<String>,
+    /// ...reached at this public hostname.
+    pub hostname: Option<String>,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            cloudflared: "cloudflared".into(),
+            name: None,
+            hostname: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelsConfig {
@@ -255,6 +277,8 @@ pub struct TwilioConfig {
     pub account_sid: Option<String>,
     pub auth_token: Option<String>,
     pub whatsapp_from: Option<String>,
+    /// The phone number's SID (PN...): lets `convagent tunnel` set its inbound URL.
+    pub phone_number_sid: Option<String>,
     pub api_base: Option<String>,
 }
 

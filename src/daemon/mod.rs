@@ -5,6 +5,7 @@
 mod health;
 pub mod metrics;
 mod outbox;
+pub mod public_url;
 mod tracer;
 mod webhook;
 mod workers;
@@ -32,8 +33,10 @@ impl<T: Store + OutboxStore + TraceStore> DaemonStore for T {}
 #[derive(Debug, Clone)]
 pub struct DaemonSettings {
     /// The public base URL providers call (for Twilio signatures); without
-    /// it the request's Host header is used.
+    /// it the one `convagent tunnel` recorded, or the request's Host header.
     pub public_url: Option<String>,
+    /// Where `convagent tunnel` records the public URL.
+    pub recorded_public_url: Option<std::path::PathBuf>,
     /// Record sends instead of calling the channel APIs.
     pub dry_run: bool,
     /// Largest webhook body accepted.
@@ -54,6 +57,7 @@ impl Default for DaemonSettings {
     fn default() -> Self {
         DaemonSettings {
             public_url: None,
+            recorded_public_url: None,
             dry_run: false,
             max_body_bytes: 1024 * 1024,
             max_parallel_conversations: 16,
@@ -77,6 +81,7 @@ pub struct Daemon {
     pub(crate) workers: workers::Workers,
     pub(crate) outbox_wake: Notify,
     pub(crate) stopping: AtomicBool,
+    pub(crate) public_url: public_url::PublicUrl,
 }
 
 impl Daemon {
@@ -92,7 +97,12 @@ impl Daemon {
         metrics: Metrics,
         tracer: Tracer,
     ) -> Arc<Self> {
+        let public_url = public_url::PublicUrl::new(
+            settings.public_url.clone(),
+            settings.recorded_public_url.clone(),
+        );
         Arc::new(Daemon {
+            public_url,
             workers: workers::Workers::new(settings.max_parallel_conversations),
             store,
             agent,

@@ -79,7 +79,8 @@ pub async fn handle(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let url = public_url(daemon.settings.public_url.as_deref(), &headers, &uri);
+    let base = daemon.public_url.current();
+    let url = public_url(base.as_deref(), &headers, &uri);
     let request = WebhookRequest {
         url: &url,
         headers: &headers,

@@ -304,3 +304,38 @@ async fn health_ready_and_metrics() {
     }
     h.stop().await;
 }
+
+#[tokio::test]
+async fn the_public_url_recorded_by_tunnel_is_followed_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = dir.path().join("state-public_url");
+    std::fs::write(&recorded, "https://first-tunnel.trycloudflare.com\n").unwrap();
+    let mut options = Options::default();
+    options.settings.recorded_public_url = Some(recorded.clone());
+    let h = Harness::start(options).await;
+    let golden = h.golden("whatsapp/text.json");
+    let signed_for = |public: &str| {
+        golden
+            .sign(&h.url, Some(public), &h.config.channels, now_secs())
+            .unwrap()
+    };
+
+    assert_eq!(
+        h.post(&signed_for("https://first-tunnel.trycloudflare.com"))
+            .await
+            .0,
+        200
+    );
+    // A new tunnel, a new URL: the daemon follows the file.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&recorded, "https://second-tunnel.trycloudflare.com\n").unwrap();
+    let (status, body, _) = h
+        .post(&signed_for("https://first-tunnel.trycloudflare.com"))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body, _) = h
+        .post(&signed_for("https://second-tunnel.trycloudflare.com"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    h.stop().await;
+}

@@ -59,47 +59,57 @@ fn send_error(
     }
 }
 
+/// The Twilio WhatsApp adapter, if its secrets are configured.
+pub fn whatsapp(config: &Config) -> Option<whatsapp::WhatsApp> {
+    let t = &config.channels.twilio;
+    Some(whatsapp::WhatsApp::new(whatsapp::TwilioSettings {
+        account_sid: t.account_sid.clone()?,
+        auth_token: t.auth_token.clone()?,
+        whatsapp_from: t.whatsapp_from.clone(),
+        api_base: t
+            .api_base
+            .clone()
+            .unwrap_or_else(|| whatsapp::DEFAULT_API_BASE.into()),
+    }))
+}
+
+/// The Telegram adapter, if its bot token and webhook secret are configured.
+pub fn telegram(config: &Config) -> Option<telegram::Telegram> {
+    let t = &config.channels.telegram;
+    Some(telegram::Telegram::new(telegram::TelegramSettings {
+        bot_token: t.bot_token.clone()?,
+        webhook_secret: t.webhook_secret.clone()?,
+        api_base: t
+            .api_base
+            .clone()
+            .unwrap_or_else(|| telegram::DEFAULT_API_BASE.into()),
+    }))
+}
+
+/// The Slack adapter, if its bot token and signing secret are configured.
+pub fn slack(config: &Config) -> Option<slack::Slack> {
+    let s = &config.channels.slack;
+    Some(slack::Slack::new(slack::SlackSettings {
+        bot_token: s.bot_token.clone()?,
+        signing_secret: s.signing_secret.clone()?,
+        api_base: s
+            .api_base
+            .clone()
+            .unwrap_or_else(|| slack::DEFAULT_API_BASE.into()),
+    }))
+}
+
 /// The channels whose secrets are configured, as adapters.
 pub fn enabled(config: &Config) -> Vec<Arc<dyn ChannelAdapter>> {
-    let c = &config.channels;
     let mut out: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
-    if let (Some(sid), Some(token)) = (&c.twilio.account_sid, &c.twilio.auth_token) {
-        out.push(Arc::new(whatsapp::WhatsApp::new(
-            whatsapp::TwilioSettings {
-                account_sid: sid.clone(),
-                auth_token: token.clone(),
-                whatsapp_from: c.twilio.whatsapp_from.clone(),
-                api_base: c
-                    .twilio
-                    .api_base
-                    .clone()
-                    .unwrap_or_else(|| whatsapp::DEFAULT_API_BASE.into()),
-            },
-        )));
+    if let Some(a) = whatsapp(config) {
+        out.push(Arc::new(a));
     }
-    if let (Some(token), Some(secret)) = (&c.telegram.bot_token, &c.telegram.webhook_secret) {
-        out.push(Arc::new(telegram::Telegram::new(
-            telegram::TelegramSettings {
-                bot_token: token.clone(),
-                webhook_secret: secret.clone(),
-                api_base: c
-                    .telegram
-                    .api_base
-                    .clone()
-                    .unwrap_or_else(|| telegram::DEFAULT_API_BASE.into()),
-            },
-        )));
+    if let Some(a) = telegram(config) {
+        out.push(Arc::new(a));
     }
-    if let (Some(token), Some(secret)) = (&c.slack.bot_token, &c.slack.signing_secret) {
-        out.push(Arc::new(slack::Slack::new(slack::SlackSettings {
-            bot_token: token.clone(),
-            signing_secret: secret.clone(),
-            api_base: c
-                .slack
-                .api_base
-                .clone()
-                .unwrap_or_else(|| slack::DEFAULT_API_BASE.into()),
-        })));
+    if let Some(a) = slack(config) {
+        out.push(Arc::new(a));
     }
     out
 }

@@ -247,3 +247,32 @@ mod tests {
         );
     }
 }
+
+impl Slack {
+    /// `auth.test`: the team and bot user the token belongs to.
+    pub async fn auth_test(&self) -> Result<String, String> {
+        let s = &self.settings;
+        let body: serde_json::Value = self
+            .client
+            .post(format!("{}/auth.test", s.api_base.trim_end_matches('/')))
+            .bearer_auth(&s.bot_token)
+            .send()
+            .await
+            .map_err(|e| format!("Slack auth.test: {}", e.without_url()))?
+            .json()
+            .await
+            .map_err(|e| format!("Slack auth.test: unreadable answer: {}", e.without_url()))?;
+        if body["ok"].as_bool() == Some(true) {
+            Ok(format!(
+                "{} in {}",
+                body["user"].as_str().unwrap_or("?"),
+                body["team"].as_str().unwrap_or("?")
+            ))
+        } else {
+            Err(format!(
+                "Slack auth.test: {}",
+                body["error"].as_str().unwrap_or("failed")
+            ))
+        }
+    }
+}

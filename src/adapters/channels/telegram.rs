@@ -266,3 +266,84 @@ impl ChannelAdapter for Telegram {
         })
     }
 }
+
+/// What `getWebhookInfo` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct WebhookInfo {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub pending_update_count: u64,
+    #[serde(default)]
+    pub last_error_message: Option<String>,
+    #[serde(default)]
+    pub allowed_updates: Option<Vec<String>>,
+}
+
+/// The updates convagent handles; `setWebhook` asks for these only.
+pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
+
+impl Telegram {
+    async fn call(
+        &self,
+        method: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let s = &self.settings;
+        let url = format!(
+            "{}/bot{}/{method}",
+            s.api_base.trim_end_matches('/'),
+            s.bot_token
+        );
+        let response = self
+            .client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("Telegram {method}: {}", e.without_url()))?;
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| format!("Telegram {method}: unreadable answer: {}", e.without_url()))?;
+        if body["ok"].as_bool() == Some(true) {
+            Ok(body["result"].clone())
+        } else {
+            Err(format!(
+                "Telegram {method}: {}",
+                body["description"]
+                    .as_str()
+                    .unwrap_or("failed without a description")
+            ))
+        }
+    }
+
+    /// `setWebhook` with our secret token and the updates we handle.
+    pub async fn set_webhook(&self, url: &str) -> Result<(), String> {
+        self.call(
+            "setWebhook",
+            json!({
+                "url": url,
+                "secret_token": self.settings.webhook_secret,
+                "allowed_updates": ALLOWED_UPDATES,
+            }),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn webhook_info(&self) -> Result<WebhookInfo, String> {
+        let result = self.call("getWebhookInfo", json!({})).await?;
+        serde_json::from_value(result).map_err(|e| format!("Telegram getWebhookInfo: {e}"))
+    }
+
+    pub async fn delete_webhook(&self) -> Result<(), String> {
+        self.call("deleteWebhook", json!({})).await.map(drop)
+    }
+
+    /// `getMe`: the bot's username, proving the token works.
+    pub async fn get_me(&self) -> Result<String, String> {
+        let me = self.call("getMe", json!({})).await?;
+        Ok(me["username"].as_str().unwrap_or("?").to_string())
+    }
+}

@@ -259,3 +259,65 @@ mod tests {
         assert_eq!(sig, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
     }
 }
+
+impl WhatsApp {
+    fn account_url(&self, rest: &str) -> String {
+        let s = &self.settings;
+        format!(
+            "{}/2010-04-01/Accounts/{}{rest}",
+            s.api_base.trim_end_matches('/'),
+            s.account_sid
+        )
+    }
+
+    async fn checked(
+        response: Result<reqwest::Response, reqwest::Error>,
+        what: &str,
+    ) -> Result<serde_json::Value, String> {
+        let response = response.map_err(|e| format!("Twilio {what}: {}", e.without_url()))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!(
+                "Twilio {what}: HTTP {} {}: {}",
+                status.as_u16(),
+                body["code"],
+                body["message"].as_str().unwrap_or("no message")
+            ))
+        }
+    }
+
+    /// Fetches the account: proves the SID and token work.
+    pub async fn fetch_account(&self) -> Result<String, String> {
+        let s = &self.settings;
+        let response = self
+            .client
+            .get(self.account_url(".json"))
+            .basic_auth(&s.account_sid, Some(&s.auth_token))
+            .send()
+            .await;
+        let body = Self::checked(response, "account fetch").await?;
+        Ok(format!(
+            "{} ({})",
+            body["friendly_name"].as_str().unwrap_or("?"),
+            body["status"].as_str().unwrap_or("?")
+        ))
+    }
+
+    /// Points a phone number's inbound messages at `url` (HTTP POST).
+    pub async fn set_inbound_url(&self, phone_number_sid: &str, url: &str) -> Result<(), String> {
+        let s = &self.settings;
+        let response = self
+            .client
+            .post(self.account_url(&format!("/IncomingPhoneNumbers/{phone_number_sid}.json")))
+            .basic_auth(&s.account_sid, Some(&s.auth_token))
+            .form(&[("SmsUrl", url), ("SmsMethod", "POST")])
+            .send()
+            .await;
+        Self::checked(response, "phone number update")
+            .await
+            .map(drop)
+    }
+}
