@@ -233,21 +233,6 @@ impl ChannelAdapter for Slack {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signature_matches_slacks_documented_example() {
-        // From Slack's "Verifying requests from Slack" documentation.
-        let body = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
-        assert_eq!(
-            Slack::signature("8f742231b10e8888abcd99yyyzzz85a5", "1531420618", body),
-            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
-        );
-    }
-}
-
 impl Slack {
     /// `auth.test`: the team and bot user the token belongs to.
     pub async fn auth_test(&self) -> Result<String, String> {
@@ -274,5 +259,20 @@ impl Slack {
                 body["error"].as_str().unwrap_or("failed")
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_slacks_documented_example() {
+        // From Slack's "Verifying requests from Slack" documentation.
+        let body = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        assert_eq!(
+            Slack::signature("8f742231b10e8888abcd99yyyzzz85a5", "1531420618", body),
+            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+        );
     }
 }

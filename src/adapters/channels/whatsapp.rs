@@ -218,48 +218,6 @@ impl ChannelAdapter for WhatsApp {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_ports_are_tried_both_ways() {
-        assert_eq!(
-            url_variants("https://x.example/webhook/whatsapp?a=1"),
-            [
-                "https://x.example/webhook/whatsapp?a=1",
-                "https://x.example:443/webhook/whatsapp?a=1"
-            ]
-        );
-        assert_eq!(
-            url_variants("https://x.example:443/w"),
-            ["https://x.example:443/w", "https://x.example/w"]
-        );
-        assert_eq!(url_variants("http://h:8080/w"), ["http://h:8080/w"]);
-    }
-
-    #[test]
-    fn signature_matches_twilios_documented_example() {
-        // From Twilio's "Webhooks security" documentation.
-        let params: Vec<(String, String)> = [
-            ("CallSid", "CA1234567890ABCDE"),
-            ("Caller", "+12349013030"),
-            ("Digits", "1234"),
-            ("From", "+12349013030"),
-            ("To", "+18005551212"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let sig = WhatsApp::signature(
-            "12345",
-            "https://mycompany.com/myapp.php?foo=1&bar=2",
-            &params,
-        );
-        assert_eq!(sig, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
-    }
-}
-
 impl WhatsApp {
     fn account_url(&self, rest: &str) -> String {
         let s = &self.settings;
@@ -319,5 +277,47 @@ impl WhatsApp {
         Self::checked(response, "phone number update")
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ports_are_tried_both_ways() {
+        assert_eq!(
+            url_variants("https://x.example/webhook/whatsapp?a=1"),
+            [
+                "https://x.example/webhook/whatsapp?a=1",
+                "https://x.example:443/webhook/whatsapp?a=1"
+            ]
+        );
+        assert_eq!(
+            url_variants("https://x.example:443/w"),
+            ["https://x.example:443/w", "https://x.example/w"]
+        );
+        assert_eq!(url_variants("http://h:8080/w"), ["http://h:8080/w"]);
+    }
+
+    #[test]
+    fn signature_matches_twilios_documented_example() {
+        // From Twilio's "Webhooks security" documentation.
+        let params: Vec<(String, String)> = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let sig = WhatsApp::signature(
+            "12345",
+            "https://mycompany.com/myapp.php?foo=1&bar=2",
+            &params,
+        );
+        assert_eq!(sig, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
     }
 }
