@@ -89,11 +89,12 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 install -m 755 "$target_dir/release/convagent" "$bin_dir/convagent"
 say "installed $bin_dir/convagent"
 
-# 4. Shell completions, in each shell's per-user location.
+# 4. Shell completions and the man page, in their per-user locations.
 install -D -m 644 completions/convagent.bash "$DATA_HOME/bash-completion/completions/convagent"
 install -D -m 644 completions/_convagent "$DATA_HOME/zsh/site-functions/_convagent"
 install -D -m 644 completions/convagent.fish "${XDG_CONFIG_HOME:-$HOME/.config}/fish/completions/convagent.fish"
-say "completions installed (zsh: add $DATA_HOME/zsh/site-functions to fpath)"
+install -D -m 644 completions/convagent.1 "$DATA_HOME/man/man1/convagent.1"
+say "completions and man page installed (zsh: add $DATA_HOME/zsh/site-functions to fpath)"
 
 case ":$PATH:" in
   *":$bin_dir:"*) ;;

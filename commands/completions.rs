@@ -1,6 +1,6 @@
-//! `convagent completions`: shell completion scripts, generated from the
-//! command definition. The committed copies in `completions/` are kept
-//! current by a test.
+//! `convagent completions`: shell completion scripts and the man page,
+//! generated from the command definition. The committed copies in
+//! `completions/` are kept current by a test.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +15,8 @@ pub struct Args {
     #[arg(required_unless_present = "dir")]
     shell: Option<Shell>,
 
-    /// Write the bash, zsh and fish scripts into this directory instead
+    /// Write the bash, zsh and fish scripts and the man page (convagent.1)
+    /// into this directory instead
     #[arg(long, value_name = "DIR", conflicts_with = "shell")]
     dir: Option<PathBuf>,
 }
@@ -38,6 +39,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             std::fs::write(&path, script(shell))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
+        let path = dir.join("convagent.1");
+        std::fs::write(&path, man_page()?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -46,4 +50,11 @@ fn script(shell: Shell) -> String {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut crate::Cli::command(), "convagent", &mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The man page, in roff.
+pub fn man_page() -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(crate::Cli::command()).render(&mut out)?;
+    Ok(out)
 }

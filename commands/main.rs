@@ -56,7 +56,7 @@ enum Command {
     Tunnel(tunnel::Args),
     /// Watch conversations, traces and breakers live (read-only)
     Tui(tui::Args),
-    /// Print or write shell completion scripts
+    /// Print shell completion scripts, or write them and the man page
     Completions(completions::Args),
 }
 

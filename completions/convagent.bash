@@ -172,7 +172,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__doctor)
-            opts="-v -h -V --json --config --verbose --help --version"
+            opts="-v -h -V --json --live --config --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

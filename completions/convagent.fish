@@ -35,7 +35,7 @@ complete -c convagent -n "__fish_convagent_needs_command" -f -a "doctor" -d 'Che
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "replay" -d 'Sign golden webhook payloads and post them to a daemon (or load-test it)'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "tunnel" -d 'Expose the daemon through cloudflared and register the webhooks'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "tui" -d 'Watch conversations, traces and breakers live (read-only)'
-complete -c convagent -n "__fish_convagent_needs_command" -f -a "completions" -d 'Print or write shell completion scripts'
+complete -c convagent -n "__fish_convagent_needs_command" -f -a "completions" -d 'Print shell completion scripts, or write them and the man page'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand serve" -l listen -d 'Address to listen on (default: CONVAGENT_LISTEN or 127.0.0.1:8080)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand serve" -l public-url -d 'The public base URL providers call, e.g. https://x.trycloudflare.com' -r
@@ -90,6 +90,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l json -d 'Print the checks as JSON'
+complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l live -d 'Also ask the providers: credentials (getMe, auth.test, the Twilio account), the public URL through the tunnel, the Telegram webhook'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s V -l version -d 'Print version'
@@ -114,7 +115,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand tui" -l config -d 'C
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -s V -l version -d 'Print version'
-complete -c convagent -n "__fish_convagent_using_subcommand completions" -l dir -d 'Write the bash, zsh and fish scripts into this directory instead' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand completions" -l dir -d 'Write the bash, zsh and fish scripts and the man page (convagent.1) into this directory instead' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -s h -l help -d 'Print help'
@@ -126,7 +127,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish
 complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay tunnel tui completions help" -f -a "replay" -d 'Sign golden webhook payloads and post them to a daemon (or load-test it)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay tunnel tui completions help" -f -a "tunnel" -d 'Expose the daemon through cloudflared and register the webhooks'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay tunnel tui completions help" -f -a "tui" -d 'Watch conversations, traces and breakers live (read-only)'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay tunnel tui completions help" -f -a "completions" -d 'Print or write shell completion scripts'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay tunnel tui completions help" -f -a "completions" -d 'Print shell completion scripts, or write them and the man page'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay tunnel tui completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "list" -d 'List conversations, most recent first (the default)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "show" -d 'Show one conversation\'s messages'

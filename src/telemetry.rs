@@ -15,6 +15,9 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
+/// Shorter configured values are not masked.
+pub const MIN_SECRET_CHARS: usize = 4;
+
 /// What replaces a secret in any output.
 pub const MASK: &str = "********";
 
@@ -31,7 +34,12 @@ pub struct Masker {
 impl Masker {
     pub fn new(secrets: &[String]) -> Self {
         let mut patterns: Vec<String> = Vec::new();
-        for s in secrets.iter().filter(|s| !s.is_empty()) {
+        // A secret of one to three characters would mask half of every
+        // line while protecting nothing; such values are not secrets.
+        for s in secrets
+            .iter()
+            .filter(|s| s.chars().count() >= MIN_SECRET_CHARS)
+        {
             patterns.push(s.clone());
             let escaped = serde_json::to_string(s).unwrap_or_default();
             let escaped = escaped.trim_matches('"').to_string();

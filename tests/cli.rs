@@ -50,11 +50,16 @@ const CONTRACT_VARS: &[&str] = &[
     "CONVAGENT_SLACK_API_BASE",
 ];
 
+/// The config every test starts from (tests that write their own keep this).
+pub const BASE_CONFIG: &str = "[llm.embedded]\nthreads = 1\n";
+
 /// A temp HOME with XDG dirs inside it; nothing is read or written elsewhere.
 pub struct Env {
     pub home: tempfile::TempDir,
     /// Where Ollama is supposed to be: a closed port unless a test fakes it.
     pub ollama: String,
+    /// CONVAGENT_LISTEN: a free port, so no test depends on 8080.
+    pub listen: String,
 }
 
 impl Default for Env {
@@ -65,10 +70,17 @@ impl Default for Env {
 
 impl Env {
     pub fn new() -> Self {
-        Env {
+        let env = Env {
             home: tempfile::tempdir().unwrap(),
             ollama: support::closed_port_url(),
-        }
+            listen: support::closed_port_url()
+                .trim_start_matches("http://")
+                .to_string(),
+        };
+        // Tests run side by side on 2 cores: one llama.cpp thread per
+        // process keeps them from oversubscribing the machine.
+        env.write_config(BASE_CONFIG);
+        env
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -108,6 +120,7 @@ impl Env {
             .env("XDG_CACHE_HOME", home.join("cache"))
             .env("USER", "tester")
             .env("OLLAMA_HOST", &self.ollama)
+            .env("CONVAGENT_LISTEN", &self.listen)
             .env("CONVAGENT_MODEL_PATH", support::model_path())
             .current_dir(home)
             .args(args);

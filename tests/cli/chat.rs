@@ -5,7 +5,7 @@ use convagent::core::{ConversationFilter, Role, Store};
 
 use crate::{Env, stderr_of, stdout_of};
 
-const DETERMINISTIC: &str = "[llm.embedded]\ntemperature = 0.0\n# Tests run side by side on 2 cores: llama.cpp threads must not oversubscribe them.\nthreads = 1\n";
+const DETERMINISTIC: &str = "[llm.embedded]\ntemperature = 0.0\nthreads = 1\n";
 
 #[test]
 fn piped_chat_answers_each_line_from_the_embedded_model_and_stores_every_turn() {

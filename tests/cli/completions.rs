@@ -1,4 +1,5 @@
-//! The committed completion scripts match what the binary generates.
+//! The committed completion scripts and man page match what the binary
+//! generates.
 //! Regenerate with `cargo run -- completions --dir completions`.
 
 use std::path::Path;
@@ -28,4 +29,28 @@ fn committed_completions_are_current() {
             "completions/{file} is stale: run `cargo run -- completions --dir completions`"
         );
     }
+}
+
+#[test]
+fn the_committed_man_page_is_current() {
+    let env = Env::new();
+    let dir = env.path("generated");
+    env.cmd(&["completions", "--dir", &dir.to_string_lossy()])
+        .assert()
+        .success();
+    let generated = std::fs::read_to_string(dir.join("convagent.1")).unwrap();
+    assert!(generated.contains(".TH convagent 1"), "roff man page");
+    for command in [
+        "serve", "chat", "history", "replay", "doctor", "tunnel", "tui",
+    ] {
+        assert!(generated.contains(command), "names {command}");
+    }
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("completions/convagent.1"),
+    )
+    .expect("completions/convagent.1");
+    assert!(
+        committed == generated,
+        "completions/convagent.1 is stale: run `cargo run -- completions --dir completions`"
+    );
 }

@@ -17,6 +17,18 @@ async fn fake_ollama(models: &[&str]) -> MockServer {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "models": models })))
         .mount(&server)
         .await;
+    let chat = [
+        json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "OK" }, "done": false }),
+        json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "" }, "done": true, "eval_count": 1 }),
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect::<String>();
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(chat))
+        .mount(&server)
+        .await;
     server
 }
 
@@ -170,4 +182,187 @@ fn doctor_shows_an_open_breaker_with_its_last_error() {
     assert!(text.contains("breaker open since"), "{text}");
     assert!(text.contains("next probe in "), "{text}");
     assert!(text.contains("last error: ollama is unreachable"), "{text}");
+}
+
+#[tokio::test]
+async fn a_test_generation_reports_its_latency() {
+    let ollama = fake_ollama(&["mistral:7b"]).await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let out = env.cmd(&["doctor", "--json"]).output().unwrap();
+    let v = checks(&out);
+    let detail = |name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(detail("ollama").contains("generated 1 token(s) in "), "{v}");
+    assert!(detail("embedded").contains("token(s) in "), "{v}");
+    for name in ["port", "clock", "disk"] {
+        assert_eq!(status_of(&v, name), "pass", "{v}");
+    }
+    assert_eq!(status_of(&v, "channels"), "warn", "no channel enabled");
+}
+
+#[test]
+fn a_config_file_with_secrets_must_not_be_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let path = env.write_config(
+        "[channels.telegram]\nbot_token = \"1:abc\"\nwebhook_secret = \"tg-hook-secret\"\n",
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.cmd(&["doctor"]).output().unwrap();
+    let text = stdout_of(&out);
+    assert!(
+        text.contains("holds secrets and others may read it (mode 644)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("fix: chmod 600 {}", path.display())),
+        "{text}"
+    );
+    assert!(!text.contains("1:abc"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.cmd(&["doctor", "--json"]).output().unwrap();
+    assert_eq!(status_of(&checks(&out), "config"), "pass");
+}
+
+#[test]
+fn half_configured_channels_and_a_missing_public_url_are_explained() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["doctor", "--json"])
+        .env("TELEGRAM_BOT_TOKEN", "1:abc")
+        .env("SLACK_BOT_TOKEN", "xoxb-1")
+        .env("SLACK_SIGNING_SECRET", "slack-signing-secret")
+        .output()
+        .unwrap();
+    let v = checks(&out);
+    assert_eq!(status_of(&v, "telegram"), "fail");
+    assert_eq!(status_of(&v, "slack"), "pass");
+    assert_eq!(status_of(&v, "public url"), "warn");
+    let text = v.to_string();
+    assert!(
+        text.contains("TELEGRAM_BOT_TOKEN is set but TELEGRAM_WEBHOOK_SECRET is not"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not checked with the provider; --live does")
+            || text.contains("credentials present"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("1:abc") && !text.contains("xoxb-1"),
+        "no secret in the output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_checks_ask_each_provider_and_the_tunnel() {
+    use wiremock::matchers::path_regex;
+    let api = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/bot[^/]+/getMe$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "ok": true, "result": { "id": 42, "is_bot": true, "first_name": "Convagent", "username": "convagent_bot" }
+        })))
+        .mount(&api)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/bot[^/]+/getWebhookInfo$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "ok": true, "result": { "url": "https://old-tunnel.trycloudflare.com/webhook/telegram", "pending_update_count": 0 }
+        })))
+        .mount(&api)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/auth.test"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "ok": false, "error": "invalid_auth" })),
+        )
+        .mount(&api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/2010-04-01/Accounts/ACtest.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({ "sid": "ACtest", "friendly_name": "My account", "status": "active" }),
+        ))
+        .mount(&api)
+        .await;
+    // The daemon as reached through the tunnel.
+    let daemon = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok\n"))
+        .mount(&daemon)
+        .await;
+
+    let env = Env::new();
+    let out = env
+        .cmd(&["doctor", "--live", "--json"])
+        .env("CONVAGENT_PUBLIC_URL", daemon.uri())
+        .env("TELEGRAM_BOT_TOKEN", "1:abc")
+        .env("TELEGRAM_WEBHOOK_SECRET", "tg-hook-secret")
+        .env("CONVAGENT_TELEGRAM_API_BASE", api.uri())
+        .env("SLACK_BOT_TOKEN", "xoxb-1")
+        .env("SLACK_SIGNING_SECRET", "slack-signing-secret")
+        .env("CONVAGENT_SLACK_API_BASE", api.uri())
+        .env("TWILIO_ACCOUNT_SID", "ACtest")
+        .env("TWILIO_AUTH_TOKEN", "twilio-token")
+        .env("CONVAGENT_TWILIO_API_BASE", api.uri())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = checks(&out);
+    let text = v.to_string();
+    assert_eq!(status_of(&v, "telegram"), "pass", "{text}");
+    assert!(text.contains("getMe: @convagent_bot"), "{text}");
+    assert_eq!(status_of(&v, "whatsapp"), "pass", "{text}");
+    assert!(text.contains("account My account (active)"), "{text}");
+    assert_eq!(status_of(&v, "slack"), "fail", "{text}");
+    assert!(text.contains("invalid_auth"), "{text}");
+    assert_eq!(status_of(&v, "reachable"), "pass", "{text}");
+    assert_eq!(status_of(&v, "webhook"), "fail", "{text}");
+    assert!(
+        text.contains("Telegram delivers to https://old-tunnel.trycloudflare.com/webhook/telegram"),
+        "{text}"
+    );
+    // Without --live nothing is asked.
+    let before = api.received_requests().await.unwrap().len();
+    env.cmd(&["doctor"])
+        .env("TELEGRAM_BOT_TOKEN", "1:abc")
+        .env("TELEGRAM_WEBHOOK_SECRET", "tg-hook-secret")
+        .env("CONVAGENT_TELEGRAM_API_BASE", api.uri())
+        .output()
+        .unwrap();
+    assert_eq!(api.received_requests().await.unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn the_port_is_fine_when_our_daemon_holds_it_and_not_otherwise() {
+    let ours = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok\n"))
+        .mount(&ours)
+        .await;
+    let mut env = Env::new();
+    env.listen = ours.address().to_string();
+    let v = checks(&env.cmd(&["doctor", "--json"]).output().unwrap());
+    assert_eq!(status_of(&v, "port"), "pass");
+    assert!(v.to_string().contains("held by a running convagent serve"));
+
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    env.listen = other.local_addr().unwrap().to_string();
+    let v = checks(&env.cmd(&["doctor", "--json"]).output().unwrap());
+    assert_eq!(status_of(&v, "port"), "fail");
+    assert!(v.to_string().contains("held by another program"));
 }

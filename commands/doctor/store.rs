@@ -1,0 +1,108 @@
+//! Config and store checks.
+
+use std::os::unix::fs::PermissionsExt;
+
+use convagent::config::{ConfigSource, Settings, read_file};
+use convagent::core::Store;
+
+use super::Check;
+use crate::context::Context;
+
+pub fn config_check(settings: &Settings) -> Check {
+    match &settings.source {
+        ConfigSource::File(path) => {
+            // Secrets in a file others can read are secrets no more.
+            let holds_secrets = read_file(path).is_ok_and(|c| !c.secrets().is_empty());
+            let mode = std::fs::metadata(path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
+            if holds_secrets && mode & 0o077 != 0 {
+                return Check::fail(
+                    "config",
+                    format!(
+                        "{} holds secrets and others may read it (mode {mode:o})",
+                        path.display()
+                    ),
+                    format!("chmod 600 {}", path.display()),
+                );
+            }
+            let secrets = if holds_secrets {
+                format!("holds secrets, mode {mode:o}")
+            } else {
+                "no secrets in it".into()
+            };
+            Check::pass("config", format!("{} parsed ({secrets})", path.display()))
+        }
+        ConfigSource::Defaults { looked_at } => Check::pass(
+            "config",
+            format!(
+                "no file at {}; defaults and environment in use",
+                looked_at.display()
+            ),
+        ),
+    }
+}
+
+pub fn store_check(ctx: &Context) -> Check {
+    let store = match ctx.store_read_only() {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            return Check::warn(
+                "store",
+                format!(
+                    "{} does not exist yet",
+                    ctx.settings()
+                        .map(|s| s.store_path().display().to_string())
+                        .unwrap_or_default()
+                ),
+                "it is created on first use: run `convagent chat`",
+            );
+        }
+        Err(e) => {
+            return Check::fail(
+                "store",
+                format!("{e:#}"),
+                "check the file's permissions, or set `store.path`",
+            );
+        }
+    };
+    match store.health() {
+        Err(e) => Check::fail(
+            "store",
+            e.to_string(),
+            "the file may not be a convagent store; move it aside",
+        ),
+        Ok(h) if h.integrity.is_err() => Check::fail(
+            "store",
+            format!(
+                "{}: integrity check failed: {}",
+                h.location,
+                h.integrity.unwrap_err()
+            ),
+            "restore from a backup, or move the file aside to start afresh",
+        ),
+        Ok(h) if h.schema_version < h.latest_schema_version => Check::fail(
+            "store",
+            format!(
+                "{}: schema {} of {}",
+                h.location, h.schema_version, h.latest_schema_version
+            ),
+            "migrations apply when convagent opens the store for writing: run `convagent chat` once",
+        ),
+        Ok(h) if h.schema_version > h.latest_schema_version => Check::fail(
+            "store",
+            format!(
+                "{}: schema {} is newer than this convagent knows ({})",
+                h.location, h.schema_version, h.latest_schema_version
+            ),
+            "upgrade convagent",
+        ),
+        Ok(h) => Check::pass(
+            "store",
+            format!(
+                "{} (schema {}/{}, integrity ok)",
+                h.location, h.schema_version, h.latest_schema_version
+            ),
+        ),
+    }
+}

@@ -1,0 +1,95 @@
+//! Machine checks: the serve port, the clock, disk space.
+
+use std::path::Path;
+use std::time::Duration;
+
+use convagent::config::Settings;
+
+use super::Check;
+use crate::output::{now_ms, utc};
+
+/// Free or held by a convagent daemon is fine; held by anything else is not.
+pub async fn port_check(settings: &Settings) -> Check {
+    let listen = &settings.config.server.listen;
+    match std::net::TcpListener::bind(listen) {
+        Ok(_) => Check::pass("port", format!("{listen} is free for `convagent serve`")),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let ours = async {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(2))
+                    .build()
+                    .ok()?;
+                let r = client
+                    .get(format!("http://{listen}/health"))
+                    .send()
+                    .await
+                    .ok()?;
+                Some(r.text().await.ok()? == "ok\n")
+            };
+            match ours.await {
+                Some(true) => Check::pass(
+                    "port",
+                    format!("{listen} is held by a running convagent serve"),
+                ),
+                _ => Check::fail(
+                    "port",
+                    format!("{listen} is held by another program"),
+                    "stop it, or choose another address with --listen / CONVAGENT_LISTEN",
+                ),
+            }
+        }
+        Err(e) => Check::fail(
+            "port",
+            format!("cannot listen on {listen}: {e}"),
+            "fix CONVAGENT_LISTEN",
+        ),
+    }
+}
+
+/// Slack rejects requests signed more than 5 minutes off; a clock stuck in
+/// the past breaks every signature check.
+pub fn clock_check() -> Check {
+    let now = now_ms();
+    // 2024-01-01 .. 2100-01-01
+    if (1_704_067_200_000..4_102_444_800_000).contains(&now) {
+        Check::pass("clock", format!("{} UTC", utc(now)))
+    } else {
+        Check::fail(
+            "clock",
+            format!("the system clock says {} UTC", utc(now)),
+            "set the clock (e.g. enable NTP: timedatectl set-ntp true)",
+        )
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+pub fn disk_check(name: &str, dir: &Path) -> Check {
+    // The directory may not exist yet: look at its nearest existing parent.
+    let existing = dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"));
+    match rustix::fs::statvfs(existing) {
+        Ok(s) => {
+            let free = s.f_bavail.saturating_mul(s.f_frsize);
+            let detail = format!("{} MiB free for {}", free / MIB, dir.display());
+            if free < 10 * MIB {
+                Check::fail(
+                    name,
+                    detail,
+                    "free some disk space: the store and logs cannot grow",
+                )
+            } else if free < 100 * MIB {
+                Check::warn(name, detail, "free some disk space soon")
+            } else {
+                Check::pass(name, detail)
+            }
+        }
+        Err(e) => Check::warn(
+            name,
+            format!("cannot tell free space of {}: {e}", dir.display()),
+            "check the path",
+        ),
+    }
+}
