@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use convagent::config::ChannelsConfig;
 use convagent::golden::{Golden, SignedRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -51,6 +52,20 @@ struct Outcome {
     latency: Duration,
     correlation: String,
     body: String,
+}
+
+/// Signs a payload for the daemon at `--to`, as its provider would now.
+fn sign(golden: &Golden, args: &Args, secrets: &ChannelsConfig) -> Result<SignedRequest> {
+    golden
+        .sign(
+            &args.to,
+            args.public_url.as_deref(),
+            secrets,
+            now_ms() / 1000,
+        )
+        .map_err(|e| {
+            UserError::new(e.to_string(), "replay signs with the same secrets as serve").into()
+        })
 }
 
 async fn post(client: &reqwest::Client, request: SignedRequest) -> Result<Outcome, String> {
@@ -113,20 +128,11 @@ async fn each(
     client: &reqwest::Client,
     args: &Args,
     files: &[(PathBuf, Golden)],
-    secrets: &convagent::config::ChannelsConfig,
+    secrets: &ChannelsConfig,
 ) -> Result<ExitCode> {
     let mut failed = 0;
     for (path, golden) in files {
-        let request = golden
-            .sign(
-                &args.to,
-                args.public_url.as_deref(),
-                secrets,
-                now_ms() / 1000,
-            )
-            .map_err(|e| {
-                UserError::new(e.to_string(), "replay signs with the same secrets as serve")
-            })?;
+        let request = sign(golden, args, secrets)?;
         let outcome = post(client, request).await.map_err(|e| {
             UserError::new(
                 format!("cannot reach {}: {e}", args.to),
@@ -180,7 +186,7 @@ async fn load(
     client: &reqwest::Client,
     args: &Args,
     files: &[(PathBuf, Golden)],
-    secrets: &convagent::config::ChannelsConfig,
+    secrets: &ChannelsConfig,
     rate: u32,
 ) -> Result<ExitCode> {
     let total = u64::from(rate) * args.duration;
@@ -201,16 +207,7 @@ async fn load(
     for i in 0..total {
         ticker.tick().await;
         let golden = files[(i as usize) % files.len()].1.numbered(run + i);
-        let request = golden
-            .sign(
-                &args.to,
-                args.public_url.as_deref(),
-                secrets,
-                now_ms() / 1000,
-            )
-            .map_err(|e| {
-                UserError::new(e.to_string(), "replay signs with the same secrets as serve")
-            })?;
+        let request = sign(&golden, args, secrets)?;
         let permit = permits.clone().acquire_owned().await.context("semaphore")?;
         let (client, tx) = (client.clone(), tx.clone());
         tokio::spawn(async move {

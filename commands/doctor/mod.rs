@@ -49,37 +49,35 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
+    fn new(
+        name: impl Into<String>,
+        status: Status,
+        detail: impl Into<String>,
+        fix: Option<String>,
+    ) -> Self {
         Check {
             name: name.into(),
-            status: Status::Pass,
+            status,
             detail: detail.into(),
-            fix: None,
+            fix,
         }
+    }
+    pub fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new(name, Status::Pass, detail, None)
     }
     pub fn fail(
         name: impl Into<String>,
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Check {
-            name: name.into(),
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Self::new(name, Status::Fail, detail, Some(fix.into()))
     }
     pub fn warn(
         name: impl Into<String>,
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Check {
-            name: name.into(),
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Self::new(name, Status::Warn, detail, Some(fix.into()))
     }
 }
 
