@@ -163,6 +163,12 @@ pub trait Store: Send + Sync {
     /// provider message id.
     fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError>;
 
+    /// Accepts several messages at once (group commit), one result each, in
+    /// order. A backend without batching accepts them one by one.
+    fn accept_many(&self, messages: &[InboundMessage]) -> Vec<Result<Accepted, StoreError>> {
+        messages.iter().map(|m| self.accept(m)).collect()
+    }
+
     /// The answer (or refusal) to a user message, if it has one. Fallback
     /// replies do not count.
     fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError>;

@@ -124,16 +124,10 @@ pub async fn handle(
         .tracer
         .stage(&correlation, "verified", now, began, "ok", None);
     let stored_began = Instant::now();
-    // SQLite is synchronous: wait for it on the blocking pool, not on a
-    // runtime thread that other requests need.
-    let store = daemon.store.clone();
-    let accepted = tokio::task::spawn_blocking(move || store.accept(&message))
-        .await
-        .map_err(|e| Rejection::Store(StoreError::Backend(e.to_string())))?
-        .map_err(|e| {
-            tracing::error!(correlation_id = %correlation, error = %e, "cannot store an inbound message");
-            Rejection::Store(e)
-        })?;
+    let accepted = daemon.ingest.accept(message).await.map_err(|e| {
+        tracing::error!(correlation_id = %correlation, error = %e, "cannot store an inbound message");
+        Rejection::Store(e)
+    })?;
     daemon.metrics.observe_stage("ack", began.elapsed());
     if accepted.duplicate {
         daemon.metrics.inbound(channel.as_str(), "duplicate");

@@ -48,6 +48,7 @@ fn conformance(store: &dyn Store) {
     // First: replies below refer to prompt versions 1 and 2.
     prompts_are_versioned(store);
     accept_and_deduplicate(store);
+    accept_many_is_one_result_each_in_order(store);
     replies_are_unique_per_message(store);
     recent_turns_are_bounded_and_ordered(store);
     reset_starts_a_new_conversation(store);
@@ -82,6 +83,44 @@ fn accept_and_deduplicate(store: &dyn Store) {
     assert_eq!(msgs[0].text, "hello");
     assert_eq!(msgs[0].provider_message_id.as_deref(), Some("SM1"));
     assert!(store.accept(&message(&key, "", "no id", 4_000)).is_err());
+}
+
+fn accept_many_is_one_result_each_in_order(store: &dyn Store) {
+    let key = ConversationKey::new(Channel::Whatsapp, "batch", "");
+    let batch = [
+        message(&key, "batch-1", "one", 5_000),
+        message(&key, "batch-2", "two", 5_001),
+        message(&key, "batch-1", "one again", 5_002),
+        message(&key, "", "no id", 5_003),
+        message(&key, "batch-3", "three", 5_004),
+    ];
+    let results = store.accept_many(&batch);
+    assert_eq!(results.len(), 5);
+    let ok: Vec<_> = results
+        .iter()
+        .map(|r| r.as_ref().map(|a| a.duplicate))
+        .collect();
+    assert!(
+        matches!(ok[..], [Ok(false), Ok(false), Ok(true), Err(_), Ok(false)]),
+        "{ok:?}"
+    );
+    let first = results[0].as_ref().unwrap();
+    assert_eq!(
+        results[2].as_ref().unwrap().message_id,
+        first.message_id,
+        "a duplicate within the batch"
+    );
+    let texts: Vec<String> = store
+        .messages(first.conversation_id)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(
+        texts,
+        ["one", "two", "three"],
+        "the bad one left the others stored"
+    );
 }
 
 fn replies_are_unique_per_message(store: &dyn Store) {

@@ -12,73 +12,122 @@ use crate::core::ports::{
     SearchHit, Store, StoreError, StoreHealth, StoredMessage, Summary,
 };
 
-impl Store for SqliteStore {
-    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
-        if message.provider_message_id.is_empty() {
-            return Err(StoreError::Invalid("provider message id is empty".into()));
-        }
-        let key = &message.key;
-        let channel = key.channel.as_str();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
+fn validate(message: &InboundMessage) -> Result<(), StoreError> {
+    if message.provider_message_id.is_empty() {
+        return Err(StoreError::Invalid("provider message id is empty".into()));
+    }
+    Ok(())
+}
 
-        let seen: Option<(i64, i64)> = tx
-            .query_row(
-                "SELECT id, conversation_id FROM messages
-                 WHERE channel = ?1 AND provider_message_id = ?2",
-                params![channel, message.provider_message_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        if let Some((message_id, conversation_id)) = seen {
-            return Ok(Accepted {
-                message_id,
-                conversation_id,
-                duplicate: true,
-            });
-        }
-
-        let at = message.received_at;
-        let conversation_id: i64 = tx
-            .prepare_cached(
-                "INSERT INTO conversations (channel, sender, thread, started_at, last_activity_at)
+/// Stores one inbound message inside the caller's transaction, or finds
+/// it stored before.
+fn accept_in(
+    conn: &rusqlite::Connection,
+    message: &InboundMessage,
+) -> Result<Accepted, StoreError> {
+    let key = &message.key;
+    let channel = key.channel.as_str();
+    let seen: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT id, conversation_id FROM messages
+             WHERE channel = ?1 AND provider_message_id = ?2",
+        )?
+        .query_row(params![channel, message.provider_message_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    if let Some((message_id, conversation_id)) = seen {
+        return Ok(Accepted {
+            message_id,
+            conversation_id,
+            duplicate: true,
+        });
+    }
+    let at = message.received_at;
+    let conversation_id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO conversations (channel, sender, thread, started_at, last_activity_at)
              VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT (channel, sender, thread) WHERE closed_at IS NULL
              DO UPDATE SET last_activity_at = max(last_activity_at, excluded.last_activity_at)
              RETURNING id",
-            )?
-            .query_row(params![channel, key.sender, key.thread, at], |r| r.get(0))?;
-        let attachments = serde_json::to_string(&message.attachments)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let metadata = serde_json::to_string(&message.metadata)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        tx.prepare_cached(
-            "INSERT INTO messages (conversation_id, role, channel, text, created_at,
-                 provider_message_id, provider_ts, correlation_id, attachments, metadata)
-             VALUES (?1, 'user', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
-        .execute(params![
-            conversation_id,
-            channel,
-            message.text,
-            at,
-            message.provider_message_id,
-            message.provider_ts,
-            message.correlation_id.0,
-            attachments,
-            metadata,
-        ])?;
-        let message_id = tx.last_insert_rowid();
-        tx.prepare_cached(
-            "UPDATE conversations SET message_count = message_count + 1 WHERE id = ?1",
-        )?
-        .execute(params![conversation_id])?;
+        .query_row(params![channel, key.sender, key.thread, at], |r| r.get(0))?;
+    let attachments = serde_json::to_string(&message.attachments)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let metadata =
+        serde_json::to_string(&message.metadata).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO messages (conversation_id, role, channel, text, created_at,
+             provider_message_id, provider_ts, correlation_id, attachments, metadata)
+         VALUES (?1, 'user', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        conversation_id,
+        channel,
+        message.text,
+        at,
+        message.provider_message_id,
+        message.provider_ts,
+        message.correlation_id.0,
+        attachments,
+        metadata,
+    ])?;
+    let message_id = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "UPDATE conversations SET message_count = message_count + 1 WHERE id = ?1",
+    )?
+    .execute(params![conversation_id])?;
+    Ok(Accepted {
+        message_id,
+        conversation_id,
+        duplicate: false,
+    })
+}
+
+impl Store for SqliteStore {
+    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
+        validate(message)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let accepted = accept_in(&tx, message)?;
         tx.commit()?;
-        Ok(Accepted {
-            message_id,
-            conversation_id,
-            duplicate: false,
-        })
+        Ok(accepted)
+    }
+
+    fn accept_many(&self, messages: &[InboundMessage]) -> Vec<Result<Accepted, StoreError>> {
+        let mut conn = self.conn();
+        let mut tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = e.to_string();
+                return messages
+                    .iter()
+                    .map(|_| Err(StoreError::Backend(e.clone())))
+                    .collect();
+            }
+        };
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            // A savepoint each: one bad message does not undo the others.
+            let result = validate(message).and_then(|()| {
+                let sp = tx.savepoint()?;
+                let accepted = accept_in(&sp, message)?;
+                sp.commit()?;
+                Ok(accepted)
+            });
+            results.push(result);
+        }
+        match tx.commit() {
+            Ok(()) => results,
+            Err(e) => {
+                let e = e.to_string();
+                messages
+                    .iter()
+                    .map(|_| Err(StoreError::Backend(e.clone())))
+                    .collect()
+            }
+        }
     }
 
     fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
