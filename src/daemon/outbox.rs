@@ -24,22 +24,25 @@ pub async fn run(daemon: Arc<Daemon>) {
         if daemon.stopping() {
             break;
         }
-        let now = daemon.clock.now_ms();
-        let due = daemon.store.due(now, BATCH).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot read the outbox");
-            Vec::new()
-        });
-        for item in due {
+        // Read what is due while holding the in-flight set: a send finishes
+        // by recording its outcome and only then leaves the set, so an item
+        // read here is either still in flight (skipped) or not yet sent.
+        // Reading first and checking after would send a just-sent reply again.
+        let due: Vec<OutboxItem> = {
+            let mut busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let due = daemon
+                .store
+                .due(daemon.clock.now_ms(), BATCH)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    Vec::new()
+                });
             // One send at a time per conversation keeps the order.
-            let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            if busy.contains(&item.conversation_id) {
-                continue;
-            }
-            drop(busy);
-            in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(item.conversation_id);
+            due.into_iter()
+                .filter(|i| busy.insert(i.conversation_id))
+                .collect()
+        };
+        for item in due {
             let (daemon, in_flight) = (daemon.clone(), in_flight.clone());
             tasks.spawn(async move {
                 let conversation = item.conversation_id;

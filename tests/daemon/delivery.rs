@@ -348,3 +348,54 @@ async fn dry_run_records_replies_without_sending() {
     assert!(bodies(&h.telegram).await.is_empty());
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_conversations_at_once_get_exactly_one_reply_each() {
+    let h = Harness::start(Options::default()).await;
+    mount_success(&h).await;
+    let n = 60;
+    let requests: Vec<_> = (0..n)
+        .map(|i| {
+            let mut golden = h.golden("telegram/text.json");
+            let json = golden.json.as_mut().unwrap();
+            json["update_id"] = json!(5000 + i);
+            json["message"]["message_id"] = json!(1);
+            json["message"]["chat"]["id"] = json!(7000 + i);
+            json["message"]["from"]["id"] = json!(7000 + i);
+            h.sign(&golden)
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for r in requests {
+        let url = r.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut b = reqwest::Client::new().post(&url).body(r.body.clone());
+            for (k, v) in &r.headers {
+                b = b.header(k, v);
+            }
+            b.send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let sent = wait_for(&h.telegram, n as usize).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut chats: Vec<String> = bodies(&h.telegram)
+        .await
+        .iter()
+        .map(|b| b["chat_id"].as_str().unwrap().to_string())
+        .collect();
+    chats.sort();
+    let before = chats.len();
+    chats.dedup();
+    assert_eq!(
+        before,
+        n as usize,
+        "{} sends for {n} messages (first wait saw {})",
+        before,
+        sent.len()
+    );
+    assert_eq!(chats.len(), n as usize);
+    h.stop().await;
+}
