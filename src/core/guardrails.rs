@@ -78,10 +78,6 @@ impl Guardrails {
                 rule: r.name.clone(),
             })
     }
-
-    pub fn rule_names(&self) -> Vec<&str> {
-        self.rules.iter().map(|r| r.name.as_str()).collect()
-    }
 }
 
 fn rule(name: &str, pattern: &str) -> Result<Rule, regex::Error> {
