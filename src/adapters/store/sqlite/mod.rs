@@ -29,6 +29,10 @@ impl From<rusqlite::Error> for StoreError {
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// A second connection for reads, so that readers (workers, the
+    /// outbox, monitors) do not queue behind writers: WAL lets both run.
+    /// Absent for in-memory and read-only stores, which read on `conn`.
+    reader: Option<Mutex<Connection>>,
     path: PathBuf,
 }
 
@@ -77,8 +81,22 @@ impl SqliteStore {
                 .to_latest(&mut conn)
                 .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
         }
+        let reader = match mode {
+            OpenMode::ReadWrite => {
+                let r = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+                r.busy_timeout(Duration::from_secs(5))?;
+                r.pragma_update(None, "cache_size", -16_000)?;
+                Some(Mutex::new(r))
+            }
+            OpenMode::ReadOnly => None,
+        };
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            reader,
             path: path.to_path_buf(),
         })
     }
@@ -91,6 +109,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            reader: None,
             path: PathBuf::from(":memory:"),
         })
     }
@@ -99,10 +118,21 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The connection that writes (and reads what must be read in the
+    /// same transaction).
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written
         // (statements are atomic), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection for plain reads. Every write is committed before its
+    /// method returns, so a read here sees all earlier writes.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        match &self.reader {
+            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.conn(),
+        }
     }
 }
 

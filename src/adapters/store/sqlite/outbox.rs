@@ -11,7 +11,7 @@ use crate::core::ports::{
 
 impl OutboxStore for SqliteStore {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         // The head of each conversation's queue, if it is due: a later
         // reply never overtakes an earlier one that is waiting to retry.
         let mut stmt = conn.prepare_cached(
@@ -109,7 +109,7 @@ impl OutboxStore for SqliteStore {
     }
 
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        Ok(self.conn().prepare_cached("SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead')
+        Ok(self.reader().prepare_cached("SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead')
              FROM outbox")?.query_row(
             [],
             |r| {
@@ -122,7 +122,7 @@ impl OutboxStore for SqliteStore {
     }
 
     fn conversations_with_pending(&self, limit: usize) -> Result<Vec<i64>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT DISTINCT conversation_id FROM messages
              WHERE role = 'user' AND answered_at IS NULL
@@ -158,7 +158,7 @@ impl TraceStore for SqliteStore {
     }
 
     fn trace(&self, correlation_id: &str) -> Result<Vec<TraceEvent>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT correlation_id, stage, started_at, duration_us, outcome, detail
              FROM traces WHERE correlation_id = ?1 ORDER BY id",

@@ -131,7 +131,7 @@ impl Store for SqliteStore {
     }
 
     fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m
              WHERE m.reply_to = ?1 AND m.kind <> 'fallback'"
@@ -142,7 +142,7 @@ impl Store for SqliteStore {
     }
 
     fn fallback_for(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m
              WHERE m.reply_to = ?1 AND m.kind = 'fallback' ORDER BY m.id DESC LIMIT 1"
@@ -224,7 +224,7 @@ impl Store for SqliteStore {
         conversation_id: i64,
         limit: usize,
     ) -> Result<Vec<InboundMessage>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT m.text, m.provider_message_id, m.provider_ts, m.created_at,
                     m.attachments, m.metadata, m.correlation_id,
@@ -358,7 +358,7 @@ impl Store for SqliteStore {
     }
 
     fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let sql = format!("SELECT {BREAKER_COLUMNS} FROM breakers ORDER BY provider, model");
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([], breaker_from_row)?;
@@ -371,7 +371,7 @@ impl Store for SqliteStore {
         up_to_message_id: i64,
         limit: usize,
     ) -> Result<Vec<Turn>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(RECENT_TURNS_SQL)?;
         let mut turns = stmt
             .query_map(
@@ -402,7 +402,7 @@ impl Store for SqliteStore {
     }
 
     fn open_conversation(&self, key: &ConversationKey) -> Result<Option<i64>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         Ok(conn
             .query_row(
                 "SELECT id FROM conversations
@@ -417,7 +417,7 @@ impl Store for SqliteStore {
         &self,
         filter: &ConversationFilter,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let sql = format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations
              WHERE (?1 IS NULL OR channel = ?1) AND (?2 IS NULL OR sender = ?2)
@@ -437,7 +437,7 @@ impl Store for SqliteStore {
     }
 
     fn conversation(&self, id: i64) -> Result<Option<ConversationSummary>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1");
         Ok(conn
             .query_row(&sql, params![id], conversation_from_row)
@@ -445,7 +445,7 @@ impl Store for SqliteStore {
     }
 
     fn messages(&self, conversation_id: i64) -> Result<Vec<StoredMessage>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 ORDER BY m.id"
         );
@@ -462,7 +462,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<SearchHit>, StoreError> {
         let fts_query = fts_phrase_query(query)
             .ok_or_else(|| StoreError::Invalid("the search text has no words".into()))?;
-        let conn = self.conn();
+        let conn = self.reader();
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS}, c.channel, c.sender,
                     snippet(messages_fts, 0, '[', ']', '…', 12)
@@ -489,7 +489,7 @@ impl Store for SqliteStore {
     }
 
     fn current_prompt(&self) -> Result<Option<PromptVersion>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         Ok(conn
             .query_row(
                 "SELECT version, text, created_at FROM system_prompts
