@@ -142,6 +142,9 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
     let rows = state.conversations.iter().map(|c| {
         let s = &c.summary;
         let mut marks = String::new();
+        if state.unread(c) {
+            marks.push_str("● ");
+        }
         if c.pending > 0 {
             marks.push_str(&format!("⋯{} ", c.pending));
         }
@@ -172,7 +175,7 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
             Constraint::Length(28),
             Constraint::Min(10),
             Constraint::Length(8),
-            Constraint::Length(8),
+            Constraint::Length(10),
         ],
     )
     .header(Row::new(["CHANNEL", "SENDER", "LAST MESSAGE", "AGE", ""]).style(DIM))
@@ -342,7 +345,8 @@ fn draw_help(frame: &mut Frame) {
         Line::from("Trace          y copy the correlation id (printed at"),
         Line::from("               exit too, for grep in the JSON log)"),
         Line::from(""),
-        Line::from("Marks: ⋯N messages waiting for an answer, ✗N replies dead-lettered"),
+        Line::from("Marks: ● new since you looked, ⋯N waiting for an answer,"),
+        Line::from("       ✗N replies dead-lettered"),
         Line::from("The view follows the store within a second; it never writes to it."),
         Line::from(""),
         Line::from(Span::styled("any key closes this", DIM)),

@@ -82,6 +82,7 @@ impl Source {
             state.messages = store.messages(id).unwrap_or_default();
             state.clamp();
         }
+        state.mark_seen();
         if let Some(id) = &state.trace_id {
             state.trace = store.trace(id).unwrap_or_default();
         }
@@ -96,7 +97,10 @@ pub fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
     ctx.logs_to_file_only();
     let path = ctx.settings()?.store_path();
     let mut source = Source::new(path);
-    let mut state = State::default();
+    let mut state = State {
+        session_start: now_ms(),
+        ..State::default()
+    };
     source.load(&mut state);
 
     let mut terminal = ratatui::init();

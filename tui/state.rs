@@ -1,6 +1,8 @@
 //! The TUI's state and what keys do to it — no terminal code here, so the
 //! behaviour is testable and `draw` only reads.
 
+use std::collections::HashMap;
+
 use convagent::core::{
     ActivityBucket, Breaker, Channel, ConversationOverview, OutboxStats, StoredMessage, TraceEvent,
 };
@@ -59,6 +61,10 @@ pub struct State {
     /// The store file does not exist yet.
     pub no_store: bool,
     pub notice: Option<String>,
+    /// When this TUI session began: activity after it is new to the user.
+    pub session_start: i64,
+    /// The last activity the user saw, per conversation opened.
+    pub seen: HashMap<i64, i64>,
 }
 
 const CHANNELS: [Option<Channel>; 5] = [
@@ -77,6 +83,27 @@ impl State {
     /// The conversation the cursor is on.
     pub fn current(&self) -> Option<&ConversationOverview> {
         self.conversations.get(self.selected)
+    }
+
+    /// Whether a conversation had activity the user has not looked at
+    /// since this session began.
+    pub fn unread(&self, c: &ConversationOverview) -> bool {
+        let seen = self
+            .seen
+            .get(&c.summary.id)
+            .copied()
+            .unwrap_or(self.session_start);
+        c.summary.last_activity_at > seen
+    }
+
+    /// Marks what the open conversation shows as seen.
+    pub fn mark_seen(&mut self) {
+        if self.view() != View::Conversations
+            && let Some(c) = self.current()
+        {
+            let (id, at) = (c.summary.id, c.summary.last_activity_at);
+            self.seen.insert(id, at);
+        }
     }
 
     pub fn current_message(&self) -> Option<&StoredMessage> {
@@ -218,6 +245,41 @@ mod tests {
         assert_eq!(s.on_key(Key::Esc), Action::Reload);
         assert_eq!((s.search.clone(), s.channel), (None, None));
         assert_eq!(s.on_key(Key::Char('q')), Action::Quit);
+    }
+
+    #[test]
+    fn conversations_are_unread_until_opened() {
+        use convagent::core::ConversationSummary;
+        let c = |id, at| ConversationOverview {
+            summary: ConversationSummary {
+                id,
+                channel: Channel::Cli,
+                sender: "me".into(),
+                thread: String::new(),
+                message_count: 1,
+                started_at: 0,
+                last_activity_at: at,
+                closed: false,
+            },
+            last_text: String::new(),
+            pending: 0,
+            failed: 0,
+        };
+        let mut s = State {
+            session_start: 100,
+            conversations: vec![c(1, 150), c(2, 50)],
+            ..State::default()
+        };
+        assert!(s.unread(&s.conversations[0].clone()));
+        assert!(
+            !s.unread(&s.conversations[1].clone()),
+            "older than the session"
+        );
+        s.on_key(Key::Enter);
+        s.mark_seen();
+        assert!(!s.unread(&s.conversations[0].clone()));
+        s.conversations[0].summary.last_activity_at = 200;
+        assert!(s.unread(&s.conversations[0].clone()), "new activity since");
     }
 
     #[test]

@@ -167,6 +167,8 @@ fn state() -> State {
             })
             .collect(),
         store: "/home/me/.local/share/convagent/convagent.db".into(),
+        // The first conversation moved since the session began.
+        session_start: NOW - 60_000,
         ..State::default()
     }
 }
