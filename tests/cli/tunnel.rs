@@ -27,6 +27,11 @@ cat >&2 <<'BANNER'
 2024-05-01T10:00:01Z INF +--------------------------------------------------------------------------------------------+
 2024-05-01T10:00:01Z INF Version 2024.4.1
 BANNER
+echo start >> "$STANDIN_DIR/starts"
+if [ -n "${STANDIN_DIE_ONCE:-}" ] && [ "$(wc -l < "$STANDIN_DIR/starts")" -eq 1 ]; then
+  echo "2024-05-01T10:00:02Z ERR Connection terminated" >&2
+  exit 1
+fi
 if [ -n "${STANDIN_DIE:-}" ]; then
   echo "2024-05-01T10:00:02Z ERR Failed to create new quic connection error=\"timeout: no recent network activity\"" >&2
   exit 1
@@ -244,5 +249,62 @@ fn cloudflared_dying_is_reported_with_its_last_lines() {
     assert!(
         !env.path("state/convagent/public_url").exists(),
         "a dead tunnel's URL is not left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_restarts_a_dead_cloudflared() {
+    let env = Env::new();
+    let bin = standin(&env);
+    let mut child = env
+        .std_cmd(&["tunnel", "--port", "18125", "--keep-alive"])
+        .env("PATH", path_with(&bin))
+        .env("STANDIN_DIR", env.path(""))
+        .env("STANDIN_DIE_ONCE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    tokio::task::block_in_place(|| {
+        // The first cloudflared dies after printing its URL; the second stays.
+        while out.matches("Press Ctrl-C").count() < 2 {
+            let mut line = String::new();
+            assert!(
+                lines.read_line(&mut line).unwrap() > 0,
+                "tunnel ended:\n{out}"
+            );
+            out.push_str(&line);
+        }
+    });
+    assert_eq!(
+        std::fs::read_to_string(env.path("starts"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.path("state/convagent/public_url"))
+            .unwrap()
+            .trim(),
+        URL,
+        "the restarted tunnel's URL is recorded again"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::block_in_place(|| child.wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("Connection terminated") && stderr.contains("restarting cloudflared"),
+        "{stderr}"
     );
 }
