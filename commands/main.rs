@@ -9,6 +9,7 @@ mod history;
 mod output;
 mod replay;
 mod serve;
+mod signals;
 #[path = "../tui/mod.rs"]
 mod tui;
 mod tunnel;

@@ -11,6 +11,7 @@ use convagent::adapters::clock::SystemClock;
 use convagent::daemon::{self, Daemon, DaemonSettings, Metrics, Tracer};
 
 use crate::context::{Context, UserError};
+use crate::signals::Stop;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -55,6 +56,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
         ..DaemonSettings::default()
     };
 
+    let mut stop = Stop::register().context("installing signal handlers")?;
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
         UserError::new(
             format!("cannot listen on {listen}: {e}"),
@@ -87,30 +89,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
         metrics,
         tracer,
     );
-    daemon::serve(listener, daemon, shutdown_signal()).await?;
+    daemon::serve(listener, daemon, async move { stop.wait().await }).await?;
     eprintln!("convagent serve: stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

@@ -3,7 +3,8 @@
 //! signatures then use the URL Twilio really calls, with no restart),
 //! registers the Telegram webhook (and checks it), sets the Twilio
 //! number's inbound URL when it can, and prints what to paste elsewhere.
-//! Ctrl-C stops cloudflared; `--cleanup` also removes the Telegram webhook.
+//! Ctrl-C (or SIGTERM) stops cloudflared; `--cleanup` also removes the
+//! Telegram webhook.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::context::{Context, UserError};
+use crate::signals::Stop;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -299,6 +301,7 @@ async fn tunnel(ctx: &Context, args: Args) -> Result<ExitCode> {
     };
 
     let state_dir = settings.dirs.state.clone();
+    let mut stop = Stop::register().context("installing signal handlers")?;
     loop {
         let mut running = Running::spawn(&program, &settings, port)?;
         let url = running.public_url(&settings).await?;
@@ -313,7 +316,7 @@ async fn tunnel(ctx: &Context, args: Args) -> Result<ExitCode> {
 
         let exit = loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break None,
+                _ = stop.wait() => break None,
                 line = running.lines.recv() => match line {
                     Some(line) => running.keep(line),
                     None => break Some(running.child.wait().await.ok()),
