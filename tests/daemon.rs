@@ -174,19 +174,7 @@ impl Harness {
     }
 
     pub async fn post(&self, request: &SignedRequest) -> (u16, String, Option<String>) {
-        let mut b = reqwest::Client::new()
-            .post(&request.url)
-            .body(request.body.clone());
-        for (k, v) in &request.headers {
-            b = b.header(k, v);
-        }
-        let r = b.send().await.unwrap();
-        let status = r.status().as_u16();
-        let correlation = r
-            .headers()
-            .get("x-correlation-id")
-            .map(|v| v.to_str().unwrap().to_string());
-        (status, r.text().await.unwrap(), correlation)
+        post(request).await
     }
 
     /// Stops the daemon gracefully and waits for it.
@@ -199,6 +187,23 @@ impl Harness {
         }
         self.dir
     }
+}
+
+/// Posts a signed request as its provider would: (status, body, correlation id).
+pub async fn post(request: &SignedRequest) -> (u16, String, Option<String>) {
+    let mut b = reqwest::Client::new()
+        .post(&request.url)
+        .body(request.body.clone());
+    for (k, v) in &request.headers {
+        b = b.header(k, v);
+    }
+    let r = b.send().await.unwrap();
+    let status = r.status().as_u16();
+    let correlation = r
+        .headers()
+        .get("x-correlation-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, r.text().await.unwrap(), correlation)
 }
 
 pub fn now_secs() -> i64 {

@@ -17,6 +17,8 @@ const URL: &str = "https://seasonal-deck-organisms-sf.trycloudflare.com";
 /// cloudflared's quick-tunnel banner, on stderr as the real one logs it.
 const STANDIN: &str = r##"#!/bin/sh
 echo $$ > "$STANDIN_DIR/pid"
+# Counted before the banner: the tunnel acts on the banner at once.
+echo start >> "$STANDIN_DIR/starts"
 echo "$@" > "$STANDIN_DIR/args"
 cat >&2 <<'BANNER'
 2024-05-01T10:00:00Z INF Thank you for trying Cloudflare Tunnel. Doing so, without a Cloudflare account, is a quick way to experiment and try it out. However, be aware that these account-less Tunnels have no uptime guarantee.
@@ -27,7 +29,6 @@ cat >&2 <<'BANNER'
 2024-05-01T10:00:01Z INF +--------------------------------------------------------------------------------------------+
 2024-05-01T10:00:01Z INF Version 2024.4.1
 BANNER
-echo start >> "$STANDIN_DIR/starts"
 if [ -n "${STANDIN_DIE_ONCE:-}" ] && [ "$(wc -l < "$STANDIN_DIR/starts")" -eq 1 ]; then
   echo "2024-05-01T10:00:02Z ERR Connection terminated" >&2
   exit 1
@@ -50,6 +51,27 @@ fn standin(env: &Env) -> std::path::PathBuf {
         .status()
         .unwrap();
     bin
+}
+
+/// Reads the tunnel's stdout until it has said "Press Ctrl-C" `times` times.
+/// The reader comes back too: the pipe must stay open while the tunnel runs.
+fn read_until_ready(
+    child: &mut std::process::Child,
+    times: usize,
+) -> (String, BufReader<std::process::ChildStdout>) {
+    let mut out = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    tokio::task::block_in_place(|| {
+        while out.matches("Press Ctrl-C").count() < times {
+            let mut line = String::new();
+            assert!(
+                lines.read_line(&mut line).unwrap() > 0,
+                "tunnel ended early:\n{out}"
+            );
+            out.push_str(&line);
+        }
+    });
+    (out, lines)
 }
 
 fn path_with(bin: &std::path::Path) -> String {
@@ -129,18 +151,7 @@ async fn tunnel_records_the_url_registers_webhooks_and_cleans_up_on_ctrl_c() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = String::new();
-    let mut lines = BufReader::new(child.stdout.take().unwrap());
-    tokio::task::block_in_place(|| {
-        while !out.contains("Press Ctrl-C") {
-            let mut line = String::new();
-            assert!(
-                lines.read_line(&mut line).unwrap() > 0,
-                "tunnel ended early:\n{out}"
-            );
-            out.push_str(&line);
-        }
-    });
+    let (out, _stdout) = read_until_ready(&mut child, 1);
     assert!(
         out.contains(&format!("✓ tunnel     {URL} → http://127.0.0.1:18123")),
         "{out}"
@@ -265,19 +276,8 @@ async fn keep_alive_restarts_a_dead_cloudflared() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = String::new();
-    let mut lines = BufReader::new(child.stdout.take().unwrap());
-    tokio::task::block_in_place(|| {
-        // The first cloudflared dies after printing its URL; the second stays.
-        while out.matches("Press Ctrl-C").count() < 2 {
-            let mut line = String::new();
-            assert!(
-                lines.read_line(&mut line).unwrap() > 0,
-                "tunnel ended:\n{out}"
-            );
-            out.push_str(&line);
-        }
-    });
+    // The first cloudflared dies after printing its URL; the second stays.
+    let _stdout = read_until_ready(&mut child, 2);
     assert_eq!(
         std::fs::read_to_string(env.path("starts"))
             .unwrap()

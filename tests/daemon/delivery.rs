@@ -106,17 +106,10 @@ async fn the_same_payload_ten_times_at_once_gets_exactly_one_reply() {
     let request = telegram_text(&h, 7, 70, "only once please");
     let mut tasks = Vec::new();
     for _ in 0..10 {
-        let (request, url) = (request.clone(), h.url.clone());
+        let request = request.clone();
         tasks.push(tokio::spawn(async move {
-            let _ = url;
-            let mut b = reqwest::Client::new()
-                .post(&request.url)
-                .body(request.body.clone());
-            for (k, v) in &request.headers {
-                b = b.header(k, v);
-            }
-            let r = b.send().await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
+            let (status, body, _) = crate::post(&request).await;
+            (status, body)
         }));
     }
     let mut answers = Vec::new();
@@ -367,14 +360,7 @@ async fn many_conversations_at_once_get_exactly_one_reply_each() {
         .collect();
     let mut tasks = Vec::new();
     for r in requests {
-        let url = r.url.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut b = reqwest::Client::new().post(&url).body(r.body.clone());
-            for (k, v) in &r.headers {
-                b = b.header(k, v);
-            }
-            b.send().await.unwrap().status().as_u16()
-        }));
+        tasks.push(tokio::spawn(async move { crate::post(&r).await.0 }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
