@@ -63,7 +63,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
             .map_err(|m| UserError::new(format!("--chain: {m}"), "e.g. --chain ollama,embedded"))?;
     }
     let providers = convagent::adapters::llm::configured(&settings);
-    let agent = ctx.agent(&providers)?;
+    let agent = ctx.agent(&providers, false)?;
     let key = cli::conversation_key(&cli::local_user());
     if args.new {
         agent.store().close_conversation(&key, now_ms())?;
@@ -146,9 +146,19 @@ async fn turn(s: &mut Session, text: &str) -> Result<bool> {
     }
     let message = cli::inbound(&s.key, text, now_ms());
     let stream = s.interactive && !s.json;
+    // A person watching sees that something happens until the first token
+    // (a cold model load can take minutes); it goes away as text arrives.
+    let spinner = stream.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner().with_message("thinking…");
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
     let mut on_event = |event: StreamEvent<'_>| {
         if !stream {
             return;
+        }
+        if let Some(bar) = spinner.as_ref().filter(|b| !b.is_finished()) {
+            bar.finish_and_clear();
         }
         match event {
             StreamEvent::Token(t) => {
@@ -162,7 +172,11 @@ async fn turn(s: &mut Session, text: &str) -> Result<bool> {
             }
         }
     };
-    let reply = s.agent.handle(&message, &mut on_event).await?;
+    let reply = s.agent.handle(&message, &mut on_event).await;
+    if let Some(bar) = &spinner {
+        bar.finish_and_clear();
+    }
+    let reply = reply?;
     report(s, &reply);
     Ok(reply.kind() != ReplyKind::Fallback)
 }

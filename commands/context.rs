@@ -10,7 +10,7 @@ use convagent::adapters::clock::SystemClock;
 use convagent::adapters::llm::{self, Configured};
 use convagent::adapters::store::{OpenMode, SqliteStore};
 use convagent::config::{ConfigError, Settings};
-use convagent::core::{Agent, AgentSettings};
+use convagent::core::{Agent, AgentSettings, Store as _};
 use convagent::telemetry::{self, Masker, TelemetryGuard, TelemetryOptions};
 
 /// An error with a hint for the user.
@@ -125,13 +125,15 @@ impl Context {
         Ok(llm::configured(self.settings()?))
     }
 
-    /// The agent over the store and the configured LLM chain (or `providers`).
-    pub fn agent(&self, providers: &[Configured]) -> Result<Agent> {
+    /// The agent over the store and the configured LLM chain (or
+    /// `providers`). `patient`: turns fail over after `agent.patience_secs`
+    /// without a first token (the daemon, where nobody watches).
+    pub fn agent(&self, providers: &[Configured], patient: bool) -> Result<Agent> {
         let settings = self.settings()?;
         let config = &settings.config;
         let store = self.store()?;
         let clock = Arc::new(SystemClock);
-        let chain = llm::chain(providers, settings, store.clone(), clock.clone());
+        let chain = llm::chain(providers, settings, store.clone(), clock.clone(), patient);
         let agent_settings = AgentSettings {
             default_system_prompt: config.agent.system_prompt.clone(),
             context_budget: config.agent.context_budget,
@@ -140,8 +142,14 @@ impl Context {
             summary_min_turns: config.agent.summary_min_turns,
             summary_threshold: config.agent.summary_threshold,
             secrets: config.secrets(),
+            max_input_chars: config.agent.max_input_chars,
             ..AgentSettings::default()
         };
+        // A prompt edited in the config since it was last taken becomes
+        // the next version now, not never.
+        store
+            .sync_configured_prompt(&config.agent.system_prompt, crate::output::now_ms())
+            .context("storing the configured system prompt")?;
         // Patterns were checked when the config loaded.
         let guardrails = config.guardrails()?;
         Ok(Agent::new(

@@ -43,7 +43,9 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
     let providers = ctx.providers()?;
     let metrics = Metrics::new();
     let tracer = Tracer::start(store.clone(), metrics.clone());
-    let agent = ctx.agent(&providers)?.with_stages(Arc::new(tracer.clone()));
+    let agent = ctx
+        .agent(&providers, true)?
+        .with_stages(Arc::new(tracer.clone()));
     let channels = channels::enabled(config);
     let daemon_settings = DaemonSettings {
         public_url: args.public_url.or_else(|| config.server.public_url.clone()),
@@ -53,6 +55,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
             .iter()
             .map(|p| p.provider().name().to_string())
             .collect(),
+        burst: config.agent.burst,
         ..DaemonSettings::default()
     };
 

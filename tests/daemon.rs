@@ -66,6 +66,18 @@ impl Default for Options {
 /// Fakes that answer every send with success, as each API documents it.
 pub async fn mount_success(h: &Harness) {
     Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendChatAction$"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "ok": true, "result": true })),
+        )
+        .mount(&h.telegram)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/v2/Indicators/Typing\.json$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "success": true })))
+        .mount(&h.twilio)
+        .await;
+    Mock::given(method("POST"))
         .and(path_regex(r"^/bot[^/]+/sendMessage$"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "ok": true,
@@ -213,13 +225,33 @@ pub fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
-/// Bodies of the requests a fake received, as JSON (or form fields as JSON).
+/// Whether a request to a fake shows typing rather than sends a message.
+pub fn is_typing(r: &wiremock::Request) -> bool {
+    let path = r.url.path();
+    path.ends_with("/sendChatAction") || path == "/v2/Indicators/Typing.json"
+}
+
+/// Bodies of the messages a fake was sent, as JSON (or form fields as
+/// JSON); typing signals are left out (see [`typing_signals`]).
 pub async fn bodies(server: &MockServer) -> Vec<serde_json::Value> {
+    requests_to(server, |r| !is_typing(r)).await
+}
+
+/// Bodies of the typing signals a fake received.
+pub async fn typing_signals(server: &MockServer) -> Vec<serde_json::Value> {
+    requests_to(server, is_typing).await
+}
+
+async fn requests_to(
+    server: &MockServer,
+    keep: impl Fn(&wiremock::Request) -> bool,
+) -> Vec<serde_json::Value> {
     server
         .received_requests()
         .await
         .unwrap_or_default()
         .iter()
+        .filter(|r| keep(r))
         .map(|r| {
             serde_json::from_slice(&r.body).unwrap_or_else(|_| {
                 let form: std::collections::BTreeMap<String, String> =

@@ -260,6 +260,7 @@ mod tests {
                 started_at: 0,
                 last_activity_at: at,
                 closed: false,
+                display_name: None,
             },
             last_text: String::new(),
             pending: 0,

@@ -31,6 +31,7 @@ fn conversation(
             started_at: NOW - 3_600_000,
             last_activity_at: NOW - ago_s * 1000,
             closed: false,
+            display_name: None,
         },
         last_text: last.into(),
         pending,
@@ -58,6 +59,7 @@ fn message(id: i64, role: Role, text: &str, kind: Option<ReplyKind>) -> StoredMe
             }
         }),
         prompt_version: assistant.then_some(2),
+        answered_by: None,
         prompt_tokens: assistant.then_some(120),
         completion_tokens: assistant.then_some(18),
         latency_ms: assistant.then_some(840),

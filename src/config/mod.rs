@@ -207,8 +207,23 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        self.guardrails()
+        let guardrails = self
+            .guardrails()
             .map_err(|e| invalid("guardrails.patterns", e.to_string()))?;
+        if let Some(unknown) = self
+            .guardrails
+            .refusals
+            .keys()
+            .find(|name| !guardrails.rule_names().any(|r| r == name.as_str()))
+        {
+            return Err(invalid(
+                "guardrails.refusals",
+                format!(
+                    "no rule is named `{unknown}` (rules: {})",
+                    guardrails.rule_names().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
         let a = &self.agent;
         if a.reply_reserve >= a.context_budget {
             return Err(invalid(
@@ -239,7 +254,8 @@ impl Config {
             .iter()
             .map(|p| (p.name.clone(), p.pattern.clone()))
             .collect();
-        Guardrails::new(&patterns)
+        let g = &self.guardrails;
+        Ok(Guardrails::new(&patterns)?.with_refusals(g.refusal.as_deref(), &g.refusals))
     }
 
     /// Applies the environment variables of SPEC.md over this config.
@@ -368,7 +384,7 @@ mod tests {
             .lines()
             .map(|l| {
                 l.strip_prefix("# ")
-                    .filter(|r| r.contains(" = ") || r.starts_with("[["))
+                    .filter(|r| r.contains(" = ") || r.starts_with('['))
                     .unwrap_or(l)
             })
             .collect::<Vec<_>>()
@@ -378,12 +394,12 @@ mod tests {
             .unwrap();
         full.validate().unwrap();
         assert_eq!(full.guardrails.patterns.len(), 1);
-        assert!(
-            full.guardrails()
-                .unwrap()
-                .check("is ACME corp better")
-                .is_some()
-        );
+        let refused = full
+            .guardrails()
+            .unwrap()
+            .check("is ACME corp better")
+            .unwrap();
+        assert_eq!(refused.refusal, "I can only talk about our own products.");
     }
 
     #[test]

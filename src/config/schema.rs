@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::agent::{DEFAULT_FALLBACK_REPLY, DEFAULT_SYSTEM_PROMPT};
+use crate::core::agent::{
+    Burst, DEFAULT_FALLBACK_REPLY, DEFAULT_MAX_INPUT_CHARS, DEFAULT_SYSTEM_PROMPT,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -58,6 +60,14 @@ pub struct AgentConfig {
     /// this and its window is `summary_threshold` full.
     pub summary_min_turns: u64,
     pub summary_threshold: f32,
+    /// `collect`: messages that queued up while a turn ran get one answer
+    /// together; `each`: one answer per message.
+    pub burst: Burst,
+    /// Characters of one message the model sees at most (all are stored).
+    pub max_input_chars: usize,
+    /// Seconds a person waits for the first token before the turn fails
+    /// over to the next provider (or the fallback reply).
+    pub patience_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -69,6 +79,9 @@ impl Default for AgentConfig {
             fallback_reply: DEFAULT_FALLBACK_REPLY.into(),
             summary_min_turns: 50,
             summary_threshold: 0.8,
+            burst: Burst::Collect,
+            max_input_chars: DEFAULT_MAX_INPUT_CHARS,
+            patience_secs: 20,
         }
     }
 }
@@ -78,6 +91,12 @@ impl Default for AgentConfig {
 pub struct GuardrailsConfig {
     /// Extra rules: messages matching one get the polite refusal.
     pub patterns: Vec<GuardrailPattern>,
+    /// The refusal of every rule not named in `refusals` (unset: the
+    /// built-in credential rule explains itself, the others are neutral).
+    pub refusal: Option<String>,
+    /// Refusal per rule name (`credential_request`, `instruction_override`,
+    /// or a pattern's name).
+    pub refusals: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,7 +290,7 @@ pub struct ChannelsConfig {
     pub slack: SlackConfig,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TwilioConfig {
     pub account_sid: Option<String>,
@@ -280,20 +299,62 @@ pub struct TwilioConfig {
     /// The phone number's SID (PN...): lets `convagent tunnel` set its inbound URL.
     pub phone_number_sid: Option<String>,
     pub api_base: Option<String>,
+    /// Largest webhook body accepted (413 past it).
+    pub max_body_bytes: usize,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+impl Default for TwilioConfig {
+    fn default() -> Self {
+        TwilioConfig {
+            account_sid: None,
+            auth_token: None,
+            whatsapp_from: None,
+            phone_number_sid: None,
+            api_base: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelegramConfig {
     pub bot_token: Option<String>,
     pub webhook_secret: Option<String>,
     pub api_base: Option<String>,
+    pub max_body_bytes: usize,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        TelegramConfig {
+            bot_token: None,
+            webhook_secret: None,
+            api_base: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SlackConfig {
     pub bot_token: Option<String>,
     pub signing_secret: Option<String>,
     pub api_base: Option<String>,
+    pub max_body_bytes: usize,
 }
+
+impl Default for SlackConfig {
+    fn default() -> Self {
+        SlackConfig {
+            bot_token: None,
+            signing_secret: None,
+            api_base: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// A webhook body larger than this is refused (413) unless configured.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;

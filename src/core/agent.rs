@@ -8,10 +8,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use tracing::{Instrument, info, info_span, warn};
 
 use super::context::{self, ContextWindow};
-use super::guardrails::{Guardrails, REFUSAL, SecretFilter};
+use super::guardrails::{Guardrails, SecretFilter, Violation};
 use super::llm::{ChatMessage, LlmError, LlmProvider, LlmRequest, OnEvent, StreamEvent};
 use super::message::{InboundMessage, Role, Turn};
 use super::ports::{
@@ -37,6 +39,21 @@ pub struct AgentSettings {
     pub summary_batch: usize,
     /// Configured secrets: never echoed in a reply.
     pub secrets: Vec<String>,
+    /// Characters of one message the model sees at most (the stored
+    /// message keeps all of it).
+    pub max_input_chars: usize,
+}
+
+/// How a conversation's worker answers messages that queued up while its
+/// previous turn ran (`agent.burst`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Burst {
+    /// One turn for all of them: one answer that sees every message.
+    #[default]
+    Collect,
+    /// One turn, and one reply, per message.
+    Each,
 }
 
 impl Default for AgentSettings {
@@ -50,9 +67,12 @@ impl Default for AgentSettings {
             summary_threshold: 0.8,
             summary_batch: 10,
             secrets: Vec::new(),
+            max_input_chars: DEFAULT_MAX_INPUT_CHARS,
         }
     }
 }
+
+pub const DEFAULT_MAX_INPUT_CHARS: usize = 4000;
 
 pub const DEFAULT_SYSTEM_PROMPT: &str =
     "You are a helpful, concise assistant. Answer in plain text, in the user's language.";
@@ -75,10 +95,13 @@ pub enum AgentError {
     Llm(#[from] LlmError),
 }
 
-/// The answer to one message.
+/// The answer to one turn: one message, or a burst of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
+    /// The (last) message answered.
     pub message_id: i64,
+    /// Earlier messages of the burst the reply answers too.
+    pub covers: Vec<i64>,
     pub conversation_id: i64,
     pub reply: StoredMessage,
     /// The reply was stored before (a redelivered message); no LLM call.
@@ -87,6 +110,9 @@ pub struct Reply {
     pub dropped_turns: usize,
     /// For a fallback: why every provider failed.
     pub llm_error: Option<String>,
+    /// A fallback that was not sent again: the conversation already got
+    /// one since its last answer.
+    pub suppressed: bool,
 }
 
 impl Reply {
@@ -167,58 +193,106 @@ impl Agent {
         message: &InboundMessage,
         on_event: &mut OnEvent<'_>,
     ) -> Result<Reply, AgentError> {
+        self.handle_turn(std::slice::from_ref(message), on_event)
+            .await
+    }
+
+    /// Answers a turn: `messages` are a conversation's pending messages in
+    /// arrival order (one, or a burst), answered by one reply that sees
+    /// all of them, linked to the last and recorded as covering the rest.
+    pub async fn handle_turn(
+        &self,
+        messages: &[InboundMessage],
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<Reply, AgentError> {
+        let Some(last) = messages.last() else {
+            return Err(AgentError::Store(StoreError::Invalid(
+                "a turn needs at least one message".into(),
+            )));
+        };
         let span = info_span!(
             "message",
-            correlation_id = %message.correlation_id,
-            channel = %message.key.channel,
+            correlation_id = %last.correlation_id,
+            channel = %last.key.channel,
+            burst = messages.len(),
         );
-        self.handle_inner(message, on_event).instrument(span).await
+        self.handle_inner(messages, on_event).instrument(span).await
     }
 
     async fn handle_inner(
         &self,
-        message: &InboundMessage,
+        messages: &[InboundMessage],
         on_event: &mut OnEvent<'_>,
     ) -> Result<Reply, AgentError> {
-        tracing::debug!(text = %message.text, "inbound message");
-        let accepted = self.store.accept(message)?;
+        let mut accepted = Vec::with_capacity(messages.len());
+        for m in messages {
+            tracing::debug!(text = %m.text, "inbound message");
+            accepted.push(self.store.accept(m)?);
+        }
+        let (Some(message), Some(&last)) = (messages.last(), accepted.last()) else {
+            return Err(AgentError::Store(StoreError::Invalid(
+                "a turn needs at least one message".into(),
+            )));
+        };
+        let covers: Vec<i64> = accepted[..accepted.len() - 1]
+            .iter()
+            .map(|a| a.message_id)
+            .filter(|&id| id != last.message_id)
+            .collect();
         info!(
-            message_id = accepted.message_id,
-            conversation_id = accepted.conversation_id,
-            duplicate = accepted.duplicate,
+            message_id = last.message_id,
+            conversation_id = last.conversation_id,
+            duplicate = last.duplicate,
+            covers = covers.len(),
             "message stored"
         );
-        if let Some(reply) = self.store.reply_to(accepted.message_id)? {
+        if let Some(reply) = self.store.reply_to(last.message_id)? {
             info!(
                 reply_id = reply.id,
                 "already answered; returning the stored reply"
             );
             on_event(StreamEvent::Token(&reply.text));
-            return Ok(self.reply(&accepted, reply, true, 0, None));
+            return Ok(self.reply(&last, covers, reply, true, 0, None));
+        }
+        if !covers.is_empty() {
+            let began = self.now();
+            for m in &messages[..messages.len() - 1] {
+                self.stage(
+                    m,
+                    "grouped",
+                    began,
+                    "ok",
+                    Some(format!("answered with {}", message.correlation_id)),
+                );
+            }
         }
 
         let prompt = self
             .store
             .ensure_prompt(&self.settings.default_system_prompt, self.clock.now_ms())?;
         let began = self.now();
-        let violation = self.guardrails.check(&message.text);
-        let verdict = violation
-            .as_ref()
-            .map_or("pass".to_string(), |v| format!("refused: {}", v.rule));
+        let violations: Vec<(i64, Violation)> = messages
+            .iter()
+            .zip(&accepted)
+            .filter_map(|(m, a)| Some((a.message_id, self.guardrails.check(&m.text)?)))
+            .collect();
+        let verdict = violations
+            .first()
+            .map_or("pass".to_string(), |(_, v)| format!("refused: {}", v.rule));
         self.stage(message, "guarded", began, &verdict, None);
-        if let Some(violation) = violation {
-            info!(rule = %violation.rule, "guardrail refused the message");
-            self.store.record_violation(
-                accepted.message_id,
-                &violation.rule,
-                self.clock.now_ms(),
-            )?;
+        if let Some((_, first)) = violations.first() {
+            info!(rule = %first.rule, "guardrail refused the message");
+            for (message_id, violation) in &violations {
+                self.store
+                    .record_violation(*message_id, &violation.rule, self.clock.now_ms())?;
+            }
             let reply = self.record(
-                &accepted,
+                &last,
+                &covers,
                 ReplyKind::Refusal,
-                REFUSAL,
+                &first.refusal,
                 "guardrail",
-                &violation.rule,
+                &first.rule,
                 &prompt,
                 None,
                 0,
@@ -231,11 +305,11 @@ impl Agent {
                 "refusal",
                 Some(format!("reply {}", reply.id)),
             );
-            return Ok(self.reply(&accepted, reply, false, 0, None));
+            return Ok(self.reply(&last, covers, reply, false, 0, None));
         }
 
         let began = self.now();
-        let window = self.context(&accepted, &prompt).await?;
+        let window = self.context(&last, &prompt).await?;
         self.stage(
             message,
             "context built",
@@ -312,7 +386,8 @@ impl Agent {
                 );
                 let text = filter.redact(&output.text);
                 let reply = self.record(
-                    &accepted,
+                    &last,
+                    &covers,
                     ReplyKind::Answer,
                     &text,
                     &output.provider,
@@ -329,44 +404,64 @@ impl Agent {
                     "answer",
                     Some(format!("reply {}", reply.id)),
                 );
-                Ok(self.reply(&accepted, reply, false, window.dropped_turns, None))
+                Ok(self.reply(&last, covers, reply, false, window.dropped_turns, None))
             }
             Err(error) => {
                 let reason = error.to_string();
-                warn!(error = %reason, "every LLM provider failed; sending the fallback reply");
-                // One fallback per message: a redelivery while the LLM is
-                // still down gets the same one back, not another.
-                let (reply, from_store) = match self.store.fallback_for(accepted.message_id)? {
-                    Some(previous) => (previous, true),
+                // One fallback per conversation until it is answered again:
+                // in an outage, each new message does not get another.
+                let previous = self
+                    .store
+                    .latest_reply(last.conversation_id)?
+                    .filter(|r| r.kind == Some(ReplyKind::Fallback));
+                let (reply, suppressed) = match previous {
+                    Some(previous) => {
+                        info!(
+                            error = %reason,
+                            fallback_id = previous.id,
+                            "every LLM provider failed; the conversation already has a fallback reply"
+                        );
+                        (previous, true)
+                    }
                     None => {
+                        warn!(error = %reason, "every LLM provider failed; sending the fallback reply");
                         let text = self.settings.fallback_reply.clone();
-                        (
-                            self.record(
-                                &accepted,
-                                ReplyKind::Fallback,
-                                &text,
-                                "fallback",
-                                "",
-                                &prompt,
-                                None,
-                                latency_ms,
-                            )?,
-                            false,
-                        )
+                        let reply = self.record(
+                            &last,
+                            &covers,
+                            ReplyKind::Fallback,
+                            &text,
+                            "fallback",
+                            "",
+                            &prompt,
+                            None,
+                            latency_ms,
+                        )?;
+                        (reply, false)
                     }
                 };
                 on_event(StreamEvent::Token(&reply.text));
-                info!(
-                    reply_id = reply.id,
-                    "fallback reply stored; the message stays pending"
+                self.stage(
+                    message,
+                    "reply stored",
+                    began,
+                    if suppressed {
+                        "fallback already sent"
+                    } else {
+                        "fallback"
+                    },
+                    Some(format!("reply {}; the message stays pending", reply.id)),
                 );
-                Ok(self.reply(
-                    &accepted,
+                let mut out = self.reply(
+                    &last,
+                    covers,
                     reply,
-                    from_store,
+                    suppressed,
                     window.dropped_turns,
                     Some(reason),
-                ))
+                );
+                out.suppressed = suppressed;
+                Ok(out)
             }
         }
     }
@@ -375,6 +470,7 @@ impl Agent {
     fn record(
         &self,
         accepted: &Accepted,
+        covers: &[i64],
         kind: ReplyKind,
         text: &str,
         provider: &str,
@@ -384,8 +480,9 @@ impl Agent {
         latency_ms: u64,
     ) -> Result<StoredMessage, StoreError> {
         let (prompt_tokens, completion_tokens) = tokens.unwrap_or((None, None));
-        self.store.record_reply(
+        self.store.record_turn_reply(
             accepted.message_id,
+            covers,
             &NewReply {
                 kind,
                 text: text.to_string(),
@@ -403,6 +500,7 @@ impl Agent {
     fn reply(
         &self,
         accepted: &Accepted,
+        covers: Vec<i64>,
         reply: StoredMessage,
         from_store: bool,
         dropped_turns: usize,
@@ -410,11 +508,13 @@ impl Agent {
     ) -> Reply {
         Reply {
             message_id: accepted.message_id,
+            covers,
             conversation_id: accepted.conversation_id,
             reply,
             from_store,
             dropped_turns,
             llm_error,
+            suppressed: false,
         }
     }
 
@@ -429,12 +529,15 @@ impl Agent {
         let (budget, reserve) = (self.settings.context_budget, self.settings.reply_reserve);
         let conversation = accepted.conversation_id;
         let mut summary = self.store.latest_summary(conversation)?;
-        let turns = context::gather(
+        let mut turns = context::gather(
             self.store.as_ref(),
             conversation,
             accepted.message_id,
             budget,
         )?;
+        for turn in turns.iter_mut().filter(|t| t.role == Role::User) {
+            context::cap_chars(&mut turn.text, self.settings.max_input_chars);
+        }
         let after = |s: &Option<Summary>| {
             let covered = s.as_ref().map_or(0, |s| s.to_message_id);
             turns

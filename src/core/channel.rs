@@ -33,6 +33,13 @@ impl WebhookRequest<'_> {
         self.header("content-type")
             .map(|v| v.split(';').next().unwrap_or_default().trim())
     }
+
+    /// Whether the body's media type is `expected` (media types compare
+    /// case-insensitively: `APPLICATION/JSON; charset=UTF-8` is JSON).
+    pub fn has_media_type(&self, expected: &str) -> bool {
+        self.content_type()
+            .is_some_and(|t| t.eq_ignore_ascii_case(expected))
+    }
 }
 
 /// What a verified webhook asks of us.
@@ -95,6 +102,27 @@ pub trait ChannelAdapter: Send + Sync {
 
     /// The longest text one message may carry.
     fn max_message_len(&self) -> usize;
+
+    /// The largest webhook body this channel accepts (413 past it).
+    fn max_body_bytes(&self) -> usize;
+
+    /// Shows the person that a reply is being written, on channels with
+    /// such a signal (Telegram's "typing", WhatsApp's typing indicator);
+    /// `None` where the channel has none. `replying_to` is the message the
+    /// turn answers. The signal fades by itself after
+    /// [`ChannelAdapter::typing_lasts`], so the caller repeats it.
+    fn typing<'a>(
+        &'a self,
+        _to: &'a ConversationKey,
+        _replying_to: &'a InboundMessage,
+    ) -> Option<BoxFuture<'a, Result<(), SendError>>> {
+        None
+    }
+
+    /// How long one typing signal shows.
+    fn typing_lasts(&self) -> Duration {
+        Duration::from_secs(5)
+    }
 
     /// Sends one piece of a reply into the conversation.
     fn send<'a>(

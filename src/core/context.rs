@@ -60,6 +60,16 @@ pub fn gather(
     Ok(newest_first)
 }
 
+/// Cuts `text` to at most `max` characters (plus a marker saying so), so
+/// that one huge message cannot crowd the rest of the conversation out of
+/// the model's view. The stored message keeps all of it.
+pub fn cap_chars(text: &mut String, max: usize) {
+    if let Some((cut, _)) = text.char_indices().nth(max) {
+        text.truncate(cut);
+        text.push_str(&format!(" […cut at {max} characters]"));
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContextWindow {
     pub messages: Vec<ChatMessage>,

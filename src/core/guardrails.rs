@@ -5,17 +5,21 @@
 
 use regex::{Regex, RegexBuilder};
 
-/// One rule: a name (recorded with each violation) and what it matches.
+/// One rule: a name (recorded with each violation), what it matches, and
+/// the polite refusal its violations get.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
     pattern: Regex,
+    refusal: String,
 }
 
 /// A message that broke a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     pub rule: String,
+    /// What the sender is told.
+    pub refusal: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +29,14 @@ pub struct PatternError {
     pub message: String,
 }
 
+/// The refusal of the built-in `credential_request` rule.
 pub const REFUSAL: &str = "Sorry, I can't help with that. I never share passwords, keys or other \
      secrets, and I keep to my instructions. Is there something else I can do for you?";
+
+/// The refusal of every other rule unless configured: it says nothing about
+/// why, since a configured rule may be about anything.
+pub const NEUTRAL_REFUSAL: &str =
+    "Sorry, I can't help with that. Is there something else I can do for you?";
 
 /// Asking for someone's (or the system's) secrets: a request verb, then
 /// within a few words a possessive or system noun, then a secret noun.
@@ -57,7 +67,10 @@ impl Guardrails {
     /// (matched case-insensitively).
     pub fn new(configured: &[(String, String)]) -> Result<Self, PatternError> {
         let mut rules = vec![
-            rule("credential_request", CREDENTIALS).expect("built-in rule compiles"),
+            Rule {
+                refusal: REFUSAL.to_string(),
+                ..rule("credential_request", CREDENTIALS).expect("built-in rule compiles")
+            },
             rule("instruction_override", OVERRIDE).expect("built-in rule compiles"),
         ];
         for (name, pattern) in configured {
@@ -76,7 +89,29 @@ impl Guardrails {
             .find(|r| r.pattern.is_match(text))
             .map(|r| Violation {
                 rule: r.name.clone(),
+                refusal: r.refusal.clone(),
             })
+    }
+
+    /// Sets what violations are answered with: `default` for every rule
+    /// but those named in `per_rule` (built-in or configured). A rule left
+    /// out of both keeps its own default.
+    pub fn with_refusals(
+        mut self,
+        default: Option<&str>,
+        per_rule: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        for rule in &mut self.rules {
+            if let Some(text) = per_rule.get(&rule.name).map(String::as_str).or(default) {
+                rule.refusal = text.to_string();
+            }
+        }
+        self
+    }
+
+    /// The names of every rule, built-in first.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
     }
 }
 
@@ -87,6 +122,7 @@ fn rule(name: &str, pattern: &str) -> Result<Rule, regex::Error> {
             .case_insensitive(true)
             .size_limit(1 << 22)
             .build()?,
+        refusal: NEUTRAL_REFUSAL.to_string(),
     })
 }
 

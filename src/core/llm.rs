@@ -109,6 +109,11 @@ pub enum LlmError {
         model: String,
         retry_in_secs: i64,
     },
+    /// No first token within the turn's patience: the turn moved on. A
+    /// slow provider (a cold model load) is not a failing one; its call
+    /// finishes in the background.
+    #[error("{provider} sent no first token within {}s (agent.patience_secs); moved on", .after.as_secs())]
+    Slow { provider: String, after: Duration },
     #[error("no LLM provider is configured (set `llm.chain` or CONVAGENT_LLM_CHAIN)")]
     NoProvider,
     #[error("every LLM provider failed: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]

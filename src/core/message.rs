@@ -131,6 +131,11 @@ pub struct Attachment {
     pub content_type: Option<String>,
 }
 
+/// The metadata key under which an adapter puts the name the provider
+/// shows for the sender (Telegram's first name, Twilio's ProfileName, a
+/// Slack profile's display name); the store keeps it with the conversation.
+pub const SENDER_NAME: &str = "sender_name";
+
 /// The canonical inbound message: what every channel adapter produces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InboundMessage {

@@ -11,7 +11,7 @@ pub mod llm;
 pub mod message;
 pub mod ports;
 
-pub use agent::{Agent, AgentError, AgentSettings, Reply};
+pub use agent::{Agent, AgentError, AgentSettings, Burst, Reply};
 pub use breaker::{Admission, Breaker, BreakerPolicy, BreakerState, Transition};
 pub use context::{ContextWindow, estimate_tokens};
 pub use guardrails::{Guardrails, SecretFilter, Violation};

@@ -88,6 +88,9 @@ pub struct StoredMessage {
     pub reply_to: Option<i64>,
     /// For an assistant message, what it is.
     pub kind: Option<ReplyKind>,
+    /// For a user message answered together with later ones (a burst), the
+    /// reply that covers it.
+    pub answered_by: Option<i64>,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub prompt_version: Option<i64>,
@@ -107,6 +110,20 @@ pub struct ConversationSummary {
     pub last_activity_at: i64,
     /// Closed by `/reset`: the sender's next message starts a new one.
     pub closed: bool,
+    /// The name the provider shows for the sender, if it sends one.
+    pub display_name: Option<String>,
+}
+
+impl ConversationSummary {
+    /// The sender as people read it: `Ana (111222333)`, or the bare id.
+    pub fn who(&self) -> String {
+        match &self.display_name {
+            Some(name) if !name.is_empty() && *name != self.sender => {
+                format!("{name} ({})", self.sender)
+            }
+            _ => self.sender.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -130,7 +147,17 @@ pub struct PromptVersion {
     pub version: i64,
     pub text: String,
     pub created_at: i64,
+    /// Where it came from: [`PROMPT_FROM_CONFIG`], [`PROMPT_FROM_CHAT`] or
+    /// [`PROMPT_DEFAULT`].
+    pub source: String,
 }
+
+/// `agent.system_prompt` from the configuration, synced at start.
+pub const PROMPT_FROM_CONFIG: &str = "config";
+/// Set with `/prompt set` in `convagent chat`.
+pub const PROMPT_FROM_CHAT: &str = "chat";
+/// Seeded because the store had no prompt.
+pub const PROMPT_DEFAULT: &str = "default";
 
 /// A stored summary of a conversation's turns `from_message_id..=to_message_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -173,13 +200,27 @@ pub trait Store: Send + Sync {
     /// replies do not count.
     fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError>;
 
-    /// The latest fallback reply sent for a user message, if any.
-    fn fallback_for(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError>;
+    /// The newest assistant message of a conversation, if any: a fallback
+    /// there means the conversation already has one since its last answer.
+    fn latest_reply(&self, conversation_id: i64) -> Result<Option<StoredMessage>, StoreError>;
 
     /// Records an assistant message for `message_id` and returns it. An
     /// answer or refusal marks the message answered, and a second one keeps
     /// the first; fallbacks leave the message pending.
-    fn record_reply(&self, message_id: i64, reply: &NewReply) -> Result<StoredMessage, StoreError>;
+    fn record_reply(&self, message_id: i64, reply: &NewReply) -> Result<StoredMessage, StoreError> {
+        self.record_turn_reply(message_id, &[], reply)
+    }
+
+    /// Like [`Store::record_reply`] for a turn that answered a burst:
+    /// `message_id` is its last message, and an answer or refusal also
+    /// marks each of `covers` (earlier messages of the same conversation
+    /// still unanswered) answered by it, in the same transaction.
+    fn record_turn_reply(
+        &self,
+        message_id: i64,
+        covers: &[i64],
+        reply: &NewReply,
+    ) -> Result<StoredMessage, StoreError>;
 
     /// Up to `limit` user messages of a conversation still without an
     /// answer, oldest first (indexed).
@@ -251,16 +292,48 @@ pub trait Store: Send + Sync {
     /// The current system prompt, if one was ever set.
     fn current_prompt(&self) -> Result<Option<PromptVersion>, StoreError>;
 
-    /// Stores `text` as a new system prompt version and returns it.
-    fn set_prompt(&self, text: &str, at: i64) -> Result<PromptVersion, StoreError>;
+    /// Stores `text` as a new system prompt version from `source` and
+    /// returns it.
+    fn add_prompt(&self, text: &str, source: &str, at: i64) -> Result<PromptVersion, StoreError>;
+
+    /// The newest prompt version from `source`, if any.
+    fn latest_prompt_from(&self, source: &str) -> Result<Option<PromptVersion>, StoreError>;
+
+    /// Stores `text` as a new system prompt version set by a person in
+    /// `convagent chat`.
+    fn set_prompt(&self, text: &str, at: i64) -> Result<PromptVersion, StoreError> {
+        self.add_prompt(text, PROMPT_FROM_CHAT, at)
+    }
 
     /// Returns the current prompt, first storing `default_text` as version 1
     /// when none exists yet.
     fn ensure_prompt(&self, default_text: &str, at: i64) -> Result<PromptVersion, StoreError> {
         match self.current_prompt()? {
             Some(p) => Ok(p),
-            None => self.set_prompt(default_text, at),
+            None => self.add_prompt(default_text, PROMPT_DEFAULT, at),
         }
+    }
+
+    /// Makes the configured prompt current when it changed since it was
+    /// last taken from the configuration: a new version then. An unchanged
+    /// configuration keeps whatever is current (a `/prompt set` stays).
+    fn sync_configured_prompt(&self, text: &str, at: i64) -> Result<PromptVersion, StoreError> {
+        let Some(current) = self.current_prompt()? else {
+            return self.add_prompt(text, PROMPT_FROM_CONFIG, at);
+        };
+        let unchanged = match self.latest_prompt_from(PROMPT_FROM_CONFIG)? {
+            Some(taken) => taken.text == text,
+            // Stores from before prompt sources: the seeded version is the
+            // configuration's as it was then.
+            None => match self.latest_prompt_from(PROMPT_DEFAULT)? {
+                Some(seeded) => seeded.text == text,
+                None => current.text == text,
+            },
+        };
+        if unchanged || current.text == text {
+            return Ok(current);
+        }
+        self.add_prompt(text, PROMPT_FROM_CONFIG, at)
     }
 
     fn health(&self) -> Result<StoreHealth, StoreError>;

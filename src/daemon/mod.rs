@@ -8,6 +8,7 @@ pub mod metrics;
 mod outbox;
 pub mod public_url;
 mod tracer;
+mod typing;
 mod webhook;
 mod workers;
 
@@ -22,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::core::channel::ChannelAdapter;
-use crate::core::{Agent, Clock, OutboxStore, Store, TraceStore};
+use crate::core::{Agent, Burst, Clock, OutboxStore, Store, TraceStore};
 
 pub use metrics::Metrics;
 pub use tracer::Tracer;
@@ -40,8 +41,6 @@ pub struct DaemonSettings {
     pub recorded_public_url: Option<std::path::PathBuf>,
     /// Record sends instead of calling the channel APIs.
     pub dry_run: bool,
-    /// Largest webhook body accepted.
-    pub max_body_bytes: usize,
     /// Conversations processed at the same time.
     pub max_parallel_conversations: usize,
     /// How long shutdown waits for in-flight turns and sends.
@@ -52,6 +51,8 @@ pub struct DaemonSettings {
     pub fallback_retry: Duration,
     /// LLM providers in the chain, for `/health/ready`.
     pub providers: Vec<String>,
+    /// One turn for every pending message of a conversation, or one each.
+    pub burst: Burst,
 }
 
 impl Default for DaemonSettings {
@@ -60,12 +61,12 @@ impl Default for DaemonSettings {
             public_url: None,
             recorded_public_url: None,
             dry_run: false,
-            max_body_bytes: 1024 * 1024,
             max_parallel_conversations: 16,
             shutdown_grace: Duration::from_secs(10),
             send_backoff: [1, 2, 4, 8, 16].map(Duration::from_secs).to_vec(),
             fallback_retry: Duration::from_secs(30),
             providers: Vec::new(),
+            burst: Burst::Collect,
         }
     }
 }
@@ -130,7 +131,13 @@ impl Daemon {
 
 /// The HTTP routes.
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    let limit = daemon.settings.max_body_bytes;
+    // Each channel checks its own limit; this one bounds what is read at all.
+    let limit = daemon
+        .channels
+        .iter()
+        .map(|c| c.max_body_bytes())
+        .max()
+        .unwrap_or(crate::config::DEFAULT_MAX_BODY_BYTES);
     Router::new()
         .route("/webhook/{channel}", post(webhook::handle))
         .route("/health", get(health::live))

@@ -13,12 +13,13 @@ use axum::response::{IntoResponse, Response};
 
 use super::{Daemon, workers};
 use crate::core::channel::{self, Inbound, WebhookError, WebhookRequest};
-use crate::core::{Channel, StoreError};
+use crate::core::{Channel, CorrelationId, StoreError};
 
 /// Why a webhook was not accepted, as the provider (or developer) sees it.
 #[derive(Debug)]
 pub enum Rejection {
     NotFound(String),
+    TooLarge(String),
     Webhook(WebhookError),
     Store(StoreError),
     Stopping,
@@ -28,11 +29,17 @@ impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let (status, reason) = match self {
             Rejection::NotFound(r) => (StatusCode::NOT_FOUND, r),
+            Rejection::TooLarge(r) => (StatusCode::PAYLOAD_TOO_LARGE, r),
             Rejection::Webhook(WebhookError::Unauthorized(r)) => (StatusCode::UNAUTHORIZED, r),
             Rejection::Webhook(WebhookError::UnsupportedMediaType(r)) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, r)
             }
             Rejection::Webhook(WebhookError::BadRequest(r)) => (StatusCode::BAD_REQUEST, r),
+            // Input the store refuses is the sender's fault: retrying it
+            // cannot help.
+            Rejection::Store(StoreError::Invalid(r)) => {
+                (StatusCode::BAD_REQUEST, format!("not stored: {r}"))
+            }
             // Not acknowledged: the provider retries later, nothing is lost.
             Rejection::Store(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")),
             Rejection::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
@@ -74,6 +81,13 @@ pub async fn handle(
     if daemon.stopping() {
         return Err(Rejection::Stopping);
     }
+    if body.len() > adapter.max_body_bytes() {
+        daemon.metrics.inbound(channel.as_str(), "rejected");
+        return Err(Rejection::TooLarge(format!(
+            "{channel} webhook bodies are limited to {} bytes (channels.*.max_body_bytes)",
+            adapter.max_body_bytes()
+        )));
+    }
 
     let headers: Vec<(String, String)> = headers
         .iter()
@@ -102,9 +116,25 @@ pub async fn handle(
     let message = match inbound {
         Inbound::Message(m) => m,
         Inbound::Ignore(reason) => {
+            // Traced under an id of its own, so `convagent tui` and the logs
+            // show why an authenticated request got no answer.
+            let correlation = CorrelationId::generate().0;
             daemon.metrics.inbound(channel.as_str(), "ignored");
-            tracing::info!(channel = %channel, reason, "webhook acknowledged and ignored");
-            return Ok((StatusCode::OK, format!("ignored: {reason}\n")).into_response());
+            tracing::info!(channel = %channel, correlation_id = %correlation, reason, "webhook acknowledged and ignored");
+            daemon.tracer.stage(
+                &correlation,
+                "ignored",
+                now,
+                began,
+                "ignored",
+                Some(format!("{channel}: {reason}")),
+            );
+            return Ok((
+                StatusCode::OK,
+                [("x-correlation-id", correlation)],
+                format!("ignored: {reason}\n"),
+            )
+                .into_response());
         }
         Inbound::Respond { content_type, body } => {
             return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());

@@ -1,7 +1,9 @@
-//! Workers: strictly one message at a time per conversation, in arrival
-//! order; different conversations in parallel, bounded. A conversation is
-//! scheduled when a message is accepted, at start for what a crash left
-//! unanswered, and again later when the LLM was down.
+//! Workers: strictly one turn at a time per conversation, in arrival
+//! order; different conversations in parallel, bounded. A turn takes every
+//! message pending for its conversation (`agent.burst = "collect"`) or one
+//! (`"each"`). A conversation is scheduled when a message is accepted, at
+//! start for what a crash left unanswered, and again later when the LLM
+//! was down.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
 
 use super::Daemon;
-use crate::core::ReplyKind;
+use crate::core::{Burst, InboundMessage, ReplyKind};
 
-/// Messages read per round of a conversation.
-const ROUND: usize = 16;
+/// Messages read per round of a conversation (and so at most in one
+/// collected turn; more wait for the next).
+const ROUND: usize = 32;
 /// Conversations recovered at start, at most (the rest follow as they
 /// receive messages, or at the next start).
 const RECOVER_LIMIT: usize = 10_000;
@@ -104,25 +107,34 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
             return true;
         }
     };
-    let mut fallback = false;
-    for message in pending {
+    let turns: Vec<&[InboundMessage]> = match daemon.settings.burst {
+        Burst::Collect if !pending.is_empty() => vec![&pending[..]],
+        Burst::Collect => Vec::new(),
+        Burst::Each => pending.chunks(1).collect(),
+    };
+    for turn in turns {
         if daemon.stopping() {
             break;
         }
-        match daemon.agent.handle(&message, &mut |_| {}).await {
+        let typing = super::typing::start(daemon, turn);
+        let result = daemon.agent.handle_turn(turn, &mut |_| {}).await;
+        drop(typing);
+        match result {
             Ok(reply) => {
                 daemon.metrics.reply(reply.kind());
-                fallback |= reply.kind() == ReplyKind::Fallback;
+                if reply.kind() == ReplyKind::Fallback {
+                    return true;
+                }
                 daemon.outbox_wake.notify_one();
             }
             Err(e) => {
-                tracing::error!(correlation_id = %message.correlation_id, error = %e, "cannot answer the message");
-                fallback = true;
-                break;
+                let last = turn.last().map(|m| m.correlation_id.0.as_str());
+                tracing::error!(correlation_id = last, error = %e, "cannot answer the message");
+                return true;
             }
         }
     }
-    fallback
+    false
 }
 
 /// Schedules every conversation left with unanswered messages.

@@ -185,10 +185,11 @@ fn credential_fishing_is_refused_without_the_llm() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
+    // An override attempt gets the neutral refusal: it asked for no secret.
+    let said = stdout_of(&out);
     assert!(
-        stdout_of(&out).contains("I never share passwords"),
-        "{}",
-        stdout_of(&out)
+        said.contains("Sorry, I can't help with that.") && !said.contains("passwords"),
+        "{said}"
     );
     assert!(
         stderr_of(&out).contains("refused by guardrail `instruction_override`"),

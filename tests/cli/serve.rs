@@ -110,6 +110,8 @@ async fn sent_chats(telegram: &MockServer) -> Vec<String> {
         .await
         .unwrap_or_default()
         .iter()
+        // Replies only: `sendChatAction` ("typing") also names the chat.
+        .filter(|r| r.url.path().ends_with("/sendMessage"))
         .map(|r| {
             serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["chat_id"]
                 .as_str()

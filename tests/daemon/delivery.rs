@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use convagent::core::{OutboxStore, TraceStore};
+use convagent::core::{OutboxStore, Store, TraceStore};
 use serde_json::json;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, ResponseTemplate};
@@ -133,16 +133,17 @@ async fn the_same_payload_ten_times_at_once_gets_exactly_one_reply() {
 }
 
 #[tokio::test]
-async fn five_messages_from_one_sender_are_answered_in_order() {
+async fn five_messages_from_one_sender_are_answered_in_order_one_each() {
     let llm = Arc::new(EchoLlm {
         delay: Duration::from_millis(30),
         ..EchoLlm::new()
     });
-    let h = Harness::start(Options {
+    let mut options = Options {
         llm,
         ..Options::default()
-    })
-    .await;
+    };
+    options.settings.burst = convagent::core::Burst::Each;
+    let h = Harness::start(options).await;
     mount_success(&h).await;
     let requests: Vec<_> = (1..=5)
         .map(|i| telegram_text(&h, 100 + i, 200 + i, &format!("message {i}")))
@@ -383,5 +384,120 @@ async fn many_conversations_at_once_get_exactly_one_reply_each() {
         sent.len()
     );
     assert_eq!(chats.len(), n as usize);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_sent_while_a_turn_runs_gets_one_answer_that_sees_all_of_it() {
+    let llm = Arc::new(EchoLlm {
+        delay: Duration::from_millis(800),
+        ..EchoLlm::new()
+    });
+    let h = Harness::start(Options {
+        llm: llm.clone(),
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    assert_eq!(h.post(&telegram_text(&h, 301, 401, "hi")).await.0, 200);
+    // The first turn is running (the LLM takes 800 ms) when the rest arrive.
+    assert!(
+        eventually(5, || llm.calls.load(std::sync::atomic::Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    for (i, text) in ["I need help", "with my order"].iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(
+            h.post(&telegram_text(&h, 302 + i, 402 + i, text)).await.0,
+            200
+        );
+    }
+    let sent = wait_for(&h.telegram, 2).await;
+    let texts: Vec<&str> = sent.iter().map(|b| b["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["echo: hi", "echo: with my order"],
+        "two answers, not three"
+    );
+    assert_eq!(llm.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let seen = llm.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[1][seen[1].len() - 2..],
+        ["I need help".to_string(), "with my order".to_string()],
+        "the second turn's context holds both messages of the burst"
+    );
+
+    // Stored as one reply to the last message that covers the one before.
+    let conversation = h.store.conversations(&Default::default()).unwrap()[0].id;
+    let messages = h.store.messages(conversation).unwrap();
+    let reply = messages
+        .iter()
+        .find(|m| m.text == "echo: with my order")
+        .unwrap();
+    let help = messages.iter().find(|m| m.text == "I need help").unwrap();
+    let order = messages.iter().find(|m| m.text == "with my order").unwrap();
+    assert_eq!(reply.reply_to, Some(order.id));
+    assert_eq!(help.answered_by, Some(reply.id));
+    assert!(h.store.pending(conversation, 10).unwrap().is_empty());
+
+    // While the turns ran, the person saw "typing".
+    let typing = crate::typing_signals(&h.telegram).await;
+    assert!(!typing.is_empty(), "no sendChatAction");
+    assert!(
+        typing
+            .iter()
+            .all(|t| t["action"] == "typing" && t["chat_id"] == "111222333"),
+        "{typing:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn in_an_outage_a_conversation_gets_one_fallback_until_it_is_answered_again() {
+    use crate::support::{ScriptedLlm, http_500};
+    let llm = Arc::new(ScriptedLlm::new("down", vec![Err(http_500("down"))]));
+    let mut options = Options {
+        llm: llm.clone(),
+        ..Options::default()
+    };
+    options.settings.fallback_retry = Duration::from_millis(300);
+    let h = Harness::start(options).await;
+    mount_success(&h).await;
+    for i in 0..3 {
+        assert_eq!(
+            h.post(&telegram_text(&h, 501 + i, 601 + i, "still there?"))
+                .await
+                .0,
+            200
+        );
+        assert!(eventually(5, || llm.calls() as i64 > i).await);
+    }
+    // Retries keep failing meanwhile: still one fallback.
+    assert!(eventually(10, || llm.calls() >= 5).await);
+    let sent = wait_for(&h.telegram, 1).await;
+    assert_eq!(sent.len(), 1, "one fallback for the conversation: {sent:?}");
+    assert!(
+        sent[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Sorry, I can't answer right now")
+    );
+
+    // The provider recovers: one answer for all three, then a new outage
+    // may send a fallback again.
+    llm.set(Ok("back now".into()));
+    let sent = wait_for(&h.telegram, 2).await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1]["text"], "back now");
+    let conversation = h.store.conversations(&Default::default()).unwrap()[0].id;
+    assert!(h.store.pending(conversation, 10).unwrap().is_empty());
+    llm.set(Err(http_500("down")));
+    assert_eq!(
+        h.post(&telegram_text(&h, 510, 610, "and now?")).await.0,
+        200
+    );
+    let sent = wait_for(&h.telegram, 3).await;
+    assert_eq!(sent.len(), 3, "{sent:?}");
     h.stop().await;
 }

@@ -31,6 +31,7 @@ fn policy() -> ChainPolicy {
             Duration::from_secs(4),
         ],
         deadline: Duration::from_secs(600),
+        patience: None,
     }
 }
 

@@ -57,6 +57,8 @@ fn conformance(store: &dyn Store) {
     fallbacks_leave_messages_pending(store);
     summaries_are_kept_once_per_range(store);
     breakers_round_trip(store);
+    a_turn_reply_covers_its_burst(store);
+    sender_names_are_kept_with_the_conversation(store);
     health_reports_current_schema(store);
 }
 
@@ -295,6 +297,30 @@ fn prompts_are_versioned(store: &dyn Store) {
     assert_eq!(v2.version, 2);
     assert_eq!(store.current_prompt().unwrap().unwrap().text, "be brief");
     assert!(store.set_prompt("   ", 50_300).is_err());
+    assert_eq!(
+        (v1.source.as_str(), v2.source.as_str()),
+        ("default", "chat")
+    );
+
+    // The configuration as it was seeded: a `/prompt set` since then stays.
+    assert_eq!(store.sync_configured_prompt("be kind", 50_400).unwrap(), v2);
+    // Edited in the configuration: a new version, once.
+    let v3 = store.sync_configured_prompt("be polite", 50_500).unwrap();
+    assert_eq!((v3.version, v3.source.as_str()), (3, "config"));
+    assert_eq!(
+        store.sync_configured_prompt("be polite", 50_600).unwrap(),
+        v3
+    );
+    // A person's prompt outlives restarts with the same configuration...
+    let v4 = store.set_prompt("be brief again", 50_700).unwrap();
+    assert_eq!(
+        store.sync_configured_prompt("be polite", 50_800).unwrap(),
+        v4
+    );
+    // ...until the configuration changes again.
+    let v5 = store.sync_configured_prompt("be formal", 50_900).unwrap();
+    assert_eq!((v5.version, v5.text.as_str()), (5, "be formal"));
+    assert_eq!(store.latest_prompt_from("config").unwrap().unwrap(), v5);
 }
 
 fn fallbacks_leave_messages_pending(store: &dyn Store) {
@@ -324,7 +350,11 @@ fn fallbacks_leave_messages_pending(store: &dyn Store) {
         None,
         "a fallback is not the answer"
     );
-    assert_eq!(store.fallback_for(a.message_id).unwrap().unwrap().id, f.id);
+    assert_eq!(
+        store.latest_reply(a.conversation_id).unwrap().unwrap().id,
+        f.id,
+        "the conversation's newest reply is the fallback"
+    );
     assert_eq!(store.pending(a.conversation_id, 10).unwrap().len(), 2);
 
     let answer = store
@@ -351,6 +381,91 @@ fn fallbacks_leave_messages_pending(store: &dyn Store) {
     store
         .record_violation(c.message_id, "credential_request", 60_500)
         .unwrap();
+}
+
+fn a_turn_reply_covers_its_burst(store: &dyn Store) {
+    let key = ConversationKey::new(Channel::Whatsapp, "whatsapp:+15550001111", "");
+    let other = ConversationKey::new(Channel::Whatsapp, "whatsapp:+15550002222", "");
+    let burst: Vec<_> = ["hi", "I need help", "with my order"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            store
+                .accept(&message(
+                    &key,
+                    &format!("SM-burst-{i}"),
+                    t,
+                    70_000 + i as i64,
+                ))
+                .unwrap()
+        })
+        .collect();
+    let stranger = store
+        .accept(&message(&other, "SM-burst-other", "not mine", 70_010))
+        .unwrap();
+    let (first, last) = (burst[0].message_id, burst[2].message_id);
+
+    // A fallback covers nothing: the whole burst stays pending.
+    store
+        .record_turn_reply(
+            last,
+            &[first, burst[1].message_id],
+            &NewReply {
+                kind: ReplyKind::Fallback,
+                ..reply("later", 70_050, 1)
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        store.pending(burst[0].conversation_id, 10).unwrap().len(),
+        3
+    );
+
+    // The answer covers the burst, and only unanswered messages of its own
+    // conversation: the stranger's id is ignored.
+    let answer = store
+        .record_turn_reply(
+            last,
+            &[first, burst[1].message_id, stranger.message_id],
+            &reply("one answer for three", 70_100, 1),
+        )
+        .unwrap();
+    assert!(
+        store
+            .pending(burst[0].conversation_id, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.pending(stranger.conversation_id, 10).unwrap().len(),
+        1
+    );
+    let messages = store.messages(burst[0].conversation_id).unwrap();
+    let covered: Vec<i64> = messages
+        .iter()
+        .filter(|m| m.answered_by == Some(answer.id))
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(covered, [first, burst[1].message_id]);
+    assert_eq!(answer.reply_to, Some(last));
+    assert_eq!(store.reply_to(last).unwrap().unwrap().id, answer.id);
+}
+
+fn sender_names_are_kept_with_the_conversation(store: &dyn Store) {
+    let key = ConversationKey::new(Channel::Telegram, "424242", "424242");
+    let mut m = message(&key, "424242:1", "hello", 80_000);
+    m.metadata
+        .insert(convagent::core::message::SENDER_NAME.into(), "Ana".into());
+    let a = store.accept(&m).unwrap();
+    let c = store.conversation(a.conversation_id).unwrap().unwrap();
+    assert_eq!(c.display_name.as_deref(), Some("Ana"));
+    assert_eq!(c.who(), "Ana (424242)");
+    // A later message without a name keeps the one known.
+    store
+        .accept(&message(&key, "424242:2", "again", 80_100))
+        .unwrap();
+    let c = store.conversation(a.conversation_id).unwrap().unwrap();
+    assert_eq!(c.display_name.as_deref(), Some("Ana"));
 }
 
 fn summaries_are_kept_once_per_range(store: &dyn Store) {

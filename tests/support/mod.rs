@@ -298,6 +298,8 @@ pub struct EchoLlm {
     /// Repeats the answer this many times (long replies).
     pub repeat: usize,
     pub delay: std::time::Duration,
+    /// Every request's user messages, in call order.
+    pub seen: Mutex<Vec<Vec<String>>>,
 }
 
 impl EchoLlm {
@@ -306,6 +308,7 @@ impl EchoLlm {
             calls: Default::default(),
             repeat: 1,
             delay: std::time::Duration::ZERO,
+            seen: Mutex::new(Vec::new()),
         }
     }
 }
@@ -332,6 +335,14 @@ impl LlmProvider for EchoLlm {
     ) -> BoxFuture<'a, Result<LlmOutput, LlmError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.seen.lock().unwrap().push(
+                request
+                    .messages
+                    .iter()
+                    .filter(|m| m.role == convagent::core::Role::User)
+                    .map(|m| m.content.clone())
+                    .collect(),
+            );
             if !self.delay.is_zero() {
                 tokio::time::sleep(self.delay).await;
             }

@@ -70,6 +70,7 @@ pub fn whatsapp(config: &Config) -> Option<whatsapp::WhatsApp> {
             .api_base
             .clone()
             .unwrap_or_else(|| whatsapp::DEFAULT_API_BASE.into()),
+        max_body_bytes: t.max_body_bytes,
     }))
 }
 
@@ -83,6 +84,7 @@ pub fn telegram(config: &Config) -> Option<telegram::Telegram> {
             .api_base
             .clone()
             .unwrap_or_else(|| telegram::DEFAULT_API_BASE.into()),
+        max_body_bytes: t.max_body_bytes,
     }))
 }
 
@@ -96,6 +98,7 @@ pub fn slack(config: &Config) -> Option<slack::Slack> {
             .api_base
             .clone()
             .unwrap_or_else(|| slack::DEFAULT_API_BASE.into()),
+        max_body_bytes: s.max_body_bytes,
     }))
 }
 

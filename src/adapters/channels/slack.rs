@@ -16,7 +16,7 @@ use crate::core::channel::{
     ChannelAdapter, Inbound, SendError, Sent, WebhookError, WebhookRequest,
 };
 use crate::core::llm::BoxFuture;
-use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage};
+use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME};
 
 pub const DEFAULT_API_BASE: &str = "https://slack.com/api";
 /// Slack truncates messages past about 4,000 characters.
@@ -29,6 +29,7 @@ pub struct SlackSettings {
     pub bot_token: String,
     pub signing_secret: String,
     pub api_base: String,
+    pub max_body_bytes: usize,
 }
 
 pub struct Slack {
@@ -36,9 +37,11 @@ pub struct Slack {
     client: reqwest::Client,
 }
 
+// Only what we use is read, and all of it optional: an authenticated
+// event we cannot use is acknowledged and ignored, never refused.
 #[derive(Deserialize)]
 struct Envelope {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default)]
     kind: String,
     challenge: Option<String>,
     event_id: Option<String>,
@@ -48,7 +51,7 @@ struct Envelope {
 
 #[derive(Deserialize)]
 struct Event {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default)]
     kind: String,
     user: Option<String>,
     text: Option<String>,
@@ -58,6 +61,26 @@ struct Event {
     bot_id: Option<String>,
     subtype: Option<String>,
     channel_type: Option<String>,
+    user_profile: Option<UserProfile>,
+}
+
+/// Message events from Slack's own clients carry the author's profile.
+#[derive(Deserialize)]
+struct UserProfile {
+    display_name: Option<String>,
+    real_name: Option<String>,
+    name: Option<String>,
+}
+
+impl UserProfile {
+    fn best_name(&self) -> Option<String> {
+        [&self.display_name, &self.real_name, &self.name]
+            .into_iter()
+            .flatten()
+            .map(|s| s.trim())
+            .find(|s| !s.is_empty())
+            .map(str::to_string)
+    }
 }
 
 impl Slack {
@@ -86,7 +109,7 @@ impl ChannelAdapter for Slack {
     }
 
     fn verify(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
-        if request.content_type() != Some("application/json") {
+        if !request.has_media_type("application/json") {
             return Err(WebhookError::UnsupportedMediaType(
                 "Slack events are application/json".into(),
             ));
@@ -132,9 +155,9 @@ impl ChannelAdapter for Slack {
             "event_callback" => {}
             _ => return Ok(Inbound::Ignore("event type not handled")),
         }
-        let bad = |m: &str| WebhookError::BadRequest(format!("Slack event_callback without `{m}`"));
-        let event_id = envelope.event_id.ok_or_else(|| bad("event_id"))?;
-        let event = envelope.event.ok_or_else(|| bad("event"))?;
+        let Some(event) = envelope.event else {
+            return Ok(Inbound::Ignore("event_callback without an event"));
+        };
         if event.bot_id.is_some() || event.subtype.as_deref() == Some("bot_message") {
             return Ok(Inbound::Ignore("bot message"));
         }
@@ -146,8 +169,28 @@ impl ChannelAdapter for Slack {
             // A mention in a channel also arrives as `app_mention`: answer that one.
             return Ok(Inbound::Ignore("channel message not addressed to the bot"));
         }
-        let user = event.user.ok_or_else(|| bad("event.user"))?;
-        let channel = event.channel.ok_or_else(|| bad("event.channel"))?;
+        let Some(user) = event.user.filter(|u| !u.is_empty()) else {
+            return Ok(Inbound::Ignore("event without a user"));
+        };
+        let Some(channel) = event.channel.filter(|c| !c.is_empty()) else {
+            return Ok(Inbound::Ignore("event without a channel"));
+        };
+        // Redeliveries carry the same event_id. An empty one cannot tell them
+        // apart: that is the sender's error, not ours to retry forever.
+        let event_id = match (envelope.event_id, &event.ts) {
+            (Some(id), _) if id.trim().is_empty() => {
+                return Err(WebhookError::BadRequest(
+                    "Slack event_callback with an empty `event_id`".into(),
+                ));
+            }
+            (Some(id), _) => id,
+            (None, Some(ts)) => format!("{channel}:{ts}"),
+            (None, None) => {
+                return Err(WebhookError::BadRequest(
+                    "Slack event_callback without `event_id` or `event.ts`: redeliveries could not be told apart".into(),
+                ));
+            }
+        };
         let text = event.text.unwrap_or_default();
         if text.trim().is_empty() {
             return Ok(Inbound::Ignore("no text"));
@@ -159,6 +202,10 @@ impl ChannelAdapter for Slack {
             (None, true) => channel.clone(),
             (None, false) => format!("{channel}:{}", event.ts.clone().unwrap_or_default()),
         };
+        let mut metadata = BTreeMap::from([("event_type".to_string(), event.kind)]);
+        if let Some(name) = event.user_profile.as_ref().and_then(UserProfile::best_name) {
+            metadata.insert(SENDER_NAME.into(), name);
+        }
         Ok(Inbound::Message(InboundMessage {
             key: ConversationKey::new(Channel::Slack, user, thread),
             text,
@@ -166,9 +213,13 @@ impl ChannelAdapter for Slack {
             provider_ts: envelope.event_time.map(|t| t * 1000),
             received_at: request.now_ms,
             attachments: Vec::new(),
-            metadata: BTreeMap::from([("event_type".to_string(), event.kind)]),
+            metadata,
             correlation_id: CorrelationId::generate(),
         }))
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.settings.max_body_bytes
     }
 
     fn max_message_len(&self) -> usize {

@@ -15,9 +15,14 @@ use crate::core::channel::{
     ChannelAdapter, Inbound, SendError, Sent, WebhookError, WebhookRequest,
 };
 use crate::core::llm::BoxFuture;
-use crate::core::message::{Attachment, Channel, ConversationKey, CorrelationId, InboundMessage};
+use crate::core::message::{
+    Attachment, Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME,
+};
 
 pub const DEFAULT_API_BASE: &str = "https://api.twilio.com";
+/// Where Twilio serves typing indicators. A configured `api_base` (a proxy,
+/// or a local fake in tests) serves both.
+pub const DEFAULT_MESSAGING_API_BASE: &str = "https://messaging.twilio.com";
 /// Twilio's limit for a WhatsApp message body.
 pub const MAX_BODY: usize = 1600;
 
@@ -28,6 +33,7 @@ pub struct TwilioSettings {
     /// `whatsapp:+E164` we send from; defaults to the number written to.
     pub whatsapp_from: Option<String>,
     pub api_base: String,
+    pub max_body_bytes: usize,
 }
 
 pub struct WhatsApp {
@@ -91,7 +97,7 @@ impl ChannelAdapter for WhatsApp {
     }
 
     fn verify(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
-        if request.content_type() != Some("application/x-www-form-urlencoded") {
+        if !request.has_media_type("application/x-www-form-urlencoded") {
             return Err(WebhookError::UnsupportedMediaType(
                 "Twilio webhooks are application/x-www-form-urlencoded".into(),
             ));
@@ -122,17 +128,15 @@ impl ChannelAdapter for WhatsApp {
         if get("MessageStatus").is_some() {
             return Ok(Inbound::Ignore("status callback"));
         }
-        let missing = |k: &str| WebhookError::BadRequest(format!("Twilio webhook without `{k}`"));
-        let sid = get("MessageSid")
-            .or(get("SmsMessageSid"))
-            .ok_or_else(|| missing("MessageSid"))?;
-        let from = get("From").ok_or_else(|| missing("From"))?;
-        let count: usize = get("NumMedia")
-            .unwrap_or("0")
-            .parse()
-            .map_err(|_| WebhookError::BadRequest("`NumMedia` is not a number".into()))?;
-        let attachments: Vec<Attachment> = (0..count.min(10))
-            .filter_map(|i| {
+        let Some(sid) = get("MessageSid").or(get("SmsMessageSid")).or(get("SmsSid")) else {
+            return Ok(Inbound::Ignore("no MessageSid: not a message"));
+        };
+        let Some(from) = get("From") else {
+            return Ok(Inbound::Ignore("message without `From`"));
+        };
+        // NumMedia says how many MediaUrlN follow; count what is there.
+        let attachments: Vec<Attachment> = (0..10)
+            .map_while(|i| {
                 Some(Attachment {
                     url: get(&format!("MediaUrl{i}"))?.to_string(),
                     content_type: get(&format!("MediaContentType{i}")).map(str::to_string),
@@ -149,6 +153,9 @@ impl ChannelAdapter for WhatsApp {
                 metadata.insert(k.to_string(), v.to_string());
             }
         }
+        if let Some(name) = get("ProfileName") {
+            metadata.insert(SENDER_NAME.into(), name.to_string());
+        }
         Ok(Inbound::Message(InboundMessage {
             key: ConversationKey::new(Channel::Whatsapp, from, ""),
             text,
@@ -159,6 +166,52 @@ impl ChannelAdapter for WhatsApp {
             metadata,
             correlation_id: CorrelationId::generate(),
         }))
+    }
+
+    /// Twilio's WhatsApp typing indicator (`POST /v2/Indicators/Typing.json`
+    /// with the inbound message's SID): marks it read and shows "typing…"
+    /// for up to 25 seconds or until the reply arrives.
+    fn typing<'a>(
+        &'a self,
+        _to: &'a ConversationKey,
+        replying_to: &'a InboundMessage,
+    ) -> Option<BoxFuture<'a, Result<(), SendError>>> {
+        let sid = &replying_to.provider_message_id;
+        if !(sid.starts_with("SM") || sid.starts_with("MM")) {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let s = &self.settings;
+            let base = if s.api_base == DEFAULT_API_BASE {
+                DEFAULT_MESSAGING_API_BASE
+            } else {
+                s.api_base.trim_end_matches('/')
+            };
+            let response = self
+                .client
+                .post(format!("{base}/v2/Indicators/Typing.json"))
+                .basic_auth(&s.account_sid, Some(&s.auth_token))
+                .form(&[("messageId", sid.as_str()), ("channel", "whatsapp")])
+                .send()
+                .await
+                .map_err(|e| SendError::Transient(format!("Twilio: {}", e.without_url())))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(SendError::Permanent {
+                    code: response.status().as_u16().to_string(),
+                    detail: "Twilio typing indicator refused".into(),
+                })
+            }
+        }))
+    }
+
+    fn typing_lasts(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(25)
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.settings.max_body_bytes
     }
 
     fn max_message_len(&self) -> usize {

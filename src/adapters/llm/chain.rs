@@ -20,6 +20,10 @@ pub struct ChainPolicy {
     pub backoff: Vec<Duration>,
     /// The whole turn's budget: no retry starts that would end after it.
     pub deadline: Duration,
+    /// How long a provider may take to its first token before the turn
+    /// moves to the next one (`None`: as long as the provider's own
+    /// timeouts allow, for a person watching a spinner in `chat`).
+    pub patience: Option<Duration>,
 }
 
 impl Default for ChainPolicy {
@@ -32,6 +36,7 @@ impl Default for ChainPolicy {
                 Duration::from_secs(4),
             ],
             deadline: Duration::from_secs(600),
+            patience: None,
         }
     }
 }
@@ -96,7 +101,7 @@ impl Chain {
                     streamed |= matches!(event, StreamEvent::Token(_));
                     on_event(event);
                 };
-                self.call_with_retries(provider.as_ref(), request, &mut forward, deadline)
+                self.call_with_retries(provider, request, &mut forward, deadline)
                     .await
             };
             let now = self.clock.now_ms();
@@ -108,6 +113,11 @@ impl Chain {
                         self.persist(&breaker, transition.as_ref());
                     }
                     return Ok(output);
+                }
+                Err(error @ LlmError::Slow { .. }) => {
+                    // Slow is not broken: the breaker is left alone.
+                    tracing::warn!(provider = name, model, error = %error, "LLM provider too slow for this turn; trying the next");
+                    errors.push(error);
                 }
                 Err(error) => {
                     let message = error.to_string();
@@ -135,14 +145,24 @@ impl Chain {
 
     async fn call_with_retries(
         &self,
-        provider: &dyn LlmProvider,
+        provider: &Arc<dyn LlmProvider>,
         request: &LlmRequest,
         on_event: &mut OnEvent<'_>,
         deadline: i64,
     ) -> Result<LlmOutput, LlmError> {
+        let patience = self
+            .policy
+            .patience
+            .map(|p| (p, tokio::time::Instant::now() + p));
         let mut attempt = 0;
         loop {
-            let error = match provider.generate(request, on_event).await {
+            let result = match patience {
+                None => provider.generate(request, on_event).await,
+                Some(patience) => {
+                    Self::call_with_patience(provider, request, on_event, patience).await
+                }
+            };
+            let error = match result {
                 Ok(output) => return Ok(output),
                 Err(e) => e,
             };
@@ -162,6 +182,76 @@ impl Chain {
             );
             self.clock.sleep(*wait).await;
         }
+    }
+
+    /// Runs the call on its own task and waits for its first token until
+    /// `patience.1`. Past it the turn gives up on this provider, but the
+    /// call goes on in the background: a cold model load finishes, and the
+    /// next turn finds the model warm.
+    async fn call_with_patience(
+        provider: &Arc<dyn LlmProvider>,
+        request: &LlmRequest,
+        on_event: &mut OnEvent<'_>,
+        (patience, first_token_by): (Duration, tokio::time::Instant),
+    ) -> Result<LlmOutput, LlmError> {
+        enum Piece {
+            Token(String),
+            Restart { provider: String, error: String },
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Piece>();
+        let (task_provider, task_request) = (provider.clone(), request.clone());
+        let mut call = tokio::spawn(async move {
+            let mut forward = move |event: StreamEvent<'_>| {
+                let _ = tx.send(match event {
+                    StreamEvent::Token(t) => Piece::Token(t.to_string()),
+                    StreamEvent::Restart { provider, error } => Piece::Restart {
+                        provider: provider.to_string(),
+                        error: error.to_string(),
+                    },
+                });
+            };
+            task_provider.generate(&task_request, &mut forward).await
+        });
+        let mut first_token = false;
+        let mut forward = |piece: Piece| match piece {
+            Piece::Token(t) => on_event(StreamEvent::Token(&t)),
+            Piece::Restart { provider, error } => on_event(StreamEvent::Restart {
+                provider: &provider,
+                error: &error,
+            }),
+        };
+        let result = loop {
+            tokio::select! {
+                biased;
+                Some(piece) = rx.recv() => {
+                    first_token |= matches!(piece, Piece::Token(_));
+                    forward(piece);
+                }
+                joined = &mut call => break joined,
+                () = tokio::time::sleep_until(first_token_by), if !first_token => {
+                    let name = provider.name().to_string();
+                    tokio::spawn(async move {
+                        if let Ok(Ok(_)) = call.await {
+                            tracing::info!(provider = %name, "a slow LLM call finished in the background; the model is warm");
+                        }
+                    });
+                    return Err(LlmError::Slow {
+                        provider: provider.name().to_string(),
+                        after: patience,
+                    });
+                }
+            }
+        };
+        // The call is over: what it streamed before ending is still queued.
+        while let Ok(piece) = rx.try_recv() {
+            forward(piece);
+        }
+        result.unwrap_or_else(|e| {
+            Err(LlmError::Other {
+                provider: provider.name().to_string(),
+                message: format!("the call stopped unexpectedly: {e}"),
+            })
+        })
     }
 
     fn load_breaker(&self, provider: &str, model: &str) -> Breaker {

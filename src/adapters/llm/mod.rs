@@ -102,20 +102,29 @@ pub fn chain_policy(settings: &Settings) -> ChainPolicy {
             .map(|&ms| Duration::from_millis(ms))
             .collect(),
         deadline: secs(llm.turn_deadline_secs),
+        patience: None,
     }
 }
 
 /// The configured chain as one provider, its breakers kept in `store`.
+/// `patient` (the daemon): a provider without a first token after
+/// `agent.patience_secs` hands the turn on; otherwise (`chat`, where a
+/// person watches a spinner) only the providers' own timeouts apply.
 pub fn chain(
     providers: &[Configured],
     settings: &Settings,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    patient: bool,
 ) -> Chain {
+    let policy = ChainPolicy {
+        patience: patient.then(|| secs(settings.config.agent.patience_secs)),
+        ..chain_policy(settings)
+    };
     Chain::new(
         providers.iter().map(Configured::provider).collect(),
         store,
         clock,
-        chain_policy(settings),
+        policy,
     )
 }

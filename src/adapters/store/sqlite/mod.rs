@@ -19,6 +19,7 @@ use crate::core::ports::StoreError;
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../../migrations/0001_init.sql")),
     M::up(include_str!("../../../../migrations/0002_daemon.sql")),
+    M::up(include_str!("../../../../migrations/0003_first_week.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -67,9 +67,9 @@ impl MonitorStore for SqliteStore {
             |r| {
                 Ok(ConversationOverview {
                     summary: conversation_from_row(r)?,
-                    last_text: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
-                    pending: r.get::<_, i64>(9)?.max(0) as u64,
-                    failed: r.get::<_, i64>(10)?.max(0) as u64,
+                    last_text: r.get::<_, Option<String>>(9)?.unwrap_or_default(),
+                    pending: r.get::<_, i64>(10)?.max(0) as u64,
+                    failed: r.get::<_, i64>(11)?.max(0) as u64,
                 })
             },
         )?;

@@ -6,7 +6,9 @@ use rusqlite_migration::{Migrations, SchemaVersion};
 use super::rows::*;
 use super::{MIGRATIONS, RECENT_TURNS_SQL, SqliteStore, fts_phrase_query};
 use crate::core::breaker::{Breaker, Transition};
-use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage, Turn};
+use crate::core::message::{
+    Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME, Turn,
+};
 use crate::core::ports::{
     Accepted, ConversationFilter, ConversationSummary, NewReply, PromptVersion, ReplyKind,
     SearchHit, Store, StoreError, StoreHealth, StoredMessage, Summary,
@@ -53,6 +55,13 @@ fn accept_in(
              RETURNING id",
         )?
         .query_row(params![channel, key.sender, key.thread, at], |r| r.get(0))?;
+    if let Some(name) = message.metadata.get(SENDER_NAME).filter(|n| !n.is_empty()) {
+        conn.prepare_cached(
+            "UPDATE conversations SET display_name = ?2
+             WHERE id = ?1 AND display_name IS NOT ?2",
+        )?
+        .execute(params![conversation_id, name])?;
+    }
     let attachments = serde_json::to_string(&message.attachments)
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
     let metadata =
@@ -141,18 +150,25 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn fallback_for(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
+    fn latest_reply(&self, conversation_id: i64) -> Result<Option<StoredMessage>, StoreError> {
         let conn = self.reader();
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m
-             WHERE m.reply_to = ?1 AND m.kind = 'fallback' ORDER BY m.id DESC LIMIT 1"
+             WHERE m.conversation_id = ?1 AND m.role = 'assistant'
+             ORDER BY m.id DESC LIMIT 1"
         );
         Ok(conn
-            .query_row(&sql, params![message_id], message_from_row)
+            .prepare_cached(&sql)?
+            .query_row(params![conversation_id], message_from_row)
             .optional()?)
     }
 
-    fn record_reply(&self, message_id: i64, reply: &NewReply) -> Result<StoredMessage, StoreError> {
+    fn record_turn_reply(
+        &self,
+        message_id: i64,
+        covers: &[i64],
+        reply: &NewReply,
+    ) -> Result<StoredMessage, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let (conversation_id, channel, correlation_id): (i64, String, Option<String>) = tx
@@ -205,6 +221,17 @@ impl Store for SqliteStore {
                 if reply.kind != ReplyKind::Fallback {
                     tx.prepare_cached("UPDATE messages SET answered_at = ?2 WHERE id = ?1")?
                         .execute(params![message_id, reply.created_at])?;
+                    // The burst this turn answered: only unanswered user
+                    // messages of the same conversation, so a stray id
+                    // cannot mark anything else.
+                    let mut cover = tx.prepare_cached(
+                        "UPDATE messages SET answered_at = ?3, answered_by = ?2
+                         WHERE id = ?1 AND conversation_id = ?4 AND role = 'user'
+                           AND answered_at IS NULL",
+                    )?;
+                    for covered in covers.iter().filter(|&&c| c != message_id) {
+                        cover.execute(params![covered, id, reply.created_at, conversation_id])?;
+                    }
                 }
                 id
             }
@@ -476,12 +503,12 @@ impl Store for SqliteStore {
         let rows = stmt.query_map(
             params![fts_query, channel.map(Channel::as_str), limit.max(1) as i64],
             |r| {
-                let channel: String = r.get(15)?;
+                let channel: String = r.get(16)?;
                 Ok(SearchHit {
                     message: message_from_row(r)?,
-                    channel: parse_channel(&channel, 15)?,
-                    sender: r.get(16)?,
-                    snippet: r.get(17)?,
+                    channel: parse_channel(&channel, 16)?,
+                    sender: r.get(17)?,
+                    snippet: r.get(18)?,
                 })
             },
         )?;
@@ -489,37 +516,41 @@ impl Store for SqliteStore {
     }
 
     fn current_prompt(&self) -> Result<Option<PromptVersion>, StoreError> {
-        let conn = self.reader();
-        Ok(conn
-            .query_row(
-                "SELECT version, text, created_at FROM system_prompts
-                 ORDER BY version DESC LIMIT 1",
-                [],
-                |r| {
-                    Ok(PromptVersion {
-                        version: r.get(0)?,
-                        text: r.get(1)?,
-                        created_at: r.get(2)?,
-                    })
-                },
-            )
+        let sql =
+            format!("SELECT {PROMPT_COLUMNS} FROM system_prompts ORDER BY version DESC LIMIT 1");
+        Ok(self
+            .reader()
+            .query_row(&sql, [], prompt_from_row)
             .optional()?)
     }
 
-    fn set_prompt(&self, text: &str, at: i64) -> Result<PromptVersion, StoreError> {
+    fn latest_prompt_from(&self, source: &str) -> Result<Option<PromptVersion>, StoreError> {
+        let sql = format!(
+            "SELECT {PROMPT_COLUMNS} FROM system_prompts WHERE source = ?1
+             ORDER BY version DESC LIMIT 1"
+        );
+        Ok(self
+            .reader()
+            .query_row(&sql, params![source], prompt_from_row)
+            .optional()?)
+    }
+
+    fn add_prompt(&self, text: &str, source: &str, at: i64) -> Result<PromptVersion, StoreError> {
         if text.trim().is_empty() {
             return Err(StoreError::Invalid("the system prompt is empty".into()));
         }
         let conn = self.conn();
         let version = conn
             .prepare_cached(
-                "INSERT INTO system_prompts (text, created_at) VALUES (?1, ?2) RETURNING version",
+                "INSERT INTO system_prompts (text, created_at, source) VALUES (?1, ?2, ?3)
+                 RETURNING version",
             )?
-            .query_row(params![text, at], |r| r.get(0))?;
+            .query_row(params![text, at, source], |r| r.get(0))?;
         Ok(PromptVersion {
             version,
             text: text.to_string(),
             created_at: at,
+            source: source.to_string(),
         })
     }
 

@@ -4,11 +4,13 @@ use rusqlite::{Connection, Row, params};
 
 use crate::core::breaker::Breaker;
 use crate::core::message::{Channel, Role};
-use crate::core::ports::{ConversationSummary, ReplyKind, StoreError, StoredMessage, Summary};
+use crate::core::ports::{
+    ConversationSummary, PromptVersion, ReplyKind, StoreError, StoredMessage, Summary,
+};
 
 pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.role, m.text, m.created_at, \
      m.correlation_id, m.provider_message_id, m.reply_to, m.provider, m.model, \
-     m.prompt_version, m.prompt_tokens, m.completion_tokens, m.latency_ms, m.kind";
+     m.prompt_version, m.prompt_tokens, m.completion_tokens, m.latency_ms, m.kind, m.answered_by";
 
 pub(super) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     let role: String = row.get(2)?;
@@ -33,6 +35,7 @@ pub(super) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage>
                 ReplyKind::parse(&k).ok_or_else(|| bad_value(14, format!("unknown kind `{k}`")))
             })
             .transpose()?,
+        answered_by: row.get(15)?,
     })
 }
 
@@ -50,6 +53,17 @@ pub(super) fn breaker_from_row(row: &Row<'_>) -> rusqlite::Result<Breaker> {
         next_probe_at: row.get(5)?,
         last_error: row.get(6)?,
         updated_at: row.get(7)?,
+    })
+}
+
+pub(super) const PROMPT_COLUMNS: &str = "version, text, created_at, source";
+
+pub(super) fn prompt_from_row(row: &Row<'_>) -> rusqlite::Result<PromptVersion> {
+    Ok(PromptVersion {
+        version: row.get(0)?,
+        text: row.get(1)?,
+        created_at: row.get(2)?,
+        source: row.get(3)?,
     })
 }
 
@@ -72,8 +86,8 @@ pub(super) fn message_by_id(conn: &Connection, id: i64) -> Result<StoredMessage,
         .query_row(params![id], message_from_row)?)
 }
 
-pub(super) const CONVERSATION_COLUMNS: &str =
-    "id, channel, sender, thread, message_count, started_at, last_activity_at, closed_at";
+pub(super) const CONVERSATION_COLUMNS: &str = "id, channel, sender, thread, message_count, started_at, last_activity_at, closed_at, \
+     display_name";
 
 pub(super) fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<ConversationSummary> {
     let channel: String = row.get(1)?;
@@ -87,6 +101,7 @@ pub(super) fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversat
         started_at: row.get(5)?,
         last_activity_at: row.get(6)?,
         closed: closed_at.is_some(),
+        display_name: row.get(8)?,
     })
 }
 

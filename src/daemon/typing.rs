@@ -1,0 +1,46 @@
+//! "A person never waits in silence": while a turn runs, the channel's
+//! typing signal is shown and repeated before it fades, until the turn
+//! ends (the guard is dropped). Best effort: a failed signal is logged and
+//! never holds up the reply. Nothing is sent in dry-run mode.
+
+use std::sync::Arc;
+
+use super::Daemon;
+use crate::core::InboundMessage;
+use crate::core::channel;
+
+/// Stops the signal when dropped.
+pub struct Typing(tokio::task::JoinHandle<()>);
+
+impl Drop for Typing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the typing signal for the turn answering `turn` (its last message).
+pub fn start(daemon: &Arc<Daemon>, turn: &[InboundMessage]) -> Option<Typing> {
+    if daemon.settings.dry_run {
+        return None;
+    }
+    let message = turn.last()?.clone();
+    let adapter = channel::find(&daemon.channels, message.key.channel)?.clone();
+    // Channels without a signal spawn nothing (the future is never run).
+    drop(adapter.typing(&message.key, &message)?);
+    let every = adapter
+        .typing_lasts()
+        .saturating_sub(std::time::Duration::from_secs(1))
+        .max(std::time::Duration::from_secs(1));
+    Some(Typing(tokio::spawn(async move {
+        loop {
+            if let Some(signal) = adapter.typing(&message.key, &message)
+                && let Err(e) = signal.await
+            {
+                tracing::info!(correlation_id = %message.correlation_id, error = %e, "typing signal not shown");
+                // A channel that refuses it once will refuse it again.
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    })))
+}
