@@ -47,6 +47,8 @@ pub struct Options {
     pub llm: Arc<dyn LlmProvider>,
     pub settings: DaemonSettings,
     pub public_url: Option<String>,
+    /// Changes to the configuration, after the fakes' URLs and secrets.
+    pub configure: fn(&mut Config),
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
                 ..DaemonSettings::default()
             },
             public_url: None,
+            configure: |_| {},
         }
     }
 }
@@ -125,6 +128,7 @@ impl Harness {
         c.twilio.auth_token = Some(TWILIO_TOKEN.into());
         c.twilio.whatsapp_from = Some("whatsapp:+14155238886".into());
         c.twilio.api_base = Some(twilio.uri());
+        (options.configure)(&mut config);
 
         let store = Arc::new(SqliteStore::open(&dir.path().join("convagent.db")).unwrap());
         let metrics = Metrics::new();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use convagent::adapters::channels::slack::Slack;
 use convagent::adapters::channels::whatsapp::WhatsApp;
-use convagent::core::Store;
+use convagent::core::{Store, TraceStore};
 use convagent::golden::Golden;
 
 use crate::{Harness, Options, SLACK_SECRET, TWILIO_TOKEN, mount_success, now_secs};
@@ -333,5 +333,51 @@ async fn the_public_url_recorded_by_tunnel_is_followed_without_a_restart() {
         .post(&signed_for("https://second-tunnel.trycloudflare.com"))
         .await;
     assert_eq!(status, 200, "{body}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn body_limits_are_per_channel() {
+    let h = Harness::start(Options {
+        configure: |c| c.channels.telegram.max_body_bytes = 2048,
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    let mut long = h.golden("telegram/text.json");
+    long.json.as_mut().unwrap()["message"]["text"] = serde_json::json!("x".repeat(4000));
+    let (status, body, _) = h.post(&h.sign(&long)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("limited to 2048 bytes"), "{body}");
+
+    // Slack keeps the default limit: the same size passes there.
+    let mut slack = h.golden("slack/message_im.json");
+    slack.json.as_mut().unwrap()["event"]["text"] = serde_json::json!("y".repeat(4000));
+    assert_eq!(h.post(&h.sign(&slack)).await.0, 200);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn ignored_updates_are_acknowledged_with_a_traced_reason() {
+    let h = Harness::start(Options::default()).await;
+    let (status, body, correlation) = h
+        .post(&h.sign(&h.golden("telegram/testing_sample_inline_query.json")))
+        .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ignored: update kind not handled\n")
+    );
+    let correlation = correlation.unwrap();
+    // The tracer writes in the background.
+    assert!(
+        crate::support::eventually(5, || !h.store.trace(&correlation).unwrap().is_empty()).await
+    );
+    let trace = h.store.trace(&correlation).unwrap();
+    assert_eq!(trace.len(), 1, "{trace:?}");
+    assert_eq!(trace[0].stage, "ignored");
+    assert_eq!(
+        trace[0].detail.as_deref(),
+        Some("telegram: update kind not handled")
+    );
     h.stop().await;
 }

@@ -293,3 +293,100 @@ async fn when_every_provider_fails_the_fallback_is_sent_and_the_message_answered
     );
     assert_eq!(b.calls(), calls);
 }
+
+/// A provider whose first call is a cold model load: nothing for `load`,
+/// then the answer; later calls answer at once.
+struct ColdLlm {
+    load: Duration,
+    calls: std::sync::atomic::AtomicUsize,
+    finished: std::sync::atomic::AtomicUsize,
+}
+
+impl LlmProvider for ColdLlm {
+    fn name(&self) -> &str {
+        "cold"
+    }
+
+    fn model(&self) -> &str {
+        "big-model"
+    }
+
+    fn generate<'a>(
+        &'a self,
+        _request: &'a LlmRequest,
+        on_event: &'a mut convagent::core::llm::OnEvent<'_>,
+    ) -> convagent::core::llm::BoxFuture<'a, Result<convagent::core::LlmOutput, LlmError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            if self.calls.fetch_add(1, SeqCst) == 0 {
+                tokio::time::sleep(self.load).await;
+            }
+            on_event(convagent::core::StreamEvent::Token("warm "));
+            on_event(convagent::core::StreamEvent::Token("answer"));
+            self.finished.fetch_add(1, SeqCst);
+            Ok(convagent::core::LlmOutput {
+                text: "warm answer".into(),
+                provider: "cold".into(),
+                model: "big-model".into(),
+                prompt_tokens: None,
+                completion_tokens: Some(2),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn past_its_patience_a_turn_moves_on_and_the_slow_provider_warms_up_unharmed() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+    let clock = Arc::new(FakeClock::at(1_000_000));
+    let cold = Arc::new(ColdLlm {
+        load: Duration::from_millis(1_500),
+        calls: Default::default(),
+        finished: Default::default(),
+    });
+    let backup = Arc::new(ScriptedLlm::new("embedded", vec![Ok("backup".into())]));
+    let chain = Chain::new(
+        vec![cold.clone(), backup.clone()],
+        store.clone(),
+        clock,
+        ChainPolicy {
+            patience: Some(Duration::from_millis(200)),
+            ..policy()
+        },
+    );
+
+    let out = chain.generate(&request(), &mut |_| {}).await.unwrap();
+    assert_eq!(
+        out.provider, "embedded",
+        "the turn did not wait for the cold load"
+    );
+    assert_eq!(
+        cold.finished.load(SeqCst),
+        0,
+        "answered before the load ended"
+    );
+    let breaker = store.breaker("cold", "big-model").unwrap();
+    assert!(
+        breaker.as_ref().is_none_or(|b| b.failures == 0),
+        "slow is not a failure: {breaker:?}"
+    );
+
+    // The load goes on in the background; the next turn finds it warm.
+    assert!(crate::support::eventually(10, || cold.finished.load(SeqCst) == 1).await);
+    let mut streamed = String::new();
+    let out = chain
+        .generate(&request(), &mut |e| {
+            if let convagent::core::StreamEvent::Token(t) = e {
+                streamed.push_str(t);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.provider.as_str(), streamed.as_str()),
+        ("cold", "warm answer")
+    );
+    assert_eq!(backup.calls(), 1);
+}

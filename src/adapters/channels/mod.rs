@@ -116,3 +116,58 @@ pub fn enabled(config: &Config) -> Vec<Arc<dyn ChannelAdapter>> {
     }
     out
 }
+
+#[cfg(test)]
+pub(crate) mod leniency {
+    //! Ingress leniency: an authenticated payload in the provider's format
+    //! is never refused for a missing field. These build every variant of a
+    //! documented payload with one field (at any depth) removed.
+
+    use crate::core::channel::WebhookRequest;
+
+    /// `value` with each object key, at every depth, removed in turn.
+    pub fn without_each_field(value: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        walk(value, &mut Vec::new(), value, &mut out);
+        out
+    }
+
+    fn walk(
+        root: &serde_json::Value,
+        path: &mut Vec<String>,
+        node: &serde_json::Value,
+        out: &mut Vec<(String, serde_json::Value)>,
+    ) {
+        let Some(map) = node.as_object() else { return };
+        for (key, child) in map {
+            path.push(key.clone());
+            let mut copy = root.clone();
+            let mut target = &mut copy;
+            for p in &path[..path.len() - 1] {
+                target = &mut target[p.as_str()];
+            }
+            if let Some(obj) = target.as_object_mut() {
+                obj.remove(key);
+            }
+            out.push((path.join("."), copy));
+            walk(root, path, child, out);
+            path.pop();
+        }
+    }
+
+    pub fn request<'a>(content_type: &'a [(String, String)], body: &'a [u8]) -> WebhookRequest<'a> {
+        WebhookRequest {
+            url: "https://bot.example/webhook/x",
+            headers: content_type,
+            body,
+            now_ms: 1_763_712_000_000,
+        }
+    }
+
+    pub fn json_headers() -> Vec<(String, String)> {
+        vec![(
+            "content-type".into(),
+            "APPLICATION/JSON; charset=UTF-8".into(),
+        )]
+    }
+}

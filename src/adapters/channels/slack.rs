@@ -316,6 +316,58 @@ impl Slack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::channels::leniency::{json_headers, request, without_each_field};
+
+    fn slack() -> Slack {
+        Slack::new(SlackSettings {
+            bot_token: "xoxb-x".into(),
+            signing_secret: "s".into(),
+            api_base: DEFAULT_API_BASE.into(),
+            max_body_bytes: 1 << 20,
+        })
+    }
+
+    #[test]
+    fn an_event_missing_any_one_field_is_never_refused() {
+        let event = json!({
+            "token": "XXYYZZ", "team_id": "T0001", "api_app_id": "A0001",
+            "type": "event_callback", "event_id": "Ev1", "event_time": 1763712000,
+            "event": { "type": "message", "channel": "D024BE91L", "user": "U1",
+                       "text": "hello", "ts": "1355517523.000005", "channel_type": "im",
+                       "user_profile": { "display_name": "ada", "real_name": "Ada" } }
+        });
+        let headers = json_headers();
+        for (dropped, event) in without_each_field(&event) {
+            let body = event.to_string();
+            let parsed = slack().parse(&request(&headers, body.as_bytes()));
+            assert!(parsed.is_ok(), "without `{dropped}`: {parsed:?}");
+        }
+        // Without event_id, the channel and ts identify the message.
+        let mut no_id = event.clone();
+        no_id.as_object_mut().unwrap().remove("event_id");
+        let body = no_id.to_string();
+        let Ok(Inbound::Message(m)) = slack().parse(&request(&headers, body.as_bytes())) else {
+            panic!("a message");
+        };
+        assert_eq!(m.provider_message_id, "D024BE91L:1355517523.000005");
+        assert_eq!(m.metadata[SENDER_NAME], "ada");
+    }
+
+    #[test]
+    fn an_empty_event_id_is_the_senders_error() {
+        let body = json!({ "type": "event_callback", "event_id": " ",
+            "event": { "type": "message", "channel": "D1", "user": "U1", "text": "x",
+                       "ts": "1.2", "channel_type": "im" } })
+        .to_string();
+        let headers = json_headers();
+        let err = slack()
+            .parse(&request(&headers, body.as_bytes()))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            WebhookError::BadRequest("Slack event_callback with an empty `event_id`".into())
+        );
+    }
 
     #[test]
     fn signature_matches_slacks_documented_example() {

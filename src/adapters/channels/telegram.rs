@@ -89,7 +89,7 @@ impl User {
 
 #[derive(Deserialize)]
 struct Chat {
-    id: i64,
+    id: Option<i64>,
     #[serde(rename = "type", default)]
     kind: String,
 }
@@ -123,13 +123,13 @@ impl Telegram {
         if from.is_bot {
             return Inbound::Ignore("message from a bot");
         }
-        let Some(chat) = &m.chat else {
+        let Some((chat, chat_id)) = m.chat.as_ref().and_then(|c| Some((c, c.id?))) else {
             return Inbound::Ignore("message without a chat");
         };
         // A redelivered update and the same message in another update are
         // one message; without a message id the update id identifies it.
         let provider_message_id = match (m.message_id, update_id) {
-            (Some(id), _) => format!("{}:{id}", chat.id),
+            (Some(id), _) => format!("{chat_id}:{id}"),
             (None, Some(update)) => format!("update:{update}"),
             (None, None) => return Inbound::Ignore("message without an id"),
         };
@@ -155,7 +155,7 @@ impl Telegram {
             metadata.insert(SENDER_NAME.into(), name);
         }
         Inbound::Message(InboundMessage {
-            key: ConversationKey::new(Channel::Telegram, sender.to_string(), chat.id.to_string()),
+            key: ConversationKey::new(Channel::Telegram, sender.to_string(), chat_id.to_string()),
             text,
             provider_message_id,
             provider_ts: m.date.map(|d| d * 1000),
@@ -224,7 +224,7 @@ impl ChannelAdapter for Telegram {
                 .message
                 .as_ref()
                 .and_then(|m| m.chat.as_ref())
-                .map(|c| c.id)
+                .and_then(|c| c.id)
             else {
                 return Ok(Inbound::Ignore("callback query without its message"));
             };
@@ -417,5 +417,100 @@ impl Telegram {
     pub async fn get_me(&self) -> Result<String, String> {
         let me = self.call("getMe", json!({})).await?;
         Ok(me["username"].as_str().unwrap_or("?").to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::channels::leniency::{json_headers, request, without_each_field};
+
+    fn telegram() -> Telegram {
+        Telegram::new(TelegramSettings {
+            bot_token: "1:x".into(),
+            webhook_secret: "s".into(),
+            api_base: DEFAULT_API_BASE.into(),
+            max_body_bytes: 1 << 20,
+        })
+    }
+
+    fn full_update() -> serde_json::Value {
+        json!({
+            "update_id": 900000001,
+            "message": {
+                "message_id": 101,
+                "from": { "id": 111, "is_bot": false, "first_name": "Ada", "last_name": "L",
+                          "username": "ada_l", "language_code": "en" },
+                "chat": { "id": 111, "first_name": "Ada", "username": "ada_l", "type": "private" },
+                "date": 1763712000,
+                "text": "hello",
+                "entities": [{ "type": "bot_command", "offset": 0, "length": 1 }]
+            }
+        })
+    }
+
+    #[test]
+    fn an_update_missing_any_one_field_is_never_refused() {
+        let headers = json_headers();
+        let t = telegram();
+        for (dropped, update) in without_each_field(&full_update()) {
+            let body = update.to_string();
+            let parsed = t.parse(&request(&headers, body.as_bytes()));
+            assert!(parsed.is_ok(), "without `{dropped}`: {parsed:?}");
+        }
+        let callback = json!({ "update_id": 5, "callback_query": {
+            "id": "cb1", "from": { "id": 111, "is_bot": false, "first_name": "Ada" },
+            "message": { "message_id": 9, "chat": { "id": 111, "type": "private" } },
+            "data": "yes" } });
+        for (dropped, update) in without_each_field(&callback) {
+            let body = update.to_string();
+            let parsed = t.parse(&request(&headers, body.as_bytes()));
+            assert!(parsed.is_ok(), "without `{dropped}`: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn what_is_kept_of_a_minimal_update() {
+        let headers = json_headers();
+        let body = json!({ "update_id": 7, "message": {
+            "message_id": 3, "chat": { "id": 42 }, "from": { "id": 42, "first_name": "Test" },
+            "text": "hi" } })
+        .to_string();
+        let Ok(Inbound::Message(m)) = telegram().parse(&request(&headers, body.as_bytes())) else {
+            panic!("a minimal update is a message");
+        };
+        assert_eq!(m.provider_message_id, "42:3");
+        assert_eq!(m.key, ConversationKey::new(Channel::Telegram, "42", "42"));
+        assert_eq!(m.metadata[SENDER_NAME], "Test");
+        // Without a message id, the update id still tells redeliveries apart.
+        let body = json!({ "update_id": 7, "message": {
+            "chat": { "id": 42 }, "from": { "id": 42 }, "text": "hi" } })
+        .to_string();
+        let Ok(Inbound::Message(m)) = telegram().parse(&request(&headers, body.as_bytes())) else {
+            panic!("still a message");
+        };
+        assert_eq!(m.provider_message_id, "update:7");
+    }
+
+    #[test]
+    fn media_types_compare_case_insensitively_and_bodies_must_be_json() {
+        let t = telegram();
+        let headers = vec![
+            (
+                "content-type".to_string(),
+                "Application/JSON; charset=UTF-8".to_string(),
+            ),
+            (
+                "x-telegram-bot-api-secret-token".to_string(),
+                "s".to_string(),
+            ),
+        ];
+        assert_eq!(t.verify(&request(&headers, b"{}")), Ok(()));
+        // Not the provider's format at all: 400, with the reason.
+        let err = t.parse(&request(&headers, b"[1,2]")).unwrap_err();
+        assert!(
+            matches!(err, WebhookError::BadRequest(ref m) if m.starts_with("invalid Telegram update")),
+            "{err:?}"
+        );
     }
 }

@@ -336,6 +336,55 @@ impl WhatsApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::channels::leniency::request;
+
+    fn twilio() -> WhatsApp {
+        WhatsApp::new(TwilioSettings {
+            account_sid: "ACx".into(),
+            auth_token: "t".into(),
+            whatsapp_from: None,
+            api_base: DEFAULT_API_BASE.into(),
+            max_body_bytes: 1 << 20,
+        })
+    }
+
+    #[test]
+    fn a_form_missing_any_one_parameter_is_never_refused() {
+        let full = [
+            ("MessageSid", "SM1"),
+            ("SmsMessageSid", "SM1"),
+            ("AccountSid", "ACx"),
+            ("From", "whatsapp:+14155550123"),
+            ("To", "whatsapp:+14155238886"),
+            ("Body", "hi"),
+            ("NumMedia", "1"),
+            ("MediaUrl0", "https://m.example/1"),
+            ("MediaContentType0", "image/jpeg"),
+            ("ProfileName", "Ada"),
+            ("WaId", "14155550123"),
+        ];
+        let headers = vec![(
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded; charset=UTF-8".to_string(),
+        )];
+        for skip in 0..full.len() {
+            let form: Vec<_> = full
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, p)| *p)
+                .collect();
+            let body = serde_urlencoded::to_string(&form).unwrap();
+            let parsed = twilio().parse(&request(&headers, body.as_bytes()));
+            assert!(parsed.is_ok(), "without `{}`: {parsed:?}", full[skip].0);
+        }
+        let body = serde_urlencoded::to_string(full).unwrap();
+        let Ok(Inbound::Message(m)) = twilio().parse(&request(&headers, body.as_bytes())) else {
+            panic!("a message");
+        };
+        assert_eq!(m.metadata[SENDER_NAME], "Ada");
+        assert_eq!(m.attachments.len(), 1);
+    }
 
     #[test]
     fn default_ports_are_tried_both_ways() {
