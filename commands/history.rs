@@ -15,7 +15,7 @@ pub struct Args {
     #[command(subcommand)]
     action: Option<Action>,
 
-    /// Only this channel (whatsapp, telegram, slack, cli)
+    /// Only this channel (whatsapp, sms, telegram, slack, cli)
     #[arg(long, global = true)]
     channel: Option<Channel>,
 

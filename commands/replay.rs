@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use convagent::config::ChannelsConfig;
+use convagent::config::Config;
 use convagent::golden::{Golden, SignedRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -55,7 +55,7 @@ struct Outcome {
 }
 
 /// Signs a payload for the daemon at `--to`, as its provider would now.
-fn sign(golden: &Golden, args: &Args, secrets: &ChannelsConfig) -> Result<SignedRequest> {
+fn sign(golden: &Golden, args: &Args, secrets: &Config) -> Result<SignedRequest> {
     golden
         .sign(
             &args.to,
@@ -109,7 +109,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             "pass .json files or folders holding them"
         ));
     }
-    let secrets = ctx.settings()?.config.channels.clone();
+    let secrets = ctx.settings()?.config.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -128,7 +128,7 @@ async fn each(
     client: &reqwest::Client,
     args: &Args,
     files: &[(PathBuf, Golden)],
-    secrets: &ChannelsConfig,
+    secrets: &Config,
 ) -> Result<ExitCode> {
     let mut failed = 0;
     for (path, golden) in files {
@@ -186,7 +186,7 @@ async fn load(
     client: &reqwest::Client,
     args: &Args,
     files: &[(PathBuf, Golden)],
-    secrets: &ChannelsConfig,
+    secrets: &Config,
     rate: u32,
 ) -> Result<ExitCode> {
     let total = u64::from(rate) * args.duration;

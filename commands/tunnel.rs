@@ -12,8 +12,9 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use convagent::adapters::channels;
+use convagent::adapters::channels::registry;
 use convagent::config::Settings;
+use convagent::core::channel::Registration;
 use convagent::daemon::public_url::recorded_path;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -197,73 +198,21 @@ fn record(state_dir: &Path, url: &str) -> Result<PathBuf> {
 
 /// Registers the webhooks for `url`; prints what it did and what to paste.
 async fn register(settings: &Settings, url: &str) -> bool {
-    let config = &settings.config;
     let mut ok = true;
-    match channels::telegram(config) {
-        Some(telegram) => {
-            let hook = format!("{url}/webhook/telegram");
-            match telegram.set_webhook(&hook).await {
-                Ok(()) => match telegram.webhook_info().await {
-                    Ok(info) if info.url == hook => {
-                        println!(
-                            "✓ telegram   webhook set to {hook} (getWebhookInfo confirms; {} pending)",
-                            info.pending_update_count
-                        );
-                        if let Some(e) = info.last_error_message {
-                            println!("             Telegram's last delivery error: {e}");
-                        }
-                    }
-                    Ok(info) => {
-                        ok = false;
-                        println!(
-                            "✗ telegram   setWebhook succeeded but getWebhookInfo says `{}`",
-                            info.url
-                        );
-                    }
-                    Err(e) => {
-                        ok = false;
-                        println!("✗ telegram   {e}");
-                    }
-                },
-                Err(e) => {
-                    ok = false;
-                    println!(
-                        "✗ telegram   {e}\n             fix: check TELEGRAM_BOT_TOKEN (`convagent doctor --live`)"
-                    );
-                }
-            }
-        }
-        None => println!(
-            "· telegram   not configured (set TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET)"
-        ),
-    }
-    let whatsapp_url = format!("{url}/webhook/whatsapp");
-    match (
-        channels::whatsapp(config),
-        &config.channels.twilio.phone_number_sid,
-    ) {
-        (Some(twilio), Some(sid)) => match twilio.set_inbound_url(sid, &whatsapp_url).await {
-            Ok(()) => {
-                println!("✓ whatsapp   number {sid} now posts incoming messages to {whatsapp_url}")
-            }
-            Err(e) => {
+    for spec in registry::ALL {
+        let name = spec.channel.as_str();
+        let Some(adapter) = (spec.build)(&settings.config) else {
+            println!("· {name:<10} not configured (set {})", spec.secrets_hint());
+            continue;
+        };
+        let hook = format!("{url}/webhook/{name}");
+        match adapter.register(&hook).await {
+            Registration::Registered(done) => println!("✓ {name:<10} {done}"),
+            Registration::Manual(todo) => println!("→ {name:<10} {todo}"),
+            Registration::Failed(why) => {
                 ok = false;
-                println!("✗ whatsapp   {e}\n             paste by hand instead: {whatsapp_url}");
+                println!("✗ {name:<10} {why}");
             }
-        },
-        (Some(_), None) => println!(
-            "→ whatsapp   in Twilio, set \"When a message comes in\" (HTTP POST) to:\n             {whatsapp_url}"
-        ),
-        (None, _) => {
-            println!("· whatsapp   not configured (set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)")
-        }
-    }
-    match channels::slack(config) {
-        Some(_) => println!(
-            "→ slack      in your Slack app, Event Subscriptions → Request URL:\n             {url}/webhook/slack"
-        ),
-        None => {
-            println!("· slack      not configured (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET)")
         }
     }
     ok
@@ -328,12 +277,15 @@ async fn tunnel(ctx: &Context, args: Args) -> Result<ExitCode> {
             None => {
                 let _ = running.child.kill().await;
                 println!("tunnel stopped");
-                if args.cleanup
-                    && let Some(telegram) = channels::telegram(&settings.config)
-                {
-                    match telegram.delete_webhook().await {
-                        Ok(()) => println!("✓ telegram   webhook removed"),
-                        Err(e) => println!("✗ telegram   {e}"),
+                if args.cleanup {
+                    for adapter in registry::enabled(&settings.config) {
+                        let name = adapter.channel().as_str();
+                        if let Some(undo) = adapter.unregister() {
+                            match undo.await {
+                                Ok(done) => println!("✓ {name:<10} {done}"),
+                                Err(e) => println!("✗ {name:<10} {e}"),
+                            }
+                        }
                     }
                 }
                 return Ok(ExitCode::SUCCESS);

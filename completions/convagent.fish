@@ -51,7 +51,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand chat" -l json -d 'Pr
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -s V -l version -d 'Print version'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -l channel -d 'Only this channel (whatsapp, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -l json -d 'Print JSON instead of a table'
@@ -63,21 +63,21 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and not __f
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "search" -d 'Full-text search over all messages'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l sender -d 'Only this sender' -r
-complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l channel -d 'Only this channel (whatsapp, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l channel -d 'Only this channel (whatsapp, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l channel -d 'Only this channel (whatsapp, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l json -d 'Print JSON instead of a table'

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::adapters::channels::{slack::Slack, whatsapp::WhatsApp};
-use crate::config::ChannelsConfig;
+use crate::adapters::channels::registry;
+use crate::config::Config;
 use crate::core::Channel;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,10 +62,7 @@ pub enum GoldenError {
     #[error("{}: not a golden payload: {message}", .path.display())]
     Format { path: PathBuf, message: String },
     #[error("{channel}: cannot sign without {missing} (set it in the config or the environment)")]
-    MissingSecret {
-        channel: Channel,
-        missing: &'static str,
-    },
+    MissingSecret { channel: Channel, missing: String },
 }
 
 /// A request ready to send.
@@ -156,11 +153,12 @@ impl Golden {
     /// The request as the provider would send it to `base` (the daemon's
     /// URL), signed with the configured secrets. `public_url` is the base
     /// the daemon believes it is reached at (Twilio signs the full URL).
+    /// The channel's adapter signs, with the configured secrets.
     pub fn sign(
         &self,
         base: &str,
         public_url: Option<&str>,
-        secrets: &ChannelsConfig,
+        config: &Config,
         now_secs: i64,
     ) -> Result<SignedRequest, GoldenError> {
         let path = format!("/webhook/{}", self.channel);
@@ -179,55 +177,18 @@ impl Golden {
         if !headers.iter().any(|(k, _)| k == "content-type") {
             headers.push(("content-type".into(), content_type.into()));
         }
-        let missing = |missing| GoldenError::MissingSecret {
-            channel: self.channel,
-            missing,
+        let adapter =
+            registry::adapter(config, self.channel).ok_or_else(|| GoldenError::MissingSecret {
+                channel: self.channel,
+                missing: registry::spec(self.channel)
+                    .map_or_else(|| "a webhook channel".into(), |s| s.secrets_hint()),
+            })?;
+        // Twilio signs the URL it called: the public one, if any.
+        let signed_url = match public_url {
+            Some(p) => format!("{}{path}", p.trim_end_matches('/')),
+            None => url.clone(),
         };
-        match self.channel {
-            Channel::Telegram => {
-                let secret = secrets
-                    .telegram
-                    .webhook_secret
-                    .as_ref()
-                    .ok_or(missing("TELEGRAM_WEBHOOK_SECRET"))?;
-                headers.push(("x-telegram-bot-api-secret-token".into(), secret.clone()));
-            }
-            Channel::Slack => {
-                let secret = secrets
-                    .slack
-                    .signing_secret
-                    .as_ref()
-                    .ok_or(missing("SLACK_SIGNING_SECRET"))?;
-                let ts = now_secs.to_string();
-                headers.push((
-                    "x-slack-signature".into(),
-                    Slack::signature(secret, &ts, &body),
-                ));
-                headers.push(("x-slack-request-timestamp".into(), ts));
-            }
-            Channel::Whatsapp => {
-                let token = secrets
-                    .twilio
-                    .auth_token
-                    .as_ref()
-                    .ok_or(missing("TWILIO_AUTH_TOKEN"))?;
-                let signed_url = match public_url {
-                    Some(p) => format!("{}{path}", p.trim_end_matches('/')),
-                    None => url.clone(),
-                };
-                let params: Vec<(String, String)> = self
-                    .form
-                    .iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                headers.push((
-                    "x-twilio-signature".into(),
-                    WhatsApp::signature(token, &signed_url, &params),
-                ));
-            }
-            Channel::Cli => {}
-        }
+        headers.extend(adapter.sign(&signed_url, &body, now_secs));
         Ok(SignedRequest { url, headers, body })
     }
 }

@@ -185,7 +185,7 @@ impl Harness {
 
     pub fn sign(&self, golden: &Golden) -> SignedRequest {
         golden
-            .sign(&self.url, None, &self.config.channels, now_secs())
+            .sign(&self.url, None, &self.config, now_secs())
             .unwrap()
     }
 

@@ -67,13 +67,13 @@ pub struct State {
     pub seen: HashMap<i64, i64>,
 }
 
-const CHANNELS: [Option<Channel>; 5] = [
-    None,
-    Some(Channel::Whatsapp),
-    Some(Channel::Telegram),
-    Some(Channel::Slack),
-    Some(Channel::Cli),
-];
+/// The channel filter cycles through every channel, then back to all.
+fn next_channel(current: Option<Channel>) -> Option<Channel> {
+    match current {
+        None => Channel::ALL.first().copied(),
+        Some(c) => Channel::ALL.iter().skip_while(|&&x| x != c).nth(1).copied(),
+    }
+}
 
 impl State {
     pub fn view(&self) -> View {
@@ -163,11 +163,7 @@ impl State {
                 Action::None
             }
             (View::Conversations, Key::Char('c')) => {
-                let i = CHANNELS
-                    .iter()
-                    .position(|c| *c == self.channel)
-                    .unwrap_or(0);
-                self.channel = CHANNELS[(i + 1) % CHANNELS.len()];
+                self.channel = next_channel(self.channel);
                 self.selected = 0;
                 Action::Reload
             }

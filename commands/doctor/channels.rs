@@ -2,7 +2,7 @@
 //! provider), the public URL known (and reachable through it), and the
 //! Telegram webhook registered where Telegram lets us ask.
 
-use convagent::adapters::channels;
+use convagent::adapters::channels::registry;
 use convagent::config::Settings;
 use convagent::daemon::public_url::{PublicUrl, recorded_path};
 
@@ -19,57 +19,77 @@ pub fn public_url(settings: &Settings) -> Option<String> {
 }
 
 pub async fn channel_checks(settings: &Settings, live: bool) -> Vec<Check> {
-    let c = &settings.config.channels;
+    let config = &settings.config;
     let mut checks = Vec::new();
-    let pairs = [
-        (
-            "whatsapp",
-            c.twilio.account_sid.is_some(),
-            "TWILIO_ACCOUNT_SID",
-            c.twilio.auth_token.is_some(),
-            "TWILIO_AUTH_TOKEN",
-        ),
-        (
-            "telegram",
-            c.telegram.bot_token.is_some(),
-            "TELEGRAM_BOT_TOKEN",
-            c.telegram.webhook_secret.is_some(),
-            "TELEGRAM_WEBHOOK_SECRET",
-        ),
-        (
-            "slack",
-            c.slack.bot_token.is_some(),
-            "SLACK_BOT_TOKEN",
-            c.slack.signing_secret.is_some(),
-            "SLACK_SIGNING_SECRET",
-        ),
-    ];
-    for (name, a, a_var, b, b_var) in pairs {
-        match (a, b) {
-            (false, false) => {}
-            (true, true) => checks.push(Check::pass(name, "credentials present")),
-            (true, false) => checks.push(Check::fail(
-                name,
-                format!("{a_var} is set but {b_var} is not"),
-                format!("set {b_var}"),
-            )),
-            (false, true) => checks.push(Check::fail(
-                name,
-                format!("{b_var} is set but {a_var} is not"),
-                format!("set {a_var}"),
-            )),
+    let mut enabled = Vec::new();
+    for spec in registry::ALL {
+        let name = spec.channel.as_str();
+        let present = (spec.present)(config);
+        if present.iter().all(|p| !p) {
+            continue;
         }
+        let missing: Vec<&str> = spec
+            .secrets
+            .iter()
+            .zip(&present)
+            .filter(|(_, p)| !**p)
+            .map(|(v, _)| *v)
+            .collect();
+        let Some(adapter) = (spec.build)(config).filter(|_| missing.is_empty()) else {
+            let set: Vec<&str> = spec
+                .secrets
+                .iter()
+                .zip(&present)
+                .filter(|(_, p)| **p)
+                .map(|(v, _)| *v)
+                .collect();
+            checks.push(Check::fail(
+                name,
+                format!(
+                    "{} is set but {} is not",
+                    set.join(" and "),
+                    missing.join(" and ")
+                ),
+                format!("set {}", missing.join(" and ")),
+            ));
+            continue;
+        };
+        let mut detail = "credentials present".to_string();
+        if let Some(from) = adapter.replies_from() {
+            detail.push_str(&format!("; {from}"));
+        }
+        checks.push(Check::pass(name, detail));
+        enabled.push((checks.len() - 1, adapter));
     }
     if checks.is_empty() {
+        let hints: Vec<String> = registry::ALL
+            .iter()
+            .map(|s| s.secrets.join(" + "))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         checks.push(Check::warn(
             "channels",
             "no channel enabled: `convagent serve` answers every webhook with 404",
-            "set TELEGRAM_BOT_TOKEN + TELEGRAM_WEBHOOK_SECRET, SLACK_BOT_TOKEN + SLACK_SIGNING_SECRET, or the TWILIO_* variables",
+            format!("set {}", hints.join(", or ")),
         ));
         return checks;
     }
     if live {
-        live_credentials(settings, &mut checks).await;
+        for (i, adapter) in &enabled {
+            let check = &mut checks[*i];
+            match adapter.check_credentials().await {
+                Ok(who) => check.detail = format!("credentials accepted ({who})"),
+                Err(e) => {
+                    check.status = super::Status::Fail;
+                    check.detail = e;
+                    check.fix = Some(
+                        "the provider refused the credentials: copy them again from its console"
+                            .into(),
+                    );
+                }
+            }
+        }
     } else if checks.iter().all(|c| c.status == super::Status::Pass) {
         for check in &mut checks {
             check
@@ -89,65 +109,17 @@ pub async fn channel_checks(settings: &Settings, live: bool) -> Vec<Check> {
     });
     if live && let Some(u) = &url {
         checks.push(reachable(u).await);
-        if let Some(telegram) = channels::telegram(&settings.config) {
-            let want = format!("{u}/webhook/telegram");
-            checks.push(match telegram.webhook_info().await {
-                Ok(info) if info.url == want => Check::pass(
-                    "webhook",
-                    format!(
-                        "Telegram delivers to {want} ({} pending)",
-                        info.pending_update_count
-                    ),
-                ),
-                Ok(info) if info.url.is_empty() => Check::fail(
-                    "webhook",
-                    "Telegram has no webhook set",
-                    "run `convagent tunnel`",
-                ),
-                Ok(info) => Check::fail(
-                    "webhook",
-                    format!("Telegram delivers to {}, not {want}", info.url),
-                    "run `convagent tunnel` to register the current URL",
-                ),
-                Err(e) => Check::fail("webhook", e, "check TELEGRAM_BOT_TOKEN"),
-            });
-        }
-    }
-    checks
-}
-
-async fn live_credentials(settings: &Settings, checks: &mut [Check]) {
-    let config = &settings.config;
-    for check in checks
-        .iter_mut()
-        .filter(|c| c.status == super::Status::Pass)
-    {
-        let result = match check.name.as_str() {
-            "telegram" => match channels::telegram(config) {
-                Some(t) => t.get_me().await.map(|u| format!("getMe: @{u}")),
-                None => continue,
-            },
-            "slack" => match channels::slack(config) {
-                Some(s) => s.auth_test().await.map(|who| format!("auth.test: {who}")),
-                None => continue,
-            },
-            "whatsapp" => match channels::whatsapp(config) {
-                Some(w) => w.fetch_account().await.map(|a| format!("account {a}")),
-                None => continue,
-            },
-            _ => continue,
-        };
-        match result {
-            Ok(detail) => check.detail = format!("credentials accepted ({detail})"),
-            Err(e) => {
-                check.status = super::Status::Fail;
-                check.detail = e;
-                check.fix = Some(
-                    "the provider refused the credentials: copy them again from its console".into(),
-                );
+        for (_, adapter) in &enabled {
+            let hook = format!("{u}/webhook/{}", adapter.channel());
+            if let Some(check) = adapter.check_webhook(&hook) {
+                checks.push(match check.await {
+                    Ok(detail) => Check::pass("webhook", detail),
+                    Err((detail, fix)) => Check::fail("webhook", detail, fix),
+                });
             }
         }
     }
+    checks
 }
 
 /// The daemon's `/health` through the public URL.

@@ -302,6 +302,7 @@ impl Config {
         set(&mut c.twilio.account_sid, "TWILIO_ACCOUNT_SID");
         set(&mut c.twilio.auth_token, "TWILIO_AUTH_TOKEN");
         set(&mut c.twilio.whatsapp_from, "TWILIO_WHATSAPP_FROM");
+        set(&mut c.twilio.sms_from, "TWILIO_SMS_FROM");
         set(&mut c.twilio.api_base, "CONVAGENT_TWILIO_API_BASE");
         set(
             &mut c.twilio.phone_number_sid,

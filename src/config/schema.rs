@@ -296,6 +296,8 @@ pub struct TwilioConfig {
     pub account_sid: Option<String>,
     pub auth_token: Option<String>,
     pub whatsapp_from: Option<String>,
+    /// The number SMS replies go from; unset: the number each person wrote to.
+    pub sms_from: Option<String>,
     /// The phone number's SID (PN...): lets `convagent tunnel` set its inbound URL.
     pub phone_number_sid: Option<String>,
     pub api_base: Option<String>,
@@ -309,6 +311,7 @@ impl Default for TwilioConfig {
             account_sid: None,
             auth_token: None,
             whatsapp_from: None,
+            sms_from: None,
             phone_number_sid: None,
             api_base: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,

@@ -90,7 +90,21 @@ pub enum SendError {
     Permanent { code: String, detail: String },
 }
 
-/// One chat provider: inbound verify + parse, outbound send.
+/// What pointing a provider at our webhook URL came to (`convagent tunnel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// Done through the provider's API: what it now does.
+    Registered(String),
+    /// The provider has no API for it: what to paste where.
+    Manual(String),
+    /// The API refused: why, and what to do.
+    Failed(String),
+}
+
+/// One chat provider: inbound verify + parse, outbound send, and what the
+/// tools around the daemon need to know of it (registration, live checks,
+/// signing sample payloads). Everything that differs per channel is here
+/// or in its registry entry (`adapters::channels::registry`).
 pub trait ChannelAdapter: Send + Sync {
     fn channel(&self) -> Channel;
 
@@ -130,6 +144,39 @@ pub trait ChannelAdapter: Send + Sync {
         to: &'a ConversationKey,
         text: &'a str,
     ) -> BoxFuture<'a, Result<Sent, SendError>>;
+
+    /// The headers the provider would add to a request with `body` to
+    /// `url` at `now_secs` (its signature), for `replay` and golden
+    /// payloads.
+    fn sign(&self, url: &str, body: &[u8], now_secs: i64) -> Vec<(String, String)>;
+
+    /// Points the provider at `webhook_url`, where it has an API for that,
+    /// or says what to paste where.
+    fn register<'a>(&'a self, webhook_url: &'a str) -> BoxFuture<'a, Registration>;
+
+    /// Undoes [`ChannelAdapter::register`] where it did something
+    /// (`convagent tunnel --cleanup`).
+    fn unregister(&self) -> Option<BoxFuture<'_, Result<String, String>>> {
+        None
+    }
+
+    /// Asks the provider whether the credentials work (`doctor --live`):
+    /// who they belong to, or why not.
+    fn check_credentials(&self) -> BoxFuture<'_, Result<String, String>>;
+
+    /// Asks the provider where it delivers webhooks now, where it can tell
+    /// (`doctor --live`): `Ok` when that is `webhook_url`, else what to do.
+    fn check_webhook<'a>(
+        &'a self,
+        _webhook_url: &'a str,
+    ) -> Option<BoxFuture<'a, Result<String, (String, String)>>> {
+        None
+    }
+
+    /// Which number or account replies go from, for `doctor`.
+    fn replies_from(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Splits a reply into pieces of at most `limit` characters, preferring

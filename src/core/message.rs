@@ -13,14 +13,16 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Whatsapp,
+    Sms,
     Telegram,
     Slack,
     Cli,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [
+    pub const ALL: [Channel; 5] = [
         Channel::Whatsapp,
+        Channel::Sms,
         Channel::Telegram,
         Channel::Slack,
         Channel::Cli,
@@ -29,6 +31,7 @@ impl Channel {
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Whatsapp => "whatsapp",
+            Channel::Sms => "sms",
             Channel::Telegram => "telegram",
             Channel::Slack => "slack",
             Channel::Cli => "cli",
@@ -44,7 +47,7 @@ impl fmt::Display for Channel {
 
 /// Error for a channel name that is not one of [`Channel::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown channel `{0}` (expected one of: whatsapp, telegram, slack, cli)")]
+#[error("unknown channel `{0}` (expected one of: whatsapp, sms, telegram, slack, cli)")]
 pub struct UnknownChannel(pub String);
 
 impl FromStr for Channel {
@@ -171,8 +174,8 @@ mod tests {
             assert_eq!(c.as_str().parse::<Channel>().unwrap(), c);
         }
         assert_eq!("Telegram".parse::<Channel>().unwrap(), Channel::Telegram);
-        let err = "sms".parse::<Channel>().unwrap_err();
-        assert!(err.to_string().contains("unknown channel `sms`"));
+        let err = "discord".parse::<Channel>().unwrap_err();
+        assert!(err.to_string().contains("unknown channel `discord`"));
     }
 
     #[test]

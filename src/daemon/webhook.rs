@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{Daemon, workers};
+use crate::adapters::channels::registry;
 use crate::core::channel::{self, Inbound, WebhookError, WebhookRequest};
 use crate::core::{Channel, CorrelationId, StoreError};
 
@@ -62,20 +63,19 @@ pub async fn handle(
 ) -> Result<Response, Rejection> {
     let began = Instant::now();
     let now = daemon.clock.now_ms();
-    let channel: Channel = channel
-        .parse()
-        .ok()
-        .filter(|c| *c != Channel::Cli)
-        .ok_or_else(|| {
-            Rejection::NotFound(format!(
-                "unknown channel `{channel}` (whatsapp, telegram, slack)"
-            ))
-        })?;
+    let Some(spec) = channel.parse::<Channel>().ok().and_then(registry::spec) else {
+        let known: Vec<&str> = registry::ALL.iter().map(|s| s.channel.as_str()).collect();
+        return Err(Rejection::NotFound(format!(
+            "unknown channel `{channel}` ({})",
+            known.join(", ")
+        )));
+    };
+    let channel = spec.channel;
     let Some(adapter) = channel::find(&daemon.channels, channel) else {
         daemon.metrics.inbound(channel.as_str(), "not_enabled");
         return Err(Rejection::NotFound(format!(
             "channel {channel} is not enabled: set its secrets ({})",
-            secrets_hint(channel)
+            spec.secrets_hint()
         )));
     };
     if daemon.stopping() {
@@ -206,14 +206,5 @@ fn public_url(base: Option<&str>, headers: &[(String, String)], uri: &Uri) -> St
                 .map_or("http", |(_, v)| v.as_str());
             format!("{scheme}://{host}{path}")
         }
-    }
-}
-
-fn secrets_hint(channel: Channel) -> &'static str {
-    match channel {
-        Channel::Whatsapp => "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN",
-        Channel::Telegram => "TELEGRAM_BOT_TOKEN and TELEGRAM_WEBHOOK_SECRET",
-        Channel::Slack => "SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET",
-        Channel::Cli => "none",
     }
 }

@@ -105,9 +105,12 @@ fn lists_most_recent_first_and_filters_by_channel() {
     assert_eq!(list[0]["channel"], "whatsapp");
     assert_eq!(list[0]["message_count"], 2);
 
-    let out = env.cmd(&["history", "--channel", "sms"]).output().unwrap();
+    let out = env
+        .cmd(&["history", "--channel", "discord"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("unknown channel `sms`"));
+    assert!(stderr_of(&out).contains("unknown channel `discord`"));
 }
 
 #[test]

@@ -189,16 +189,21 @@ async fn replay_posts_the_golden_payloads_and_checks_the_answers() {
     let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/telegram");
     let url = daemon.url.clone();
     let out = tokio::task::block_in_place(|| {
+        // The same secrets as `serve`: the adapter that signs is the one
+        // that verifies.
         env.cmd(&["replay", golden, "--to", &url, "--expect"])
             .env("TELEGRAM_WEBHOOK_SECRET", SECRET)
+            .env("TELEGRAM_BOT_TOKEN", "123:replay")
             .output()
             .unwrap()
     });
     let text = stdout_of(&out);
     assert!(out.status.success(), "{text}{}", crate::stderr_of(&out));
+    let files = std::fs::read_dir(golden).unwrap().count();
+    assert!(files >= 13, "the Telegram golden set: {files}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with('✓')).count(),
-        9,
+        files,
         "{text}"
     );
     assert!(
@@ -216,6 +221,7 @@ async fn replay_posts_the_golden_payloads_and_checks_the_answers() {
             "--expect",
         ])
         .env("TELEGRAM_WEBHOOK_SECRET", "wrong")
+        .env("TELEGRAM_BOT_TOKEN", "123:replay")
         .output()
         .unwrap()
     });
@@ -235,6 +241,7 @@ async fn replay_posts_the_golden_payloads_and_checks_the_answers() {
             "2",
         ])
         .env("TELEGRAM_WEBHOOK_SECRET", SECRET)
+        .env("TELEGRAM_BOT_TOKEN", "123:replay")
         .output()
         .unwrap()
     });

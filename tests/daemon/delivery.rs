@@ -271,11 +271,16 @@ async fn slack_replies_in_the_thread_and_twilio_from_the_configured_number() {
     assert_eq!(twilio[0]["To"], "whatsapp:+14155550123");
     assert_eq!(twilio[0]["From"], "whatsapp:+14155238886");
     assert_eq!(twilio[0]["Body"], "echo: Hi! Are you open on Sunday?");
-    let request = &h.twilio.received_requests().await.unwrap()[0];
+    let requests = h.twilio.received_requests().await.unwrap();
+    let request = requests.iter().find(|r| !crate::is_typing(r)).unwrap();
     assert_eq!(
         request.url.path(),
         "/2010-04-01/Accounts/ACtest/Messages.json"
     );
+    // WhatsApp's typing indicator named the message being answered.
+    let typing = crate::typing_signals(&h.twilio).await;
+    assert_eq!(typing[0]["messageId"], "SM0000000000000000000000000000001");
+    assert_eq!(typing[0]["channel"], "whatsapp");
     assert!(
         request
             .headers
@@ -499,5 +504,41 @@ async fn in_an_outage_a_conversation_gets_one_fallback_until_it_is_answered_agai
     );
     let sent = wait_for(&h.telegram, 3).await;
     assert_eq!(sent.len(), 3, "{sent:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn sms_replies_go_from_the_number_written_to_without_a_whatsapp_prefix() {
+    let h = Harness::start(Options::default()).await;
+    mount_success(&h).await;
+    let (status, body, _) = h.post(&h.sign(&h.golden("sms/text.json"))).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let sent = wait_for(&h.twilio, 1).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    // TWILIO_SMS_FROM is unset: the reply goes from the number written to.
+    assert_eq!(sent[0]["To"], "+14155550100");
+    assert_eq!(sent[0]["From"], "+15017122661");
+    assert_eq!(sent[0]["Body"], "echo: Is my order ready?");
+    assert!(
+        crate::typing_signals(&h.twilio).await.is_empty(),
+        "SMS has no typing indicator"
+    );
+    let c = &h.store.conversations(&Default::default()).unwrap()[0];
+    assert_eq!(c.channel, convagent::core::Channel::Sms);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn whatsapp_without_a_configured_number_replies_from_the_one_written_to() {
+    let h = Harness::start(Options {
+        configure: |c| c.channels.twilio.whatsapp_from = None,
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    h.post(&h.sign(&h.golden("whatsapp/text.json"))).await;
+    let sent = wait_for(&h.twilio, 1).await;
+    assert_eq!(sent[0]["From"], "whatsapp:+14155238886");
+    assert_eq!(h.store.outbox_stats().unwrap().dead, 0);
     h.stop().await;
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use convagent::adapters::channels::slack::Slack;
-use convagent::adapters::channels::whatsapp::WhatsApp;
+use convagent::adapters::channels::twilio::Twilio;
 use convagent::core::{Store, TraceStore};
 use convagent::golden::Golden;
 
@@ -129,12 +129,12 @@ async fn twilio_signatures_use_the_public_url_with_or_without_the_default_port()
     let golden = h.golden("whatsapp/text.json");
     let params: Vec<(String, String)> = golden.form.clone().unwrap().into_iter().collect();
     let mut request = golden
-        .sign(&h.url, Some(public), &h.config.channels, now_secs())
+        .sign(&h.url, Some(public), &h.config, now_secs())
         .unwrap();
     assert_eq!(h.post(&request).await.0, 200, "signed over the public URL");
 
     // Twilio may sign the URL with the default port spelled out.
-    let with_port = WhatsApp::signature(
+    let with_port = Twilio::signature(
         TWILIO_TOKEN,
         "https://bot.example.com:443/webhook/whatsapp",
         &params,
@@ -143,7 +143,7 @@ async fn twilio_signatures_use_the_public_url_with_or_without_the_default_port()
     assert_eq!(h.post(&request).await.0, 200, "default port accepted");
 
     // Signed over the loopback URL, which is not the one the provider calls.
-    let local = WhatsApp::signature(
+    let local = Twilio::signature(
         TWILIO_TOKEN,
         &format!("{}/webhook/whatsapp", h.url),
         &params,
@@ -156,7 +156,7 @@ async fn twilio_signatures_use_the_public_url_with_or_without_the_default_port()
         "the reason points at the usual mistake: {body}"
     );
 
-    let wrong = WhatsApp::signature(
+    let wrong = Twilio::signature(
         "other-token",
         "https://bot.example.com/webhook/whatsapp",
         &params,
@@ -240,7 +240,7 @@ async fn a_channel_without_secrets_answers_404_with_the_variables_to_set() {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let request = h
         .golden("slack/message_im.json")
-        .sign(&url, None, &h.config.channels, now_secs())
+        .sign(&url, None, &h.config, now_secs())
         .unwrap();
     let (status, body, _) = h.post(&request).await;
     assert_eq!(status, 404);
@@ -312,7 +312,7 @@ async fn the_public_url_recorded_by_tunnel_is_followed_without_a_restart() {
     let golden = h.golden("whatsapp/text.json");
     let signed_for = |public: &str| {
         golden
-            .sign(&h.url, Some(public), &h.config.channels, now_secs())
+            .sign(&h.url, Some(public), &h.config, now_secs())
             .unwrap()
     };
 

@@ -3,17 +3,18 @@
 //! [`ChannelAdapter`](crate::core::channel::ChannelAdapter) port.
 
 pub mod cli;
+pub mod registry;
 pub mod slack;
+pub mod sms;
 pub mod telegram;
+pub mod twilio;
 pub mod whatsapp;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 
-use crate::config::Config;
-use crate::core::channel::{ChannelAdapter, SendError};
+use crate::core::channel::SendError;
 
 /// Compares secrets without leaking, through timing, how much matched.
 pub fn secure_eq(a: &str, b: &str) -> bool {
@@ -59,63 +60,7 @@ fn send_error(
     }
 }
 
-/// The Twilio WhatsApp adapter, if its secrets are configured.
-pub fn whatsapp(config: &Config) -> Option<whatsapp::WhatsApp> {
-    let t = &config.channels.twilio;
-    Some(whatsapp::WhatsApp::new(whatsapp::TwilioSettings {
-        account_sid: t.account_sid.clone()?,
-        auth_token: t.auth_token.clone()?,
-        whatsapp_from: t.whatsapp_from.clone(),
-        api_base: t
-            .api_base
-            .clone()
-            .unwrap_or_else(|| whatsapp::DEFAULT_API_BASE.into()),
-        max_body_bytes: t.max_body_bytes,
-    }))
-}
-
-/// The Telegram adapter, if its bot token and webhook secret are configured.
-pub fn telegram(config: &Config) -> Option<telegram::Telegram> {
-    let t = &config.channels.telegram;
-    Some(telegram::Telegram::new(telegram::TelegramSettings {
-        bot_token: t.bot_token.clone()?,
-        webhook_secret: t.webhook_secret.clone()?,
-        api_base: t
-            .api_base
-            .clone()
-            .unwrap_or_else(|| telegram::DEFAULT_API_BASE.into()),
-        max_body_bytes: t.max_body_bytes,
-    }))
-}
-
-/// The Slack adapter, if its bot token and signing secret are configured.
-pub fn slack(config: &Config) -> Option<slack::Slack> {
-    let s = &config.channels.slack;
-    Some(slack::Slack::new(slack::SlackSettings {
-        bot_token: s.bot_token.clone()?,
-        signing_secret: s.signing_secret.clone()?,
-        api_base: s
-            .api_base
-            .clone()
-            .unwrap_or_else(|| slack::DEFAULT_API_BASE.into()),
-        max_body_bytes: s.max_body_bytes,
-    }))
-}
-
-/// The channels whose secrets are configured, as adapters.
-pub fn enabled(config: &Config) -> Vec<Arc<dyn ChannelAdapter>> {
-    let mut out: Vec<Arc<dyn ChannelAdapter>> = Vec::new();
-    if let Some(a) = whatsapp(config) {
-        out.push(Arc::new(a));
-    }
-    if let Some(a) = telegram(config) {
-        out.push(Arc::new(a));
-    }
-    if let Some(a) = slack(config) {
-        out.push(Arc::new(a));
-    }
-    out
-}
+pub use registry::enabled;
 
 #[cfg(test)]
 pub(crate) mod leniency {

@@ -11,9 +11,13 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
 
+use std::sync::Arc;
+
+use super::registry::ChannelSpec;
 use super::{http_client, secure_eq, send_error};
+use crate::config::Config;
 use crate::core::channel::{
-    ChannelAdapter, Inbound, SendError, Sent, WebhookError, WebhookRequest,
+    ChannelAdapter, Inbound, Registration, SendError, Sent, WebhookError, WebhookRequest,
 };
 use crate::core::llm::BoxFuture;
 use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME};
@@ -31,6 +35,16 @@ pub struct SlackSettings {
     pub api_base: String,
     pub max_body_bytes: usize,
 }
+
+pub const SPEC: ChannelSpec = ChannelSpec {
+    channel: Channel::Slack,
+    secrets: &["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"],
+    present: |config: &Config| {
+        let s = &config.channels.slack;
+        vec![s.bot_token.is_some(), s.signing_secret.is_some()]
+    },
+    build: |config: &Config| Slack::from_config(config).map(|s| Arc::new(s) as _),
+};
 
 pub struct Slack {
     settings: SlackSettings,
@@ -84,6 +98,20 @@ impl UserProfile {
 }
 
 impl Slack {
+    /// The adapter, if its bot token and signing secret are configured.
+    pub fn from_config(config: &Config) -> Option<Self> {
+        let s = &config.channels.slack;
+        Some(Slack::new(SlackSettings {
+            bot_token: s.bot_token.clone()?,
+            signing_secret: s.signing_secret.clone()?,
+            api_base: s
+                .api_base
+                .clone()
+                .unwrap_or_else(|| DEFAULT_API_BASE.into()),
+            max_body_bytes: s.max_body_bytes,
+        }))
+    }
+
     pub fn new(settings: SlackSettings) -> Self {
         Slack {
             settings,
@@ -216,6 +244,34 @@ impl ChannelAdapter for Slack {
             metadata,
             correlation_id: CorrelationId::generate(),
         }))
+    }
+
+    fn sign(&self, _url: &str, body: &[u8], now_secs: i64) -> Vec<(String, String)> {
+        let ts = now_secs.to_string();
+        vec![
+            (
+                "x-slack-signature".into(),
+                Self::signature(&self.settings.signing_secret, &ts, body),
+            ),
+            ("x-slack-request-timestamp".into(), ts),
+        ]
+    }
+
+    /// Slack has no API for an app's Request URL: it is pasted by hand.
+    fn register<'a>(&'a self, webhook_url: &'a str) -> BoxFuture<'a, Registration> {
+        Box::pin(async move {
+            Registration::Manual(format!(
+                "in your Slack app, Event Subscriptions → Request URL:\n             {webhook_url}"
+            ))
+        })
+    }
+
+    fn check_credentials(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            self.auth_test()
+                .await
+                .map(|who| format!("auth.test: {who}"))
+        })
     }
 
     fn max_body_bytes(&self) -> usize {

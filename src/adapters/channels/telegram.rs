@@ -9,9 +9,13 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::json;
 
+use std::sync::Arc;
+
+use super::registry::ChannelSpec;
 use super::{http_client, secure_eq, send_error};
+use crate::config::Config;
 use crate::core::channel::{
-    ChannelAdapter, Inbound, SendError, Sent, WebhookError, WebhookRequest,
+    ChannelAdapter, Inbound, Registration, SendError, Sent, WebhookError, WebhookRequest,
 };
 use crate::core::llm::BoxFuture;
 use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME};
@@ -27,6 +31,16 @@ pub struct TelegramSettings {
     pub api_base: String,
     pub max_body_bytes: usize,
 }
+
+pub const SPEC: ChannelSpec = ChannelSpec {
+    channel: Channel::Telegram,
+    secrets: &["TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET"],
+    present: |config: &Config| {
+        let t = &config.channels.telegram;
+        vec![t.bot_token.is_some(), t.webhook_secret.is_some()]
+    },
+    build: |config: &Config| Telegram::from_config(config).map(|t| Arc::new(t) as _),
+};
 
 pub struct Telegram {
     settings: TelegramSettings,
@@ -109,6 +123,20 @@ struct CallbackQuery {
 }
 
 impl Telegram {
+    /// The adapter, if its bot token and webhook secret are configured.
+    pub fn from_config(config: &Config) -> Option<Self> {
+        let t = &config.channels.telegram;
+        Some(Telegram::new(TelegramSettings {
+            bot_token: t.bot_token.clone()?,
+            webhook_secret: t.webhook_secret.clone()?,
+            api_base: t
+                .api_base
+                .clone()
+                .unwrap_or_else(|| DEFAULT_API_BASE.into()),
+            max_body_bytes: t.max_body_bytes,
+        }))
+    }
+
     pub fn new(settings: TelegramSettings) -> Self {
         Telegram {
             settings,
@@ -265,6 +293,78 @@ impl ChannelAdapter for Telegram {
             return Ok(Inbound::Ignore("channel post"));
         }
         Ok(Inbound::Ignore("update kind not handled"))
+    }
+
+    fn sign(&self, _url: &str, _body: &[u8], _now_secs: i64) -> Vec<(String, String)> {
+        vec![(
+            "x-telegram-bot-api-secret-token".into(),
+            self.settings.webhook_secret.clone(),
+        )]
+    }
+
+    /// `setWebhook` with our secret, then `getWebhookInfo` to confirm.
+    fn register<'a>(&'a self, webhook_url: &'a str) -> BoxFuture<'a, Registration> {
+        Box::pin(async move {
+            if let Err(e) = self.set_webhook(webhook_url).await {
+                return Registration::Failed(format!(
+                    "{e}\n             fix: check TELEGRAM_BOT_TOKEN (`convagent doctor --live`)"
+                ));
+            }
+            match self.webhook_info().await {
+                Ok(info) if info.url == webhook_url => {
+                    let mut done = format!(
+                        "webhook set to {webhook_url} (getWebhookInfo confirms; {} pending)",
+                        info.pending_update_count
+                    );
+                    if let Some(e) = info.last_error_message {
+                        done.push_str(&format!(
+                            "\n             Telegram's last delivery error: {e}"
+                        ));
+                    }
+                    Registration::Registered(done)
+                }
+                Ok(info) => Registration::Failed(format!(
+                    "setWebhook succeeded but getWebhookInfo says `{}`",
+                    info.url
+                )),
+                Err(e) => Registration::Failed(e),
+            }
+        })
+    }
+
+    fn unregister(&self) -> Option<BoxFuture<'_, Result<String, String>>> {
+        Some(Box::pin(async move {
+            self.delete_webhook()
+                .await
+                .map(|()| "webhook removed".into())
+        }))
+    }
+
+    fn check_credentials(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move { self.get_me().await.map(|u| format!("getMe: @{u}")) })
+    }
+
+    fn check_webhook<'a>(
+        &'a self,
+        webhook_url: &'a str,
+    ) -> Option<BoxFuture<'a, Result<String, (String, String)>>> {
+        Some(Box::pin(async move {
+            match self.webhook_info().await {
+                Ok(info) if info.url == webhook_url => Ok(format!(
+                    "Telegram delivers to {webhook_url} ({} pending)",
+                    info.pending_update_count
+                )),
+                Ok(info) if info.url.is_empty() => Err((
+                    "Telegram has no webhook set".into(),
+                    "run `convagent tunnel`".into(),
+                )),
+                Ok(info) => Err((
+                    format!("Telegram delivers to {}, not {webhook_url}", info.url),
+                    "run `convagent tunnel` to register the current URL".into(),
+                )),
+                Err(e) => Err((e, "check TELEGRAM_BOT_TOKEN".into())),
+            }
+        }))
     }
 
     /// `sendChatAction` "typing": shown for 5 seconds or until a message
