@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::adapters::llm::embedded::DEFAULT_MODEL_FILE;
 use crate::core::guardrails::Guardrails;
 
 mod schema;
@@ -45,6 +44,10 @@ pub enum ConfigSource {
         looked_at: PathBuf,
     },
 }
+
+/// The file `install.sh` fetches for the embedded provider (SPEC.md): the
+/// configuration decides where it lives, the embedded adapter checks it.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The XDG directories convagent uses.
 #[derive(Debug, Clone, PartialEq, Eq)]

