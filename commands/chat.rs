@@ -79,7 +79,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
         first_provider: providers.first().map(|p| p.provider().name().to_string()),
     };
     if interactive {
-        println!(
+        outln!(
             "convagent chat — {}. Type /help for commands, Ctrl-D to leave.",
             describe_chain(&providers)
         );
@@ -89,7 +89,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
     let mut failures = 0usize;
     loop {
         if s.interactive {
-            print!("\n› ");
+            out!("\n› ");
             std::io::stdout().flush()?;
         }
         let Some(line) = lines.next_line().await.context("reading stdin")? else {
@@ -118,7 +118,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
         }
     }
     if s.interactive {
-        println!();
+        outln!();
     }
     Ok(if failures == 0 {
         ExitCode::SUCCESS
@@ -162,7 +162,7 @@ async fn turn(s: &mut Session, text: &str) -> Result<bool> {
         }
         match event {
             StreamEvent::Token(t) => {
-                print!("{t}");
+                out!("{t}");
                 let _ = std::io::stdout().flush();
             }
             StreamEvent::Restart { provider, error } => {
@@ -199,12 +199,12 @@ fn report(s: &mut Session, reply: &Reply) {
             "correlation_id": r.correlation_id,
             "conversation_id": reply.conversation_id,
         });
-        println!("{line}");
+        outln!("{line}");
     } else {
         if s.interactive {
-            println!();
+            outln!();
         } else {
-            println!("{}", r.text.trim_end());
+            outln!("{}", r.text.trim_end());
         }
         match kind {
             ReplyKind::Refusal => {
@@ -250,10 +250,10 @@ fn slash(
     let store = s.agent.store().clone();
     match name {
         "quit" | "exit" | "q" => return Ok(false),
-        "help" | "?" => println!("{HELP}"),
+        "help" | "?" => outln!("{HELP}"),
         "reset" => {
             store.close_conversation(&s.key, now_ms())?;
-            println!("Started a new conversation.");
+            outln!("Started a new conversation.");
         }
         "history" => show_history(store.as_ref(), &s.key)?,
         "prompt" => {
@@ -266,19 +266,19 @@ fn slash(
                     ));
                 }
                 let p = store.set_prompt(text, now_ms())?;
-                println!(
+                outln!(
                     "System prompt version {} saved; it applies from the next message.",
                     p.version
                 );
             } else if rest.is_empty() {
                 match store.current_prompt()? {
-                    Some(p) => println!(
+                    Some(p) => outln!(
                         "System prompt v{} (set {} UTC):\n{}",
                         p.version,
                         utc(p.created_at),
                         p.text
                     ),
-                    None => println!(
+                    None => outln!(
                         "No system prompt stored yet; the configured default applies on the first message."
                     ),
                 }
@@ -290,9 +290,9 @@ fn slash(
             }
         }
         "model" => {
-            println!("{}", describe_chain(providers));
+            outln!("{}", describe_chain(providers));
             if let Some((p, m)) = &s.last_answer {
-                println!("Last reply from: {p} · {m}");
+                outln!("Last reply from: {p} · {m}");
             }
         }
         other => anyhow::bail!(UserError::new(
@@ -305,7 +305,7 @@ fn slash(
 
 fn show_history(store: &dyn Store, key: &ConversationKey) -> Result<()> {
     let Some(id) = store.open_conversation(key)? else {
-        println!("No messages in this conversation yet.");
+        outln!("No messages in this conversation yet.");
         return Ok(());
     };
     for m in store.messages(id)? {
@@ -313,7 +313,7 @@ fn show_history(store: &dyn Store, key: &ConversationKey) -> Result<()> {
             convagent::core::Role::User => "you".to_string(),
             _ => format!("agent ({})", m.model.as_deref().unwrap_or("?")),
         };
-        println!("{} {who}: {}", utc(m.created_at), m.text.trim_end());
+        outln!("{} {who}: {}", utc(m.created_at), m.text.trim_end());
     }
     Ok(())
 }

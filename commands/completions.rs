@@ -30,7 +30,7 @@ const SHELLS: [(Shell, &str); 3] = [
 
 pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(shell) = args.shell {
-        print!("{}", script(shell));
+        out!("{}", script(shell));
     }
     if let Some(dir) = args.dir {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

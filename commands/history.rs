@@ -52,9 +52,9 @@ enum Action {
 pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let Some(store) = ctx.store_read_only()? else {
         if args.json {
-            println!("[]");
+            outln!("[]");
         } else {
-            println!("No conversations yet. Start one with `convagent chat`.");
+            outln!("No conversations yet. Start one with `convagent chat`.");
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -86,26 +86,30 @@ fn list(
     };
     let conversations = store.conversations(&filter)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&conversations)?);
+        outln!("{}", serde_json::to_string_pretty(&conversations)?);
         return Ok(());
     }
     if conversations.is_empty() {
-        println!("No conversations match. Start one with `convagent chat`.");
+        outln!("No conversations match. Start one with `convagent chat`.");
         return Ok(());
     }
     let now = now_ms();
-    println!(
+    outln!(
         "{:>6}  {:<9} {:<24} {:>8}  {:<10} ",
-        "ID", "CHANNEL", "SENDER", "MESSAGES", "LAST"
+        "ID",
+        "CHANNEL",
+        "SENDER",
+        "MESSAGES",
+        "LAST"
     );
     for c in conversations {
-        let sender = if c.thread.is_empty() {
-            c.sender.clone()
+        let sender = if c.thread.is_empty() || c.thread == c.sender {
+            c.who()
         } else {
-            format!("{} #{}", c.sender, c.thread)
+            format!("{} #{}", c.who(), c.thread)
         };
         let state = if c.closed { "  (closed)" } else { "" };
-        println!(
+        outln!(
             "{:>6}  {:<9} {:<24} {:>8}  {:<10}{state}",
             c.id,
             c.channel.as_str(),
@@ -127,24 +131,32 @@ fn show(store: &dyn Store, id: i64, json: bool) -> Result<()> {
     let messages = store.messages(id)?;
     if json {
         let value = serde_json::json!({ "conversation": conversation, "messages": messages });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "Conversation {} · {} · {} · {} messages",
-        conversation.id, conversation.channel, conversation.sender, conversation.message_count
+        conversation.id,
+        conversation.channel,
+        conversation.who(),
+        conversation.message_count
     );
     for m in &messages {
-        println!("\n{}", message_header(m));
-        println!("{}", m.text.trim_end());
+        outln!("\n{}", message_header(m, &messages));
+        outln!("{}", m.text.trim_end());
     }
     Ok(())
 }
 
-fn message_header(m: &StoredMessage) -> String {
+fn message_header(m: &StoredMessage, all: &[StoredMessage]) -> String {
     let when = utc(m.created_at);
     match m.role {
-        Role::User => format!("── {when} UTC · user"),
+        Role::User => match m.answered_by {
+            Some(reply) => {
+                format!("── {when} UTC · user · answered together with the next (reply #{reply})")
+            }
+            None => format!("── {when} UTC · user"),
+        },
         _ => {
             let mut parts = vec![format!("── {when} UTC · {}", m.role.as_str())];
             match (m.kind, &m.provider, &m.model) {
@@ -166,6 +178,10 @@ fn message_header(m: &StoredMessage) -> String {
             if let Some(ms) = m.latency_ms {
                 parts.push(format!("{ms} ms"));
             }
+            let covered = all.iter().filter(|u| u.answered_by == Some(m.id)).count();
+            if covered > 0 {
+                parts.push(format!("answers {} messages", covered + 1));
+            }
             parts.join(" · ")
         }
     }
@@ -185,15 +201,15 @@ fn search(
         )
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&hits)?);
+        outln!("{}", serde_json::to_string_pretty(&hits)?);
         return Ok(());
     }
     if hits.is_empty() {
-        println!("No messages match `{query}`.");
+        outln!("No messages match `{query}`.");
         return Ok(());
     }
     for h in hits {
-        println!(
+        outln!(
             "#{:<5} {} · {} · {} · {}: {}",
             h.message.conversation_id,
             utc(h.message.created_at),

@@ -1,12 +1,13 @@
 //! The `convagent` binary: parses the command line and dispatches to one
 //! module per subcommand. Errors become exit codes and hints here, once.
 
+#[macro_use]
+mod output;
 mod chat;
 mod completions;
 mod context;
 mod doctor;
 mod history;
-mod output;
 mod replay;
 mod serve;
 mod signals;

@@ -1,6 +1,44 @@
 //! Small formatting helpers shared by the commands' human output.
 
+use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `println!` for command output: when the reader went away
+/// (`convagent history | head -1`) the command ends quietly, as Unix
+/// tools do, instead of panicking on the broken pipe.
+macro_rules! outln {
+    () => { $crate::output::write_stdout(format_args!("\n"), true) };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)), true)
+    };
+}
+
+/// `print!` (flushed) with the same behaviour as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*), true) };
+}
+
+/// Status lines of a long-running command (`tunnel`) that must keep
+/// running, and clean up, whether or not anyone reads its output.
+macro_rules! sayln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)), false)
+    };
+}
+
+/// Writes to stdout. A closed stdout ends the process with success when
+/// `exit_on_close`, and is ignored otherwise; other write errors are
+/// ignored too (there is nowhere left to report them).
+pub fn write_stdout(args: std::fmt::Arguments<'_>, exit_on_close: bool) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| stdout.flush());
+    if let Err(e) = written
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+        && exit_on_close
+    {
+        std::process::exit(0);
+    }
+}
 
 pub fn now_ms() -> i64 {
     SystemTime::now()

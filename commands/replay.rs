@@ -143,7 +143,7 @@ async fn each(
             .expect
             .as_deref()
             .and_then(|expect| check(expect, golden, &outcome));
-        println!(
+        outln!(
             "{} {:>4} {:>8.1} ms  {:<32}  {} ({})",
             if mismatch.is_some() { "✗" } else { "✓" },
             outcome.status,
@@ -153,7 +153,7 @@ async fn each(
             golden.name,
         );
         if let Some(m) = mismatch {
-            println!("       expected {m}; got: {}", outcome.body.trim());
+            outln!("       expected {m}; got: {}", outcome.body.trim());
             failed += 1;
         }
     }
@@ -244,16 +244,16 @@ async fn load(
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
-    println!(
+    outln!(
         "sent {total} requests in {:.1} s at a target of {rate}/s ({} in flight at most)",
         elapsed.as_secs_f64(),
         args.concurrency
     );
-    println!(
+    outln!(
         "  2xx: {ok}   other: {errors}   throughput: {:.0} acknowledged/s",
         ok as f64 / elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "  ack latency: p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
         pct(0.50),
         pct(0.90),
@@ -261,7 +261,7 @@ async fn load(
         latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
     for (what, n) in &statuses {
-        println!("  {n} × {what}");
+        outln!("  {n} × {what}");
     }
     Ok(if errors == 0 {
         ExitCode::SUCCESS

@@ -202,16 +202,16 @@ async fn register(settings: &Settings, url: &str) -> bool {
     for spec in registry::ALL {
         let name = spec.channel.as_str();
         let Some(adapter) = (spec.build)(&settings.config) else {
-            println!("· {name:<10} not configured (set {})", spec.secrets_hint());
+            sayln!("· {name:<10} not configured (set {})", spec.secrets_hint());
             continue;
         };
         let hook = format!("{url}/webhook/{name}");
         match adapter.register(&hook).await {
-            Registration::Registered(done) => println!("✓ {name:<10} {done}"),
-            Registration::Manual(todo) => println!("→ {name:<10} {todo}"),
+            Registration::Registered(done) => sayln!("✓ {name:<10} {done}"),
+            Registration::Manual(todo) => sayln!("→ {name:<10} {todo}"),
             Registration::Failed(why) => {
                 ok = false;
-                println!("✗ {name:<10} {why}");
+                sayln!("✗ {name:<10} {why}");
             }
         }
     }
@@ -255,13 +255,13 @@ async fn tunnel(ctx: &Context, args: Args) -> Result<ExitCode> {
         let mut running = Running::spawn(&program, &settings, port)?;
         let url = running.public_url(&settings).await?;
         let recorded = record(&state_dir, &url)?;
-        println!("✓ tunnel     {url} → http://127.0.0.1:{port}");
-        println!(
+        sayln!("✓ tunnel     {url} → http://127.0.0.1:{port}");
+        sayln!(
             "             recorded in {} (serve uses it for signatures)",
             recorded.display()
         );
         register(&settings, &url).await;
-        println!("Press Ctrl-C to stop the tunnel.");
+        sayln!("Press Ctrl-C to stop the tunnel.");
 
         let exit = loop {
             tokio::select! {
@@ -276,14 +276,14 @@ async fn tunnel(ctx: &Context, args: Args) -> Result<ExitCode> {
         match exit {
             None => {
                 let _ = running.child.kill().await;
-                println!("tunnel stopped");
+                sayln!("tunnel stopped");
                 if args.cleanup {
                     for adapter in registry::enabled(&settings.config) {
                         let name = adapter.channel().as_str();
                         if let Some(undo) = adapter.unregister() {
                             match undo.await {
-                                Ok(done) => println!("✓ {name:<10} {done}"),
-                                Err(e) => println!("✗ {name:<10} {e}"),
+                                Ok(done) => sayln!("✓ {name:<10} {done}"),
+                                Err(e) => sayln!("✗ {name:<10} {e}"),
                             }
                         }
                     }

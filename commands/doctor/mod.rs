@@ -124,7 +124,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let ok = checks.iter().all(|c| c.status != Status::Fail);
     if args.json {
         let value = serde_json::json!({ "ok": ok, "checks": checks });
-        println!("{}", masker.mask(&serde_json::to_string_pretty(&value)?));
+        outln!("{}", masker.mask(&serde_json::to_string_pretty(&value)?));
     } else {
         for c in &checks {
             let mark = match c.status {
@@ -132,14 +132,14 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
                 Status::Warn => "!",
                 Status::Fail => "✗",
             };
-            println!("{mark} {:<10} {}", c.name, masker.mask(&c.detail));
+            outln!("{mark} {:<10} {}", c.name, masker.mask(&c.detail));
             if let Some(fix) = &c.fix {
-                println!("  {:<10} fix: {}", "", masker.mask(fix));
+                outln!("  {:<10} fix: {}", "", masker.mask(fix));
             }
         }
         let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{}",
             if ok {
                 "All checks passed.".to_string()

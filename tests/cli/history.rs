@@ -178,3 +178,104 @@ fn searches_text_across_channels() {
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("no words"), "{}", stderr_of(&out));
 }
+
+#[test]
+fn show_names_the_sender_and_marks_a_burst_answered_together() {
+    let env = Env::new();
+    let store = SqliteStore::open(&env.store()).unwrap();
+    let prompt = store.ensure_prompt("be nice", 1_000).unwrap();
+    let key = ConversationKey::new(Channel::Telegram, "111222333", "111222333");
+    let ids: Vec<i64> = ["hi", "I need help", "with my order"]
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut metadata = BTreeMap::new();
+            metadata.insert(
+                convagent::core::message::SENDER_NAME.to_string(),
+                "Ada".to_string(),
+            );
+            store
+                .accept(&InboundMessage {
+                    key: key.clone(),
+                    text: text.to_string(),
+                    provider_message_id: format!("111222333:{i}"),
+                    provider_ts: None,
+                    received_at: 1_700_000_000_000 + i as i64,
+                    attachments: vec![],
+                    metadata,
+                    correlation_id: CorrelationId::generate(),
+                })
+                .unwrap()
+                .message_id
+        })
+        .collect();
+    let reply = store
+        .record_turn_reply(
+            ids[2],
+            &ids[..2],
+            &NewReply {
+                kind: ReplyKind::Answer,
+                text: "Happy to help with your order.".into(),
+                provider: "embedded".into(),
+                model: "smollm2".into(),
+                prompt_version: prompt.version,
+                prompt_tokens: None,
+                completion_tokens: None,
+                latency_ms: 10,
+                created_at: 1_700_000_001_000,
+            },
+        )
+        .unwrap();
+    drop(store);
+
+    let list = stdout_of(&env.cmd(&["history"]).output().unwrap());
+    assert!(list.contains("Ada (111222333)"), "{list}");
+    let out = env.cmd(&["history", "show", "1"]).output().unwrap();
+    let text = stdout_of(&out);
+    assert!(text.contains("· Ada (111222333) ·"), "{text}");
+    assert_eq!(
+        text.matches(&format!(
+            "answered together with the next (reply #{})",
+            reply.id
+        ))
+        .count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("answers 3 messages"), "{text}");
+}
+
+/// Runs `args` with stdout a pipe whose reader is already gone.
+fn with_closed_stdout(env: &Env, args: &[&str]) -> std::process::Output {
+    let mut child = env
+        .std_cmd(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn read_commands_end_quietly_when_their_reader_goes_away() {
+    let env = Env::new();
+    fill(&env);
+    for args in [
+        &["history"][..],
+        &["history", "--json"],
+        &["history", "show", "1"],
+        &["history", "search", "invoice"],
+        &["completions", "bash"],
+        &["doctor"],
+    ] {
+        let out = with_closed_stdout(&env, args);
+        let stderr = stderr_of(&out);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        // doctor's own verdict (a warning is not a failure) is its exit code.
+        if args[0] != "doctor" {
+            assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        }
+    }
+}
