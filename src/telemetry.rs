@@ -61,8 +61,42 @@ impl Masker {
                 out = Cow::Owned(out.replace(p.as_str(), MASK));
             }
         }
-        out
+        match mask_credential_shapes(&out) {
+            Cow::Owned(masked) => Cow::Owned(masked),
+            Cow::Borrowed(_) => out,
+        }
     }
+}
+
+/// Strings shaped like credentials, configured or not: a person may paste
+/// a key into a message, and a provider may echo one in an error body.
+/// Each pattern keeps its first group (a label) and masks the rest.
+static CREDENTIAL_SHAPES: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r#"(?x)
+        ()\b(?:sk|rk|pk)-(?:proj-|live-|test-)?[A-Za-z0-9_-]{16,}      # OpenAI / Stripe-style keys
+        | ()\bxox[abposr]-[A-Za-z0-9-]{10,}                             # Slack tokens
+        | ()\bxapp-[A-Za-z0-9-]{10,}                                     # Slack app tokens
+        | ()\b(?:AKIA|ASIA)[0-9A-Z]{16}\b                                # AWS access key ids
+        | ()\b(?:AC|SK)[0-9a-fA-F]{32}\b                                 # Twilio account / API key SIDs
+        | ()\bgh[pousr]_[A-Za-z0-9]{30,}                                 # GitHub tokens
+        | ()\b\d{6,12}:[A-Za-z0-9_-]{30,}                               # Telegram bot tokens
+        | ((?i:bearer|basic)\s+)[A-Za-z0-9._~+/-]{8,}=*                  # Authorization values
+        | ((?i:auth[_-]?token|token|secret|password|passwd|api[_-]?key)["']?\s*[:=]\s*["']?)[^\s"'&,;]{8,}
+        "#,
+    )
+    .expect("the credential patterns compile")
+});
+
+/// Masks what looks like a credential (see [`Masker::mask`], which also
+/// masks the configured secrets).
+pub fn mask_credential_shapes(text: &str) -> Cow<'_, str> {
+    CREDENTIAL_SHAPES.replace_all(text, |c: &regex::Captures<'_>| {
+        let label = (1..c.len())
+            .find_map(|i| c.get(i))
+            .map_or("", |m| m.as_str());
+        format!("{label}{MASK}")
+    })
 }
 
 /// A [`MakeWriter`] whose writers mask secrets in what they write. Each
@@ -238,6 +272,46 @@ pub fn init(options: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_shaped_strings_are_masked_even_when_not_configured() {
+        let m = Masker::new(&[]);
+        for (line, kept) in [
+            (
+                "my key is sk-proj-abcdefghijklmnop1234 ok",
+                "my key is ********** ok",
+            ),
+            (
+                "token xoxb-123456789012-abcdefABCDEF here",
+                "token ********** here",
+            ),
+            ("aws AKIAIOSFODNN7EXAMPLE", "aws **********"),
+            ("sid ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!", "sid **********!"),
+            (
+                "Authorization: Bearer abc.def-ghi_jkl",
+                "Authorization: Bearer **********",
+            ),
+            (
+                "bot 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw",
+                "bot **********",
+            ),
+            (
+                "{\"auth_token\": \"0123456789abcdef0123456789abcdef\"}",
+                "{\"auth_token\": \"**********\"}",
+            ),
+            ("password=hunter2hunter2&x=1", "password=**********&x=1"),
+        ] {
+            assert_eq!(m.mask(line), kept.replace("**********", MASK), "{line}");
+        }
+        // Ordinary text and our own ids stay as they are.
+        for plain in [
+            "correlation_id=0f1e2d3c4b5a69788796a5b4c3d2e1f0 stage=stored",
+            "How do I reset my password?",
+            "skip-to-content, an ask-me-anything",
+        ] {
+            assert_eq!(m.mask(plain), plain);
+        }
+    }
 
     #[test]
     fn masks_plain_and_json_escaped_secrets() {

@@ -67,6 +67,9 @@ impl Tracer {
     ) {
         let took = began.elapsed();
         self.metrics.observe_stage(stage, took);
+        // Details quote error bodies: what looks like a credential stays out
+        // of the store (and so out of the TUI).
+        let detail = detail.map(|d| crate::telemetry::mask_credential_shapes(&d).into_owned());
         let duration_us = took.as_micros() as u64;
         tracing::info!(
             correlation_id,
@@ -98,7 +101,10 @@ impl Tracer {
 /// The agent's stages (guarded, context built, LLM call, reply stored) go
 /// the same way as the daemon's.
 impl StageSink for Tracer {
-    fn record(&self, event: TraceEvent) {
+    fn record(&self, mut event: TraceEvent) {
+        event.detail = event
+            .detail
+            .map(|d| crate::telemetry::mask_credential_shapes(&d).into_owned());
         self.metrics.observe_stage(
             &event.stage,
             std::time::Duration::from_micros(event.duration_us),
