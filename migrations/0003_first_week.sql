@@ -13,3 +13,7 @@ ALTER TABLE conversations ADD COLUMN display_name TEXT;
 -- Where a system prompt version came from: `config` (agent.system_prompt,
 -- synced at start), `chat` (`/prompt set`), or `default`.
 ALTER TABLE system_prompts ADD COLUMN source TEXT NOT NULL DEFAULT 'default';
+
+-- "When did this provider last answer, how fast": monitors ask per provider.
+CREATE INDEX messages_answers_by_provider
+    ON messages (provider, created_at) WHERE kind = 'answer';

@@ -18,7 +18,8 @@ const SELECTED: Style = Style::new().add_modifier(Modifier::REVERSED);
 
 pub fn draw(state: &State, frame: &mut Frame) {
     let [health, main, footer] = Layout::vertical([
-        Constraint::Length(4),
+        // Three lines: the providers (wrapping onto a second) and the outbox.
+        Constraint::Length(5),
         Constraint::Min(3),
         Constraint::Length(1),
     ])
@@ -44,20 +45,49 @@ fn draw_health(state: &State, frame: &mut Frame, area: Rect) {
     .areas(area);
     let mut lines = Vec::new();
     let mut breakers: Vec<Span> = vec![Span::raw("LLM ")];
-    if state.breakers.is_empty() {
-        breakers.push(Span::styled("no calls yet", DIM));
+    // Every configured provider from the start, then any other provider the
+    // store has a breaker for (a chain changed since).
+    let mut names: Vec<&str> = state.providers.iter().map(|(p, _)| p.as_str()).collect();
+    for b in &state.breakers {
+        if !names.contains(&b.provider.as_str()) {
+            names.push(&b.provider);
+        }
     }
-    for (i, b) in state.breakers.iter().enumerate() {
+    if names.is_empty() {
+        breakers.push(Span::styled("no provider configured", DIM));
+    }
+    for (i, name) in names.iter().enumerate() {
         if i > 0 {
             breakers.push(Span::styled(" · ", DIM));
         }
-        let (mark, color) = match b.state {
-            BreakerState::Closed => ("closed", Color::Green),
-            BreakerState::HalfOpen => ("half-open", Color::Yellow),
-            BreakerState::Open => ("open", Color::Red),
+        breakers.push(Span::raw(format!("{name} ")));
+        let breaker = state.breakers.iter().find(|b| b.provider == *name);
+        let last = state
+            .providers
+            .iter()
+            .find(|(p, _)| p == name)
+            .and_then(|(_, a)| a.as_ref());
+        let (mark, color) = match breaker.map(|b| b.state) {
+            Some(BreakerState::HalfOpen) => ("half-open", Color::Yellow),
+            Some(BreakerState::Open) => ("open", Color::Red),
+            _ if breaker.is_some_and(|b| b.failures > 0) => ("failing", Color::Yellow),
+            _ => ("ok", Color::Green),
         };
-        breakers.push(Span::raw(format!("{} ", b.provider)));
-        breakers.push(Span::styled(mark, Style::new().fg(color)));
+        match last {
+            Some(a) => {
+                breakers.push(Span::styled(mark, Style::new().fg(color)));
+                let latency = a
+                    .latency_ms
+                    .map(|ms| format!(" {ms} ms"))
+                    .unwrap_or_default();
+                breakers.push(Span::raw(format!(" {}{latency}", age(a.at, state.now_ms))));
+            }
+            None if breaker.is_some() => {
+                breakers.push(Span::styled(mark, Style::new().fg(color)));
+            }
+            None => breakers.push(Span::styled("no calls yet", DIM)),
+        }
+        let Some(b) = breaker else { continue };
         if b.failures > 0 {
             breakers.push(Span::raw(format!(" {}✗", b.failures)));
         }
@@ -83,7 +113,12 @@ fn draw_health(state: &State, frame: &mut Frame, area: Rect) {
     let block = Block::new()
         .borders(Borders::ALL)
         .title(" convagent · health ");
-    frame.render_widget(Paragraph::new(lines).block(block), left);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(ratatui::widgets::Wrap { trim: true })
+            .block(block),
+        left,
+    );
 
     let per_minute: Vec<u64> = state.activity.iter().map(|b| b.messages).collect();
     let now = state.activity.last().map_or(0, |b| b.messages);
@@ -152,9 +187,9 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
             marks.push_str(&format!("✗{}", c.failed));
         }
         let sender = if s.thread.is_empty() || s.thread == s.sender {
-            s.sender.clone()
+            s.who()
         } else {
-            format!("{} #{}", s.sender, s.thread)
+            format!("{} #{}", s.who(), s.thread)
         };
         Row::new(vec![
             Cell::from(s.channel.as_str()),
@@ -189,7 +224,9 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
     let title = match state.current() {
         Some(c) => format!(
             " {} · {} · {} messages ",
-            c.summary.channel, c.summary.sender, c.summary.message_count
+            c.summary.channel,
+            c.summary.who(),
+            c.summary.message_count
         ),
         None => " conversation ".into(),
     };
@@ -202,7 +239,12 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
         let time = utc(m.created_at);
         let mut head = vec![Span::styled(format!("{} ", &time[11..]), DIM)];
         match m.role {
-            Role::User => head.push(Span::styled("user", Style::new().fg(Color::Cyan))),
+            Role::User => {
+                head.push(Span::styled("user", Style::new().fg(Color::Cyan)));
+                if m.answered_by.is_some() {
+                    head.push(Span::styled(" [answered with the next]", DIM));
+                }
+            }
             _ => {
                 head.push(Span::styled("agent", Style::new().fg(Color::Green)));
                 let mut info = Vec::new();
@@ -225,6 +267,14 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
                 }
                 if let Some(v) = m.prompt_version {
                     info.push(format!("prompt v{v}"));
+                }
+                let covered = state
+                    .messages
+                    .iter()
+                    .filter(|u| u.answered_by == Some(m.id))
+                    .count();
+                if covered > 0 {
+                    info.push(format!("answers {} messages", covered + 1));
                 }
                 head.push(Span::styled(format!(" [{}]", info.join(" · ")), DIM));
             }

@@ -38,11 +38,17 @@ const LIST_LIMIT: usize = 500;
 pub struct Source {
     path: PathBuf,
     store: Option<SqliteStore>,
+    /// The configured chain's provider names, shown from the start.
+    providers: Vec<String>,
 }
 
 impl Source {
-    pub fn new(path: PathBuf) -> Self {
-        Source { path, store: None }
+    pub fn new(path: PathBuf, providers: Vec<String>) -> Self {
+        Source {
+            path,
+            store: None,
+            providers,
+        }
     }
 
     fn store(&mut self) -> Option<&SqliteStore> {
@@ -61,6 +67,8 @@ impl Source {
     pub fn load(&mut self, state: &mut State) {
         state.store = self.path.display().to_string();
         state.now_ms = now_ms();
+        let providers = self.providers.clone();
+        state.providers = providers.iter().map(|p| (p.clone(), None)).collect();
         let Some(store) = self.store() else {
             state.no_store = true;
             return;
@@ -87,6 +95,10 @@ impl Source {
             state.trace = store.trace(id).unwrap_or_default();
         }
         state.breakers = store.breakers().unwrap_or_default();
+        state.providers = providers
+            .iter()
+            .map(|p| (p.clone(), store.last_answer(p).ok().flatten()))
+            .collect();
         state.outbox = store.outbox_stats().unwrap_or_default();
         state.activity = store.activity(state.now_ms, 60_000, 30).unwrap_or_default();
     }
@@ -95,8 +107,15 @@ impl Source {
 pub fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
     // While the TUI owns the screen, logs go to the file only.
     ctx.logs_to_file_only();
-    let path = ctx.settings()?.store_path();
-    let mut source = Source::new(path);
+    let settings = ctx.settings()?;
+    let providers = settings
+        .config
+        .llm
+        .chain
+        .iter()
+        .map(|p| p.as_str().to_string())
+        .collect();
+    let mut source = Source::new(settings.store_path(), providers);
     let mut state = State {
         session_start: now_ms(),
         ..State::default()
@@ -108,7 +127,7 @@ pub fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
     let copied = event_loop(&mut terminal, &mut source, &mut state);
     drop(guard);
     for id in copied? {
-        println!("correlation id: {id}");
+        outln!("correlation id: {id}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use convagent::core::{
-    ActivityBucket, Breaker, Channel, ConversationOverview, OutboxStats, StoredMessage, TraceEvent,
+    ActivityBucket, Breaker, Channel, ConversationOverview, OutboxStats, ProviderActivity,
+    StoredMessage, TraceEvent,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,8 @@ pub struct State {
     pub trace_id: Option<String>,
     pub trace: Vec<TraceEvent>,
     pub breakers: Vec<Breaker>,
+    /// The configured providers in chain order, each with its last answer.
+    pub providers: Vec<(String, Option<ProviderActivity>)>,
     pub outbox: OutboxStats,
     pub activity: Vec<ActivityBucket>,
     pub store: String,

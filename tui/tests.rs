@@ -68,59 +68,78 @@ fn message(id: i64, role: Role, text: &str, kind: Option<ReplyKind>) -> StoredMe
 }
 
 fn state() -> State {
+    let mut conversations = vec![
+        conversation(
+            1,
+            Channel::Telegram,
+            "111222333",
+            "Where is my parcel?",
+            12,
+            1,
+            0,
+        ),
+        conversation(
+            2,
+            Channel::Whatsapp,
+            "whatsapp:+14155550123",
+            "Opening hours on Sunday?",
+            300,
+            0,
+            1,
+        ),
+        conversation(
+            3,
+            Channel::Slack,
+            "U061F7AUR",
+            "is it everything a river should be?",
+            7200,
+            0,
+            0,
+        ),
+    ];
+    conversations[0].summary.display_name = Some("Ada".into());
+    let mut messages = vec![
+        message(1, Role::User, "Hi", None),
+        message(2, Role::User, "Where is my parcel?", None),
+        message(
+            3,
+            Role::Assistant,
+            "It ships tomorrow morning.",
+            Some(ReplyKind::Answer),
+        ),
+        message(4, Role::User, "What is the admin password?", None),
+        message(
+            5,
+            Role::Assistant,
+            "Sorry, I can't help with that.",
+            Some(ReplyKind::Refusal),
+        ),
+        message(6, Role::User, "Still there?", None),
+        message(
+            7,
+            Role::Assistant,
+            "Sorry, I can't answer right now.",
+            Some(ReplyKind::Fallback),
+        ),
+    ];
+    // "Hi" and "Where is my parcel?" came as a burst: one answer for both.
+    messages[0].answered_by = Some(3);
     State {
         now_ms: NOW,
-        conversations: vec![
-            conversation(
-                1,
-                Channel::Telegram,
-                "111222333",
-                "Where is my parcel?",
-                12,
-                1,
-                0,
+        conversations,
+        messages,
+        providers: vec![
+            ("ollama".into(), None),
+            (
+                "embedded".into(),
+                Some(convagent::core::ProviderActivity {
+                    provider: "embedded".into(),
+                    model: "SmolLM2-135M-Instruct.Q4_1".into(),
+                    at: NOW - 12_000,
+                    latency_ms: Some(850),
+                }),
             ),
-            conversation(
-                2,
-                Channel::Whatsapp,
-                "whatsapp:+14155550123",
-                "Opening hours on Sunday?",
-                300,
-                0,
-                1,
-            ),
-            conversation(
-                3,
-                Channel::Slack,
-                "U061F7AUR",
-                "is it everything a river should be?",
-                7200,
-                0,
-                0,
-            ),
-        ],
-        messages: vec![
-            message(1, Role::User, "Where is my parcel?", None),
-            message(
-                2,
-                Role::Assistant,
-                "It ships tomorrow morning.",
-                Some(ReplyKind::Answer),
-            ),
-            message(3, Role::User, "What is the admin password?", None),
-            message(
-                4,
-                Role::Assistant,
-                "Sorry, I can't help with that.",
-                Some(ReplyKind::Refusal),
-            ),
-            message(5, Role::User, "Still there?", None),
-            message(
-                6,
-                Role::Assistant,
-                "Sorry, I can't answer right now.",
-                Some(ReplyKind::Fallback),
-            ),
+            ("openai".into(), None),
         ],
         trace_id: Some("corr-0001".into()),
         trace: [

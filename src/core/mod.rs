@@ -22,6 +22,6 @@ pub use message::{
 pub use ports::{
     Accepted, ActivityBucket, Clock, ConversationFilter, ConversationOverview, ConversationSummary,
     MonitorStore, NewReply, OutboxItem, OutboxStats, OutboxStore, OutboxUpdate, PromptVersion,
-    ReplyKind, SearchHit, StageSink, Store, StoreError, StoreHealth, StoredMessage, Summary,
-    TraceEvent, TraceStore,
+    ProviderActivity, ReplyKind, SearchHit, StageSink, Store, StoreError, StoreHealth,
+    StoredMessage, Summary, TraceEvent, TraceStore,
 };

@@ -454,8 +454,20 @@ pub struct ActivityBucket {
     pub p95_ms: u64,
 }
 
+/// The last answer an LLM provider gave, as monitors show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderActivity {
+    pub provider: String,
+    pub model: String,
+    pub at: i64,
+    pub latency_ms: Option<u64>,
+}
+
 /// What a live monitor (the TUI) reads; never writes.
 pub trait MonitorStore: Send + Sync {
+    /// The newest answer `provider` gave, if it ever answered (indexed).
+    fn last_answer(&self, provider: &str) -> Result<Option<ProviderActivity>, StoreError>;
+
     /// A number that changes whenever any process commits to the store.
     fn change_counter(&self) -> Result<i64, StoreError>;
 

@@ -245,7 +245,15 @@ async fn server_errors_back_off_then_dead_letter() {
 
 #[tokio::test]
 async fn slack_replies_in_the_thread_and_twilio_from_the_configured_number() {
-    let h = Harness::start(Options::default()).await;
+    // A turn that takes a moment, so the typing indicator has time to show.
+    let h = Harness::start(Options {
+        llm: Arc::new(EchoLlm {
+            delay: Duration::from_millis(300),
+            ..EchoLlm::new()
+        }),
+        ..Options::default()
+    })
+    .await;
     mount_success(&h).await;
     h.post(&h.sign(&h.golden("slack/app_mention.json"))).await;
     h.post(&h.sign(&h.golden("whatsapp/text.json"))).await;

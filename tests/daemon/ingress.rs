@@ -276,7 +276,7 @@ async fn health_ready_and_metrics() {
     assert_eq!(ready["store"], "ok");
     assert_eq!(
         ready["channels"],
-        serde_json::json!(["whatsapp", "telegram", "slack"])
+        serde_json::json!(["whatsapp", "sms", "telegram", "slack"])
     );
 
     let golden = h.golden("telegram/text.json");

@@ -1,13 +1,14 @@
 //! The monitor port on SQLite: cheap reads for a live view beside a
 //! running daemon.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::rows::{CONVERSATION_COLUMNS, conversation_from_row};
 use super::{SqliteStore, fts_phrase_query};
 use crate::core::message::Channel;
 use crate::core::ports::{
-    ActivityBucket, ConversationFilter, ConversationOverview, MonitorStore, StoreError,
+    ActivityBucket, ConversationFilter, ConversationOverview, MonitorStore, ProviderActivity,
+    StoreError,
 };
 
 impl MonitorStore for SqliteStore {
@@ -74,6 +75,25 @@ impl MonitorStore for SqliteStore {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn last_answer(&self, provider: &str) -> Result<Option<ProviderActivity>, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT provider, model, created_at, latency_ms FROM messages
+                 WHERE provider = ?1 AND kind = 'answer'
+                 ORDER BY created_at DESC LIMIT 1",
+            )?
+            .query_row(params![provider], |r| {
+                Ok(ProviderActivity {
+                    provider: r.get(0)?,
+                    model: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    at: r.get(2)?,
+                    latency_ms: r.get::<_, Option<i64>>(3)?.map(|l| l.max(0) as u64),
+                })
+            })
+            .optional()?)
     }
 
     fn activity(
