@@ -4,9 +4,11 @@ use std::os::unix::fs::PermissionsExt;
 
 use convagent::config::{ConfigSource, Settings, read_file};
 use convagent::core::Store;
+use convagent::core::ports::{PROMPT_DEFAULT, PROMPT_FROM_CHAT, PROMPT_FROM_CONFIG};
 
 use super::Check;
 use crate::context::Context;
+use crate::output::{age, now_ms};
 
 pub fn config_check(settings: &Settings) -> Check {
     match &settings.source {
@@ -105,4 +107,40 @@ pub fn store_check(ctx: &Context) -> Check {
             ),
         ),
     }
+}
+
+/// The system prompt in use: its version and where it came from, and
+/// whether an edited `agent.system_prompt` is waiting for the next start.
+pub fn prompt_check(ctx: &Context) -> Option<Check> {
+    let store = ctx.store_read_only().ok()??;
+    let configured = &ctx.settings().ok()?.config.agent.system_prompt;
+    let current = store.current_prompt().ok()?;
+    let Some(current) = current else {
+        return Some(Check::pass(
+            "prompt",
+            "none stored yet: the first start stores agent.system_prompt as version 1",
+        ));
+    };
+    let origin = match current.source.as_str() {
+        PROMPT_FROM_CONFIG => "from the config (agent.system_prompt)",
+        PROMPT_FROM_CHAT => "set with /prompt set in `convagent chat`",
+        _ => "the first configured prompt",
+    };
+    let from_config = store.latest_prompt_from(PROMPT_FROM_CONFIG).ok()?;
+    let taken = from_config
+        .or(store.latest_prompt_from(PROMPT_DEFAULT).ok()?)
+        .map(|p| p.text);
+    let detail = format!(
+        "version {} {origin}, {}",
+        current.version,
+        age(current.created_at, now_ms())
+    );
+    if taken.as_deref() != Some(configured.as_str()) && current.text != *configured {
+        return Some(Check::warn(
+            "prompt",
+            format!("{detail}; agent.system_prompt has changed since"),
+            "the next start of `convagent serve` or `chat` stores it as a new version",
+        ));
+    }
+    Some(Check::pass("prompt", detail))
 }

@@ -327,6 +327,7 @@ async fn live_checks_ask_each_provider_and_the_tunnel() {
     assert!(text.contains("getMe: @convagent_bot"), "{text}");
     assert_eq!(status_of(&v, "whatsapp"), "pass", "{text}");
     assert!(text.contains("account My account (active)"), "{text}");
+    assert_eq!(status_of(&v, "sms"), "pass", "{text}");
     assert_eq!(status_of(&v, "slack"), "fail", "{text}");
     assert!(text.contains("invalid_auth"), "{text}");
     assert_eq!(status_of(&v, "reachable"), "pass", "{text}");
@@ -365,4 +366,58 @@ async fn the_port_is_fine_when_our_daemon_holds_it_and_not_otherwise() {
     let v = checks(&env.cmd(&["doctor", "--json"]).output().unwrap());
     assert_eq!(status_of(&v, "port"), "fail");
     assert!(v.to_string().contains("held by another program"));
+}
+
+#[test]
+fn the_prompt_version_and_its_origin_follow_the_config() {
+    let env = Env::new();
+    env.write_config(&format!(
+        "{}[agent]\nsystem_prompt = \"You are Ada's shop assistant.\"\n",
+        crate::BASE_CONFIG
+    ));
+    env.cmd(&["chat", "--chain", "embedded"])
+        .write_stdin("")
+        .assert()
+        .success();
+    let v = checks(&env.cmd(&["doctor", "--json"]).output().unwrap());
+    assert_eq!(status_of(&v, "prompt"), "pass", "{v}");
+    assert!(v.to_string().contains("version 1 from the config"), "{v}");
+
+    // Edited: doctor says a new version is due; the next start makes it.
+    env.write_config(&format!(
+        "{}[agent]\nsystem_prompt = \"You are Ada's bakery assistant.\"\n",
+        crate::BASE_CONFIG
+    ));
+    let v = checks(&env.cmd(&["doctor", "--json"]).output().unwrap());
+    assert_eq!(status_of(&v, "prompt"), "warn", "{v}");
+    assert!(v.to_string().contains("has changed since"), "{v}");
+    env.cmd(&["chat", "--chain", "embedded"])
+        .write_stdin("")
+        .assert()
+        .success();
+    let v = checks(&env.cmd(&["doctor", "--json"]).output().unwrap());
+    assert_eq!(status_of(&v, "prompt"), "pass", "{v}");
+    assert!(v.to_string().contains("version 2 from the config"), "{v}");
+}
+
+#[test]
+fn twilio_channels_say_which_number_replies_go_from() {
+    let env = Env::new();
+    let v = checks(
+        &env.cmd(&["doctor", "--json"])
+            .env("TWILIO_ACCOUNT_SID", "ACtest")
+            .env("TWILIO_AUTH_TOKEN", "twilio-token")
+            .env("TWILIO_SMS_FROM", "+15017122661")
+            .output()
+            .unwrap(),
+    );
+    let text = v.to_string();
+    assert!(
+        text.contains("replies from the number each person wrote to (TWILIO_WHATSAPP_FROM unset)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("replies from +15017122661 (TWILIO_SMS_FROM)"),
+        "{text}"
+    );
 }
