@@ -471,6 +471,33 @@ mod tests {
     }
 
     #[test]
+    fn first_week_keys_parse_with_their_spec_names() {
+        let config = parse(
+            "[agent]\nburst = \"each\"\npatience = 5\nmax_input_chars = 100\n\
+             [channels.telegram]\nmax_body_bytes = 4096\n",
+        )
+        .map_err(|e| e.message)
+        .unwrap();
+        assert_eq!(config.agent.burst, crate::core::Burst::Each);
+        assert_eq!(config.agent.patience_secs, 5);
+        assert_eq!(config.agent.max_input_chars, 100);
+        assert_eq!(config.channels.telegram.max_body_bytes, 4096);
+        let e = parse("[agent]\nburst = \"sometimes\"\n").err().unwrap();
+        assert_eq!(e.key, "agent.burst");
+        let mut config = Config::default();
+        config
+            .apply_env(&env_of(&[("TWILIO_SMS_FROM", "+15017122661")]))
+            .unwrap();
+        assert_eq!(
+            config.channels.twilio.sms_from.as_deref(),
+            Some("+15017122661")
+        );
+        config.guardrails.refusals.insert("nope".into(), "x".into());
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("no rule is named `nope`"), "{e}");
+    }
+
+    #[test]
     fn bad_environment_values_name_the_variable() {
         let mut config = Config::default();
         let e = config

@@ -66,7 +66,9 @@ pub struct AgentConfig {
     /// Characters of one message the model sees at most (all are stored).
     pub max_input_chars: usize,
     /// Seconds a person waits for the first token before the turn fails
-    /// over to the next provider (or the fallback reply).
+    /// over to the next provider (or the fallback reply). SPEC.md calls it
+    /// `agent.patience`; both names are read.
+    #[serde(alias = "patience")]
     pub patience_secs: u64,
 }
 
