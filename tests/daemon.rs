@@ -57,6 +57,8 @@ impl Default for Options {
             llm: Arc::new(support::EchoLlm::new()),
             settings: DaemonSettings {
                 send_backoff: vec![std::time::Duration::from_millis(200); 2],
+                // Show typing at once, so turns of a few hundred ms show it.
+                typing_after: std::time::Duration::ZERO,
                 providers: vec!["echo".into()],
                 ..DaemonSettings::default()
             },

@@ -53,6 +53,8 @@ pub struct DaemonSettings {
     pub providers: Vec<String>,
     /// One turn for every pending message of a conversation, or one each.
     pub burst: Burst,
+    /// How long a turn runs before the channel's typing signal is shown.
+    pub typing_after: Duration,
 }
 
 impl Default for DaemonSettings {
@@ -67,6 +69,7 @@ impl Default for DaemonSettings {
             fallback_retry: Duration::from_secs(30),
             providers: Vec::new(),
             burst: Burst::Collect,
+            typing_after: Duration::from_secs(1),
         }
     }
 }

@@ -1,6 +1,6 @@
-//! "A person never waits in silence": while a turn runs, the channel's
-//! typing signal is shown and repeated before it fades, until the turn
-//! ends (the guard is dropped). Best effort: a failed signal is logged and
+//! "A person never waits in silence": once a turn has run for
+//! `typing_after`, the channel's typing signal is shown and repeated before
+//! it fades, until the turn ends (the guard is dropped). Best effort: a failed signal is logged and
 //! never holds up the reply. Nothing is sent in dry-run mode.
 
 use std::sync::Arc;
@@ -31,7 +31,10 @@ pub fn start(daemon: &Arc<Daemon>, turn: &[InboundMessage]) -> Option<Typing> {
         .typing_lasts()
         .saturating_sub(std::time::Duration::from_secs(1))
         .max(std::time::Duration::from_secs(1));
+    let after = daemon.settings.typing_after;
     Some(Typing(tokio::spawn(async move {
+        // A reply this quick needs no sign (and costs no extra API call).
+        tokio::time::sleep(after).await;
         loop {
             if let Some(signal) = adapter.typing(&message.key, &message)
                 && let Err(e) = signal.await

@@ -542,7 +542,11 @@ fn sqlite_file_conforms_and_persists() {
         })
         .unwrap();
     assert_eq!(bob[0].message_count, 60);
-    assert_eq!(reopened.current_prompt().unwrap().unwrap().version, 2);
+    assert_eq!(
+        reopened.current_prompt().unwrap().unwrap().version,
+        5,
+        "every version of `prompts_are_versioned` survives the reopen"
+    );
     let mode: String = rusqlite::Connection::open(&path)
         .unwrap()
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
