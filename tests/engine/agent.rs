@@ -169,3 +169,26 @@ async fn long_conversations_are_cut_to_the_budget_oldest_first() {
     );
     assert_eq!(request.max_tokens, 256);
 }
+
+#[tokio::test]
+async fn the_model_sees_a_capped_message_and_the_store_keeps_all_of_it() {
+    let llm = Arc::new(FakeLlm::replying("Got it."));
+    let (agent, store) = agent_with(
+        llm.clone(),
+        AgentSettings {
+            max_input_chars: 100,
+            ..AgentSettings::default()
+        },
+    );
+    let long = "é".repeat(250);
+    let reply = agent
+        .handle(&cli::inbound(&key(), &long, 1_000), &mut |_| {})
+        .await
+        .unwrap();
+    let seen = llm.last_request().messages.last().unwrap().content.clone();
+    assert!(seen.starts_with(&"é".repeat(100)), "{seen}");
+    assert!(!seen.starts_with(&"é".repeat(101)), "cut at 100 characters");
+    assert!(seen.ends_with("[…cut at 100 characters]"), "{seen}");
+    let stored = store.messages(reply.conversation_id).unwrap();
+    assert_eq!(stored[0].text, long, "the whole text is kept");
+}
