@@ -16,7 +16,8 @@
 //! ```
 //!
 //! The body is `json` (Telegram, Slack) or `form` (Twilio: an object of
-//! strings, sent form-encoded). `headers` are added as they are; the
+//! strings, sent form-encoded in the order the file lists them, as Twilio
+//! sends its parameters unsorted). `headers` are added as they are; the
 //! signature headers are computed when sending. `expect_status` (default
 //! 200) and `expect` (`accepted`, `duplicate`, `ignored`, or any text the
 //! response body starts with) are what `replay --expect` checks.
@@ -39,7 +40,7 @@ pub struct Golden {
     #[serde(default)]
     pub json: Option<serde_json::Value>,
     #[serde(default)]
-    pub form: Option<BTreeMap<String, String>>,
+    pub form: Option<Form>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default = "ok_status")]
@@ -50,6 +51,36 @@ pub struct Golden {
 
 fn ok_status() -> u16 {
     200
+}
+
+/// Form fields in the order the file gives them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Form(pub Vec<(String, String)>);
+
+impl Form {
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut String> {
+        self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Form {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Form;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of string fields")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Form, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = map.next_entry::<String, String>()? {
+                    fields.push(field);
+                }
+                Ok(Form(fields))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,10 +138,11 @@ impl Golden {
             .collect()
     }
 
-    fn body(&self) -> Vec<u8> {
+    /// The request body as the provider sends it.
+    pub fn body(&self) -> Vec<u8> {
         match (&self.json, &self.form) {
             (Some(json), _) => json.to_string().into_bytes(),
-            (None, Some(form)) => serde_urlencoded::to_string(form)
+            (None, Some(form)) => serde_urlencoded::to_string(&form.0)
                 .unwrap_or_default()
                 .into_bytes(),
             (None, None) => Vec::new(),

@@ -185,10 +185,17 @@ impl Harness {
         .unwrap()
     }
 
+    /// The request as its provider would send it to this daemon, signed
+    /// with the test support's own implementation of each provider's
+    /// documented algorithm (never the adapters').
     pub fn sign(&self, golden: &Golden) -> SignedRequest {
-        golden
-            .sign(&self.url, None, &self.config, now_secs())
-            .unwrap()
+        sign_to(&self.url, golden, None)
+    }
+
+    /// Like [`Harness::sign`], for a daemon that believes it is reached at
+    /// `public` (Twilio signs the URL it calls).
+    pub fn sign_for(&self, golden: &Golden, public: Option<&str>) -> SignedRequest {
+        sign_to(&self.url, golden, public)
     }
 
     pub async fn post(&self, request: &SignedRequest) -> (u16, String, Option<String>) {
@@ -204,6 +211,53 @@ impl Harness {
             task.await.unwrap().unwrap();
         }
         self.dir
+    }
+}
+
+/// `golden` signed for the daemon at `base` with the test secrets.
+pub fn sign_to(base: &str, golden: &Golden, public: Option<&str>) -> SignedRequest {
+    use convagent::core::Channel;
+    let path = format!("/webhook/{}", golden.channel);
+    let body = golden.body();
+    let mut headers: Vec<(String, String)> = golden
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    if !headers.iter().any(|(k, _)| k == "content-type") {
+        let content_type = match golden.form {
+            Some(_) => "application/x-www-form-urlencoded",
+            None => "application/json",
+        };
+        headers.push(("content-type".into(), content_type.into()));
+    }
+    match golden.channel {
+        Channel::Telegram => headers.push((
+            "x-telegram-bot-api-secret-token".into(),
+            TELEGRAM_SECRET.into(),
+        )),
+        Channel::Slack => {
+            let ts = now_secs().to_string();
+            headers.push((
+                "x-slack-signature".into(),
+                support::signing::slack(SLACK_SECRET, &ts, &body),
+            ));
+            headers.push(("x-slack-request-timestamp".into(), ts));
+        }
+        Channel::Whatsapp | Channel::Sms => {
+            let url = format!("{}{path}", public.unwrap_or(base).trim_end_matches('/'));
+            let params = golden.form.clone().unwrap_or_default().0;
+            headers.push((
+                "x-twilio-signature".into(),
+                support::signing::twilio(TWILIO_TOKEN, &url, &params),
+            ));
+        }
+        Channel::Cli => {}
+    }
+    SignedRequest {
+        url: format!("{}{path}", base.trim_end_matches('/')),
+        headers,
+        body,
     }
 }
 

@@ -127,6 +127,12 @@ impl Daemon {
         &self.metrics
     }
 
+    /// Makes the outbox look for due replies now rather than at its next
+    /// poll (after the clock moved, or another process queued work).
+    pub fn wake_outbox(&self) {
+        self.outbox_wake.notify_one();
+    }
+
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }

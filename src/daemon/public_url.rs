@@ -2,14 +2,20 @@
 //! one `convagent tunnel` recorded in the state dir, re-read when the file
 //! changes (a new tunnel needs no restart); otherwise the Host header.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+/// What identifies one version of the recorded file. `tunnel` replaces it
+/// by renaming a new file over it, so the inode changes with every write,
+/// even two writes within one tick of the file system's clock.
+type Version = (SystemTime, u64, u64);
+
 pub struct PublicUrl {
     configured: Option<String>,
     recorded: Option<PathBuf>,
-    cache: Mutex<Option<(SystemTime, Option<String>)>>,
+    cache: Mutex<Option<(Version, Option<String>)>>,
 }
 
 impl PublicUrl {
@@ -27,10 +33,11 @@ impl PublicUrl {
             return Some(c.clone());
         }
         let path = self.recorded.as_ref()?;
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+        let meta = std::fs::metadata(path).ok()?;
+        let version = (meta.modified().ok()?, meta.ino(), meta.len());
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, url)) = cache.as_ref()
-            && *at == modified
+        if let Some((seen, url)) = cache.as_ref()
+            && *seen == version
         {
             return url.clone();
         }
@@ -38,7 +45,7 @@ impl PublicUrl {
             .ok()
             .map(|t| t.trim().to_string())
             .filter(|t| t.starts_with("http"));
-        *cache = Some((modified, url.clone()));
+        *cache = Some((version, url.clone()));
         url
     }
 }

@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use convagent::adapters::channels::slack::Slack;
-use convagent::adapters::channels::twilio::Twilio;
 use convagent::core::{Store, TraceStore};
 use convagent::golden::Golden;
 
+use crate::support::signing;
 use crate::{Harness, Options, SLACK_SECRET, TWILIO_TOKEN, mount_success, now_secs};
 
 fn header<'a>(r: &'a convagent::golden::SignedRequest, name: &str) -> &'a str {
@@ -82,7 +81,7 @@ async fn slack_signatures_cover_secret_body_and_timestamp() {
     set_header(
         &mut wrong_secret,
         "x-slack-signature",
-        &Slack::signature("not-the-secret", &ts, &good.body),
+        &signing::slack("not-the-secret", &ts, &good.body),
     );
     assert_eq!(h.post(&wrong_secret).await.0, 401);
 
@@ -100,7 +99,7 @@ async fn slack_signatures_cover_secret_body_and_timestamp() {
         set_header(
             &mut stale,
             "x-slack-signature",
-            &Slack::signature(SLACK_SECRET, &stale_ts, &good.body),
+            &signing::slack(SLACK_SECRET, &stale_ts, &good.body),
         );
         let (status, body, _) = h.post(&stale).await;
         assert_eq!(status, 401, "skew {skew}");
@@ -127,14 +126,12 @@ async fn twilio_signatures_use_the_public_url_with_or_without_the_default_port()
     })
     .await;
     let golden = h.golden("whatsapp/text.json");
-    let params: Vec<(String, String)> = golden.form.clone().unwrap().into_iter().collect();
-    let mut request = golden
-        .sign(&h.url, Some(public), &h.config, now_secs())
-        .unwrap();
+    let params: Vec<(String, String)> = golden.form.clone().unwrap().0;
+    let mut request = h.sign_for(&golden, Some(public));
     assert_eq!(h.post(&request).await.0, 200, "signed over the public URL");
 
     // Twilio may sign the URL with the default port spelled out.
-    let with_port = Twilio::signature(
+    let with_port = signing::twilio(
         TWILIO_TOKEN,
         "https://bot.example.com:443/webhook/whatsapp",
         &params,
@@ -143,7 +140,7 @@ async fn twilio_signatures_use_the_public_url_with_or_without_the_default_port()
     assert_eq!(h.post(&request).await.0, 200, "default port accepted");
 
     // Signed over the loopback URL, which is not the one the provider calls.
-    let local = Twilio::signature(
+    let local = signing::twilio(
         TWILIO_TOKEN,
         &format!("{}/webhook/whatsapp", h.url),
         &params,
@@ -156,7 +153,7 @@ async fn twilio_signatures_use_the_public_url_with_or_without_the_default_port()
         "the reason points at the usual mistake: {body}"
     );
 
-    let wrong = Twilio::signature(
+    let wrong = signing::twilio(
         "other-token",
         "https://bot.example.com/webhook/whatsapp",
         &params,
@@ -238,10 +235,7 @@ async fn a_channel_without_secrets_answers_404_with_the_variables_to_set() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let request = h
-        .golden("slack/message_im.json")
-        .sign(&url, None, &h.config, now_secs())
-        .unwrap();
+    let request = crate::sign_to(&url, &h.golden("slack/message_im.json"), None);
     let (status, body, _) = h.post(&request).await;
     assert_eq!(status, 404);
     assert!(
@@ -305,33 +299,38 @@ async fn health_ready_and_metrics() {
 async fn the_public_url_recorded_by_tunnel_is_followed_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let recorded = dir.path().join("state-public_url");
-    std::fs::write(&recorded, "https://first-tunnel.trycloudflare.com\n").unwrap();
+    // As `convagent tunnel` records it: a new file renamed over the old one.
+    // Both writes get the same length and modification time, as two writes
+    // within one tick of the file system's clock would.
+    let stamp = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_763_712_000);
+    let record = |url: &str| {
+        let tmp = dir.path().join("state-public_url.tmp");
+        std::fs::write(&tmp, format!("{url}\n")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+        std::fs::rename(&tmp, &recorded).unwrap();
+    };
+    let (first, second) = (
+        "https://aaaa-tunnel.trycloudflare.com",
+        "https://bbbb-tunnel.trycloudflare.com",
+    );
+    record(first);
     let mut options = Options::default();
     options.settings.recorded_public_url = Some(recorded.clone());
     let h = Harness::start(options).await;
     let golden = h.golden("whatsapp/text.json");
-    let signed_for = |public: &str| {
-        golden
-            .sign(&h.url, Some(public), &h.config, now_secs())
-            .unwrap()
-    };
+    let signed_for = |public: &str| h.sign_for(&golden, Some(public));
 
-    assert_eq!(
-        h.post(&signed_for("https://first-tunnel.trycloudflare.com"))
-            .await
-            .0,
-        200
-    );
-    // A new tunnel, a new URL: the daemon follows the file.
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    std::fs::write(&recorded, "https://second-tunnel.trycloudflare.com\n").unwrap();
-    let (status, body, _) = h
-        .post(&signed_for("https://first-tunnel.trycloudflare.com"))
-        .await;
+    assert_eq!(h.post(&signed_for(first)).await.0, 200);
+    // A new tunnel, a new URL: the daemon follows the file at once.
+    record(second);
+    let (status, body, _) = h.post(&signed_for(first)).await;
     assert_eq!(status, 401, "{body}");
-    let (status, body, _) = h
-        .post(&signed_for("https://second-tunnel.trycloudflare.com"))
-        .await;
+    let (status, body, _) = h.post(&signed_for(second)).await;
     assert_eq!(status, 200, "{body}");
     h.stop().await;
 }
