@@ -39,6 +39,7 @@ pub struct Harness {
     pub twilio: MockServer,
     pub daemon: Arc<Daemon>,
     pub dir: tempfile::TempDir,
+    pub clock: Option<Arc<support::FakeClock>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -49,6 +50,8 @@ pub struct Options {
     pub public_url: Option<String>,
     /// Changes to the configuration, after the fakes' URLs and secrets.
     pub configure: fn(&mut Config),
+    /// A clock the test moves by hand (default: the system clock).
+    pub clock: Option<Arc<support::FakeClock>>,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             },
             public_url: None,
             configure: |_| {},
+            clock: None,
         }
     }
 }
@@ -133,12 +137,16 @@ impl Harness {
         (options.configure)(&mut config);
 
         let store = Arc::new(SqliteStore::open(&dir.path().join("convagent.db")).unwrap());
+        let clock: Arc<dyn convagent::core::Clock> = match &options.clock {
+            Some(fake) => fake.clone(),
+            None => Arc::new(SystemClock),
+        };
         let metrics = Metrics::new();
         let tracer = Tracer::start(store.clone(), metrics.clone());
         let agent = Agent::new(
             store.clone(),
             options.llm,
-            Arc::new(SystemClock),
+            clock.clone(),
             Guardrails::new(&[]).unwrap(),
             AgentSettings::default(),
         )
@@ -153,7 +161,7 @@ impl Harness {
             store.clone(),
             Arc::new(agent),
             channels::enabled(&config),
-            Arc::new(SystemClock),
+            clock,
             settings,
             metrics,
             tracer,
@@ -171,6 +179,7 @@ impl Harness {
             twilio,
             daemon,
             dir,
+            clock: options.clock,
             stop: Some(stop),
             task: Some(task),
         }
@@ -200,6 +209,12 @@ impl Harness {
 
     pub async fn post(&self, request: &SignedRequest) -> (u16, String, Option<String>) {
         post(request).await
+    }
+
+    /// Moves the fake clock on by `ms` and has the outbox look at once.
+    pub fn advance(&self, ms: i64) {
+        self.clock.as_ref().expect("Options::clock").advance(ms);
+        self.daemon.wake_outbox();
     }
 
     /// Stops the daemon gracefully and waits for it.

@@ -398,7 +398,8 @@ pub trait OutboxStore: Send + Sync {
     /// sent), oldest first.
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
 
-    /// The earliest time a queued item becomes due, if any is queued.
+    /// The earliest time the head of a conversation's queue becomes due, if
+    /// any is queued.
     fn next_due_at(&self) -> Result<Option<i64>, StoreError>;
 
     fn update_outbox(&self, id: i64, update: &OutboxUpdate, at: i64) -> Result<(), StoreError>;

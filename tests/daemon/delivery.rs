@@ -168,33 +168,6 @@ async fn five_messages_from_one_sender_are_answered_in_order_one_each() {
 }
 
 #[tokio::test]
-async fn a_429_is_waited_out_then_delivered() {
-    let h = Harness::start(Options::default()).await;
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
-        .respond_with(ResponseTemplate::new(429).set_body_json(json!({
-            "ok": false, "error_code": 429,
-            "description": "Too Many Requests: retry after 1",
-            "parameters": { "retry_after": 1 }
-        })))
-        .up_to_n_times(1)
-        .mount(&h.telegram)
-        .await;
-    mount_success(&h).await;
-    let started = Instant::now();
-    h.post(&telegram_text(&h, 9, 90, "busy?")).await;
-    let sent = wait_for(&h.telegram, 2).await;
-    assert_eq!(sent.len(), 2, "one 429, then the delivery");
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "waited what the provider asked"
-    );
-    assert!(eventually(5, || h.store.outbox_stats().unwrap().queued == 0).await);
-    assert_eq!(h.store.outbox_stats().unwrap().dead, 0);
-    h.stop().await;
-}
-
-#[tokio::test]
 async fn a_permanent_400_is_a_dead_letter_with_the_providers_code() {
     let h = Harness::start(Options::default()).await;
     Mock::given(method("POST"))
@@ -221,25 +194,6 @@ async fn a_permanent_400_is_a_dead_letter_with_the_providers_code() {
         .await
         .unwrap();
     assert!(text.contains("convagent_dead_letters 1"), "{text}");
-    h.stop().await;
-}
-
-#[tokio::test]
-async fn server_errors_back_off_then_dead_letter() {
-    let h = Harness::start(Options::default()).await;
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
-        .respond_with(ResponseTemplate::new(502).set_body_string("Bad Gateway"))
-        .mount(&h.telegram)
-        .await;
-    h.post(&telegram_text(&h, 12, 120, "anyone?")).await;
-    // The harness backs off 200 ms twice (instead of 1, 2, 4, 8, 16 s).
-    assert!(eventually(10, || h.store.outbox_stats().unwrap().dead == 1).await);
-    assert_eq!(
-        bodies(&h.telegram).await.len(),
-        3,
-        "first try and two retries"
-    );
     h.stop().await;
 }
 
@@ -548,5 +502,191 @@ async fn whatsapp_without_a_configured_number_replies_from_the_one_written_to() 
     let sent = wait_for(&h.twilio, 1).await;
     assert_eq!(sent[0]["From"], "whatsapp:+14155238886");
     assert_eq!(h.store.outbox_stats().unwrap().dead, 0);
+    h.stop().await;
+}
+
+/// A daemon on a fake clock set to now, so that waits are decided by the
+/// test moving the clock, never by how long anything takes.
+async fn on_a_fake_clock(settings: impl FnOnce(&mut convagent::daemon::DaemonSettings)) -> Harness {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut options = Options {
+        clock: Some(Arc::new(crate::support::FakeClock::at(now))),
+        ..Options::default()
+    };
+    settings(&mut options.settings);
+    Harness::start(options).await
+}
+
+/// Sends a fake received (typing signals left out).
+async fn sends(server: &wiremock::MockServer) -> usize {
+    bodies(server).await.len()
+}
+
+/// The moment the outbox will next try, relative to the fake clock.
+fn next_try_in(h: &Harness) -> Option<i64> {
+    let now = convagent::core::Clock::now_ms(h.clock.as_deref().unwrap());
+    h.store.next_due_at().unwrap().map(|at| at - now)
+}
+
+#[tokio::test]
+async fn each_channel_waits_out_exactly_the_429_wait_it_is_given() {
+    let h = on_a_fake_clock(|_| {}).await;
+    // Waits no default could produce (the adapters default to 1 s).
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(ResponseTemplate::new(429).set_body_json(json!({
+            "ok": false, "error_code": 429,
+            "description": "Too Many Requests: retry after 7",
+            "parameters": { "retry_after": 7 }
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.telegram)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/chat\.postMessage$"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "11")
+                .set_body_json(json!({ "ok": false, "error": "ratelimited" })),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.slack)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/2010-04-01/Accounts/[^/]+/Messages\.json$"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "13")
+                .set_body_json(json!({
+                    "code": 20429, "message": "Too Many Requests",
+                    "more_info": "https://www.twilio.com/docs/errors/20429", "status": 429
+                })),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.twilio)
+        .await;
+    mount_success(&h).await;
+
+    let cases: [(&str, &wiremock::MockServer, i64); 3] = [
+        ("telegram/text.json", &h.telegram, 7_000),
+        ("slack/message_im.json", &h.slack, 11_000),
+        ("whatsapp/text.json", &h.twilio, 13_000),
+    ];
+    for (golden, api, wait) in cases {
+        h.post(&h.sign(&h.golden(golden))).await;
+        assert!(
+            eventually(10, || next_try_in(&h) == Some(wait)).await,
+            "{golden}: {:?}",
+            next_try_in(&h)
+        );
+        assert_eq!(sends(api).await, 1, "{golden}");
+        h.advance(wait - 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(sends(api).await, 1, "{golden}: not before the wait is over");
+        h.advance(1);
+        assert!(
+            eventually(10, || h.store.outbox_stats().unwrap().queued == 0).await,
+            "{golden}"
+        );
+        assert_eq!(sends(api).await, 2, "{golden}: delivered after the wait");
+    }
+    assert_eq!(h.store.outbox_stats().unwrap().dead, 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn server_errors_back_off_1_2_4_8_16_seconds_then_dead_letter() {
+    let h = on_a_fake_clock(|s| {
+        s.send_backoff = convagent::daemon::DaemonSettings::default().send_backoff
+    })
+    .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(ResponseTemplate::new(502).set_body_string("Bad Gateway"))
+        .mount(&h.telegram)
+        .await;
+    h.post(&telegram_text(&h, 12, 120, "anyone?")).await;
+    for (attempt, wait) in [1_000, 2_000, 4_000, 8_000, 16_000].into_iter().enumerate() {
+        assert!(
+            eventually(10, || next_try_in(&h) == Some(wait)).await,
+            "after attempt {}: {:?}",
+            attempt + 1,
+            next_try_in(&h)
+        );
+        assert_eq!(sends(&h.telegram).await, attempt + 1);
+        h.advance(wait);
+    }
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().dead == 1).await);
+    assert_eq!(
+        sends(&h.telegram).await,
+        6,
+        "the first try and five retries"
+    );
+    let dead: Vec<(String, String)> = crate::support::pairs(
+        &h.dir.path().join("convagent.db"),
+        "SELECT error_code, last_error FROM outbox WHERE state = 'dead'",
+    );
+    assert_eq!(dead[0].0, "retries_exhausted");
+    assert!(dead[0].1.contains("502"), "{dead:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_later_reply_never_overtakes_one_waiting_to_retry() {
+    let h = on_a_fake_clock(|s| {
+        s.burst = convagent::core::Burst::Each;
+        s.send_backoff = convagent::daemon::DaemonSettings::default().send_backoff;
+    })
+    .await;
+    // The first send fails; every later one succeeds.
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(json!({
+            "ok": false, "error_code": 500, "description": "Internal Server Error"
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.telegram)
+        .await;
+    mount_success(&h).await;
+    for i in 1..=3 {
+        h.post(&telegram_text(&h, 700 + i, 800 + i, &format!("part {i}")))
+            .await;
+    }
+    // Every reply is stored and queued, the first one waiting to retry.
+    let conversation = || h.store.conversations(&Default::default()).unwrap()[0].id;
+    assert!(eventually(10, || h.store.messages(conversation()).unwrap().len() == 6).await);
+    assert!(eventually(10, || next_try_in(&h) == Some(1_000)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sends(&h.telegram).await,
+        1,
+        "replies 2 and 3 wait behind the first"
+    );
+    assert_eq!(h.store.outbox_stats().unwrap().queued, 3);
+
+    h.advance(1_000);
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().queued == 0).await);
+    let texts: Vec<String> = bodies(&h.telegram)
+        .await
+        .iter()
+        .map(|b| b["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "echo: part 1",
+            "echo: part 1",
+            "echo: part 2",
+            "echo: part 3"
+        ],
+        "the failed one again, then the rest in order"
+    );
     h.stop().await;
 }

@@ -48,7 +48,14 @@ impl OutboxStore for SqliteStore {
     fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
             .conn()
-            .prepare_cached("SELECT min(next_attempt_at) FROM outbox WHERE state = 'queued'")?
+            // Heads of queues only: a reply queued behind one that waits to
+            // retry is not due before it, however old it is.
+            .prepare_cached(
+                "SELECT min(o.next_attempt_at) FROM outbox o
+                 WHERE o.state = 'queued'
+                   AND o.id = (SELECT min(h.id) FROM outbox h
+                               WHERE h.conversation_id = o.conversation_id AND h.state = 'queued')",
+            )?
             .query_row([], |r| r.get(0))?)
     }
 
