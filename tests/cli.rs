@@ -59,8 +59,10 @@ pub struct Env {
     pub home: tempfile::TempDir,
     /// Where Ollama is supposed to be: a closed port unless a test fakes it.
     pub ollama: String,
-    /// CONVAGENT_LISTEN: a free port, so no test depends on 8080.
+    /// CONVAGENT_LISTEN: a port of this test's own, so no test depends on 8080.
     pub listen: String,
+    /// Hold the ports above for the test's life.
+    _ports: [support::ReservedPort; 2],
 }
 
 impl Default for Env {
@@ -71,12 +73,12 @@ impl Default for Env {
 
 impl Env {
     pub fn new() -> Self {
+        let ports = [support::ReservedPort::new(), support::ReservedPort::new()];
         let env = Env {
             home: tempfile::tempdir().unwrap(),
-            ollama: support::closed_port_url(),
-            listen: support::closed_port_url()
-                .trim_start_matches("http://")
-                .to_string(),
+            ollama: ports[0].url(),
+            listen: ports[1].addr(),
+            _ports: ports,
         };
         // Tests run side by side on 2 cores: one llama.cpp thread per
         // process keeps them from oversubscribing the machine.

@@ -16,11 +16,14 @@ const SECRET: &str = "e2e-webhook-secret";
 struct Daemon {
     child: Child,
     url: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
-    fn start(env: &Env, port: u16, telegram: &str, extra: &[(&str, &str)]) -> Daemon {
-        let mut cmd = env.std_cmd(&["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    /// `serve --listen 127.0.0.1:0`: the kernel picks the port, and the
+    /// test reads the address back from what serve prints when it is ready.
+    fn start(env: &Env, telegram: &str, extra: &[(&str, &str)]) -> Daemon {
+        let mut cmd = env.std_cmd(&["serve", "--listen", "127.0.0.1:0"]);
         cmd.env("TELEGRAM_BOT_TOKEN", "42:e2e-token")
             .env("TELEGRAM_WEBHOOK_SECRET", SECRET)
             .env("CONVAGENT_TELEGRAM_API_BASE", telegram)
@@ -30,23 +33,31 @@ impl Daemon {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::blocking::get(format!("{url}/health")).is_err() {
-            assert!(Instant::now() < deadline, "serve did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Daemon { child, url }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (found, address) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let seen = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = found.send(url.to_string());
+                }
+                seen.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let url = address
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("serve did not come up: {}", stderr.lock().unwrap()));
+        Daemon { child, url, stderr }
     }
-}
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    /// What serve printed on stderr so far.
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
 }
 
 fn telegram_update(chat: i64, update: i64, text: &str) -> serde_json::Value {
@@ -128,10 +139,9 @@ async fn killed_with_messages_accepted_but_unanswered_answers_them_after_restart
     let (telegram, ollama) = fakes(Duration::from_secs(3)).await;
     let mut env = Env::new();
     env.ollama = ollama.uri();
-    let port = free_port();
     let telegram_url = telegram.uri();
 
-    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, port, &telegram_url, &[]));
+    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram_url, &[]));
     for chat in 1..=3 {
         let url = daemon.url.clone();
         let status = tokio::task::block_in_place(|| {
@@ -144,7 +154,7 @@ async fn killed_with_messages_accepted_but_unanswered_answers_them_after_restart
     daemon.child.wait().unwrap();
     assert!(sent_chats(&telegram).await.is_empty());
 
-    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, port, &telegram_url, &[]));
+    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram_url, &[]));
     let deadline = Instant::now() + Duration::from_secs(30);
     while sent_chats(&telegram).await.len() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -167,8 +177,11 @@ async fn killed_with_messages_accepted_but_unanswered_answers_them_after_restart
     );
     let status = tokio::task::block_in_place(|| daemon.child.wait().unwrap());
     assert!(status.success(), "{status:?}");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(daemon.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    // The reader thread has seen everything once the pipe closed.
+    assert!(crate::support::eventually_blocking(5, || daemon
+        .stderr()
+        .contains("convagent serve: stopped")));
+    let stderr = daemon.stderr();
     assert!(
         stderr.contains("listening on http://127.0.0.1:"),
         "{stderr}"
@@ -181,10 +194,9 @@ async fn replay_posts_the_golden_payloads_and_checks_the_answers() {
     let (telegram, ollama) = fakes(Duration::ZERO).await;
     let mut env = Env::new();
     env.ollama = ollama.uri();
-    let port = free_port();
     let telegram_url = telegram.uri();
     let mut daemon = tokio::task::block_in_place(|| {
-        Daemon::start(&env, port, &telegram_url, &[("CONVAGENT_DRY_RUN", "1")])
+        Daemon::start(&env, &telegram_url, &[("CONVAGENT_DRY_RUN", "1")])
     });
     let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/telegram");
     let url = daemon.url.clone();
@@ -253,4 +265,113 @@ async fn replay_posts_the_golden_payloads_and_checks_the_answers() {
     daemon.child.kill().unwrap();
     let _ = daemon.child.wait();
     let _ = telegram;
+}
+
+/// An Ollama that answers at once with "re: " and the last user message,
+/// in its NDJSON stream format.
+struct EchoOllama;
+
+impl wiremock::Respond for EchoOllama {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let asked: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let last = asked["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let lines = [
+            json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": format!("re: {last}") }, "done": false }),
+            json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "" }, "done": true, "eval_count": 2 }),
+        ];
+        ResponseTemplate::new(200)
+            .set_body_string(lines.iter().map(|l| format!("{l}\n")).collect::<String>())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_replies_queued_behind_a_slow_send_sends_the_rest_once_in_order() {
+    // Telegram takes 3 s to answer a send: the first reply is on the wire
+    // when the daemon dies, the other two wait behind it in the outbox.
+    let telegram = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "ok": true, "result": { "message_id": 1 } }))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&telegram)
+        .await;
+    let ollama = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(EchoOllama)
+        .mount(&ollama)
+        .await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    env.write_config(&format!(
+        "{}[agent]\nburst = \"each\"\n",
+        crate::BASE_CONFIG
+    ));
+    let telegram_url = telegram.uri();
+    let sent_texts = || async {
+        telegram
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path().ends_with("/sendMessage"))
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram_url, &[]));
+    for i in 1..=3 {
+        let url = daemon.url.clone();
+        let status = tokio::task::block_in_place(|| {
+            post_update(&url, &telegram_update(7, 70 + i, &format!("part {i}")))
+        });
+        assert_eq!(status, 200);
+    }
+    // All three answered and queued; the first send is on the wire.
+    let store = env.store();
+    let queued = || {
+        convagent::adapters::store::SqliteStore::open_with(
+            &store,
+            convagent::adapters::store::OpenMode::ReadOnly,
+        )
+        .ok()
+        .and_then(|s| convagent::core::OutboxStore::outbox_stats(&s).ok())
+        .map_or(0, |s| s.queued)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (queued() < 3 || sent_texts().await.is_empty()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(queued(), 3);
+    assert_eq!(sent_texts().await, ["re: part 1"]);
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+
+    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram_url, &[]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queued() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued(), 0, "everything sent after the restart");
+    assert_eq!(
+        sent_texts().await,
+        ["re: part 1", "re: part 1", "re: part 2", "re: part 3"],
+        "the reply on the wire at the crash is sent again (at least once); \
+         the queued ones once each, in order"
+    );
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
 }

@@ -8,7 +8,7 @@ use convagent::adapters::llm::{Chain, ChainPolicy, Ollama, OllamaSettings, Timeo
 use convagent::adapters::store::SqliteStore;
 use convagent::core::{ChatMessage, LlmError, LlmProvider, LlmRequest, Role};
 
-use crate::support::{Collected, FakeLlm, closed_port_url};
+use crate::support::{Collected, FakeLlm, ReservedPort};
 
 fn chain(providers: Vec<Arc<dyn LlmProvider>>) -> Chain {
     Chain::new(
@@ -28,8 +28,9 @@ fn request() -> LlmRequest {
 
 #[tokio::test]
 async fn an_unreachable_ollama_falls_through_at_once() {
+    let refused = ReservedPort::new();
     let ollama = Arc::new(Ollama::new(OllamaSettings {
-        host: closed_port_url(),
+        host: refused.url(),
         model: "mistral:7b".into(),
         num_ctx: 4096,
         keep_alive: "5m".into(),

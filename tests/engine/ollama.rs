@@ -10,7 +10,7 @@ use serde_json::json;
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{Collected, closed_port_url, stalling_server};
+use crate::support::{Collected, ReservedPort, stalling_server};
 
 fn ollama(host: &str, timeouts: Timeouts) -> Ollama {
     Ollama::new(OllamaSettings {
@@ -208,8 +208,9 @@ async fn a_server_error_is_reported_with_its_status() {
 
 #[tokio::test]
 async fn connection_refused_fails_at_once_as_unreachable() {
+    let refused = ReservedPort::new();
     let started = Instant::now();
-    let err = ollama(&closed_port_url(), timeouts(60_000, 60_000))
+    let err = ollama(&refused.url(), timeouts(60_000, 60_000))
         .generate(&request(), &mut |_| {})
         .await
         .unwrap_err();

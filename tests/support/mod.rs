@@ -96,12 +96,43 @@ pub fn model_path() -> PathBuf {
     path
 }
 
-/// An address on loopback where nothing listens (connection refused).
-pub fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
+/// A loopback port held for the whole test: bound but never listening, so
+/// connecting to it is refused (nothing listens) and no other test is handed
+/// it meanwhile. Bound with SO_REUSEADDR, so a program under test may still
+/// listen on it (`serve --listen`, doctor's port check). No port is taken
+/// free, released, and hoped to be free later.
+pub struct ReservedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ReservedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        ReservedPort {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`: where a connection is refused.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A raw HTTP/1.1 server on loopback that answers one request with a
@@ -444,4 +475,16 @@ pub mod signing {
             "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
         );
     }
+}
+
+/// [`eventually`] for tests that are not async.
+pub fn eventually_blocking(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    check()
 }

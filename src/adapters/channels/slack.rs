@@ -410,6 +410,38 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_window_is_five_minutes_either_way_to_the_second() {
+        let body = b"{}";
+        let now_ms = 1_763_712_000_000;
+        let verify_at = |skew: i64| {
+            let ts = (now_ms / 1000 + skew).to_string();
+            let headers = vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("x-slack-request-timestamp".to_string(), ts.clone()),
+                (
+                    "x-slack-signature".to_string(),
+                    Slack::signature("s", &ts, body),
+                ),
+            ];
+            slack().verify(&WebhookRequest {
+                url: "https://bot.example/webhook/slack",
+                headers: &headers,
+                body,
+                now_ms,
+            })
+        };
+        for skew in [-300, 0, 300] {
+            assert_eq!(verify_at(skew), Ok(()), "{skew}");
+        }
+        for skew in [-301, 301] {
+            assert!(
+                matches!(verify_at(skew), Err(WebhookError::Unauthorized(_))),
+                "{skew}"
+            );
+        }
+    }
+
+    #[test]
     fn an_empty_event_id_is_the_senders_error() {
         let body = json!({ "type": "event_callback", "event_id": " ",
             "event": { "type": "message", "channel": "D1", "user": "U1", "text": "x",
