@@ -211,6 +211,22 @@ impl Harness {
         post(request).await
     }
 
+    /// Waits until the pipeline is idle: no message waits for an answer and
+    /// no reply waits to be sent (a send in flight is still queued until its
+    /// outcome is recorded). Then nothing more can go out: counting sends
+    /// after this needs no "long enough" sleep.
+    pub async fn drained(&self) {
+        use convagent::core::OutboxStore;
+        let idle = || {
+            self.store.outbox_stats().unwrap().queued == 0
+                && self.store.conversations_with_pending(1).unwrap().is_empty()
+        };
+        assert!(
+            support::eventually(15, idle).await,
+            "the pipeline did not drain"
+        );
+    }
+
     /// Moves the fake clock on by `ms` and has the outbox look at once.
     pub fn advance(&self, ms: i64) {
         self.clock.as_ref().expect("Options::clock").advance(ms);

@@ -159,7 +159,8 @@ async fn killed_with_messages_accepted_but_unanswered_answers_them_after_restart
     while sent_chats(&telegram).await.len() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Drained (nothing pending, nothing queued): no extra send can come.
+    assert!(crate::support::eventually(15, || drained(&env)).await);
     assert_eq!(
         sent_chats(&telegram).await,
         ["1", "2", "3"],
@@ -265,6 +266,19 @@ async fn replay_posts_the_golden_payloads_and_checks_the_answers() {
     daemon.child.kill().unwrap();
     let _ = daemon.child.wait();
     let _ = telegram;
+}
+
+/// Nothing waits for an answer and nothing waits to be sent, per the store.
+fn drained(env: &Env) -> bool {
+    use convagent::adapters::store::{OpenMode, SqliteStore};
+    use convagent::core::OutboxStore;
+    let Ok(store) = SqliteStore::open_with(&env.store(), OpenMode::ReadOnly) else {
+        return false;
+    };
+    store.outbox_stats().is_ok_and(|s| s.queued == 0)
+        && store
+            .conversations_with_pending(1)
+            .is_ok_and(|p| p.is_empty())
 }
 
 /// An Ollama that answers at once with "re: " and the last user message,

@@ -33,7 +33,7 @@ async fn one_message_gets_one_reply_with_the_right_text_and_recipient() {
     mount_success(&h).await;
     let (status, _, correlation) = h.post(&telegram_text(&h, 1, 1, "Hi there")).await;
     assert_eq!(status, 200);
-    let sent = wait_for(&h.telegram, 1).await;
+    let sent = wait_for(&h, &h.telegram, 1).await;
     assert_eq!(
         sent,
         vec![json!({ "chat_id": "111222333", "text": "echo: Hi there" })]
@@ -81,17 +81,14 @@ async fn one_message_gets_one_reply_with_the_right_text_and_recipient() {
     h.stop().await;
 }
 
-async fn wait_for(server: &wiremock::MockServer, n: usize) -> Vec<serde_json::Value> {
+async fn wait_for(h: &Harness, server: &wiremock::MockServer, n: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = bodies(server).await;
-        if got.len() >= n || Instant::now() > deadline {
-            // A moment more, to catch any extra (unwanted) send.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            return bodies(server).await;
-        }
+    while bodies(server).await.len() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Anything more (an unwanted extra send) would be queued or pending.
+    h.drained().await;
+    bodies(server).await
 }
 
 #[tokio::test]
@@ -126,7 +123,7 @@ async fn the_same_payload_ten_times_at_once_gets_exactly_one_reply() {
         answers.iter().filter(|(_, b)| b == "duplicate\n").count(),
         9
     );
-    let sent = wait_for(&h.telegram, 1).await;
+    let sent = wait_for(&h, &h.telegram, 1).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(llm.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     h.stop().await;
@@ -152,7 +149,7 @@ async fn five_messages_from_one_sender_are_answered_in_order_one_each() {
     for r in &requests {
         assert_eq!(h.post(r).await.0, 200);
     }
-    let sent = wait_for(&h.telegram, 5).await;
+    let sent = wait_for(&h, &h.telegram, 5).await;
     let texts: Vec<&str> = sent.iter().map(|b| b["text"].as_str().unwrap()).collect();
     assert_eq!(
         texts,
@@ -211,7 +208,7 @@ async fn slack_replies_in_the_thread_and_twilio_from_the_configured_number() {
     mount_success(&h).await;
     h.post(&h.sign(&h.golden("slack/app_mention.json"))).await;
     h.post(&h.sign(&h.golden("whatsapp/text.json"))).await;
-    let slack = wait_for(&h.slack, 1).await;
+    let slack = wait_for(&h, &h.slack, 1).await;
     assert_eq!(slack[0]["channel"], "C123ABC456");
     assert_eq!(slack[0]["thread_ts"], "1515449522.000016");
     assert!(
@@ -229,7 +226,7 @@ async fn slack_replies_in_the_thread_and_twilio_from_the_configured_number() {
         .to_string();
     assert_eq!(auth, "Bearer xoxb-test");
 
-    let twilio = wait_for(&h.twilio, 1).await;
+    let twilio = wait_for(&h, &h.twilio, 1).await;
     assert_eq!(twilio[0]["To"], "whatsapp:+14155550123");
     assert_eq!(twilio[0]["From"], "whatsapp:+14155238886");
     assert_eq!(twilio[0]["Body"], "echo: Hi! Are you open on Sunday?");
@@ -269,7 +266,7 @@ async fn a_long_reply_is_split_at_the_channel_limit() {
     mount_success(&h).await;
     h.post(&telegram_text(&h, 13, 130, "Tell me a very long story."))
         .await;
-    let sent = wait_for(&h.telegram, 3).await;
+    let sent = wait_for(&h, &h.telegram, 3).await;
     assert!(sent.len() >= 2, "{} parts", sent.len());
     for part in &sent {
         assert!(part["text"].as_str().unwrap().chars().count() <= 4096);
@@ -333,8 +330,8 @@ async fn many_conversations_at_once_get_exactly_one_reply_each() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    let sent = wait_for(&h.telegram, n as usize).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Drained: no extra send can still come.
+    let sent = wait_for(&h, &h.telegram, n as usize).await;
     let mut chats: Vec<String> = bodies(&h.telegram)
         .await
         .iter()
@@ -380,7 +377,7 @@ async fn a_burst_sent_while_a_turn_runs_gets_one_answer_that_sees_all_of_it() {
             200
         );
     }
-    let sent = wait_for(&h.telegram, 2).await;
+    let sent = wait_for(&h, &h.telegram, 2).await;
     let texts: Vec<&str> = sent.iter().map(|b| b["text"].as_str().unwrap()).collect();
     assert_eq!(
         texts,
@@ -440,9 +437,20 @@ async fn in_an_outage_a_conversation_gets_one_fallback_until_it_is_answered_agai
         );
         assert!(eventually(5, || llm.calls() as i64 > i).await);
     }
-    // Retries keep failing meanwhile: still one fallback.
+    // Retries keep failing meanwhile: still one fallback, stored and sent.
     assert!(eventually(10, || llm.calls() >= 5).await);
-    let sent = wait_for(&h.telegram, 1).await;
+    let conversation = h.store.conversations(&Default::default()).unwrap()[0].id;
+    let fallbacks = || {
+        h.store
+            .messages(conversation)
+            .unwrap()
+            .iter()
+            .filter(|m| m.kind == Some(convagent::core::ReplyKind::Fallback))
+            .count()
+    };
+    assert_eq!(fallbacks(), 1);
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().queued == 0).await);
+    let sent = bodies(&h.telegram).await;
     assert_eq!(sent.len(), 1, "one fallback for the conversation: {sent:?}");
     assert!(
         sent[0]["text"]
@@ -454,18 +462,21 @@ async fn in_an_outage_a_conversation_gets_one_fallback_until_it_is_answered_agai
     // The provider recovers: one answer for all three, then a new outage
     // may send a fallback again.
     llm.set(Ok("back now".into()));
-    let sent = wait_for(&h.telegram, 2).await;
+    let sent = wait_for(&h, &h.telegram, 2).await;
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_eq!(sent[1]["text"], "back now");
-    let conversation = h.store.conversations(&Default::default()).unwrap()[0].id;
     assert!(h.store.pending(conversation, 10).unwrap().is_empty());
     llm.set(Err(http_500("down")));
     assert_eq!(
         h.post(&telegram_text(&h, 510, 610, "and now?")).await.0,
         200
     );
-    let sent = wait_for(&h.telegram, 3).await;
-    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(
+        eventually(10, || fallbacks() == 2).await,
+        "a new outage, a new fallback"
+    );
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().queued == 0).await);
+    assert_eq!(bodies(&h.telegram).await.len(), 3);
     h.stop().await;
 }
 
@@ -475,7 +486,7 @@ async fn sms_replies_go_from_the_number_written_to_without_a_whatsapp_prefix() {
     mount_success(&h).await;
     let (status, body, _) = h.post(&h.sign(&h.golden("sms/text.json"))).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    let sent = wait_for(&h.twilio, 1).await;
+    let sent = wait_for(&h, &h.twilio, 1).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     // TWILIO_SMS_FROM is unset: the reply goes from the number written to.
     assert_eq!(sent[0]["To"], "+14155550100");
@@ -499,7 +510,7 @@ async fn whatsapp_without_a_configured_number_replies_from_the_one_written_to() 
     .await;
     mount_success(&h).await;
     h.post(&h.sign(&h.golden("whatsapp/text.json"))).await;
-    let sent = wait_for(&h.twilio, 1).await;
+    let sent = wait_for(&h, &h.twilio, 1).await;
     assert_eq!(sent[0]["From"], "whatsapp:+14155238886");
     assert_eq!(h.store.outbox_stats().unwrap().dead, 0);
     h.stop().await;
