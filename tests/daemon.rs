@@ -21,7 +21,7 @@ use convagent::core::{Agent, AgentSettings, Guardrails, LlmProvider};
 use convagent::daemon::{self, Daemon, DaemonSettings, Metrics, Tracer};
 use convagent::golden::{Golden, SignedRequest};
 use serde_json::json;
-use wiremock::matchers::{method, path_regex};
+use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 pub const TELEGRAM_TOKEN: &str = "123456:TEST-bot-token";
@@ -72,6 +72,16 @@ impl Default for Options {
     }
 }
 
+/// `Basic base64(AccountSid:AuthToken)`, as Twilio's API requires.
+pub fn twilio_basic_auth() -> String {
+    use base64::Engine;
+    let pair = format!("ACtest:{TWILIO_TOKEN}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
 /// Fakes that answer every send with success, as each API documents it.
 pub async fn mount_success(h: &Harness) {
     Mock::given(method("POST"))
@@ -86,8 +96,10 @@ pub async fn mount_success(h: &Harness) {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "success": true })))
         .mount(&h.twilio)
         .await;
+    // Each fake answers only requests that authenticate as the real API
+    // requires: the bot token in the path, the bearer token, basic auth.
     Mock::given(method("POST"))
-        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .and(path(format!("/bot{TELEGRAM_TOKEN}/sendMessage")))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "ok": true,
             "result": { "message_id": 555, "date": 1763712000, "chat": { "id": 111222333, "type": "private" }, "text": "..." }
@@ -95,14 +107,16 @@ pub async fn mount_success(h: &Harness) {
         .mount(&h.telegram)
         .await;
     Mock::given(method("POST"))
-        .and(path_regex(r"^/chat\.postMessage$"))
+        .and(path("/chat.postMessage"))
+        .and(header("authorization", "Bearer xoxb-test"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "ok": true, "channel": "C123ABC456", "ts": "1503435956.000247", "message": { "text": "..." }
         })))
         .mount(&h.slack)
         .await;
     Mock::given(method("POST"))
-        .and(path_regex(r"^/2010-04-01/Accounts/[^/]+/Messages\.json$"))
+        .and(path("/2010-04-01/Accounts/ACtest/Messages.json"))
+        .and(header("authorization", twilio_basic_auth().as_str()))
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({
             "sid": "SM1234567890abcdef1234567890abcdef", "status": "queued", "body": "..."
         })))

@@ -240,14 +240,15 @@ async fn slack_replies_in_the_thread_and_twilio_from_the_configured_number() {
     let typing = crate::typing_signals(&h.twilio).await;
     assert_eq!(typing[0]["messageId"], "SM0000000000000000000000000000001");
     assert_eq!(typing[0]["channel"], "whatsapp");
-    assert!(
+    assert_eq!(
         request
             .headers
             .get("authorization")
             .unwrap()
             .to_str()
-            .unwrap()
-            .starts_with("Basic ")
+            .unwrap(),
+        crate::twilio_basic_auth(),
+        "basic auth with the account SID and auth token"
     );
     h.stop().await;
 }
@@ -699,5 +700,66 @@ async fn a_later_reply_never_overtakes_one_waiting_to_retry() {
         ],
         "the failed one again, then the rest in order"
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn providers_refusals_become_dead_letters_with_their_own_codes() {
+    let h = Harness::start(Options::default()).await;
+    // Slack answers most failures with HTTP 200 and `ok: false`.
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/chat\.postMessage$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "ok": false, "error": "channel_not_found"
+        })))
+        .mount(&h.slack)
+        .await;
+    // Twilio's error body: code, message, more_info, status.
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/2010-04-01/Accounts/[^/]+/Messages\.json$"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "code": 21211,
+            "message": "The 'To' number whatsapp:+14155550123 is not a valid phone number.",
+            "more_info": "https://www.twilio.com/docs/errors/21211",
+            "status": 400
+        })))
+        .mount(&h.twilio)
+        .await;
+    h.post(&h.sign(&h.golden("slack/message_im.json"))).await;
+    h.post(&h.sign(&h.golden("whatsapp/text.json"))).await;
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().dead == 2).await);
+    let dead: Vec<(String, String)> = crate::support::pairs(
+        &h.dir.path().join("convagent.db"),
+        "SELECT error_code, last_error FROM outbox WHERE state = 'dead' ORDER BY error_code",
+    );
+    assert_eq!(dead[0].0, "21211");
+    assert!(
+        dead[0].1.contains("is not a valid phone number"),
+        "{dead:?}"
+    );
+    assert_eq!(dead[1].0, "channel_not_found");
+    // Not retried: a refusal is final.
+    assert_eq!(sends(&h.slack).await, 1);
+    assert_eq!(sends(&h.twilio).await, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn slacks_transient_ok_false_is_retried() {
+    let h = Harness::start(Options::default()).await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/chat\.postMessage$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "ok": false, "error": "internal_error"
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.slack)
+        .await;
+    mount_success(&h).await;
+    h.post(&h.sign(&h.golden("slack/message_im.json"))).await;
+    let sent = wait_for(&h, &h.slack, 2).await;
+    assert_eq!(sent.len(), 2, "retried once, then delivered");
+    assert_eq!(h.store.outbox_stats().unwrap().dead, 0);
     h.stop().await;
 }

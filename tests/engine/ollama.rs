@@ -293,3 +293,28 @@ async fn lists_models_and_matches_default_tags() {
     });
     assert!(!other.has_model(&models));
 }
+
+#[tokio::test]
+async fn lines_and_characters_split_across_reads_come_out_whole() {
+    let body = ndjson(&[
+        chunk("Grüße, "),
+        chunk("über 🌍 — "),
+        chunk("naïve café"),
+        final_chunk(),
+    ]);
+    let cuts = crate::support::awkward_cuts(&body);
+    assert!(
+        cuts.len() > 8,
+        "the stream is cut inside characters and lines"
+    );
+    let server =
+        crate::support::split_stream_server("application/x-ndjson", body.into_bytes(), cuts).await;
+    let mut got = Collected::default();
+    let out = ollama(&server, timeouts(5000, 5000))
+        .generate(&request(), &mut got.sink())
+        .await
+        .unwrap();
+    assert_eq!(out.text, "Grüße, über 🌍 — naïve café");
+    assert_eq!(got.text(), out.text);
+    assert_eq!(out.completion_tokens, Some(282));
+}

@@ -187,3 +187,23 @@ async fn lists_models() {
         ["qwen2.5-0.5b"]
     );
 }
+
+#[tokio::test]
+async fn events_and_characters_split_across_reads_come_out_whole() {
+    let mut body = sse(&[delta("Grüße, "), delta("über 🌍 — "), delta("naïve café")]);
+    body.push_str("data: [DONE]\n\n");
+    let cuts = crate::support::awkward_cuts(&body);
+    assert!(
+        cuts.len() > 8,
+        "the stream is cut inside characters and events"
+    );
+    let server =
+        crate::support::split_stream_server("text/event-stream", body.into_bytes(), cuts).await;
+    let mut got = Collected::default();
+    let out = provider(&server)
+        .generate(&request(), &mut got.sink())
+        .await
+        .unwrap();
+    assert_eq!(out.text, "Grüße, über 🌍 — naïve café");
+    assert_eq!(got.text(), out.text);
+}

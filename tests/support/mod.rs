@@ -488,3 +488,64 @@ pub fn eventually_blocking(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// A streaming HTTP/1.1 server on loopback that sends `body` (answering
+/// every request the same) cut into pieces at `cuts` (byte offsets), each
+/// piece its own chunk, written and flushed 30 ms apart so each arrives in
+/// a read of its own: lines, events and UTF-8 characters split across
+/// reads, as real networks deliver them.
+pub async fn split_stream_server(
+    content_type: &'static str,
+    body: Vec<u8>,
+    cuts: Vec<usize>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (body, cuts) = (body.clone(), cuts.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                );
+                socket.write_all(head.as_bytes()).await.unwrap();
+                let mut bounds = vec![0];
+                bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < body.len()));
+                bounds.push(body.len());
+                for w in bounds.windows(2) {
+                    let piece = &body[w[0]..w[1]];
+                    let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
+                    frame.extend_from_slice(piece);
+                    frame.extend_from_slice(b"\r\n");
+                    socket.write_all(&frame).await.unwrap();
+                    socket.flush().await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                }
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+                let _ = socket.flush().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Byte offsets inside `text`: in the middle of every multi-byte character
+/// and of every line, so a stream cut there splits both.
+pub fn awkward_cuts(text: &str) -> Vec<usize> {
+    let mut cuts: Vec<usize> = text
+        .char_indices()
+        .filter(|(_, c)| c.len_utf8() > 1)
+        .map(|(i, _)| i + 1)
+        .collect();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        cuts.push(start + line.len() / 2);
+        start += line.len();
+    }
+    cuts.sort();
+    cuts.dedup();
+    cuts
+}
