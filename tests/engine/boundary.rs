@@ -23,15 +23,10 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-#[test]
-fn core_names_no_adapter_crate() {
-    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+/// Lines of the Rust files under `dir` naming a forbidden crate.
+fn forbidden_names(dir: &Path) -> Vec<String> {
     let mut files = Vec::new();
-    rust_files(&core, &mut files);
-    assert!(
-        files.len() >= 5,
-        "expected the core's files, found {files:?}"
-    );
+    rust_files(dir, &mut files);
     let mut offences = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
@@ -43,6 +38,19 @@ fn core_names_no_adapter_crate() {
             }
         }
     }
+    offences
+}
+
+#[test]
+fn core_names_no_adapter_crate() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let mut files = Vec::new();
+    rust_files(&core, &mut files);
+    assert!(
+        files.len() >= 5,
+        "expected the core's files, found {files:?}"
+    );
+    let offences = forbidden_names(&core);
     assert!(
         offences.is_empty(),
         "the core names adapter crates:\n{}",
@@ -51,10 +59,21 @@ fn core_names_no_adapter_crate() {
 }
 
 #[test]
-fn the_check_would_catch_an_offence() {
-    // Guard against the scan silently matching nothing.
-    let line = "use rusqlite::Connection;";
-    assert!(FORBIDDEN.iter().any(|w| line.contains(w)));
+fn the_scan_catches_an_offence_in_a_nested_file() {
+    // The same scan over a tree with one offending file, two levels down:
+    // a scan that silently matched nothing would pass the test above.
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("ports/store");
+    std::fs::create_dir_all(&nested).unwrap();
+    std::fs::write(dir.path().join("clean.rs"), "pub struct Fine;\n").unwrap();
+    std::fs::write(
+        nested.join("leak.rs"),
+        "//! fine\nuse rusqlite::Connection;\n",
+    )
+    .unwrap();
+    let offences = forbidden_names(dir.path());
+    assert_eq!(offences.len(), 1, "{offences:?}");
+    assert!(offences[0].ends_with("leak.rs:2: rusqlite"), "{offences:?}");
 }
 
 /// Lines of the Rust files under `dir` that contain `needle`.

@@ -216,12 +216,25 @@ async fn when_every_provider_fails_the_fallback_is_sent_and_the_message_answered
         "embedded",
         vec![Err(http_500("embedded"))],
     ));
-    let chain = Arc::new(chain_of(vec![a.clone(), b.clone()], store.clone(), clock));
+    let chain = Arc::new(chain_of(
+        vec![a.clone(), b.clone()],
+        store.clone(),
+        clock.clone(),
+    ));
     let settings = AgentSettings {
         fallback_reply: "Back soon!".into(),
         ..AgentSettings::default()
     };
-    let agent = agent_over(store.clone(), chain, settings);
+    // The agent and the chain share one fake clock: a wait either asks for
+    // moves it, so "within 2 s" below is measured in the time the code
+    // asked for, not only in how fast a test machine runs.
+    let agent = convagent::core::Agent::new(
+        store.clone(),
+        chain,
+        clock.clone(),
+        convagent::core::Guardrails::new(&[]).unwrap(),
+        settings,
+    );
 
     let message = cli::inbound(&key(), "hello?", 1);
     let mut shown = String::new();
@@ -237,6 +250,12 @@ async fn when_every_provider_fails_the_fallback_is_sent_and_the_message_answered
     assert!(
         since_last_failure < Duration::from_secs(2),
         "fallback within 2 s: {since_last_failure:?}"
+    );
+    assert!(
+        reply.reply.created_at <= 2_000,
+        "no wait before the fallback on the clock either: stored at {} ms, waits {:?}",
+        reply.reply.created_at,
+        clock.slept()
     );
     assert_eq!(reply.kind(), ReplyKind::Fallback);
     assert_eq!(reply.reply.text, "Back soon!");

@@ -18,14 +18,51 @@ fn is_summary_request(r: &convagent::core::LlmRequest) -> bool {
         .starts_with("You summarise conversations")
 }
 
+/// Answers summary requests with a numbered summary and everything else
+/// with an answer, so a test can tell which text the context carries.
+struct Summariser {
+    inner: FakeLlm,
+    made: std::sync::atomic::AtomicUsize,
+}
+
+impl convagent::core::LlmProvider for Summariser {
+    fn name(&self) -> &str {
+        "fake"
+    }
+
+    fn model(&self) -> &str {
+        "fake-model"
+    }
+
+    fn generate<'a>(
+        &'a self,
+        request: &'a convagent::core::LlmRequest,
+        on_event: &'a mut convagent::core::llm::OnEvent<'_>,
+    ) -> convagent::core::llm::BoxFuture<
+        'a,
+        Result<convagent::core::LlmOutput, convagent::core::LlmError>,
+    > {
+        Box::pin(async move {
+            let mut out = self.inner.generate(request, on_event).await?;
+            if is_summary_request(request) {
+                let n = self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                out.text = format!("SUMMARY #{n}: the user asked about the topic");
+            }
+            Ok(out)
+        })
+    }
+}
+
 #[tokio::test]
 async fn older_turns_are_summarised_once_per_range_and_reused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("convagent.db");
     let store = Arc::new(SqliteStore::open(&path).unwrap());
-    let llm = Arc::new(FakeLlm::replying(
-        &"a fairly wordy reply with many tokens in it ".repeat(3),
-    ));
+    let summariser = Arc::new(Summariser {
+        inner: FakeLlm::replying(&"a fairly wordy reply with many tokens in it ".repeat(3)),
+        made: Default::default(),
+    });
+    let llm = &summariser.inner;
     let settings = AgentSettings {
         context_budget: 1024,
         reply_reserve: 128,
@@ -34,7 +71,7 @@ async fn older_turns_are_summarised_once_per_range_and_reused() {
         summary_batch: 10,
         ..AgentSettings::default()
     };
-    let agent = agent_over(store.clone(), llm.clone(), settings);
+    let agent = agent_over(store.clone(), summariser.clone(), settings);
 
     let mut conversation = 0;
     let mut summaries_seen_at = Vec::new();
@@ -79,9 +116,17 @@ async fn older_turns_are_summarised_once_per_range_and_reused() {
             }
             summaries_seen_at.push(i);
         }
-        if store.latest_summary(conversation).unwrap().is_some() {
-            assert!(
-                answer.messages[1].content.starts_with(SUMMARY_PREFIX),
+        if let Some(latest) = store.latest_summary(conversation).unwrap() {
+            // The newest summary the LLM wrote, as stored, is what the
+            // answer's context carries: not an older one, not nothing.
+            let made = summariser.made.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(
+                latest.text,
+                format!("SUMMARY #{made}: the user asked about the topic")
+            );
+            assert_eq!(
+                answer.messages[1].content,
+                format!("{SUMMARY_PREFIX}{}", latest.text),
                 "turn {i}: the stored summary is in the context"
             );
         }
