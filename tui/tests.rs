@@ -256,3 +256,59 @@ fn a_small_terminal_still_renders() {
         "{text}"
     );
 }
+
+/// The drawn buffer, for tests that look at styles (snapshots keep text only).
+fn buffer(state: &State) -> ratatui::buffer::Buffer {
+    let mut terminal = Terminal::new(TestBackend::new(110, 28)).unwrap();
+    terminal.draw(|f| draw(state, f)).unwrap();
+    terminal.backend().buffer().clone()
+}
+
+/// The cells of the first row containing `text`, starting where it starts.
+fn cells_of<'a>(
+    buf: &'a ratatui::buffer::Buffer,
+    text: &str,
+) -> (u16, u16, &'a ratatui::buffer::Cell) {
+    let area = buf.area;
+    for y in 0..area.height {
+        let row: String = (0..area.width).map(|x| buf[(x, y)].symbol()).collect();
+        if let Some(byte) = row.find(text) {
+            let x = row[..byte].chars().count() as u16;
+            return (x, y, &buf[(x, y)]);
+        }
+    }
+    panic!("`{text}` is not on screen");
+}
+
+#[test]
+fn the_selection_and_the_warning_marks_are_styled() {
+    use ratatui::style::{Color, Modifier};
+    let mut s = state();
+    s.selected = 1;
+    let buf = buffer(&s);
+    // The selected conversation (row 2) is reversed, across its row; the
+    // others are not.
+    let (_, y, cell) = cells_of(&buf, "whatsapp:+14155550123");
+    assert!(cell.modifier.contains(Modifier::REVERSED), "{cell:?}");
+    assert!(buf[(2, y)].modifier.contains(Modifier::REVERSED));
+    let (_, _, other) = cells_of(&buf, "Ada (111222333)");
+    assert!(!other.modifier.contains(Modifier::REVERSED), "{other:?}");
+    // A dead letter is red, a waiting message yellow.
+    let (_, _, dead) = cells_of(&buf, "✗1");
+    assert_eq!(dead.fg, Color::Red);
+    let (_, _, waiting) = cells_of(&buf, "⋯1");
+    assert_eq!(waiting.fg, Color::Yellow);
+    // An open breaker is red, a healthy provider green.
+    let (_, _, open) = cells_of(&buf, "open 3✗");
+    assert_eq!(open.fg, Color::Red);
+    let (_, _, ok) = cells_of(&buf, "ok 12s");
+    assert_eq!(ok.fg, Color::Green);
+
+    // Moving the selection moves the highlight.
+    s.selected = 0;
+    let buf = buffer(&s);
+    let (_, _, cell) = cells_of(&buf, "Ada (111222333)");
+    assert!(cell.modifier.contains(Modifier::REVERSED));
+    let (_, _, cell) = cells_of(&buf, "whatsapp:+14155550123");
+    assert!(!cell.modifier.contains(Modifier::REVERSED));
+}
