@@ -14,7 +14,7 @@ use convagent::core::{
     ReplyKind, Role, Store,
 };
 
-use crate::agent::{agent_over, key};
+use crate::agent::key;
 use crate::support::{FakeClock, ScriptedLlm, http_500, pairs, reset_by_peer};
 
 const COOLDOWN_MS: i64 = 300_000;

@@ -415,14 +415,15 @@ pub mod signing {
     use hmac::{Hmac, Mac};
 
     /// Twilio ("Webhooks security"): the full URL Twilio called, then each
-    /// POST parameter's name and value with the parameters sorted by name;
-    /// HMAC-SHA1 keyed with the auth token; base64.
+    /// POST parameter's name and value with the parameters sorted by name
+    /// (a repeated parameter's values in sorted order, as Twilio's own SDK
+    /// validators take them); HMAC-SHA1 keyed with the auth token; base64.
     pub fn twilio(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
         let mut sorted: Vec<(&str, &str)> = params
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        sorted.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(b.1)));
         let mut data = url.to_string();
         for (k, v) in sorted {
             data.push_str(k);
