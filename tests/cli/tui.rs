@@ -1,6 +1,7 @@
-//! `convagent tui` driven as a person would, in tmux: it shows the store,
-//! follows a new message written meanwhile, opens a trace, and quits
-//! leaving the terminal as it was.
+//! `convagent tui` (and `chat`) driven as a person would, in tmux: the TUI
+//! shows the store, follows a new message written meanwhile, opens a trace,
+//! and quits leaving the terminal as it was; `chat` shows that it is
+//! working while the model has not answered yet.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -34,6 +35,49 @@ fn inbound(sender: &str, id: &str, text: &str, correlation: &str) -> InboundMess
 struct Tmux(String);
 
 impl Tmux {
+    /// Runs `convagent ARGS` from `env` in a new tmux session.
+    fn start(env: &Env, name: &str, args: &[&str]) -> Tmux {
+        let cmd = env.std_cmd(args);
+        let mut script = String::from("#!/bin/sh\n");
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                script.push_str(&format!(
+                    "export {}='{}'\n",
+                    k.to_string_lossy(),
+                    v.to_string_lossy()
+                ));
+            }
+        }
+        script.push_str(&format!(
+            "'{}' {}\necho CONVAGENT-EXITED\nsleep 60\n",
+            cmd.get_program().to_string_lossy(),
+            args.join(" ")
+        ));
+        let path = env.path(&format!("run-{name}.sh"));
+        std::fs::write(&path, script).unwrap();
+        let session = Tmux(format!("convagent-{name}-{}", std::process::id()));
+        let started = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &session.0,
+                "-x",
+                "120",
+                "-y",
+                "32",
+                "sh",
+                &path.to_string_lossy(),
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            started.success(),
+            "tmux is needed (install.sh --deps-only installs it)"
+        );
+        session
+    }
+
     fn keys(&self, keys: &[&str]) {
         for k in keys {
             assert!(
@@ -133,45 +177,7 @@ fn the_tui_follows_the_store_opens_a_trace_and_restores_the_terminal() {
         .collect();
     store.record_traces(&events).unwrap();
 
-    // The same environment as the other tests, in a script tmux can run.
-    let cmd = env.std_cmd(&["tui"]);
-    let mut script = String::from("#!/bin/sh\n");
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            script.push_str(&format!(
-                "export {}='{}'\n",
-                k.to_string_lossy(),
-                v.to_string_lossy()
-            ));
-        }
-    }
-    script.push_str(&format!(
-        "'{}' tui\necho TUI-EXITED\nsleep 60\n",
-        cmd.get_program().to_string_lossy()
-    ));
-    let path = env.path("run-tui.sh");
-    std::fs::write(&path, script).unwrap();
-    let session = Tmux(format!("convagent-tui-{}", std::process::id()));
-    let started = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session.0,
-            "-x",
-            "120",
-            "-y",
-            "32",
-            "sh",
-            &path.to_string_lossy(),
-        ])
-        .status()
-        .unwrap();
-    assert!(
-        started.success(),
-        "tmux is needed (install.sh --deps-only installs it)"
-    );
-
+    let session = Tmux::start(&env, "tui", &["tui"]);
     let screen = session.wait_for("It ships tomorrow.", 15);
     assert!(screen.contains("convagent · health"), "{screen}");
     assert!(screen.contains("telegram  111222333"), "{screen}");
@@ -201,7 +207,7 @@ fn the_tui_follows_the_store_opens_a_trace_and_restores_the_terminal() {
     session.keys(&["?"]);
     session.wait_for("read-only view of the store", 5);
     session.keys(&["Escape", "q"]);
-    let screen = session.wait_for("TUI-EXITED", 5);
+    let screen = session.wait_for("CONVAGENT-EXITED", 5);
     assert!(
         !screen.contains("convagent · health"),
         "the alternate screen is gone:\n{screen}"
@@ -210,4 +216,45 @@ fn the_tui_follows_the_store_opens_a_trace_and_restores_the_terminal() {
         screen.contains(&format!("correlation id: {correlation}")),
         "{screen}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_shows_it_is_working_until_the_first_token_arrives() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    // An Ollama that takes 3 s before its first byte (a cold model load).
+    let ollama = MockServer::start().await;
+    let body = [
+        serde_json::json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "Warm now." }, "done": false }),
+        serde_json::json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "" }, "done": true, "eval_count": 2 }),
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect::<String>();
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(body)
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&ollama)
+        .await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let session = tokio::task::block_in_place(|| {
+        let session = Tmux::start(&env, "chat", &["chat", "--chain", "ollama"]);
+        session.wait_for("›", 15);
+        session.keys(&["hello", "Enter"]);
+        session
+    });
+    let screen = tokio::task::block_in_place(|| session.wait_for("thinking", 3));
+    assert!(!screen.contains("Warm now."), "{screen}");
+    let screen = tokio::task::block_in_place(|| session.wait_for("Warm now.", 15));
+    assert!(
+        !screen.contains("thinking"),
+        "the spinner is gone: {screen}"
+    );
+    tokio::task::block_in_place(|| session.keys(&["/quit", "Enter"]));
+    tokio::task::block_in_place(|| session.wait_for("CONVAGENT-EXITED", 10));
 }
