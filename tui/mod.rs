@@ -122,24 +122,33 @@ pub fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
     };
     source.load(&mut state);
 
-    let mut terminal = ratatui::init();
-    let guard = Restore;
-    let copied = event_loop(&mut terminal, &mut source, &mut state);
-    drop(guard);
+    let copied = on_terminal(ratatui::init, ratatui::restore, |terminal| {
+        event_loop(terminal, &mut source, &mut state)
+    });
     for id in copied? {
         outln!("correlation id: {id}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Restores the terminal however the loop ends (`ratatui::init` also
-/// restores it from the panic hook).
-struct Restore;
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        ratatui::restore();
+/// Runs `body` on the terminal `init` sets up and calls `restore` however
+/// `body` ends: returning, failing, or panicking (the panic then goes on,
+/// after the terminal is back). `ratatui::init` also restores it from its
+/// panic hook; this guard covers the unwinding itself.
+fn on_terminal<B: Backend, T>(
+    init: impl FnOnce() -> Terminal<B>,
+    restore: impl Fn(),
+    body: impl FnOnce(&mut Terminal<B>) -> T,
+) -> T {
+    struct Restore<F: Fn()>(F);
+    impl<F: Fn()> Drop for Restore<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
     }
+    let mut terminal = init();
+    let _restore = Restore(restore);
+    body(&mut terminal)
 }
 
 fn key(k: event::KeyEvent) -> Option<Key> {

@@ -312,3 +312,29 @@ fn the_selection_and_the_warning_marks_are_styled() {
     let (_, _, cell) = cells_of(&buf, "whatsapp:+14155550123");
     assert!(!cell.modifier.contains(Modifier::REVERSED));
 }
+
+#[test]
+fn the_terminal_is_restored_however_the_loop_ends() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let restored = AtomicUsize::new(0);
+    let init = || Terminal::new(TestBackend::new(20, 5)).unwrap();
+    let restore = || {
+        restored.fetch_add(1, Ordering::SeqCst);
+    };
+
+    let drawn = super::on_terminal(init, restore, |t| {
+        t.draw(|f| draw(&State::default(), f)).map(|_| "drawn")
+    });
+    assert_eq!(drawn.unwrap(), "drawn");
+    assert_eq!(restored.load(Ordering::SeqCst), 1, "after a normal end");
+
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        super::on_terminal(init, restore, |_| -> () { panic!("a bug in the loop") })
+    }));
+    assert!(panicked.is_err(), "the panic goes on");
+    assert_eq!(
+        restored.load(Ordering::SeqCst),
+        2,
+        "and the terminal came back first"
+    );
+}
