@@ -203,6 +203,38 @@ mod tests {
     }
 
     #[test]
+    fn one_probe_at_a_time_while_half_open() {
+        let mut b = Breaker::new("ollama", "mistral:7b", 0);
+        for t in 1..=3 {
+            b.on_failure(t, "refused", &POLICY);
+        }
+        // Cool-down over: the first caller probes...
+        let (admission, t) = b.admit(1_003, &POLICY);
+        assert_eq!(admission, Admission::Probe);
+        assert_eq!(t.unwrap().to, BreakerState::HalfOpen);
+        // ...and another caller before the probe's outcome is skipped for a
+        // whole cool-down, not let through as a second probe.
+        assert_eq!(
+            b.admit(1_004, &POLICY).0,
+            Admission::Skip { retry_at: 2_003 }
+        );
+    }
+
+    #[test]
+    fn states_print_as_they_are_stored() {
+        for state in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            assert_eq!(state.to_string(), state.as_str());
+            assert_eq!(state.to_string().parse::<BreakerState>(), Ok(state));
+        }
+        assert_eq!(BreakerState::HalfOpen.to_string(), "half_open");
+        assert!("ajar".parse::<BreakerState>().is_err());
+    }
+
+    #[test]
     fn a_success_resets_the_count() {
         let mut b = Breaker::new("p", "m", 0);
         b.on_failure(1, "x", &POLICY);
