@@ -115,21 +115,26 @@ async fn fakes(llm_delay: Duration) -> (MockServer, MockServer) {
     (telegram, ollama)
 }
 
-async fn sent_chats(telegram: &MockServer) -> Vec<String> {
-    let mut chats: Vec<String> = telegram
+/// `field` of every reply Telegram was asked to send, in order; typing
+/// signals (`sendChatAction`, which also name the chat) left out.
+async fn sent(telegram: &MockServer, field: &str) -> Vec<String> {
+    telegram
         .received_requests()
         .await
         .unwrap_or_default()
         .iter()
-        // Replies only: `sendChatAction` ("typing") also names the chat.
         .filter(|r| r.url.path().ends_with("/sendMessage"))
         .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["chat_id"]
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()[field]
                 .as_str()
                 .unwrap()
                 .to_string()
         })
-        .collect();
+        .collect()
+}
+
+async fn sent_chats(telegram: &MockServer) -> Vec<String> {
+    let mut chats = sent(telegram, "chat_id").await;
     chats.sort();
     chats
 }
@@ -330,21 +335,7 @@ async fn killed_with_replies_queued_behind_a_slow_send_sends_the_rest_once_in_or
         crate::BASE_CONFIG
     ));
     let telegram_url = telegram.uri();
-    let sent_texts = || async {
-        telegram
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .filter(|r| r.url.path().ends_with("/sendMessage"))
-            .map(|r| {
-                serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect::<Vec<_>>()
-    };
+    let sent_texts = || sent(&telegram, "text");
 
     let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram_url, &[]));
     for i in 1..=3 {

@@ -139,12 +139,25 @@ impl Default for ReservedPort {
 /// chunked 200, sends `chunks`, then holds the connection open without
 /// sending more: a provider that stalls mid-stream.
 pub async fn stalling_server(content_type: &'static str, chunks: Vec<String>) -> String {
+    let pieces = chunks.into_iter().map(String::into_bytes).collect();
+    chunked_server(content_type, pieces, std::time::Duration::ZERO, false).await
+}
+
+/// Serves every request with a chunked 200 of `content_type`: each of
+/// `pieces` its own chunk, flushed, `gap` apart; then the end of the body,
+/// or (`end` false) nothing more while the connection stays open.
+async fn chunked_server(
+    content_type: &'static str,
+    pieces: Vec<Vec<u8>>,
+    gap: std::time::Duration,
+    end: bool,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let chunks = chunks.clone();
+            let pieces = pieces.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 let _ = socket.read(&mut buf).await;
@@ -152,12 +165,20 @@ pub async fn stalling_server(content_type: &'static str, chunks: Vec<String>) ->
                     "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
                 );
                 socket.write_all(head.as_bytes()).await.unwrap();
-                for c in chunks {
-                    let frame = format!("{:x}\r\n{c}\r\n", c.len());
-                    socket.write_all(frame.as_bytes()).await.unwrap();
+                for piece in pieces {
+                    let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
+                    frame.extend_from_slice(&piece);
+                    frame.extend_from_slice(b"\r\n");
+                    socket.write_all(&frame).await.unwrap();
+                    socket.flush().await.unwrap();
+                    tokio::time::sleep(gap).await;
                 }
-                socket.flush().await.unwrap();
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                if end {
+                    let _ = socket.write_all(b"0\r\n\r\n").await;
+                    let _ = socket.flush().await;
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                }
             });
         }
     });
@@ -500,37 +521,20 @@ pub async fn split_stream_server(
     body: Vec<u8>,
     cuts: Vec<usize>,
 ) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let (body, cuts) = (body.clone(), cuts.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let _ = socket.read(&mut buf).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
-                );
-                socket.write_all(head.as_bytes()).await.unwrap();
-                let mut bounds = vec![0];
-                bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < body.len()));
-                bounds.push(body.len());
-                for w in bounds.windows(2) {
-                    let piece = &body[w[0]..w[1]];
-                    let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
-                    frame.extend_from_slice(piece);
-                    frame.extend_from_slice(b"\r\n");
-                    socket.write_all(&frame).await.unwrap();
-                    socket.flush().await.unwrap();
-                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-                }
-                let _ = socket.write_all(b"0\r\n\r\n").await;
-                let _ = socket.flush().await;
-            });
-        }
-    });
-    format!("http://{addr}")
+    let mut bounds = vec![0];
+    bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < body.len()));
+    bounds.push(body.len());
+    let pieces = bounds
+        .windows(2)
+        .map(|w| body[w[0]..w[1]].to_vec())
+        .collect();
+    chunked_server(
+        content_type,
+        pieces,
+        std::time::Duration::from_millis(30),
+        true,
+    )
+    .await
 }
 
 /// Byte offsets inside `text`: in the middle of every multi-byte character
