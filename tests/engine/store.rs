@@ -644,4 +644,28 @@ fn gathering_context_reads_only_what_the_budget_can_hold() {
             .len(),
         10
     );
+
+    // Short turns: the budget holds several pages of them, and every page
+    // that fits is read (a full page is not the end of the conversation).
+    let chatty = ConversationKey::new(Channel::Slack, "chatty", "");
+    let mut last = None;
+    for i in 0..400 {
+        last = Some(
+            store
+                .accept(&message(&chatty, &format!("c{i}"), "ok", i))
+                .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    let turns = gather(&store, last.conversation_id, last.message_id, 1024).unwrap();
+    assert!(
+        turns.len() > 3 * PAGE_TURNS,
+        "{} turns of {} tokens for a budget of 1024",
+        turns.len(),
+        estimate_tokens("ok")
+    );
+    assert!(
+        turns.len() * estimate_tokens("ok") > 1024,
+        "filled the budget"
+    );
 }
