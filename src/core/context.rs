@@ -154,6 +154,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_message_longer_than_the_window_is_cut_to_fit_exactly() {
+        let huge = "a".repeat(20_000);
+        let window = build("be brief", None, &[turn(1, Role::User, &huge)], 1024, 128);
+        // 896 tokens available; the prompt costs 7 and the message's own
+        // overhead 4, leaving 885 tokens = 2,655 bytes of its start.
+        assert_eq!(window.messages.len(), 2);
+        assert_eq!(window.messages[1].content, "a".repeat(2_655));
+        assert_eq!(window.estimated_tokens, 896, "the window is full, not over");
+        assert_eq!(window.dropped_turns, 0, "the message is kept, cut");
+        // On a character boundary, never inside one.
+        let wide = "é".repeat(5_000);
+        let window = build("be brief", None, &[turn(1, Role::User, &wide)], 1024, 128);
+        assert_eq!(window.messages[1].content, "é".repeat(1_327));
+    }
+
+    #[test]
+    fn capped_messages_say_they_were_cut() {
+        let mut text = "ab".repeat(10);
+        cap_chars(&mut text, 5);
+        assert_eq!(text, "ababa […cut at 5 characters]");
+        let mut short = "short".to_string();
+        cap_chars(&mut short, 5);
+        assert_eq!(short, "short");
+    }
+
     fn conversation(n: usize, words: usize) -> Vec<Turn> {
         (0..n)
             .map(|i| {
