@@ -763,3 +763,67 @@ async fn slacks_transient_ok_false_is_retried() {
     assert_eq!(h.store.outbox_stats().unwrap().dead, 0);
     h.stop().await;
 }
+
+/// A Telegram `sendMessage` that fails its `fail_on`-th call (1-based) with
+/// a 500 and succeeds otherwise.
+struct FailsOnce {
+    calls: std::sync::atomic::AtomicUsize,
+    fail_on: usize,
+}
+
+impl wiremock::Respond for FailsOnce {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.fail_on {
+            ResponseTemplate::new(500).set_body_json(json!({
+                "ok": false, "error_code": 500, "description": "Internal Server Error"
+            }))
+        } else {
+            ResponseTemplate::new(200).set_body_json(json!({
+                "ok": true, "result": { "message_id": 1000 + n, "chat": { "id": 111222333 } }
+            }))
+        }
+    }
+}
+
+#[tokio::test]
+async fn parts_of_a_long_reply_already_delivered_are_not_sent_again() {
+    let llm = Arc::new(EchoLlm {
+        repeat: 300,
+        ..EchoLlm::new()
+    });
+    let h = Harness::start(Options {
+        llm,
+        ..Options::default()
+    })
+    .await;
+    // The first part goes through, the second fails once, then all is well.
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(FailsOnce {
+            calls: Default::default(),
+            fail_on: 2,
+        })
+        .mount(&h.telegram)
+        .await;
+    h.post(&telegram_text(&h, 14, 140, "Tell me a very long story."))
+        .await;
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().queued == 0).await);
+    let sent: Vec<String> = bodies(&h.telegram)
+        .await
+        .iter()
+        .map(|b| b["text"].as_str().unwrap().to_string())
+        .collect();
+    let parts = convagent::core::channel::split_message(
+        &vec!["echo: Tell me a very long story."; 300].join(" "),
+        4096,
+    );
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    let mut expected = vec![parts[0].clone(), parts[1].clone()];
+    expected.extend(parts[1..].iter().cloned());
+    assert_eq!(
+        sent, expected,
+        "part 1 once; part 2 again after its failure; then the rest"
+    );
+    h.stop().await;
+}
