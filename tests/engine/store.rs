@@ -668,4 +668,11 @@ fn gathering_context_reads_only_what_the_budget_can_hold() {
         turns.len() * estimate_tokens("ok") > 1024,
         "filled the budget"
     );
+    assert_eq!(turns.last().unwrap().message_id, last.message_id);
+    assert!(
+        turns
+            .windows(2)
+            .all(|w| w[1].message_id == w[0].message_id + 1),
+        "pages joined without gaps or repeats, oldest first"
+    );
 }
