@@ -41,6 +41,6 @@ rss=$(ps -o rss= -p "$pid" | tr -d ' ')
 echo "health:     $health req/s (the HTTP stack's ceiling, same run)"
 echo "acks:       $acks signed updates/s from 1,000 chats, pipeline behind"
 echo "ratio:      $(echo "$acks $health" | awk '{ printf "%.3f", $1 / $2 }')"
-grep -E '^ +(50|90|99)%' "$home/acks.txt" | sed 's/^ */ack latency p/'
+grep -E '^ +(50|90|99)%' "$home/acks.txt" | sed -e 's/^ */ack latency p/' -e 's/%//'
 grep -E '^non2xx' "$home/acks.txt"
 echo "daemon RSS: $((rss / 1024)) MB after the load"
