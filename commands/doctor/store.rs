@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use convagent::config::{ConfigSource, Settings, read_file};
 use convagent::core::Store;
-use convagent::core::ports::{PROMPT_DEFAULT, PROMPT_FROM_CHAT, PROMPT_FROM_CONFIG};
+use convagent::core::ports::{PROMPT_FROM_CHAT, PROMPT_FROM_CONFIG};
 
 use super::Check;
 use crate::context::Context;
@@ -126,16 +126,12 @@ pub fn prompt_check(ctx: &Context) -> Option<Check> {
         PROMPT_FROM_CHAT => "set with /prompt set in `convagent chat`",
         _ => "the first configured prompt",
     };
-    let from_config = store.latest_prompt_from(PROMPT_FROM_CONFIG).ok()?;
-    let taken = from_config
-        .or(store.latest_prompt_from(PROMPT_DEFAULT).ok()?)
-        .map(|p| p.text);
     let detail = format!(
         "version {} {origin}, {}",
         current.version,
         age(current.created_at, now_ms())
     );
-    if taken.as_deref() != Some(configured.as_str()) && current.text != *configured {
+    if store.configured_prompt_changed(configured).ok()? {
         return Some(Check::warn(
             "prompt",
             format!("{detail}; agent.system_prompt has changed since"),

@@ -205,38 +205,39 @@ impl Agent {
         messages: &[InboundMessage],
         on_event: &mut OnEvent<'_>,
     ) -> Result<Reply, AgentError> {
-        let Some(last) = messages.last() else {
+        let Some((message, earlier)) = messages.split_last() else {
             return Err(AgentError::Store(StoreError::Invalid(
                 "a turn needs at least one message".into(),
             )));
         };
         let span = info_span!(
             "message",
-            correlation_id = %last.correlation_id,
-            channel = %last.key.channel,
+            correlation_id = %message.correlation_id,
+            channel = %message.key.channel,
             burst = messages.len(),
         );
-        self.handle_inner(messages, on_event).instrument(span).await
+        self.handle_inner(message, earlier, on_event)
+            .instrument(span)
+            .await
     }
 
+    /// Answers `message`, the turn's last, together with `earlier` ones.
     async fn handle_inner(
         &self,
-        messages: &[InboundMessage],
+        message: &InboundMessage,
+        earlier: &[InboundMessage],
         on_event: &mut OnEvent<'_>,
     ) -> Result<Reply, AgentError> {
-        let mut accepted = Vec::with_capacity(messages.len());
-        for m in messages {
-            tracing::debug!(text = %m.text, "inbound message");
-            accepted.push(self.store.accept(m)?);
+        let mut accepted = Vec::with_capacity(earlier.len() + 1);
+        for m in earlier {
+            accepted.push((m, self.store.accept(m)?));
         }
-        let (Some(message), Some(&last)) = (messages.last(), accepted.last()) else {
-            return Err(AgentError::Store(StoreError::Invalid(
-                "a turn needs at least one message".into(),
-            )));
-        };
-        let covers: Vec<i64> = accepted[..accepted.len() - 1]
+        tracing::debug!(text = %message.text, "inbound message");
+        let last = self.store.accept(message)?;
+        accepted.push((message, last));
+        let covers: Vec<i64> = accepted
             .iter()
-            .map(|a| a.message_id)
+            .map(|(_, a)| a.message_id)
             .filter(|&id| id != last.message_id)
             .collect();
         info!(
@@ -256,7 +257,7 @@ impl Agent {
         }
         if !covers.is_empty() {
             let began = self.now();
-            for m in &messages[..messages.len() - 1] {
+            for m in earlier {
                 self.stage(
                     m,
                     "grouped",
@@ -271,9 +272,8 @@ impl Agent {
             .store
             .ensure_prompt(&self.settings.default_system_prompt, self.clock.now_ms())?;
         let began = self.now();
-        let violations: Vec<(i64, Violation)> = messages
+        let violations: Vec<(i64, Violation)> = accepted
             .iter()
-            .zip(&accepted)
             .filter_map(|(m, a)| Some((a.message_id, self.guardrails.check(&m.text)?)))
             .collect();
         let verdict = violations
@@ -452,16 +452,17 @@ impl Agent {
                     },
                     Some(format!("reply {}; the message stays pending", reply.id)),
                 );
-                let mut out = self.reply(
-                    &last,
-                    covers,
-                    reply,
+                Ok(Reply {
                     suppressed,
-                    window.dropped_turns,
-                    Some(reason),
-                );
-                out.suppressed = suppressed;
-                Ok(out)
+                    ..self.reply(
+                        &last,
+                        covers,
+                        reply,
+                        suppressed,
+                        window.dropped_turns,
+                        Some(reason),
+                    )
+                })
             }
         }
     }

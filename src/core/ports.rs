@@ -314,26 +314,31 @@ pub trait Store: Send + Sync {
         }
     }
 
+    /// Whether `text` (the configured prompt) differs from what the store
+    /// last took from the configuration and from the current prompt: the
+    /// next [`Store::sync_configured_prompt`] would store it as a new version.
+    fn configured_prompt_changed(&self, text: &str) -> Result<bool, StoreError> {
+        let Some(current) = self.current_prompt()? else {
+            return Ok(true);
+        };
+        let taken = match self.latest_prompt_from(PROMPT_FROM_CONFIG)? {
+            Some(taken) => Some(taken),
+            // Stores from before prompt sources: the seeded version is the
+            // configuration's as it was then.
+            None => self.latest_prompt_from(PROMPT_DEFAULT)?,
+        };
+        let unchanged = taken.is_some_and(|t| t.text == text) || current.text == text;
+        Ok(!unchanged)
+    }
+
     /// Makes the configured prompt current when it changed since it was
     /// last taken from the configuration: a new version then. An unchanged
     /// configuration keeps whatever is current (a `/prompt set` stays).
     fn sync_configured_prompt(&self, text: &str, at: i64) -> Result<PromptVersion, StoreError> {
-        let Some(current) = self.current_prompt()? else {
-            return self.add_prompt(text, PROMPT_FROM_CONFIG, at);
-        };
-        let unchanged = match self.latest_prompt_from(PROMPT_FROM_CONFIG)? {
-            Some(taken) => taken.text == text,
-            // Stores from before prompt sources: the seeded version is the
-            // configuration's as it was then.
-            None => match self.latest_prompt_from(PROMPT_DEFAULT)? {
-                Some(seeded) => seeded.text == text,
-                None => current.text == text,
-            },
-        };
-        if unchanged || current.text == text {
-            return Ok(current);
+        match self.current_prompt()? {
+            Some(current) if !self.configured_prompt_changed(text)? => Ok(current),
+            _ => self.add_prompt(text, PROMPT_FROM_CONFIG, at),
         }
-        self.add_prompt(text, PROMPT_FROM_CONFIG, at)
     }
 
     fn health(&self) -> Result<StoreHealth, StoreError>;

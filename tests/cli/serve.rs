@@ -96,13 +96,7 @@ async fn fakes(llm_delay: Duration) -> (MockServer, MockServer) {
         .mount(&telegram)
         .await;
     let ollama = MockServer::start().await;
-    let body = [
-        json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "Answered." }, "done": false }),
-        json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "" }, "done": true, "eval_count": 2 }),
-    ]
-    .iter()
-    .map(|l| format!("{l}\n"))
-    .collect::<String>();
+    let body = crate::support::ollama_answer("Answered.");
     Mock::given(method("POST"))
         .and(path("/api/chat"))
         .respond_with(
@@ -299,12 +293,8 @@ impl wiremock::Respond for EchoOllama {
             .and_then(|m| m["content"].as_str())
             .unwrap_or_default()
             .to_string();
-        let lines = [
-            json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": format!("re: {last}") }, "done": false }),
-            json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "" }, "done": true, "eval_count": 2 }),
-        ];
         ResponseTemplate::new(200)
-            .set_body_string(lines.iter().map(|l| format!("{l}\n")).collect::<String>())
+            .set_body_string(crate::support::ollama_answer(&format!("re: {last}")))
     }
 }
 

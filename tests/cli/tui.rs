@@ -224,13 +224,7 @@ async fn chat_shows_it_is_working_until_the_first_token_arrives() {
     use wiremock::{Mock, MockServer, ResponseTemplate};
     // An Ollama that takes 3 s before its first byte (a cold model load).
     let ollama = MockServer::start().await;
-    let body = [
-        serde_json::json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "Warm now." }, "done": false }),
-        serde_json::json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "" }, "done": true, "eval_count": 2 }),
-    ]
-    .iter()
-    .map(|l| format!("{l}\n"))
-    .collect::<String>();
+    let body = crate::support::ollama_answer("Warm now.");
     Mock::given(method("POST"))
         .and(path("/api/chat"))
         .respond_with(

@@ -81,6 +81,14 @@ async fn one_message_gets_one_reply_with_the_right_text_and_recipient() {
     h.stop().await;
 }
 
+/// Every dead letter's provider code and error, by code.
+fn dead_letters(h: &Harness) -> Vec<(String, String)> {
+    crate::support::pairs(
+        &h.dir.path().join("convagent.db"),
+        "SELECT error_code, last_error FROM outbox WHERE state = 'dead' ORDER BY error_code",
+    )
+}
+
 async fn wait_for(h: &Harness, server: &wiremock::MockServer, n: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while bodies(server).await.len() < n && Instant::now() < deadline {
@@ -177,11 +185,7 @@ async fn a_permanent_400_is_a_dead_letter_with_the_providers_code() {
     h.post(&telegram_text(&h, 11, 110, "hello?")).await;
     assert!(eventually(10, || h.store.outbox_stats().unwrap().dead == 1).await);
     assert_eq!(bodies(&h.telegram).await.len(), 1, "not retried");
-    let db = h.dir.path().join("convagent.db");
-    let dead: Vec<(String, String)> = crate::support::pairs(
-        &db,
-        "SELECT error_code, last_error FROM outbox WHERE state = 'dead'",
-    );
+    let dead = dead_letters(&h);
     assert_eq!(dead[0].0, "400");
     assert!(dead[0].1.contains("chat not found"), "{dead:?}");
     let text = reqwest::get(format!("{}/metrics", h.url))
@@ -640,10 +644,7 @@ async fn server_errors_back_off_1_2_4_8_16_seconds_then_dead_letter() {
         6,
         "the first try and five retries"
     );
-    let dead: Vec<(String, String)> = crate::support::pairs(
-        &h.dir.path().join("convagent.db"),
-        "SELECT error_code, last_error FROM outbox WHERE state = 'dead'",
-    );
+    let dead = dead_letters(&h);
     assert_eq!(dead[0].0, "retries_exhausted");
     assert!(dead[0].1.contains("502"), "{dead:?}");
     h.stop().await;
@@ -728,10 +729,7 @@ async fn providers_refusals_become_dead_letters_with_their_own_codes() {
     h.post(&h.sign(&h.golden("slack/message_im.json"))).await;
     h.post(&h.sign(&h.golden("whatsapp/text.json"))).await;
     assert!(eventually(10, || h.store.outbox_stats().unwrap().dead == 2).await);
-    let dead: Vec<(String, String)> = crate::support::pairs(
-        &h.dir.path().join("convagent.db"),
-        "SELECT error_code, last_error FROM outbox WHERE state = 'dead' ORDER BY error_code",
-    );
+    let dead = dead_letters(&h);
     assert_eq!(dead[0].0, "21211");
     assert!(
         dead[0].1.contains("is not a valid phone number"),

@@ -554,3 +554,15 @@ pub fn awkward_cuts(text: &str) -> Vec<usize> {
     cuts.dedup();
     cuts
 }
+
+/// Ollama's streamed `/api/chat` answer (NDJSON) saying `text`: one content
+/// chunk, then the final chunk with its token count.
+pub fn ollama_answer(text: &str) -> String {
+    [
+        serde_json::json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": text }, "done": false }),
+        serde_json::json!({ "model": "mistral:7b", "message": { "role": "assistant", "content": "" }, "done": true, "eval_count": 2 }),
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect()
+}
