@@ -323,6 +323,8 @@ struct Daemon {
 }
 
 impl Daemon {
+    // The child is waited for by `Drop for Daemon` (or right here on failure).
+    #[allow(clippy::zombie_processes)]
     fn start(env: &[(&str, &str)]) -> Daemon {
         let home = std::env::temp_dir().join(format!(
             "convagent-load-{}-{}",
@@ -348,7 +350,7 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("starting convagent serve");
+        let mut child = cmd.spawn().expect("starting convagent serve");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = std::fs::read_to_string(home.join("serve.log")).unwrap_or_default();
@@ -363,7 +365,11 @@ impl Daemon {
                     home,
                 };
             }
-            assert!(Instant::now() < deadline, "serve did not start:\n{log}");
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve did not start:\n{log}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

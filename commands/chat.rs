@@ -132,12 +132,15 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
 async fn turn(s: &mut Session, text: &str) -> Result<bool> {
     if let Some(conversation) = s.agent.store().open_conversation(&s.key)? {
         for earlier in s.agent.store().pending(conversation, 5)? {
-            let reply = s.agent.handle(&earlier, &mut |_| {}).await?;
+            let reply = s
+                .agent
+                .answer(std::slice::from_ref(&earlier), &mut |_| {})
+                .await?;
             if reply.kind() == ReplyKind::Answer {
                 if !s.json {
                     eprintln!(
                         "(answering your earlier message «{}»)",
-                        preview(&earlier.text, 40)
+                        preview(&earlier.message.text, 40)
                     );
                 }
                 report(s, &reply);
@@ -265,7 +268,8 @@ fn slash(
                         "e.g. /prompt set You are a pirate. Answer briefly."
                     ));
                 }
-                let p = store.set_prompt(text, now_ms())?;
+                // Through the agent, which makes it current for the next turn.
+                let p = s.agent.set_prompt(text)?;
                 outln!(
                     "System prompt version {} saved; it applies from the next message.",
                     p.version

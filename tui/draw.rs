@@ -8,7 +8,7 @@ use ratatui::widgets::{
     Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap,
 };
 
-use convagent::core::{BreakerState, ReplyKind, Role};
+use convagent::core::{BreakerState, Outcome, ReplyKind, Role};
 
 use super::state::{State, View};
 use crate::output::{age, preview, utc};
@@ -324,15 +324,14 @@ fn draw_trace(state: &State, frame: &mut Frame, area: Rect) {
         .iter()
         .map(|t| {
             let cells = (t.duration_us * bar_width).div_ceil(total).max(1);
-            let color = match t.outcome.as_str() {
-                "ok" | "pass" | "answer" => Color::Green,
-                "retry" | "fallback" | "ignored" => Color::Yellow,
-                "failed" => Color::Red,
-                _ if t.stage == "dead" => Color::Red,
+            let color = match t.outcome {
+                Outcome::Ok | Outcome::Pass | Outcome::Answer => Color::Green,
+                Outcome::Retry | Outcome::Fallback | Outcome::Ignored => Color::Yellow,
+                Outcome::Failed | Outcome::Dead => Color::Red,
                 _ => Color::Blue,
             };
             Line::from(vec![
-                Span::raw(format!("{:<16}", preview(&t.stage, 16))),
+                Span::raw(format!("{:<16}", preview(&t.label(), 16))),
                 Span::styled("█".repeat(cells as usize), Style::new().fg(color)),
                 Span::raw(format!(" {} ", duration(t.duration_us))),
                 Span::styled(

@@ -3,7 +3,7 @@
 
 use convagent::core::{
     ActivityBucket, Breaker, BreakerState, Channel, ConversationOverview, ConversationSummary,
-    OutboxStats, ReplyKind, Role, StoredMessage, TraceEvent,
+    OutboxStats, Outcome, ReplyKind, Role, Stage, StoredMessage, TraceEvent,
 };
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -156,13 +156,17 @@ fn state() -> State {
         ]
         .iter()
         .enumerate()
-        .map(|(i, (stage, us, outcome))| TraceEvent {
-            correlation_id: "corr-0001".into(),
-            stage: stage.to_string(),
-            started_at: NOW + i as i64,
-            duration_us: *us,
-            outcome: outcome.to_string(),
-            detail: None,
+        .map(|(i, (stage, us, outcome))| {
+            let (stage, attempt) = Stage::parse(stage).unwrap();
+            TraceEvent {
+                correlation_id: "corr-0001".into(),
+                stage,
+                attempt,
+                started_at: NOW + i as i64,
+                duration_us: *us,
+                outcome: Outcome::parse(outcome),
+                detail: None,
+            }
         })
         .collect(),
         breakers: vec![

@@ -14,12 +14,13 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::context::{self, ContextWindow};
 use super::guardrails::{Guardrails, SecretFilter, Violation};
-use super::llm::{ChatMessage, LlmError, LlmProvider, LlmRequest, OnEvent, StreamEvent};
+use super::llm::{ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent};
 use super::message::{InboundMessage, Role, Turn};
 use super::ports::{
-    Accepted, Clock, NewReply, PromptVersion, ReplyKind, StageSink, Store, StoreError,
-    StoredMessage, Summary, TraceEvent,
+    Clock, NewReply, Pending, PromptVersion, ReplyKind, StageSink, Store, StoreError,
+    StoredMessage, Summary, TraceEvent, TurnRecord, Write,
 };
+use super::trace::{Outcome, Stage};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentSettings {
@@ -121,6 +122,44 @@ impl Reply {
     }
 }
 
+/// The span every event of a turn is logged in: its correlation id (the
+/// last message's), channel and size.
+fn span(last: &InboundMessage, burst: usize) -> tracing::Span {
+    info_span!(
+        "message",
+        correlation_id = %last.correlation_id,
+        channel = %last.key.channel,
+        burst,
+    )
+}
+
+fn no_message() -> AgentError {
+    AgentError::Store(StoreError::Invalid(
+        "a turn needs at least one message".into(),
+    ))
+}
+
+/// How often a cached prompt is read again, for a prompt another process
+/// set.
+pub const PROMPT_REFRESH_MS: i64 = 1_000;
+
+/// The LLM's answer or why every provider failed, and how long it took.
+struct Generated {
+    result: Result<LlmOutput, LlmError>,
+    latency_ms: u64,
+}
+
+/// A reply about to be stored.
+struct Recorded<'a> {
+    kind: ReplyKind,
+    text: String,
+    provider: &'a str,
+    model: String,
+    prompt_version: i64,
+    tokens: (Option<u32>, Option<u32>),
+    latency_ms: u64,
+}
+
 pub struct Agent {
     store: Arc<dyn Store>,
     llm: Arc<dyn LlmProvider>,
@@ -128,6 +167,8 @@ pub struct Agent {
     guardrails: Guardrails,
     settings: AgentSettings,
     stages: Option<Arc<dyn StageSink>>,
+    /// The current prompt and when it was read.
+    prompt: std::sync::Mutex<Option<(i64, PromptVersion)>>,
 }
 
 impl Agent {
@@ -145,6 +186,7 @@ impl Agent {
             guardrails,
             settings,
             stages: None,
+            prompt: std::sync::Mutex::new(None),
         }
     }
 
@@ -157,18 +199,19 @@ impl Agent {
     fn stage(
         &self,
         message: &InboundMessage,
-        stage: &str,
+        stage: Stage,
         began: (i64, Instant),
-        outcome: &str,
+        outcome: Outcome,
         detail: Option<String>,
     ) {
         if let Some(sink) = &self.stages {
             sink.record(TraceEvent {
                 correlation_id: message.correlation_id.0.clone(),
-                stage: stage.to_string(),
+                stage,
+                attempt: None,
                 started_at: began.0,
                 duration_us: began.1.elapsed().as_micros() as u64,
-                outcome: outcome.to_string(),
+                outcome,
                 detail,
             });
         }
@@ -186,6 +229,35 @@ impl Agent {
         &self.llm
     }
 
+    /// The current system prompt: read once, then again at most every
+    /// [`PROMPT_REFRESH_MS`] (another process, `convagent chat`, may set
+    /// one); a prompt set through [`Agent::set_prompt`] is current at once.
+    fn prompt(&self) -> Result<PromptVersion, StoreError> {
+        let now = self.clock.now_ms();
+        let mut cached = self.prompt.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((read_at, prompt)) if now.saturating_sub(*read_at) < PROMPT_REFRESH_MS => {
+                Ok(prompt.clone())
+            }
+            _ => {
+                let prompt = self
+                    .store
+                    .ensure_prompt(&self.settings.default_system_prompt, now)?;
+                *cached = Some((now, prompt.clone()));
+                Ok(prompt)
+            }
+        }
+    }
+
+    /// Stores `text` as a new prompt version set by a person (`/prompt
+    /// set`) and makes it current for the next turn.
+    pub fn set_prompt(&self, text: &str) -> Result<PromptVersion, StoreError> {
+        let now = self.clock.now_ms();
+        let prompt = self.store.set_prompt(text, now)?;
+        *self.prompt.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, prompt.clone()));
+        Ok(prompt)
+    }
+
     /// Handles one inbound message, streaming the reply to `on_event` as it
     /// is generated (a stored, refused or fallback reply comes as one token).
     pub async fn handle(
@@ -197,145 +269,181 @@ impl Agent {
             .await
     }
 
-    /// Answers a turn: `messages` are a conversation's pending messages in
-    /// arrival order (one, or a burst), answered by one reply that sees
-    /// all of them, linked to the last and recorded as covering the rest.
+    /// Stores `messages` (a conversation's new messages in arrival order:
+    /// one, or a burst) and answers them in one turn. A redelivered message
+    /// that has its answer gets the stored answer back, without an LLM call.
     pub async fn handle_turn(
         &self,
         messages: &[InboundMessage],
         on_event: &mut OnEvent<'_>,
     ) -> Result<Reply, AgentError> {
-        let Some((message, earlier)) = messages.split_last() else {
-            return Err(AgentError::Store(StoreError::Invalid(
-                "a turn needs at least one message".into(),
-            )));
+        let Some(last) = messages.last() else {
+            return Err(no_message());
         };
-        let span = info_span!(
-            "message",
-            correlation_id = %message.correlation_id,
-            channel = %message.key.channel,
-            burst = messages.len(),
-        );
-        self.handle_inner(message, earlier, on_event)
-            .instrument(span)
+        async {
+            let mut turn = Vec::with_capacity(messages.len());
+            let mut last_duplicate = false;
+            for message in messages {
+                tracing::debug!(text = %message.text, "inbound message");
+                let accepted = self
+                    .store
+                    .write(Write::Accept(message.clone()))
+                    .await?
+                    .accepted()?;
+                info!(
+                    message_id = accepted.message_id,
+                    conversation_id = accepted.conversation_id,
+                    duplicate = accepted.duplicate,
+                    "message stored"
+                );
+                last_duplicate = accepted.duplicate;
+                turn.push(Pending {
+                    message_id: accepted.message_id,
+                    conversation_id: accepted.conversation_id,
+                    message: message.clone(),
+                });
+            }
+            if let Some(last) = turn.last().filter(|_| last_duplicate)
+                && let Some(reply) = self.store.reply_to(last.message_id)?
+            {
+                info!(
+                    reply_id = reply.id,
+                    "already answered; returning the stored reply"
+                );
+                on_event(StreamEvent::Token(&reply.text));
+                return Ok(self.reply(&turn, reply, true, 0, None));
+            }
+            self.answer_turn(&turn, on_event).await
+        }
+        .instrument(span(last, messages.len()))
+        .await
+    }
+
+    /// Answers a turn of stored messages (a conversation's pending ones, in
+    /// arrival order) with one reply that sees all of them, linked to the
+    /// last and recorded as covering the rest. The daemon's workers call
+    /// this with what they took from the work queue: nothing is stored again.
+    pub async fn answer(
+        &self,
+        turn: &[Pending],
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<Reply, AgentError> {
+        let Some(last) = turn.last() else {
+            return Err(no_message());
+        };
+        self.answer_turn(turn, on_event)
+            .instrument(span(&last.message, turn.len()))
             .await
     }
 
-    /// Answers `message`, the turn's last, together with `earlier` ones.
-    async fn handle_inner(
+    /// guard → context → generate → persist.
+    async fn answer_turn(
         &self,
-        message: &InboundMessage,
-        earlier: &[InboundMessage],
+        turn: &[Pending],
         on_event: &mut OnEvent<'_>,
     ) -> Result<Reply, AgentError> {
-        let mut accepted = Vec::with_capacity(earlier.len() + 1);
-        for m in earlier {
-            accepted.push((m, self.store.accept(m)?));
-        }
-        tracing::debug!(text = %message.text, "inbound message");
-        let last = self.store.accept(message)?;
-        accepted.push((message, last));
-        let covers: Vec<i64> = accepted
-            .iter()
-            .map(|(_, a)| a.message_id)
-            .filter(|&id| id != last.message_id)
-            .collect();
+        let last = &turn[turn.len() - 1];
         info!(
             message_id = last.message_id,
             conversation_id = last.conversation_id,
-            duplicate = last.duplicate,
-            covers = covers.len(),
-            "message stored"
+            burst = turn.len(),
+            "answering"
         );
-        if let Some(reply) = self.store.reply_to(last.message_id)? {
-            info!(
-                reply_id = reply.id,
-                "already answered; returning the stored reply"
-            );
-            on_event(StreamEvent::Token(&reply.text));
-            return Ok(self.reply(&last, covers, reply, true, 0, None));
+        self.trace_grouped(turn);
+        let prompt = self.prompt()?;
+        if let Some(refusal) = self.guard(turn, &prompt, on_event).await? {
+            return Ok(refusal);
         }
-        if !covers.is_empty() {
-            let began = self.now();
-            for m in earlier {
-                self.stage(
-                    m,
-                    "grouped",
-                    began,
-                    "ok",
-                    Some(format!("answered with {}", message.correlation_id)),
-                );
-            }
-        }
+        let window = self.context(last, &prompt).await?;
+        let generated = self.generate(last, &window, on_event).await;
+        self.persist(turn, &prompt, &window, generated, on_event)
+            .await
+    }
 
-        let prompt = self
-            .store
-            .ensure_prompt(&self.settings.default_system_prompt, self.clock.now_ms())?;
+    /// Each earlier message of a burst is traced as answered with the last.
+    fn trace_grouped(&self, turn: &[Pending]) {
+        let Some((last, earlier)) = turn.split_last() else {
+            return;
+        };
         let began = self.now();
-        let violations: Vec<(i64, Violation)> = accepted
-            .iter()
-            .filter_map(|(m, a)| Some((a.message_id, self.guardrails.check(&m.text)?)))
-            .collect();
-        let verdict = violations
-            .first()
-            .map_or("pass".to_string(), |(_, v)| format!("refused: {}", v.rule));
-        self.stage(message, "guarded", began, &verdict, None);
-        if let Some((_, first)) = violations.first() {
-            info!(rule = %first.rule, "guardrail refused the message");
-            for (message_id, violation) in &violations {
-                self.store
-                    .record_violation(*message_id, &violation.rule, self.clock.now_ms())?;
-            }
-            let reply = self.record(
-                &last,
-                &covers,
-                ReplyKind::Refusal,
-                &first.refusal,
-                "guardrail",
-                &first.rule,
-                &prompt,
-                None,
-                0,
-            )?;
-            on_event(StreamEvent::Token(&reply.text));
+        for p in earlier {
             self.stage(
-                message,
-                "reply stored",
+                &p.message,
+                Stage::Grouped,
                 began,
-                "refusal",
-                Some(format!("reply {}", reply.id)),
+                Outcome::Ok,
+                Some(format!("answered with {}", last.message.correlation_id)),
             );
-            return Ok(self.reply(&last, covers, reply, false, 0, None));
         }
+    }
 
+    /// Step 4: every message of the turn through the guardrails. A refusal
+    /// is stored (with each violation) and returned; `None` lets it pass.
+    async fn guard(
+        &self,
+        turn: &[Pending],
+        prompt: &PromptVersion,
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<Option<Reply>, AgentError> {
+        let last = &turn[turn.len() - 1];
         let began = self.now();
-        let window = self.context(&last, &prompt).await?;
+        let violations: Vec<(i64, Violation)> = turn
+            .iter()
+            .filter_map(|p| Some((p.message_id, self.guardrails.check(&p.message.text)?)))
+            .collect();
+        let Some((_, first)) = violations.first() else {
+            self.stage(&last.message, Stage::Guarded, began, Outcome::Pass, None);
+            return Ok(None);
+        };
         self.stage(
-            message,
-            "context built",
+            &last.message,
+            Stage::Guarded,
             began,
-            "ok",
-            Some(format!(
-                "{} messages, ~{} tokens, {} turns dropped",
-                window.messages.len(),
-                window.estimated_tokens,
-                window.dropped_turns
-            )),
+            Outcome::Refused,
+            Some(first.rule.clone()),
         );
-        info!(
-            prompt_version = prompt.version,
-            messages = window.messages.len(),
-            dropped_turns = window.dropped_turns,
-            estimated_tokens = window.estimated_tokens,
-            "context built"
+        info!(rule = %first.rule, "guardrail refused the message");
+        let reply = self
+            .record(
+                turn,
+                Recorded {
+                    kind: ReplyKind::Refusal,
+                    text: first.refusal.clone(),
+                    provider: "guardrail",
+                    model: first.rule.clone(),
+                    prompt_version: prompt.version,
+                    tokens: (None, None),
+                    latency_ms: 0,
+                },
+                violations
+                    .iter()
+                    .map(|(id, v)| (*id, v.rule.clone()))
+                    .collect(),
+            )
+            .await?;
+        on_event(StreamEvent::Token(&reply.text));
+        self.stage(
+            &last.message,
+            Stage::ReplyStored,
+            began,
+            Outcome::Refusal,
+            Some(format!("reply {}", reply.id)),
         );
+        Ok(Some(self.reply(turn, reply, false, 0, None)))
+    }
+
+    /// Step 6: the LLM chain, streamed through the secret filter.
+    async fn generate(
+        &self,
+        last: &Pending,
+        window: &ContextWindow,
+        on_event: &mut OnEvent<'_>,
+    ) -> Generated {
         let request = LlmRequest {
-            messages: window.messages,
+            messages: window.messages.clone(),
             max_tokens: self.settings.reply_reserve as u32,
         };
-
-        let started = Instant::now();
-        let llm_began = self.now();
+        let began = self.now();
         let mut filter = SecretFilter::new(&self.settings.secrets);
         let result = self
             .llm
@@ -352,31 +460,38 @@ impl Agent {
                 }
             })
             .await;
-        let latency_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(o) => self.stage(
-                message,
-                "llm call",
-                llm_began,
-                "ok",
-                Some(format!("{}/{}", o.provider, o.model)),
-            ),
-            Err(e) => self.stage(
-                message,
-                "llm call",
-                llm_began,
-                "failed",
-                Some(e.to_string()),
-            ),
-        }
-        let began = self.now();
+        let latency_ms = began.1.elapsed().as_millis() as u64;
+        let (outcome, detail) = match &result {
+            Ok(o) => (Outcome::Ok, format!("{}/{}", o.provider, o.model)),
+            Err(e) => (Outcome::Failed, e.to_string()),
+        };
+        self.stage(&last.message, Stage::LlmCall, began, outcome, Some(detail));
+        let result = result.map(|mut output| {
+            let tail = filter.finish();
+            if !tail.is_empty() {
+                on_event(StreamEvent::Token(&tail));
+            }
+            output.text = filter.redact(&output.text);
+            output
+        });
+        Generated { result, latency_ms }
+    }
 
-        match result {
+    /// Step 7: the answer, or in an outage the fallback (once per
+    /// conversation until it is answered again), stored with the turn.
+    async fn persist(
+        &self,
+        turn: &[Pending],
+        prompt: &PromptVersion,
+        window: &ContextWindow,
+        generated: Generated,
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<Reply, AgentError> {
+        let last = &turn[turn.len() - 1];
+        let began = self.now();
+        let latency_ms = generated.latency_ms;
+        let error = match generated.result {
             Ok(output) => {
-                let tail = filter.finish();
-                if !tail.is_empty() {
-                    on_event(StreamEvent::Token(&tail));
-                }
                 info!(
                     provider = %output.provider,
                     model = %output.model,
@@ -384,133 +499,126 @@ impl Agent {
                     completion_tokens = output.completion_tokens,
                     "LLM replied"
                 );
-                let text = filter.redact(&output.text);
-                let reply = self.record(
-                    &last,
-                    &covers,
-                    ReplyKind::Answer,
-                    &text,
-                    &output.provider,
-                    &output.model,
-                    &prompt,
-                    Some((output.prompt_tokens, output.completion_tokens)),
-                    latency_ms,
-                )?;
+                let reply = self
+                    .record(
+                        turn,
+                        Recorded {
+                            kind: ReplyKind::Answer,
+                            text: output.text,
+                            provider: &output.provider,
+                            model: output.model.clone(),
+                            prompt_version: prompt.version,
+                            tokens: (output.prompt_tokens, output.completion_tokens),
+                            latency_ms,
+                        },
+                        Vec::new(),
+                    )
+                    .await?;
                 info!(reply_id = reply.id, "reply stored");
                 self.stage(
-                    message,
-                    "reply stored",
+                    &last.message,
+                    Stage::ReplyStored,
                     began,
-                    "answer",
+                    Outcome::Answer,
                     Some(format!("reply {}", reply.id)),
                 );
-                Ok(self.reply(&last, covers, reply, false, window.dropped_turns, None))
+                return Ok(self.reply(turn, reply, false, window.dropped_turns, None));
             }
-            Err(error) => {
-                let reason = error.to_string();
-                // One fallback per conversation until it is answered again:
-                // in an outage, each new message does not get another.
-                let previous = self
-                    .store
-                    .latest_reply(last.conversation_id)?
-                    .filter(|r| r.kind == Some(ReplyKind::Fallback));
-                let (reply, suppressed) = match previous {
-                    Some(previous) => {
-                        info!(
-                            error = %reason,
-                            fallback_id = previous.id,
-                            "every LLM provider failed; the conversation already has a fallback reply"
-                        );
-                        (previous, true)
-                    }
-                    None => {
-                        warn!(error = %reason, "every LLM provider failed; sending the fallback reply");
-                        let text = self.settings.fallback_reply.clone();
-                        let reply = self.record(
-                            &last,
-                            &covers,
-                            ReplyKind::Fallback,
-                            &text,
-                            "fallback",
-                            "",
-                            &prompt,
-                            None,
-                            latency_ms,
-                        )?;
-                        (reply, false)
-                    }
-                };
-                on_event(StreamEvent::Token(&reply.text));
-                self.stage(
-                    message,
-                    "reply stored",
-                    began,
-                    if suppressed {
-                        "fallback already sent"
-                    } else {
-                        "fallback"
-                    },
-                    Some(format!("reply {}; the message stays pending", reply.id)),
+            Err(error) => error.to_string(),
+        };
+        // One fallback per conversation until it is answered again: in an
+        // outage, each new message does not get another.
+        let previous = self
+            .store
+            .latest_reply(last.conversation_id)?
+            .filter(|r| r.kind == Some(ReplyKind::Fallback));
+        let suppressed = previous.is_some();
+        let reply = match previous {
+            Some(previous) => {
+                info!(
+                    error = %error,
+                    fallback_id = previous.id,
+                    "every LLM provider failed; the conversation already has a fallback reply"
                 );
-                Ok(Reply {
-                    suppressed,
-                    ..self.reply(
-                        &last,
-                        covers,
-                        reply,
-                        suppressed,
-                        window.dropped_turns,
-                        Some(reason),
-                    )
-                })
+                previous
             }
-        }
+            None => {
+                warn!(error = %error, "every LLM provider failed; sending the fallback reply");
+                self.record(
+                    turn,
+                    Recorded {
+                        kind: ReplyKind::Fallback,
+                        text: self.settings.fallback_reply.clone(),
+                        provider: "fallback",
+                        model: String::new(),
+                        prompt_version: prompt.version,
+                        tokens: (None, None),
+                        latency_ms,
+                    },
+                    Vec::new(),
+                )
+                .await?
+            }
+        };
+        on_event(StreamEvent::Token(&reply.text));
+        self.stage(
+            &last.message,
+            Stage::ReplyStored,
+            began,
+            if suppressed {
+                Outcome::FallbackAlreadySent
+            } else {
+                Outcome::Fallback
+            },
+            Some(format!("reply {}; the message stays pending", reply.id)),
+        );
+        Ok(Reply {
+            suppressed,
+            ..self.reply(turn, reply, suppressed, window.dropped_turns, Some(error))
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn record(
+    /// Stores the turn's reply (and its violations) through the store's
+    /// writer, in one transaction.
+    async fn record(
         &self,
-        accepted: &Accepted,
-        covers: &[i64],
-        kind: ReplyKind,
-        text: &str,
-        provider: &str,
-        model: &str,
-        prompt: &PromptVersion,
-        tokens: Option<(Option<u32>, Option<u32>)>,
-        latency_ms: u64,
+        turn: &[Pending],
+        reply: Recorded<'_>,
+        violations: Vec<(i64, String)>,
     ) -> Result<StoredMessage, StoreError> {
-        let (prompt_tokens, completion_tokens) = tokens.unwrap_or((None, None));
-        self.store.record_turn_reply(
-            accepted.message_id,
-            covers,
-            &NewReply {
-                kind,
-                text: text.to_string(),
-                provider: provider.to_string(),
-                model: model.to_string(),
-                prompt_version: prompt.version,
-                prompt_tokens,
-                completion_tokens,
-                latency_ms,
+        let (last, earlier) = turn.split_last().expect("a turn has a message");
+        let record = TurnRecord {
+            message_id: last.message_id,
+            covers: earlier.iter().map(|p| p.message_id).collect(),
+            violations,
+            reply: NewReply {
+                kind: reply.kind,
+                text: reply.text,
+                provider: reply.provider.to_string(),
+                model: reply.model,
+                prompt_version: reply.prompt_version,
+                prompt_tokens: reply.tokens.0,
+                completion_tokens: reply.tokens.1,
+                latency_ms: reply.latency_ms,
                 created_at: self.clock.now_ms(),
             },
-        )
+        };
+        self.store.write(Write::Turn(record)).await?.reply()
     }
 
     fn reply(
         &self,
-        accepted: &Accepted,
-        covers: Vec<i64>,
+        turn: &[Pending],
         reply: StoredMessage,
         from_store: bool,
         dropped_turns: usize,
         llm_error: Option<String>,
     ) -> Reply {
+        let (last, earlier) = turn.split_last().expect("a turn has a message");
         Reply {
-            message_id: accepted.message_id,
-            covers,
-            conversation_id: accepted.conversation_id,
+            message_id: last.message_id,
+            covers: earlier.iter().map(|p| p.message_id).collect(),
+            conversation_id: last.conversation_id,
             reply,
             from_store,
             dropped_turns,
@@ -524,7 +632,36 @@ impl Agent {
     /// the window (see [`AgentSettings`]).
     async fn context(
         &self,
-        accepted: &Accepted,
+        last: &Pending,
+        prompt: &PromptVersion,
+    ) -> Result<ContextWindow, StoreError> {
+        let began = self.now();
+        let window = self.window(last, prompt).await?;
+        self.stage(
+            &last.message,
+            Stage::ContextBuilt,
+            began,
+            Outcome::Ok,
+            Some(format!(
+                "{} messages, ~{} tokens, {} turns dropped",
+                window.messages.len(),
+                window.estimated_tokens,
+                window.dropped_turns
+            )),
+        );
+        info!(
+            prompt_version = prompt.version,
+            messages = window.messages.len(),
+            dropped_turns = window.dropped_turns,
+            estimated_tokens = window.estimated_tokens,
+            "context built"
+        );
+        Ok(window)
+    }
+
+    async fn window(
+        &self,
+        accepted: &Pending,
         prompt: &PromptVersion,
     ) -> Result<ContextWindow, StoreError> {
         let (budget, reserve) = (self.settings.context_budget, self.settings.reply_reserve);
@@ -664,15 +801,19 @@ impl Agent {
             }
         };
         let filter = SecretFilter::new(&self.settings.secrets);
-        let summary = self.store.save_summary(&Summary {
-            conversation_id: conversation,
-            from_message_id: from,
-            to_message_id: to,
-            text: filter.redact(output.text.trim()),
-            provider: output.provider,
-            model: output.model,
-            created_at: self.clock.now_ms(),
-        })?;
+        let summary = self
+            .store
+            .write(Write::Summary(Summary {
+                conversation_id: conversation,
+                from_message_id: from,
+                to_message_id: to,
+                text: filter.redact(output.text.trim()),
+                provider: output.provider,
+                model: output.model,
+                created_at: self.clock.now_ms(),
+            }))
+            .await?
+            .summary()?;
         info!(from, to, turns = fold.len(), "older turns summarised");
         Ok(Some(summary))
     }

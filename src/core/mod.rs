@@ -10,6 +10,7 @@ pub mod guardrails;
 pub mod llm;
 pub mod message;
 pub mod ports;
+pub mod trace;
 
 pub use agent::{Agent, AgentError, AgentSettings, Burst, Reply};
 pub use breaker::{Admission, Breaker, BreakerPolicy, BreakerState, Transition};
@@ -21,7 +22,9 @@ pub use message::{
 };
 pub use ports::{
     Accepted, ActivityBucket, Clock, ConversationFilter, ConversationOverview, ConversationSummary,
-    MonitorStore, NewReply, OutboxItem, OutboxStats, OutboxStore, OutboxUpdate, PromptVersion,
-    ProviderActivity, ReplyKind, SearchHit, StageSink, Store, StoreError, StoreHealth,
-    StoredMessage, Summary, TraceEvent, TraceStore,
+    MonitorStore, NewReply, OutboxItem, OutboxStats, OutboxStore, OutboxUpdate, Pending,
+    PromptVersion, ProviderActivity, ReplyKind, SearchHit, StageSink, Store, StoreError,
+    StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore, TurnRecord, Write, Writes,
+    Written,
 };
+pub use trace::{Outcome, Stage};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::breaker::{Breaker, Transition};
 use super::llm::BoxFuture;
 use super::message::{Channel, ConversationKey, InboundMessage, Role, Turn};
+pub use super::trace::TraceEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -180,21 +181,127 @@ pub struct StoreHealth {
     pub integrity: Result<(), String>,
 }
 
+/// A stored user message still without its answer: what a worker takes
+/// from the work queue and hands to [`crate::core::Agent::answer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub message_id: i64,
+    pub conversation_id: i64,
+    pub message: InboundMessage,
+}
+
+/// A turn's outcome, written in one transaction: the reply, the burst it
+/// covers, and the guardrail violations that led to a refusal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnRecord {
+    /// The turn's last message, which the reply answers.
+    pub message_id: i64,
+    /// Earlier messages of the burst the reply answers too.
+    pub covers: Vec<i64>,
+    /// `(message id, rule)` of each message a guardrail refused.
+    pub violations: Vec<(i64, String)>,
+    pub reply: NewReply,
+}
+
+/// One write of the pipeline. A writer commits many of them together
+/// (group commit); each succeeds or fails on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Store an inbound message, or find it stored before.
+    Accept(InboundMessage),
+    /// Store a turn's reply (and queue it in the outbox).
+    Turn(TurnRecord),
+    /// Record what became of a send.
+    Outbox {
+        id: i64,
+        update: OutboxUpdate,
+        at: i64,
+    },
+    /// Append trace events.
+    Traces(Vec<TraceEvent>),
+    /// Persist a breaker, with the transition that changed it if any.
+    Breaker {
+        breaker: Breaker,
+        transition: Option<Transition>,
+    },
+    /// Store a summary (a range summarised before keeps its first).
+    Summary(Summary),
+}
+
+impl Write {
+    /// Accepts go first: a webhook waits for its commit, nothing else
+    /// should make it wait longer.
+    pub fn is_accept(&self) -> bool {
+        matches!(self, Write::Accept(_))
+    }
+}
+
+/// What a [`Write`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Accepted(Accepted),
+    Reply(StoredMessage),
+    Summary(Summary),
+    Done,
+}
+
+impl Written {
+    fn mismatch(what: &str) -> StoreError {
+        StoreError::Backend(format!(
+            "the writer answered a {what} write with something else"
+        ))
+    }
+
+    pub fn accepted(self) -> Result<Accepted, StoreError> {
+        match self {
+            Written::Accepted(a) => Ok(a),
+            _ => Err(Self::mismatch("accept")),
+        }
+    }
+
+    pub fn reply(self) -> Result<StoredMessage, StoreError> {
+        match self {
+            Written::Reply(r) => Ok(r),
+            _ => Err(Self::mismatch("turn")),
+        }
+    }
+
+    pub fn summary(self) -> Result<Summary, StoreError> {
+        match self {
+            Written::Summary(s) => Ok(s),
+            _ => Err(Self::mismatch("summary")),
+        }
+    }
+}
+
+/// The pipeline's writes, asynchronous so that an adapter can batch them
+/// behind one writer (many commits' cost shared) without blocking the
+/// caller's thread.
+pub trait Writes: Send + Sync {
+    /// Several writes in one transaction, one result each, in order;
+    /// synchronous, on the caller's thread.
+    fn write_batch(&self, writes: &[Write]) -> Vec<Result<Written, StoreError>>;
+
+    /// Resolves once `write` is committed (with whatever else was waiting).
+    fn write(&self, write: Write) -> BoxFuture<'_, Result<Written, StoreError>>;
+
+    /// Queues `write` without waiting for it (traces): it is committed with
+    /// the next batch, and [`Writes::flush`] waits for it.
+    fn append(&self, write: Write);
+
+    /// Resolves once everything written or appended before is committed.
+    fn flush(&self) -> BoxFuture<'_, ()>;
+}
+
 /// Durable storage of conversations, messages, replies and prompts.
 ///
 /// Implementations must make `accept` and `record_reply` atomic: either the
 /// whole record is stored or nothing is.
-pub trait Store: Send + Sync {
+pub trait Store: Writes + Send + Sync {
     /// Stores an inbound user message (opening its conversation if needed),
     /// or reports it as a duplicate of one with the same channel and
     /// provider message id.
     fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError>;
-
-    /// Accepts several messages at once (group commit), one result each, in
-    /// order. A backend without batching accepts them one by one.
-    fn accept_many(&self, messages: &[InboundMessage]) -> Vec<Result<Accepted, StoreError>> {
-        messages.iter().map(|m| self.accept(m)).collect()
-    }
 
     /// The answer (or refusal) to a user message, if it has one. Fallback
     /// replies do not count.
@@ -224,11 +331,7 @@ pub trait Store: Send + Sync {
 
     /// Up to `limit` user messages of a conversation still without an
     /// answer, oldest first (indexed).
-    fn pending(
-        &self,
-        conversation_id: i64,
-        limit: usize,
-    ) -> Result<Vec<InboundMessage>, StoreError>;
+    fn pending(&self, conversation_id: i64, limit: usize) -> Result<Vec<Pending>, StoreError>;
 
     /// Records that `message_id` broke guardrail `rule`.
     fn record_violation(&self, message_id: i64, rule: &str, at: i64) -> Result<(), StoreError>;
@@ -403,9 +506,9 @@ pub trait OutboxStore: Send + Sync {
     /// sent), oldest first.
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
 
-    /// The earliest time the head of a conversation's queue becomes due, if
-    /// any is queued.
-    fn next_due_at(&self) -> Result<Option<i64>, StoreError>;
+    /// The earliest time after `now` that the head of a conversation's
+    /// queue becomes due (a retry waiting), if any.
+    fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError>;
 
     fn update_outbox(&self, id: i64, update: &OutboxUpdate, at: i64) -> Result<(), StoreError>;
 
@@ -413,17 +516,6 @@ pub trait OutboxStore: Send + Sync {
 
     /// Conversations holding messages not yet answered (for a restart).
     fn conversations_with_pending(&self, limit: usize) -> Result<Vec<i64>, StoreError>;
-}
-
-/// One stage of one message's journey (SPEC.md step 9).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TraceEvent {
-    pub correlation_id: String,
-    pub stage: String,
-    pub started_at: i64,
-    pub duration_us: u64,
-    pub outcome: String,
-    pub detail: Option<String>,
 }
 
 pub trait TraceStore: Send + Sync {

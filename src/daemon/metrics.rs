@@ -138,7 +138,8 @@ impl Metrics {
             .inc();
     }
 
-    pub fn observe_stage(&self, stage: &str, took: Duration) {
+    /// `stage` is a [`crate::core::Stage`] name (or `ack`): a fixed label set.
+    pub fn observe_stage(&self, stage: &'static str, took: Duration) {
         self.stages
             .get_or_create(&StageLabel {
                 stage: stage.into(),

@@ -3,7 +3,6 @@
 //! `serve` take their parts injected, so tests bind 127.0.0.1:0 with fakes.
 
 mod health;
-mod ingest;
 pub mod metrics;
 mod outbox;
 pub mod public_url;
@@ -87,7 +86,6 @@ pub struct Daemon {
     pub(crate) outbox_wake: Notify,
     pub(crate) stopping: AtomicBool,
     pub(crate) public_url: public_url::PublicUrl,
-    pub(crate) ingest: ingest::Ingest,
 }
 
 impl Daemon {
@@ -109,7 +107,6 @@ impl Daemon {
         );
         Arc::new(Daemon {
             public_url,
-            ingest: ingest::Ingest::start(store.clone()),
             workers: workers::Workers::new(settings.max_parallel_conversations),
             store,
             agent,

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use super::Daemon;
 use crate::core::channel::{self, SendError, split_message};
-use crate::core::{OutboxItem, OutboxUpdate};
+use crate::core::{
+    OutboxItem, OutboxUpdate, Outcome, Stage, StageSink, StoreError, TraceEvent, Write,
+};
 
 /// Items picked per round.
 const BATCH: usize = 64;
@@ -24,23 +26,24 @@ pub async fn run(daemon: Arc<Daemon>) {
         if daemon.stopping() {
             break;
         }
+        let now = daemon.clock.now_ms();
         // Read what is due while holding the in-flight set: a send finishes
         // by recording its outcome and only then leaves the set, so an item
         // read here is either still in flight (skipped) or not yet sent.
         // Reading first and checking after would send a just-sent reply again.
-        let due: Vec<OutboxItem> = {
+        let (due, read): (Vec<OutboxItem>, usize) = {
             let mut busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            let due = daemon
-                .store
-                .due(daemon.clock.now_ms(), BATCH)
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "cannot read the outbox");
-                    Vec::new()
-                });
+            let due = daemon.store.due(now, BATCH).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the outbox");
+                Vec::new()
+            });
+            let read = due.len();
             // One send at a time per conversation keeps the order.
-            due.into_iter()
+            let due = due
+                .into_iter()
                 .filter(|i| busy.insert(i.conversation_id))
-                .collect()
+                .collect();
+            (due, read)
         };
         for item in due {
             let (daemon, in_flight) = (daemon.clone(), in_flight.clone());
@@ -51,21 +54,21 @@ pub async fn run(daemon: Arc<Daemon>) {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&conversation);
+                // The conversation's next reply may be waiting behind it.
                 daemon.outbox_wake.notify_one();
             });
         }
         while tasks.try_join_next().is_some() {}
-
-        let wait = match daemon.store.next_due_at() {
-            Ok(Some(at)) => {
-                Duration::from_millis((at - daemon.clock.now_ms()).clamp(0, 1000) as u64)
-            }
+        if read == BATCH {
+            continue;
+        }
+        // Event-driven: a stored reply, a finished send and shutdown wake
+        // the dispatcher. The only timer is a real wait (the next retry
+        // coming due), capped so that replies another process queued are
+        // found too.
+        let wait = match daemon.store.next_due_after(now) {
+            Ok(Some(at)) => Duration::from_millis((at - now).clamp(1, 1000) as u64),
             _ => IDLE_POLL,
-        };
-        let wait = if wait.is_zero() {
-            Duration::from_millis(20)
-        } else {
-            wait
         };
         tokio::select! {
             _ = daemon.outbox_wake.notified() => {}
@@ -78,65 +81,67 @@ pub async fn run(daemon: Arc<Daemon>) {
 
 async fn deliver(daemon: &Arc<Daemon>, item: OutboxItem) {
     let correlation = item.correlation_id.clone().unwrap_or_default();
-    let attempt = item.attempts + 1;
     let started_at = daemon.clock.now_ms();
     let began = Instant::now();
-    let stage = format!("send attempt {attempt}");
     let (update, outcome) = attempt_send(daemon, &item).await;
     let channel = item.key.channel.as_str();
+    let attempt = |outcome: Outcome, detail: Option<String>| TraceEvent {
+        correlation_id: correlation.clone(),
+        stage: Stage::Send,
+        attempt: Some(item.attempts + 1),
+        started_at,
+        duration_us: began.elapsed().as_micros() as u64,
+        outcome,
+        detail,
+    };
+    let tracer = &daemon.tracer;
     match &update {
         OutboxUpdate::Sent { .. } => {
-            daemon
-                .tracer
-                .stage(&correlation, &stage, started_at, began, "ok", None);
-            daemon
-                .tracer
-                .stage(&correlation, "sent", started_at, began, "ok", None);
+            tracer.record(attempt(Outcome::Ok, None));
+            tracer.stage(
+                &correlation,
+                Stage::Sent,
+                started_at,
+                began,
+                Outcome::Ok,
+                None,
+            );
             daemon.metrics.send(channel, "sent");
         }
         OutboxUpdate::Progress { .. } => {
-            daemon
-                .tracer
-                .stage(&correlation, &stage, started_at, began, "part sent", None);
+            tracer.record(attempt(Outcome::PartSent, None));
         }
         OutboxUpdate::Retry { error, .. } => {
-            daemon.tracer.stage(
-                &correlation,
-                &stage,
-                started_at,
-                began,
-                "retry",
-                Some(error.clone()),
-            );
+            tracer.record(attempt(Outcome::Retry, Some(error.clone())));
             daemon.metrics.send(channel, "retry");
         }
         OutboxUpdate::Dead { code, error } => {
-            daemon.tracer.stage(
+            tracer.record(attempt(Outcome::Failed, Some(error.clone())));
+            tracer.stage(
                 &correlation,
-                &stage,
+                Stage::Dead,
                 started_at,
                 began,
-                "failed",
-                Some(error.clone()),
-            );
-            daemon.tracer.stage(
-                &correlation,
-                "dead",
-                started_at,
-                began,
-                code,
-                Some(error.clone()),
+                Outcome::Dead,
+                Some(format!("{code}: {error}")),
             );
             daemon.metrics.send(channel, "dead");
             tracing::warn!(correlation_id = %correlation, code, error, "reply dead-lettered");
         }
     }
-    if let Err(e) = daemon
-        .store
-        .update_outbox(item.id, &update, daemon.clock.now_ms())
-    {
+    if let Err(e) = record(daemon, item.id, update).await {
         tracing::error!(correlation_id = %correlation, error = %e, outcome, "cannot record a send");
     }
+}
+
+/// Records what became of a send through the store's writer.
+async fn record(daemon: &Daemon, id: i64, update: OutboxUpdate) -> Result<(), StoreError> {
+    let at = daemon.clock.now_ms();
+    daemon
+        .store
+        .write(Write::Outbox { id, update, at })
+        .await
+        .map(drop)
 }
 
 /// One attempt: sends the parts not sent yet; returns how it went.
@@ -174,11 +179,7 @@ async fn attempt_send(daemon: &Arc<Daemon>, item: &OutboxItem) -> (OutboxUpdate,
                         parts_sent: sent as u32,
                         provider_message_id: last_id.clone(),
                     };
-                    if let Err(e) =
-                        daemon
-                            .store
-                            .update_outbox(item.id, &progress, daemon.clock.now_ms())
-                    {
+                    if let Err(e) = record(daemon, item.id, progress).await {
                         tracing::error!(error = %e, "cannot record a sent part");
                     }
                 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::Daemon;
-use crate::core::InboundMessage;
+use crate::core::Pending;
 use crate::core::channel;
 
 /// Stops the signal when dropped.
@@ -19,11 +19,11 @@ impl Drop for Typing {
 }
 
 /// Starts the typing signal for the turn answering `turn` (its last message).
-pub fn start(daemon: &Arc<Daemon>, turn: &[InboundMessage]) -> Option<Typing> {
+pub fn start(daemon: &Arc<Daemon>, turn: &[Pending]) -> Option<Typing> {
     if daemon.settings.dry_run {
         return None;
     }
-    let message = turn.last()?.clone();
+    let message = turn.last()?.message.clone();
     let adapter = channel::find(&daemon.channels, message.key.channel)?.clone();
     // Channels without a signal spawn nothing (the future is never run).
     drop(adapter.typing(&message.key, &message)?);

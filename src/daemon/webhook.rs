@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use super::{Daemon, workers};
 use crate::adapters::channels::registry;
 use crate::core::channel::{self, Inbound, WebhookError, WebhookRequest};
-use crate::core::{Channel, CorrelationId, StoreError};
+use crate::core::{Channel, CorrelationId, Outcome, Stage, StoreError, Write, Written};
 
 /// Why a webhook was not accepted, as the provider (or developer) sees it.
 #[derive(Debug)]
@@ -123,10 +123,10 @@ pub async fn handle(
             tracing::info!(channel = %channel, correlation_id = %correlation, reason, "webhook acknowledged and ignored");
             daemon.tracer.stage(
                 &correlation,
-                "ignored",
+                Stage::Ignored,
                 now,
                 began,
-                "ignored",
+                Outcome::Ignored,
                 Some(format!("{channel}: {reason}")),
             );
             return Ok((
@@ -144,29 +144,36 @@ pub async fn handle(
     let correlation = message.correlation_id.0.clone();
     daemon.tracer.stage(
         &correlation,
-        "received",
+        Stage::Received,
         now,
         began,
-        "ok",
+        Outcome::Ok,
         Some(format!("{} bytes", body.len())),
     );
     daemon
         .tracer
-        .stage(&correlation, "verified", now, began, "ok", None);
+        .stage(&correlation, Stage::Verified, now, began, Outcome::Ok, None);
     let stored_began = Instant::now();
-    let accepted = daemon.ingest.accept(message).await.map_err(|e| {
-        tracing::error!(correlation_id = %correlation, error = %e, "cannot store an inbound message");
-        Rejection::Store(e)
-    })?;
+    // Committed by the store's writer together with whatever else waits
+    // (group commit); the 200 follows the commit.
+    let accepted = daemon
+        .store
+        .write(Write::Accept(message))
+        .await
+        .and_then(Written::accepted)
+        .map_err(|e| {
+            tracing::error!(correlation_id = %correlation, error = %e, "cannot store an inbound message");
+            Rejection::Store(e)
+        })?;
     daemon.metrics.observe_stage("ack", began.elapsed());
     if accepted.duplicate {
         daemon.metrics.inbound(channel.as_str(), "duplicate");
         daemon.tracer.stage(
             &correlation,
-            "duplicate",
+            Stage::Duplicate,
             now,
             stored_began,
-            "ignored",
+            Outcome::Ignored,
             Some(format!("message {}", accepted.message_id)),
         );
         return Ok((
@@ -179,10 +186,10 @@ pub async fn handle(
     daemon.metrics.inbound(channel.as_str(), "accepted");
     daemon.tracer.stage(
         &correlation,
-        "stored",
+        Stage::Stored,
         now,
         stored_began,
-        "ok",
+        Outcome::Ok,
         Some(format!("message {}", accepted.message_id)),
     );
     workers::schedule(&daemon, accepted.conversation_id);

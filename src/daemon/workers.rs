@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
 
 use super::Daemon;
-use crate::core::{Burst, InboundMessage, ReplyKind};
+use crate::core::{Burst, Pending, ReplyKind};
 
 /// Messages read per round of a conversation (and so at most in one
 /// collected turn; more wait for the next).
@@ -107,7 +107,7 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
             return true;
         }
     };
-    let turns: Vec<&[InboundMessage]> = match daemon.settings.burst {
+    let turns: Vec<&[Pending]> = match daemon.settings.burst {
         Burst::Collect if !pending.is_empty() => vec![&pending[..]],
         Burst::Collect => Vec::new(),
         Burst::Each => pending.chunks(1).collect(),
@@ -117,7 +117,7 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
             break;
         }
         let typing = super::typing::start(daemon, turn);
-        let result = daemon.agent.handle_turn(turn, &mut |_| {}).await;
+        let result = daemon.agent.answer(turn, &mut |_| {}).await;
         drop(typing);
         match result {
             Ok(reply) => {
@@ -128,7 +128,7 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
                 daemon.outbox_wake.notify_one();
             }
             Err(e) => {
-                let last = turn.last().map(|m| m.correlation_id.0.as_str());
+                let last = turn.last().map(|p| p.message.correlation_id.0.as_str());
                 tracing::error!(correlation_id = last, error = %e, "cannot answer the message");
                 return true;
             }

@@ -168,10 +168,11 @@ fn the_tui_follows_the_store_opens_a_trace_and_restores_the_terminal() {
         .iter()
         .map(|s| TraceEvent {
             correlation_id: correlation.into(),
-            stage: s.to_string(),
+            stage: convagent::core::Stage::parse(s).unwrap().0,
+            attempt: None,
             started_at: 0,
             duration_us: if *s == "llm call" { 640_000 } else { 300 },
-            outcome: "ok".into(),
+            outcome: convagent::core::Outcome::Ok,
             detail: None,
         })
         .collect();

@@ -375,7 +375,7 @@ async fn ignored_updates_are_acknowledged_with_a_traced_reason() {
     );
     let trace = h.store.trace(&correlation).unwrap();
     assert_eq!(trace.len(), 1, "{trace:?}");
-    assert_eq!(trace[0].stage, "ignored");
+    assert_eq!(trace[0].stage, convagent::core::Stage::Ignored);
     assert_eq!(
         trace[0].detail.as_deref(),
         Some("telegram: update kind not handled")

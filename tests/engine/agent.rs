@@ -86,7 +86,15 @@ async fn context_is_system_prompt_plus_history_in_order() {
         default_system_prompt: "You are a test.".into(),
         ..AgentSettings::default()
     };
-    let (agent, store) = agent_with(llm.clone(), settings);
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let clock = Arc::new(FakeClock::at(1_700_000_000_000));
+    let agent = Agent::new(
+        store.clone(),
+        llm.clone(),
+        clock.clone(),
+        Guardrails::new(&[]).unwrap(),
+        settings,
+    );
     for text in ["one", "two", "three"] {
         agent
             .handle(&cli::inbound(&key(), text, 1), &mut |_| {})
@@ -112,14 +120,32 @@ async fn context_is_system_prompt_plus_history_in_order() {
     );
     assert_eq!(request.max_tokens, 512);
 
-    // A new prompt version applies from the next message and is recorded.
-    store.set_prompt("You are terse.", 2).unwrap();
+    // A new prompt version applies from the next message and is recorded:
+    // at once when set through the agent (`/prompt set` in chat)...
+    agent.set_prompt("You are terse.").unwrap();
     let r = agent
         .handle(&cli::inbound(&key(), "four", 1), &mut |_| {})
         .await
         .unwrap();
     assert_eq!(r.reply.prompt_version, Some(2));
     assert_eq!(llm.last_request().messages[0].content, "You are terse.");
+
+    // ...and once the cached one is older than the refresh interval when
+    // another process stored it.
+    store.set_prompt("You are a pirate.", 3).unwrap();
+    clock.advance(convagent::core::agent::PROMPT_REFRESH_MS - 1);
+    agent
+        .handle(&cli::inbound(&key(), "five", 1), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(llm.last_request().messages[0].content, "You are terse.");
+    clock.advance(1);
+    let r = agent
+        .handle(&cli::inbound(&key(), "six", 1), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(r.reply.prompt_version, Some(3));
+    assert_eq!(llm.last_request().messages[0].content, "You are a pirate.");
 }
 
 #[tokio::test]

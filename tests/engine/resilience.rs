@@ -284,8 +284,11 @@ async fn when_every_provider_fails_the_fallback_is_sent_and_the_message_answered
     b.set(Ok("Hello! Sorry for the wait.".into()));
     let started = Instant::now();
     let pending = store.pending(conversation, 10).unwrap();
-    assert_eq!(pending[0].provider_message_id, message.provider_message_id);
-    let answered = agent.handle(&pending[0], &mut |_| {}).await.unwrap();
+    assert_eq!(
+        pending[0].message.provider_message_id,
+        message.provider_message_id
+    );
+    let answered = agent.answer(&pending[..1], &mut |_| {}).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(answered.kind(), ReplyKind::Answer);
     assert_eq!(answered.reply.text, "Hello! Sorry for the wait.");

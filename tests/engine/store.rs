@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use convagent::adapters::store::{OpenMode, SqliteStore};
 use convagent::core::{
     Attachment, Breaker, BreakerPolicy, BreakerState, Channel, ConversationFilter, ConversationKey,
-    CorrelationId, InboundMessage, NewReply, ReplyKind, Role, Store, Summary,
+    CorrelationId, InboundMessage, NewReply, ReplyKind, Role, Store, Summary, Write, Written,
 };
 
 fn message(key: &ConversationKey, id: &str, text: &str, at: i64) -> InboundMessage {
@@ -96,7 +96,12 @@ fn accept_many_is_one_result_each_in_order(store: &dyn Store) {
         message(&key, "", "no id", 5_003),
         message(&key, "batch-3", "three", 5_004),
     ];
-    let results = store.accept_many(&batch);
+    let writes: Vec<Write> = batch.iter().cloned().map(Write::Accept).collect();
+    let results: Vec<_> = store
+        .write_batch(&writes)
+        .into_iter()
+        .map(|r| r.and_then(Written::accepted))
+        .collect();
     assert_eq!(results.len(), 5);
     let ok: Vec<_> = results
         .iter()
@@ -335,7 +340,7 @@ fn fallbacks_leave_messages_pending(store: &dyn Store) {
         .pending(a.conversation_id, 10)
         .unwrap()
         .into_iter()
-        .map(|m| m.text)
+        .map(|p| p.message.text)
         .collect();
     assert_eq!(pending, ["first", "second"]);
 
@@ -373,6 +378,9 @@ fn fallbacks_leave_messages_pending(store: &dyn Store) {
         .accept(&message(&key, "SM-f3", "third", 60_400))
         .unwrap();
     let back = store.pending(c.conversation_id, 10).unwrap().remove(0);
+    assert_eq!(back.conversation_id, c.conversation_id);
+    assert_eq!(back.message_id, c.message_id);
+    let back = back.message;
     assert_eq!(back.key, key);
     assert_eq!(back.provider_message_id, "SM-f3");
     assert_eq!(back.attachments.len(), 1);

@@ -4,14 +4,15 @@
 //! turn's deadline. A provider that fails hands the turn to the next; the
 //! output names the provider and model that answered.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::core::breaker::{Admission, Breaker, BreakerPolicy, Transition};
 use crate::core::llm::{
     BoxFuture, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
 };
-use crate::core::{Clock, Store};
+use crate::core::{Clock, Store, Write};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainPolicy {
@@ -46,6 +47,8 @@ pub struct Chain {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     policy: ChainPolicy,
+    /// Breakers as last read or written, by provider and model.
+    breakers: Mutex<HashMap<(String, String), Breaker>>,
 }
 
 impl Chain {
@@ -60,6 +63,7 @@ impl Chain {
             store,
             clock,
             policy,
+            breakers: Mutex::default(),
         }
     }
 
@@ -83,7 +87,7 @@ impl Chain {
             let now = self.clock.now_ms();
             let (admission, transition) = breaker.admit(now, &self.policy.breaker);
             if transition.is_some() {
-                self.persist(&breaker, transition.as_ref());
+                self.persist(&breaker, transition).await;
             }
             if let Admission::Skip { retry_at } = admission {
                 tracing::info!(provider = name, model, "circuit open; skipping provider");
@@ -110,7 +114,7 @@ impl Chain {
                     let had_failures = breaker.failures > 0;
                     let transition = breaker.on_success(now);
                     if had_failures || transition.is_some() {
-                        self.persist(&breaker, transition.as_ref());
+                        self.persist(&breaker, transition).await;
                     }
                     return Ok(output);
                 }
@@ -122,7 +126,7 @@ impl Chain {
                 Err(error) => {
                     let message = error.to_string();
                     let transition = breaker.on_failure(now, &message, &self.policy.breaker);
-                    self.persist(&breaker, transition.as_ref());
+                    self.persist(&breaker, transition).await;
                     // Nothing listening is the everyday case of an optional
                     // provider (no Ollama installed): not worth a warning.
                     if matches!(error, LlmError::Unreachable { .. }) {
@@ -254,21 +258,33 @@ impl Chain {
         })
     }
 
+    /// The breaker of a provider+model: read from the store once, then
+    /// kept here and written through on every change.
     fn load_breaker(&self, provider: &str, model: &str) -> Breaker {
-        match self.store.breaker(provider, model) {
+        let key = (provider.to_string(), model.to_string());
+        if let Some(b) = self.breakers().get(&key) {
+            return b.clone();
+        }
+        let breaker = match self.store.breaker(provider, model) {
             Ok(Some(b)) => b,
             Ok(None) => Breaker::new(provider, model, self.clock.now_ms()),
             Err(e) => {
                 tracing::warn!(provider, error = %e, "cannot read the circuit breaker; assuming closed");
-                Breaker::new(provider, model, self.clock.now_ms())
+                return Breaker::new(provider, model, self.clock.now_ms());
             }
-        }
+        };
+        self.breakers().insert(key, breaker.clone());
+        breaker
+    }
+
+    fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Breaker>> {
+        self.breakers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Saves the breaker; a transition is also logged. A store error costs
     /// the persisted state, not the reply.
-    fn persist(&self, breaker: &Breaker, transition: Option<&Transition>) {
-        if let Some(t) = transition {
+    async fn persist(&self, breaker: &Breaker, transition: Option<Transition>) {
+        if let Some(t) = &transition {
             tracing::warn!(
                 provider = %breaker.provider,
                 model = %breaker.model,
@@ -278,7 +294,15 @@ impl Chain {
                 "circuit breaker transition"
             );
         }
-        if let Err(e) = self.store.save_breaker(breaker, transition) {
+        self.breakers().insert(
+            (breaker.provider.clone(), breaker.model.clone()),
+            breaker.clone(),
+        );
+        let write = Write::Breaker {
+            breaker: breaker.clone(),
+            transition,
+        };
+        if let Err(e) = self.store.write(write).await {
             tracing::warn!(provider = %breaker.provider, error = %e, "cannot save the circuit breaker");
         }
     }

@@ -2,7 +2,7 @@
 //! append-only migrations in `migrations/`, applied on open.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -12,14 +12,17 @@ mod monitor;
 mod outbox;
 mod port;
 mod rows;
+mod writer;
 
-use crate::core::ports::StoreError;
+use crate::core::llm::BoxFuture;
+use crate::core::ports::{StoreError, Write, Writes, Written};
 
 /// The schema, oldest first. Append only.
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../../migrations/0001_init.sql")),
     M::up(include_str!("../../../../migrations/0002_daemon.sql")),
     M::up(include_str!("../../../../migrations/0003_first_week.sql")),
+    M::up(include_str!("../../../../migrations/0004_writer.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -29,7 +32,11 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    /// The connection that writes, shared with the writer thread.
+    conn: Arc<Mutex<Connection>>,
+    /// The one writer of async writes, started by the first of them (a
+    /// command that only reads never starts it).
+    writer: OnceLock<writer::Writer>,
     /// A second connection for reads, so that readers (workers, the
     /// outbox, monitors) do not queue behind writers: WAL lets both run.
     /// Absent for in-memory and read-only stores, which read on `conn`.
@@ -96,7 +103,8 @@ impl SqliteStore {
             OpenMode::ReadOnly => None,
         };
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
+            writer: OnceLock::new(),
             reader,
             path: path.to_path_buf(),
         })
@@ -109,7 +117,8 @@ impl SqliteStore {
             .to_latest(&mut conn)
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
+            writer: OnceLock::new(),
             reader: None,
             path: PathBuf::from(":memory:"),
         })
@@ -133,6 +142,46 @@ impl SqliteStore {
         match &self.reader {
             Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
             None => self.conn(),
+        }
+    }
+}
+
+impl SqliteStore {
+    fn writer(&self) -> &writer::Writer {
+        self.writer
+            .get_or_init(|| writer::Writer::start(self.conn.clone()))
+    }
+}
+
+impl Writes for SqliteStore {
+    fn write_batch(&self, writes: &[Write]) -> Vec<Result<Written, StoreError>> {
+        writer::batch(&mut self.conn(), writes)
+    }
+
+    fn write(&self, write: Write) -> BoxFuture<'_, Result<Written, StoreError>> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.writer().submit(write, Some(done));
+        Box::pin(async move {
+            result
+                .await
+                .map_err(|_| StoreError::Backend("the store's writer stopped".into()))?
+        })
+    }
+
+    fn append(&self, write: Write) {
+        self.writer().submit(write, None);
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        match self.writer.get() {
+            // Nothing was ever queued.
+            None => Box::pin(async {}),
+            Some(_) => {
+                let written = self.write(Write::Traces(Vec::new()));
+                Box::pin(async move {
+                    let _ = written.await;
+                })
+            }
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The outbox and trace ports on SQLite.
 
-use rusqlite::params;
+use rusqlite::{Connection, params};
 
 use super::SqliteStore;
-use super::rows::parse_channel;
+use super::rows::{bad_value, parse_channel};
 use crate::core::message::ConversationKey;
 use crate::core::ports::{
     OutboxItem, OutboxStats, OutboxStore, OutboxUpdate, StoreError, TraceEvent, TraceStore,
 };
+use crate::core::trace::{Outcome, Stage};
 
 impl OutboxStore for SqliteStore {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
@@ -45,74 +46,22 @@ impl OutboxStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+    fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             // Heads of queues only: a reply queued behind one that waits to
             // retry is not due before it, however old it is.
             .prepare_cached(
                 "SELECT min(o.next_attempt_at) FROM outbox o
-                 WHERE o.state = 'queued'
+                 WHERE o.state = 'queued' AND o.next_attempt_at > ?1
                    AND o.id = (SELECT min(h.id) FROM outbox h
                                WHERE h.conversation_id = o.conversation_id AND h.state = 'queued')",
             )?
-            .query_row([], |r| r.get(0))?)
+            .query_row([now], |r| r.get(0))?)
     }
 
     fn update_outbox(&self, id: i64, update: &OutboxUpdate, at: i64) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let push_id = |provider_id: &Option<String>| -> Result<(), StoreError> {
-            if let Some(pid) = provider_id {
-                conn.prepare_cached("UPDATE outbox SET provider_message_ids = json_insert(provider_message_ids, '$[#]', ?2)
-                     WHERE id = ?1")?.execute(
-                    params![id, pid],
-                )?;
-            }
-            Ok(())
-        };
-        let n = match update {
-            OutboxUpdate::Progress {
-                parts_sent,
-                provider_message_id,
-            } => {
-                push_id(provider_message_id)?;
-                conn.prepare_cached("UPDATE outbox SET parts_sent = ?2, attempts = 0, updated_at = ?3 WHERE id = ?1")?.execute(
-                    params![id, parts_sent, at],
-                )?
-            }
-            OutboxUpdate::Sent {
-                provider_message_id,
-                dry_run,
-            } => {
-                push_id(provider_message_id)?;
-                conn.prepare_cached(
-                    "UPDATE outbox SET state = 'sent', dry_run = ?2, updated_at = ?3 WHERE id = ?1",
-                )?
-                .execute(params![id, dry_run, at])?
-            }
-            OutboxUpdate::Retry {
-                next_attempt_at,
-                attempts,
-                error,
-            } => conn
-                .prepare_cached(
-                    "UPDATE outbox SET attempts = ?5, next_attempt_at = ?2, last_error = ?3,
-                     updated_at = ?4
-                 WHERE id = ?1",
-                )?
-                .execute(params![id, next_attempt_at, error, at, attempts])?,
-            OutboxUpdate::Dead { code, error } => conn
-                .prepare_cached(
-                    "UPDATE outbox SET state = 'dead', attempts = attempts + 1, error_code = ?2,
-                     last_error = ?3, updated_at = ?4
-                 WHERE id = ?1",
-                )?
-                .execute(params![id, code, error, at])?,
-        };
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("outbox item {id}")));
-        }
-        Ok(())
+        update_in(&self.conn(), id, update, at)
     }
 
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
@@ -140,26 +89,93 @@ impl OutboxStore for SqliteStore {
     }
 }
 
+/// Records what became of a send, inside the caller's transaction.
+pub(super) fn update_in(
+    conn: &Connection,
+    id: i64,
+    update: &OutboxUpdate,
+    at: i64,
+) -> Result<(), StoreError> {
+    let push_id = |provider_id: &Option<String>| -> Result<(), StoreError> {
+        if let Some(pid) = provider_id {
+            conn.prepare_cached("UPDATE outbox SET provider_message_ids = json_insert(provider_message_ids, '$[#]', ?2)
+                     WHERE id = ?1")?.execute(
+                    params![id, pid],
+                )?;
+        }
+        Ok(())
+    };
+    let n = match update {
+        OutboxUpdate::Progress {
+            parts_sent,
+            provider_message_id,
+        } => {
+            push_id(provider_message_id)?;
+            conn.prepare_cached(
+                "UPDATE outbox SET parts_sent = ?2, attempts = 0, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, parts_sent, at])?
+        }
+        OutboxUpdate::Sent {
+            provider_message_id,
+            dry_run,
+        } => {
+            push_id(provider_message_id)?;
+            conn.prepare_cached(
+                "UPDATE outbox SET state = 'sent', dry_run = ?2, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, dry_run, at])?
+        }
+        OutboxUpdate::Retry {
+            next_attempt_at,
+            attempts,
+            error,
+        } => conn
+            .prepare_cached(
+                "UPDATE outbox SET attempts = ?5, next_attempt_at = ?2, last_error = ?3,
+                     updated_at = ?4
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, next_attempt_at, error, at, attempts])?,
+        OutboxUpdate::Dead { code, error } => conn
+            .prepare_cached(
+                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, error_code = ?2,
+                     last_error = ?3, updated_at = ?4
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, code, error, at])?,
+    };
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("outbox item {id}")));
+    }
+    Ok(())
+}
+
+pub(super) fn traces_in(conn: &Connection, events: &[TraceEvent]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO traces (correlation_id, stage, attempt, started_at, duration_us, outcome,
+             detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for e in events {
+        stmt.execute(params![
+            e.correlation_id,
+            e.stage.as_str(),
+            e.attempt,
+            e.started_at,
+            i64::try_from(e.duration_us).unwrap_or(i64::MAX),
+            e.outcome.as_str(),
+            e.detail
+        ])?;
+    }
+    Ok(())
+}
+
 impl TraceStore for SqliteStore {
     fn record_traces(&self, events: &[TraceEvent]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO traces (correlation_id, stage, started_at, duration_us, outcome, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for e in events {
-                stmt.execute(params![
-                    e.correlation_id,
-                    e.stage,
-                    e.started_at,
-                    i64::try_from(e.duration_us).unwrap_or(i64::MAX),
-                    e.outcome,
-                    e.detail
-                ])?;
-            }
-        }
+        traces_in(&tx, events)?;
         tx.commit()?;
         Ok(())
     }
@@ -167,16 +183,20 @@ impl TraceStore for SqliteStore {
     fn trace(&self, correlation_id: &str) -> Result<Vec<TraceEvent>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
-            "SELECT correlation_id, stage, started_at, duration_us, outcome, detail
+            "SELECT correlation_id, stage, started_at, duration_us, outcome, detail, attempt
              FROM traces WHERE correlation_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map(params![correlation_id], |r| {
+            let stage: String = r.get(1)?;
+            let (stage, old_attempt) = Stage::parse(&stage)
+                .ok_or_else(|| bad_value(1, format!("unknown trace stage {stage:?}")))?;
             Ok(TraceEvent {
                 correlation_id: r.get(0)?,
-                stage: r.get(1)?,
+                stage,
+                attempt: r.get::<_, Option<u32>>(6)?.or(old_attempt),
                 started_at: r.get(2)?,
                 duration_us: r.get::<_, i64>(3)?.max(0) as u64,
-                outcome: r.get(4)?,
+                outcome: Outcome::parse(&r.get::<_, String>(4)?),
                 detail: r.get(5)?,
             })
         })?;

@@ -10,8 +10,8 @@ use crate::core::message::{
     Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME, Turn,
 };
 use crate::core::ports::{
-    Accepted, ConversationFilter, ConversationSummary, NewReply, PromptVersion, ReplyKind,
-    SearchHit, Store, StoreError, StoreHealth, StoredMessage, Summary,
+    Accepted, ConversationFilter, ConversationSummary, NewReply, Pending, PromptVersion, ReplyKind,
+    SearchHit, Store, StoreError, StoreHealth, StoredMessage, Summary, TurnRecord,
 };
 
 fn validate(message: &InboundMessage) -> Result<(), StoreError> {
@@ -23,10 +23,11 @@ fn validate(message: &InboundMessage) -> Result<(), StoreError> {
 
 /// Stores one inbound message inside the caller's transaction, or finds
 /// it stored before.
-fn accept_in(
+pub(super) fn accept_in(
     conn: &rusqlite::Connection,
     message: &InboundMessage,
 ) -> Result<Accepted, StoreError> {
+    validate(message)?;
     let key = &message.key;
     let channel = key.channel.as_str();
     let seen: Option<(i64, i64)> = conn
@@ -94,49 +95,178 @@ fn accept_in(
     })
 }
 
+/// Stores a turn's outcome inside the caller's transaction: violations,
+/// the reply (one answer per message: a second writer keeps the first),
+/// the burst it covers, and (by trigger) its outbox row.
+pub(super) fn turn_in(
+    tx: &rusqlite::Connection,
+    turn: &TurnRecord,
+) -> Result<StoredMessage, StoreError> {
+    let (message_id, covers, reply) = (turn.message_id, &turn.covers, &turn.reply);
+    for (violating, rule) in &turn.violations {
+        tx.prepare_cached(
+            "INSERT INTO guardrail_violations (message_id, rule, created_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![violating, rule, reply.created_at])?;
+    }
+    let (conversation_id, channel, correlation_id): (i64, String, Option<String>) = tx
+        .prepare_cached(
+            "SELECT conversation_id, channel, correlation_id FROM messages
+                 WHERE id = ?1 AND role = 'user'",
+        )?
+        .query_row(params![message_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("user message {message_id}")))?;
+    // Exactly one answer per message: a second writer keeps the first.
+    // Fallbacks are outside that index and never conflict.
+    let inserted: Option<i64> = tx
+        .prepare_cached(
+            "INSERT INTO messages (conversation_id, role, channel, text, created_at,
+                     correlation_id, reply_to, kind, provider, model, prompt_version,
+                     prompt_tokens, completion_tokens, latency_ms)
+                 VALUES (?1, 'assistant', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL AND kind <> 'fallback'
+                 DO NOTHING
+                 RETURNING id",
+        )?
+        .query_row(
+            params![
+                conversation_id,
+                channel,
+                reply.text,
+                reply.created_at,
+                correlation_id,
+                message_id,
+                reply.kind.as_str(),
+                reply.provider,
+                reply.model,
+                reply.prompt_version,
+                reply.prompt_tokens,
+                reply.completion_tokens,
+                i64::try_from(reply.latency_ms).unwrap_or(i64::MAX),
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let id = match inserted {
+        Some(id) => {
+            tx.prepare_cached(
+                "UPDATE conversations
+                     SET message_count = message_count + 1,
+                         last_activity_at = max(last_activity_at, ?2)
+                     WHERE id = ?1",
+            )?
+            .execute(params![conversation_id, reply.created_at])?;
+            if reply.kind != ReplyKind::Fallback {
+                tx.prepare_cached("UPDATE messages SET answered_at = ?2 WHERE id = ?1")?
+                    .execute(params![message_id, reply.created_at])?;
+                // The burst this turn answered: only unanswered user
+                // messages of the same conversation, so a stray id
+                // cannot mark anything else.
+                let mut cover = tx.prepare_cached(
+                    "UPDATE messages SET answered_at = ?3, answered_by = ?2
+                         WHERE id = ?1 AND conversation_id = ?4 AND role = 'user'
+                           AND answered_at IS NULL",
+                )?;
+                for covered in covers.iter().filter(|&&c| c != message_id) {
+                    cover.execute(params![covered, id, reply.created_at, conversation_id])?;
+                }
+            }
+            id
+        }
+        None => tx
+            .prepare_cached("SELECT id FROM messages WHERE reply_to = ?1 AND kind <> 'fallback'")?
+            .query_row(params![message_id], |r| r.get(0))?,
+    };
+    message_by_id(tx, id)
+}
+
+pub(super) fn summary_in(
+    conn: &rusqlite::Connection,
+    summary: &Summary,
+) -> Result<Summary, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO summaries (conversation_id, from_message_id, to_message_id, text,
+             provider, model, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (conversation_id, from_message_id, to_message_id) DO NOTHING",
+    )?
+    .execute(params![
+        summary.conversation_id,
+        summary.from_message_id,
+        summary.to_message_id,
+        summary.text,
+        summary.provider,
+        summary.model,
+        summary.created_at,
+    ])?;
+    Ok(conn
+        .prepare_cached(
+            "SELECT conversation_id, from_message_id, to_message_id, text, provider, model,
+                created_at
+             FROM summaries
+             WHERE conversation_id = ?1 AND from_message_id = ?2 AND to_message_id = ?3",
+        )?
+        .query_row(
+            params![
+                summary.conversation_id,
+                summary.from_message_id,
+                summary.to_message_id
+            ],
+            summary_from_row,
+        )?)
+}
+
+pub(super) fn breaker_in(
+    conn: &rusqlite::Connection,
+    breaker: &Breaker,
+    transition: Option<&Transition>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO breakers (provider, model, state, failures, opened_at, next_probe_at,
+             last_error, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (provider, model) DO UPDATE SET
+             state = excluded.state, failures = excluded.failures,
+             opened_at = excluded.opened_at, next_probe_at = excluded.next_probe_at,
+             last_error = excluded.last_error, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        breaker.provider,
+        breaker.model,
+        breaker.state.as_str(),
+        breaker.failures,
+        breaker.opened_at,
+        breaker.next_probe_at,
+        breaker.last_error,
+        breaker.updated_at,
+    ])?;
+    if let Some(t) = transition {
+        conn.prepare_cached(
+            "INSERT INTO breaker_transitions (provider, model, from_state, to_state, reason, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            breaker.provider,
+            breaker.model,
+            t.from.as_str(),
+            t.to.as_str(),
+            t.reason,
+            t.at
+        ])?;
+    }
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
-        validate(message)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let accepted = accept_in(&tx, message)?;
         tx.commit()?;
         Ok(accepted)
-    }
-
-    fn accept_many(&self, messages: &[InboundMessage]) -> Vec<Result<Accepted, StoreError>> {
-        let mut conn = self.conn();
-        let mut tx = match conn.transaction() {
-            Ok(tx) => tx,
-            Err(e) => {
-                let e = e.to_string();
-                return messages
-                    .iter()
-                    .map(|_| Err(StoreError::Backend(e.clone())))
-                    .collect();
-            }
-        };
-        let mut results = Vec::with_capacity(messages.len());
-        for message in messages {
-            // A savepoint each: one bad message does not undo the others.
-            let result = validate(message).and_then(|()| {
-                let sp = tx.savepoint()?;
-                let accepted = accept_in(&sp, message)?;
-                sp.commit()?;
-                Ok(accepted)
-            });
-            results.push(result);
-        }
-        match tx.commit() {
-            Ok(()) => results,
-            Err(e) => {
-                let e = e.to_string();
-                messages
-                    .iter()
-                    .map(|_| Err(StoreError::Backend(e.clone())))
-                    .collect()
-            }
-        }
     }
 
     fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
@@ -171,91 +301,25 @@ impl Store for SqliteStore {
     ) -> Result<StoredMessage, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let (conversation_id, channel, correlation_id): (i64, String, Option<String>) = tx
-            .query_row(
-                "SELECT conversation_id, channel, correlation_id FROM messages
-                 WHERE id = ?1 AND role = 'user'",
-                params![message_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("user message {message_id}")))?;
-        // Exactly one answer per message: a second writer keeps the first.
-        // Fallbacks are outside that index and never conflict.
-        let inserted: Option<i64> = tx
-            .query_row(
-                "INSERT INTO messages (conversation_id, role, channel, text, created_at,
-                     correlation_id, reply_to, kind, provider, model, prompt_version,
-                     prompt_tokens, completion_tokens, latency_ms)
-                 VALUES (?1, 'assistant', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                 ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL AND kind <> 'fallback'
-                 DO NOTHING
-                 RETURNING id",
-                params![
-                    conversation_id,
-                    channel,
-                    reply.text,
-                    reply.created_at,
-                    correlation_id,
-                    message_id,
-                    reply.kind.as_str(),
-                    reply.provider,
-                    reply.model,
-                    reply.prompt_version,
-                    reply.prompt_tokens,
-                    reply.completion_tokens,
-                    i64::try_from(reply.latency_ms).unwrap_or(i64::MAX),
-                ],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let id = match inserted {
-            Some(id) => {
-                tx.prepare_cached(
-                    "UPDATE conversations
-                     SET message_count = message_count + 1,
-                         last_activity_at = max(last_activity_at, ?2)
-                     WHERE id = ?1",
-                )?
-                .execute(params![conversation_id, reply.created_at])?;
-                if reply.kind != ReplyKind::Fallback {
-                    tx.prepare_cached("UPDATE messages SET answered_at = ?2 WHERE id = ?1")?
-                        .execute(params![message_id, reply.created_at])?;
-                    // The burst this turn answered: only unanswered user
-                    // messages of the same conversation, so a stray id
-                    // cannot mark anything else.
-                    let mut cover = tx.prepare_cached(
-                        "UPDATE messages SET answered_at = ?3, answered_by = ?2
-                         WHERE id = ?1 AND conversation_id = ?4 AND role = 'user'
-                           AND answered_at IS NULL",
-                    )?;
-                    for covered in covers.iter().filter(|&&c| c != message_id) {
-                        cover.execute(params![covered, id, reply.created_at, conversation_id])?;
-                    }
-                }
-                id
-            }
-            None => tx
-                .prepare_cached(
-                    "SELECT id FROM messages WHERE reply_to = ?1 AND kind <> 'fallback'",
-                )?
-                .query_row(params![message_id], |r| r.get(0))?,
-        };
-        let stored = message_by_id(&tx, id)?;
+        let stored = turn_in(
+            &tx,
+            &TurnRecord {
+                message_id,
+                covers: covers.to_vec(),
+                violations: Vec::new(),
+                reply: reply.clone(),
+            },
+        )?;
         tx.commit()?;
         Ok(stored)
     }
 
-    fn pending(
-        &self,
-        conversation_id: i64,
-        limit: usize,
-    ) -> Result<Vec<InboundMessage>, StoreError> {
+    fn pending(&self, conversation_id: i64, limit: usize) -> Result<Vec<Pending>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT m.text, m.provider_message_id, m.provider_ts, m.created_at,
                     m.attachments, m.metadata, m.correlation_id,
-                    c.channel, c.sender, c.thread
+                    c.channel, c.sender, c.thread, m.id
              FROM messages m JOIN conversations c ON c.id = m.conversation_id
              WHERE m.conversation_id = ?1 AND m.role = 'user' AND m.answered_at IS NULL
              ORDER BY m.id LIMIT ?2",
@@ -264,7 +328,7 @@ impl Store for SqliteStore {
             let attachments: String = r.get(4)?;
             let metadata: String = r.get(5)?;
             let channel: String = r.get(7)?;
-            Ok(InboundMessage {
+            let message = InboundMessage {
                 key: ConversationKey::new(
                     parse_channel(&channel, 7)?,
                     r.get::<_, String>(8)?,
@@ -279,6 +343,11 @@ impl Store for SqliteStore {
                 metadata: serde_json::from_str(&metadata)
                     .map_err(|e| bad_value(5, e.to_string()))?,
                 correlation_id: CorrelationId(r.get::<_, Option<String>>(6)?.unwrap_or_default()),
+            };
+            Ok(Pending {
+                message_id: r.get(10)?,
+                conversation_id,
+                message,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -293,50 +362,19 @@ impl Store for SqliteStore {
 
     fn latest_summary(&self, conversation_id: i64) -> Result<Option<Summary>, StoreError> {
         Ok(self
-            .conn()
-            .query_row(
+            .reader()
+            .prepare_cached(
                 "SELECT conversation_id, from_message_id, to_message_id, text, provider, model,
                         created_at
                  FROM summaries WHERE conversation_id = ?1
                  ORDER BY to_message_id DESC, id DESC LIMIT 1",
-                params![conversation_id],
-                summary_from_row,
-            )
+            )?
+            .query_row(params![conversation_id], summary_from_row)
             .optional()?)
     }
 
     fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError> {
-        let conn = self.conn();
-        conn.prepare_cached(
-            "INSERT INTO summaries (conversation_id, from_message_id, to_message_id, text,
-                 provider, model, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (conversation_id, from_message_id, to_message_id) DO NOTHING",
-        )?
-        .execute(params![
-            summary.conversation_id,
-            summary.from_message_id,
-            summary.to_message_id,
-            summary.text,
-            summary.provider,
-            summary.model,
-            summary.created_at,
-        ])?;
-        Ok(conn
-            .prepare_cached(
-                "SELECT conversation_id, from_message_id, to_message_id, text, provider, model,
-                    created_at
-             FROM summaries
-             WHERE conversation_id = ?1 AND from_message_id = ?2 AND to_message_id = ?3",
-            )?
-            .query_row(
-                params![
-                    summary.conversation_id,
-                    summary.from_message_id,
-                    summary.to_message_id
-                ],
-                summary_from_row,
-            )?)
+        summary_in(&self.conn(), summary)
     }
 
     fn breaker(&self, provider: &str, model: &str) -> Result<Option<Breaker>, StoreError> {
@@ -355,31 +393,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO breakers (provider, model, state, failures, opened_at, next_probe_at,
-                 last_error, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (provider, model) DO UPDATE SET
-                 state = excluded.state, failures = excluded.failures,
-                 opened_at = excluded.opened_at, next_probe_at = excluded.next_probe_at,
-                 last_error = excluded.last_error, updated_at = excluded.updated_at",
-        )?
-        .execute(params![
-            breaker.provider,
-            breaker.model,
-            breaker.state.as_str(),
-            breaker.failures,
-            breaker.opened_at,
-            breaker.next_probe_at,
-            breaker.last_error,
-            breaker.updated_at,
-        ])?;
-        if let Some(t) = transition {
-            tx.prepare_cached("INSERT INTO breaker_transitions (provider, model, from_state, to_state, reason, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
-                params![breaker.provider, breaker.model, t.from.as_str(), t.to.as_str(), t.reason, t.at],
-            )?;
-        }
+        breaker_in(&tx, breaker, transition)?;
         tx.commit()?;
         Ok(())
     }
