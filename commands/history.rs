@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use convagent::core::{Channel, ConversationFilter, ReplyKind, Role, Store, StoredMessage};
+use convagent::core::{
+    Channel, ConversationFilter, ReplyKind, Role, SearchOrder, Store, StoredMessage,
+};
 
 use crate::context::{Context, UserError};
 use crate::output::{age, now_ms, preview, utc};
@@ -41,11 +43,15 @@ enum Action {
         /// Conversation id, as listed
         id: i64,
     },
-    /// Full-text search over all messages
+    /// Full-text search over all messages, newest first
     Search {
         /// Words to find (all must match)
         #[arg(required = true)]
         query: Vec<String>,
+        /// Best matches first instead of newest (ranks every match: slower
+        /// on a big store)
+        #[arg(long)]
+        rank: bool,
     },
 }
 
@@ -61,11 +67,16 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     match args.action.unwrap_or(Action::List { sender: None }) {
         Action::List { sender } => list(&store, args.channel, sender, args.limit, args.json),
         Action::Show { id } => show(&store, id, args.json),
-        Action::Search { query } => search(
+        Action::Search { query, rank } => search(
             &store,
             &query.join(" "),
             args.channel,
             args.limit,
+            if rank {
+                SearchOrder::Relevance
+            } else {
+                SearchOrder::Newest
+            },
             args.json,
         ),
     }?;
@@ -192,9 +203,10 @@ fn search(
     query: &str,
     channel: Option<Channel>,
     limit: usize,
+    order: SearchOrder,
     json: bool,
 ) -> Result<()> {
-    let hits = store.search(query, channel, limit).map_err(|e| {
+    let hits = store.search(query, channel, limit, order).map_err(|e| {
         UserError::new(
             e.to_string(),
             "search for words, e.g. `convagent history search invoice march`",

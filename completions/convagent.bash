@@ -498,7 +498,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__search)
-            opts="-v -h -V --channel --json --limit --config --verbose --help --version"
+            opts="-v -h -V --rank --channel --json --limit --config --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

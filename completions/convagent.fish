@@ -60,7 +60,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and not __f
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "list" -d 'List conversations, most recent first (the default)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "show" -d 'Show one conversation\'s messages'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "search" -d 'Full-text search over all messages'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "search" -d 'Full-text search over all messages, newest first'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l sender -d 'Only this sender' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
@@ -80,13 +80,14 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l rank -d 'Best matches first instead of newest (ranks every match: slower on a big store)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "list" -d 'List conversations, most recent first (the default)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "show" -d 'Show one conversation\'s messages'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "search" -d 'Full-text search over all messages'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "search" -d 'Full-text search over all messages, newest first'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l json -d 'Print the checks as JSON'
@@ -131,4 +132,4 @@ complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish
 complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history doctor replay tunnel tui completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "list" -d 'List conversations, most recent first (the default)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "show" -d 'Show one conversation\'s messages'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "search" -d 'Full-text search over all messages'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "search" -d 'Full-text search over all messages, newest first'

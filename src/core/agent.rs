@@ -349,7 +349,6 @@ impl Agent {
             burst = turn.len(),
             "answering"
         );
-        self.trace_grouped(turn);
         let prompt = self.prompt()?;
         if let Some(refusal) = self.guard(turn, &prompt, on_event).await? {
             return Ok(refusal);
@@ -360,7 +359,8 @@ impl Agent {
             .await
     }
 
-    /// Each earlier message of a burst is traced as answered with the last.
+    /// Each earlier message of a burst is traced as answered with the last
+    /// (once it is: a fallback leaves them pending, to be tried again).
     fn trace_grouped(&self, turn: &[Pending]) {
         let Some((last, earlier)) = turn.split_last() else {
             return;
@@ -603,7 +603,12 @@ impl Agent {
                 created_at: self.clock.now_ms(),
             },
         };
-        self.store.write(Write::Turn(record)).await?.reply()
+        let kind = reply.kind;
+        let stored = self.store.write(Write::Turn(record)).await?.reply()?;
+        if kind != ReplyKind::Fallback {
+            self.trace_grouped(turn);
+        }
+        Ok(stored)
     }
 
     fn reply(

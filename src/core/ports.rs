@@ -134,6 +134,14 @@ pub struct ConversationFilter {
     pub limit: usize,
 }
 
+/// How search results are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SearchOrder {
+    #[default]
+    Newest,
+    Relevance,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SearchHit {
     pub message: StoredMessage,
@@ -384,12 +392,16 @@ pub trait Store: Writes + Send + Sync {
     /// All messages of a conversation, oldest first.
     fn messages(&self, conversation_id: i64) -> Result<Vec<StoredMessage>, StoreError>;
 
-    /// Full-text search over message text, best match first.
+    /// Full-text search over message text: the newest matches first, read
+    /// in index order so that the cost follows `limit`, not how many
+    /// messages match; or, with [`SearchOrder::Relevance`], the best
+    /// matches first (every match is ranked: slower on a big store).
     fn search(
         &self,
         query: &str,
         channel: Option<Channel>,
         limit: usize,
+        order: SearchOrder,
     ) -> Result<Vec<SearchHit>, StoreError>;
 
     /// The current system prompt, if one was ever set.

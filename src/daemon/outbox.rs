@@ -45,6 +45,7 @@ pub async fn run(daemon: Arc<Daemon>) {
                 .collect();
             (due, read)
         };
+        let dispatched = due.len();
         for item in due {
             let (daemon, in_flight) = (daemon.clone(), in_flight.clone());
             tasks.spawn(async move {
@@ -59,7 +60,9 @@ pub async fn run(daemon: Arc<Daemon>) {
             });
         }
         while tasks.try_join_next().is_some() {}
-        if read == BATCH {
+        if dispatched > 0 && read == BATCH {
+            // More may be due than one read returns.
+            tokio::task::yield_now().await;
             continue;
         }
         // Event-driven: a stored reply, a finished send and shutdown wake

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use convagent::adapters::store::{OpenMode, SqliteStore};
 use convagent::core::{
     Attachment, Breaker, BreakerPolicy, BreakerState, Channel, ConversationFilter, ConversationKey,
-    CorrelationId, InboundMessage, NewReply, ReplyKind, Role, Store, Summary, Write, Written,
+    CorrelationId, InboundMessage, NewReply, ReplyKind, Role, SearchOrder, Store, Summary, Write,
+    Written,
 };
 
 fn message(key: &ConversationKey, id: &str, text: &str, at: i64) -> InboundMessage {
@@ -272,25 +273,62 @@ fn search_finds_words(store: &dyn Store) {
             40_000,
         ))
         .unwrap();
-    let hits = store.search("invoice marz", None, 10).unwrap();
+    let hits = store
+        .search("invoice marz", None, 10, SearchOrder::Newest)
+        .unwrap();
     assert_eq!(hits.len(), 1, "diacritics folded, all words required");
     assert_eq!(hits[0].channel, Channel::Slack);
     assert_eq!(hits[0].sender, "U9");
     assert!(hits[0].snippet.contains("[invoice]"), "{}", hits[0].snippet);
     assert!(
         store
-            .search("invoice", Some(Channel::Telegram), 10)
+            .search("invoice", Some(Channel::Telegram), 10, SearchOrder::Newest)
             .unwrap()
             .is_empty()
     );
     // FTS syntax in user input is taken literally, not as an operator.
     assert!(
         store
-            .search("invoice OR \"unbalanced", None, 10)
+            .search("invoice OR \"unbalanced", None, 10, SearchOrder::Newest)
             .unwrap()
             .is_empty()
     );
-    assert!(store.search("  *  ", None, 10).is_err());
+    assert!(
+        store
+            .search("  *  ", None, 10, SearchOrder::Newest)
+            .is_err()
+    );
+
+    // Newest first by default; by relevance on request.
+    let older = store
+        .accept(&message(
+            &key,
+            "s2",
+            "invoice invoice invoice, the invoice again",
+            40_001,
+        ))
+        .unwrap();
+    let newer = store
+        .accept(&message(
+            &key,
+            "s3",
+            "one invoice and much else besides that",
+            40_002,
+        ))
+        .unwrap();
+    let ids = |order| -> Vec<i64> {
+        store
+            .search("invoice", None, 2, order)
+            .unwrap()
+            .iter()
+            .map(|h| h.message.id)
+            .collect()
+    };
+    assert_eq!(
+        ids(SearchOrder::Newest),
+        [newer.message_id, older.message_id]
+    );
+    assert_eq!(ids(SearchOrder::Relevance)[0], older.message_id);
 }
 
 fn prompts_are_versioned(store: &dyn Store) {

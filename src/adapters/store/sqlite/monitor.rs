@@ -27,12 +27,37 @@ impl MonitorStore for SqliteStore {
         filter: &ConversationFilter,
         search: Option<&str>,
     ) -> Result<Vec<ConversationOverview>, StoreError> {
-        let fts = match search.map(fts_phrase_query) {
+        let conn = self.reader();
+        // The conversations with the newest matches, found by walking the
+        // index newest first and stopping at the limit: a word found in
+        // half of a million messages costs what the shown rows cost.
+        let matching: Option<String> = match search.map(fts_phrase_query) {
             Some(None) => return Ok(Vec::new()),
-            Some(Some(q)) => Some(q),
+            Some(Some(q)) => {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT m.conversation_id FROM messages_fts
+                     JOIN messages m ON m.id = messages_fts.rowid
+                     JOIN conversations c ON c.id = m.conversation_id
+                     WHERE messages_fts MATCH ?1
+                       AND (?2 IS NULL OR c.channel = ?2) AND (?3 IS NULL OR c.sender = ?3)
+                     ORDER BY messages_fts.rowid DESC",
+                )?;
+                let mut rows = stmt.query(params![
+                    q,
+                    filter.channel.map(Channel::as_str),
+                    filter.sender
+                ])?;
+                let mut ids = std::collections::BTreeSet::new();
+                while let Some(row) = rows.next()? {
+                    ids.insert(row.get::<_, i64>(0)?);
+                    if filter.limit > 0 && ids.len() >= filter.limit {
+                        break;
+                    }
+                }
+                Some(serde_json::to_string(&ids).unwrap_or_default())
+            }
             None => None,
         };
-        let conn = self.conn();
         let columns = CONVERSATION_COLUMNS
             .split(", ")
             .map(|c| format!("c.{c}"))
@@ -46,10 +71,7 @@ impl MonitorStore for SqliteStore {
                 (SELECT count(*) FROM outbox o WHERE o.conversation_id = c.id AND o.state = 'dead')
              FROM conversations c
              WHERE (?1 IS NULL OR c.channel = ?1) AND (?2 IS NULL OR c.sender = ?2)
-               AND (?3 IS NULL OR c.id IN (
-                    SELECT m.conversation_id FROM messages_fts
-                    JOIN messages m ON m.id = messages_fts.rowid
-                    WHERE messages_fts MATCH ?3))
+               AND (?3 IS NULL OR c.id IN (SELECT value FROM json_each(?3)))
              ORDER BY c.last_activity_at DESC, c.id DESC LIMIT ?4"
         );
         let limit = if filter.limit == 0 {
@@ -62,7 +84,7 @@ impl MonitorStore for SqliteStore {
             params![
                 filter.channel.map(Channel::as_str),
                 filter.sender,
-                fts,
+                matching,
                 limit
             ],
             |r| {

@@ -11,7 +11,7 @@ use crate::core::message::{
 };
 use crate::core::ports::{
     Accepted, ConversationFilter, ConversationSummary, NewReply, Pending, PromptVersion, ReplyKind,
-    SearchHit, Store, StoreError, StoreHealth, StoredMessage, Summary, TurnRecord,
+    SearchHit, SearchOrder, Store, StoreError, StoreHealth, StoredMessage, Summary, TurnRecord,
 };
 
 fn validate(message: &InboundMessage) -> Result<(), StoreError> {
@@ -500,6 +500,7 @@ impl Store for SqliteStore {
         query: &str,
         channel: Option<Channel>,
         limit: usize,
+        order: SearchOrder,
     ) -> Result<Vec<SearchHit>, StoreError> {
         let fts_query = fts_phrase_query(query)
             .ok_or_else(|| StoreError::Invalid("the search text has no words".into()))?;
@@ -511,7 +512,13 @@ impl Store for SqliteStore {
              JOIN messages m ON m.id = messages_fts.rowid
              JOIN conversations c ON c.id = m.conversation_id
              WHERE messages_fts MATCH ?1 AND (?2 IS NULL OR c.channel = ?2)
-             ORDER BY rank LIMIT ?3"
+             ORDER BY {} LIMIT ?3",
+            match order {
+                // FTS5 walks its index in rowid order and stops at the limit;
+                // ids grow with arrival, so this is newest first.
+                SearchOrder::Newest => "messages_fts.rowid DESC",
+                SearchOrder::Relevance => "rank",
+            }
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(
