@@ -128,12 +128,12 @@ fn fill(path: &std::path::Path, messages: usize) {
             )
             .unwrap();
         for i in 0..messages {
-            let user = (i / CONVERSATIONS) % 2 == 0;
+            let user = (i / CONVERSATIONS).is_multiple_of(2);
             let mut text = format!("message {i} about the weather and the order status");
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 text.push_str(" alpha");
             }
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 text.push_str(" bravo");
             }
             message
