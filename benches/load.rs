@@ -40,6 +40,8 @@ fn main() {
     };
     let secs = flag("--secs", 8);
     let conns = flag("--conns", 64);
+    // `--only 2`: just that measurement.
+    let only = flag("--only", 0);
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("load: needs wrk, the load generator (apt-get install wrk)");
         std::process::exit(2);
@@ -49,12 +51,24 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(secs, conns));
+    runtime.block_on(run(secs, conns, only));
 }
 
-async fn run(secs: u64, conns: u64) {
+async fn run(secs: u64, conns: u64, only: u64) {
     let fakes = Fakes::start().await;
 
+    if only == 0 || only == 1 {
+        acks(secs, conns).await;
+    }
+    if only == 0 || only == 2 {
+        pipeline(secs, conns, &fakes).await;
+    }
+    if only == 0 || only == 3 {
+        round_trips(secs, &fakes).await;
+    }
+}
+
+async fn acks(secs: u64, conns: u64) {
     // 1. Acks against the stack's ceiling; the LLM refuses connections.
     let llm_down = [
         ("CONVAGENT_DRY_RUN", "1"),
@@ -85,8 +99,9 @@ async fn run(secs: u64, conns: u64) {
         fixed.rate, fixed.p50_ms, fixed.p99_ms, fixed.sent, fixed.failed
     );
     println!("   daemon RSS           {rss_loaded} MB after the load");
-    drop(daemon);
+}
 
+async fn pipeline(secs: u64, conns: u64, fakes: &Fakes) {
     // 2. The whole pipeline with an LLM that answers at once; dry-run sends.
     let daemon = Daemon::start(&[("CONVAGENT_DRY_RUN", "1"), ("OLLAMA_HOST", &fakes.ollama)]);
     let idle_rss = daemon.rss_mb();
@@ -110,8 +125,9 @@ async fn run(secs: u64, conns: u64) {
         "   daemon RSS           {idle_rss} MB idle, {} MB after the load",
         daemon.rss_mb()
     );
-    drop(daemon);
+}
 
+async fn round_trips(secs: u64, fakes: &Fakes) {
     // 3. Webhook → reply received by the fake Telegram.
     let daemon = Daemon::start(&[
         ("OLLAMA_HOST", &fakes.ollama),
@@ -121,7 +137,7 @@ async fn run(secs: u64, conns: u64) {
     let mut one = Vec::new();
     for i in 0..400u64 {
         let chat = 7_000_000 + (i % 1000) as i64;
-        one.push(round_trip(&client, &daemon.url, &fakes, chat, i).await);
+        one.push(round_trip(&client, &daemon.url, fakes, chat, i).await);
     }
     one.sort();
     println!(

@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use super::{Daemon, workers};
 use crate::adapters::channels::registry;
 use crate::core::channel::{self, Inbound, WebhookError, WebhookRequest};
-use crate::core::{Channel, CorrelationId, Outcome, Stage, StoreError, Write, Written};
+use crate::core::{
+    Accepted, Channel, CorrelationId, InboundMessage, Outcome, Stage, StoreError, Write, Written,
+};
 
 /// Why a webhook was not accepted, as the provider (or developer) sees it.
 #[derive(Debug)]
@@ -154,17 +156,10 @@ pub async fn handle(
         .tracer
         .stage(&correlation, Stage::Verified, now, began, Outcome::Ok, None);
     let stored_began = Instant::now();
-    // Committed by the store's writer together with whatever else waits
-    // (group commit); the 200 follows the commit.
-    let accepted = daemon
-        .store
-        .write(Write::Accept(message))
-        .await
-        .and_then(Written::accepted)
-        .map_err(|e| {
-            tracing::error!(correlation_id = %correlation, error = %e, "cannot store an inbound message");
-            Rejection::Store(e)
-        })?;
+    let accepted = accept(&daemon, message).await.map_err(|e| {
+        tracing::error!(correlation_id = %correlation, error = %e, "cannot store an inbound message");
+        Rejection::Store(e)
+    })?;
     daemon.metrics.observe_stage("ack", began.elapsed());
     if accepted.duplicate {
         daemon.metrics.inbound(channel.as_str(), "duplicate");
@@ -192,8 +187,28 @@ pub async fn handle(
         Outcome::Ok,
         Some(format!("message {}", accepted.message_id)),
     );
-    workers::schedule(&daemon, accepted.conversation_id);
     Ok((StatusCode::OK, [("x-correlation-id", correlation)], "ok\n").into_response())
+}
+
+/// Stores `message` (committed by the store's writer with whatever else
+/// waits: group commit) and wakes its conversation's worker. On a task of
+/// its own: a provider that hangs up while its webhook waits for the commit
+/// drops the handler, and a message stored must still be answered.
+async fn accept(daemon: &Arc<Daemon>, message: InboundMessage) -> Result<Accepted, StoreError> {
+    let daemon = daemon.clone();
+    tokio::spawn(async move {
+        let accepted = daemon
+            .store
+            .write(Write::Accept(message))
+            .await
+            .and_then(Written::accepted)?;
+        if !accepted.duplicate {
+            workers::schedule(&daemon, accepted.conversation_id);
+        }
+        Ok(accepted)
+    })
+    .await
+    .map_err(|e| StoreError::Backend(format!("the accept task failed: {e}")))?
 }
 
 /// The URL the provider called: the configured public base, or what the

@@ -834,3 +834,57 @@ async fn parts_of_a_long_reply_already_delivered_are_not_sent_again() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_whose_sender_hangs_up_before_the_200_is_still_answered() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(Options::default()).await;
+    mount_success(&h).await;
+    // Each from its own chat: no later message of the same conversation
+    // may wake a worker that the first one should have woken.
+    let chats = 40;
+    for chat in 0..chats {
+        let mut golden = h.golden("telegram/text.json");
+        let json = golden.json.as_mut().unwrap();
+        json["update_id"] = json!(700 + chat);
+        json["message"]["message_id"] = json!(700 + chat);
+        json["message"]["chat"]["id"] = json!(9_000_000 + chat);
+        let request = h.sign(&golden);
+        let url = reqwest::Url::parse(&request.url).unwrap();
+        let mut head = format!(
+            "POST {} HTTP/1.1\r\nhost: {}:{}\r\ncontent-length: {}\r\n",
+            url.path(),
+            url.host_str().unwrap(),
+            url.port().unwrap(),
+            request.body.len()
+        );
+        for (k, v) in &request.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut stream =
+            tokio::net::TcpStream::connect((url.host_str().unwrap(), url.port().unwrap()))
+                .await
+                .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&request.body).await.unwrap();
+        // Hang up without reading the answer, as a provider that timed out.
+        drop(stream);
+    }
+    // Whatever was stored is answered and sent; nothing waits forever.
+    h.drained().await;
+    let stored: usize = h
+        .store
+        .conversations(&Default::default())
+        .unwrap()
+        .iter()
+        .map(|c| h.store.messages(c.id).unwrap().len())
+        .sum();
+    assert!(stored > 0, "the webhooks reached the store");
+    assert_eq!(
+        sends(&h.telegram).await * 2,
+        stored,
+        "one reply per stored message"
+    );
+    h.stop().await;
+}
