@@ -129,6 +129,12 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Breaker::admit`] at `now` would let a call (or a probe)
+    /// through, without changing anything.
+    pub fn would_admit(&self, now: i64) -> bool {
+        self.state == BreakerState::Closed || now >= self.next_probe_at.unwrap_or(now)
+    }
+
     pub fn on_success(&mut self, now: i64) -> Option<Transition> {
         self.failures = 0;
         self.opened_at = None;

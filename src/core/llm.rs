@@ -133,6 +133,12 @@ pub trait LlmProvider: Send + Sync {
     fn name(&self) -> &str;
     /// The model this provider asks for.
     fn model(&self) -> &str;
+    /// Whether a call now could reach a model: false only while every
+    /// provider behind it is known to be down (a chain whose breakers are
+    /// all open and not yet due for a probe).
+    fn ready(&self) -> bool {
+        true
+    }
     /// Generates a reply, streaming pieces of it to `on_event` as they come.
     fn generate<'a>(
         &'a self,

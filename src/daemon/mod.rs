@@ -130,6 +130,12 @@ impl Daemon {
         self.outbox_wake.notify_one();
     }
 
+    /// Resolves once no conversation is being processed (a turn started
+    /// for a stored message starts before its webhook's 200).
+    pub async fn idle(&self) {
+        self.workers.idle().await;
+    }
+
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }

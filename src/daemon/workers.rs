@@ -3,9 +3,12 @@
 //! message pending for its conversation (`agent.burst = "collect"`) or one
 //! (`"each"`). A conversation is scheduled when a message is accepted, at
 //! start for what a crash left unanswered, and again later when the LLM
-//! was down.
+//! was down. A conversation that already got its fallback is not woken by
+//! new messages while every LLM provider is known to be down: its answer
+//! waits for the retry (or for a provider to be due for a probe), and an
+//! outage does not cost a turn per message over a growing backlog.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, Semaphore};
@@ -23,6 +26,9 @@ const RECOVER_LIMIT: usize = 10_000;
 pub struct Workers {
     /// Conversations being processed; `true` when more arrived meanwhile.
     active: Mutex<HashMap<i64, bool>>,
+    /// Conversations whose last round got the fallback: waiting for an
+    /// LLM provider to recover.
+    waiting: Mutex<HashSet<i64>>,
     permits: Arc<Semaphore>,
     idle: Notify,
 }
@@ -31,6 +37,7 @@ impl Workers {
     pub fn new(parallel: usize) -> Self {
         Workers {
             active: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(parallel.max(1))),
             idle: Notify::new(),
         }
@@ -52,9 +59,26 @@ impl Workers {
     }
 }
 
+fn waiting(daemon: &Daemon) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    daemon
+        .workers
+        .waiting
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// A message for `conversation` was stored: make sure it gets processed,
+/// unless the conversation waits for an LLM provider that is still down.
+pub fn schedule(daemon: &Arc<Daemon>, conversation: i64) {
+    if waiting(daemon).contains(&conversation) && !daemon.agent.llm().ready() {
+        return;
+    }
+    start(daemon, conversation);
+}
+
 /// Makes sure `conversation` gets processed: starts a worker, or tells the
 /// running one to look again when it is done.
-pub fn schedule(daemon: &Arc<Daemon>, conversation: i64) {
+fn start(daemon: &Arc<Daemon>, conversation: i64) {
     {
         let mut active = daemon.workers.lock();
         if let Some(more) = active.get_mut(&conversation) {
@@ -86,12 +110,15 @@ async fn process(daemon: Arc<Daemon>, conversation: i64) {
             }
         }
     }
-    if retry_later && !daemon.stopping() {
+    if !retry_later {
+        waiting(&daemon).remove(&conversation);
+    } else if !daemon.stopping() {
+        waiting(&daemon).insert(conversation);
         let daemon = daemon.clone();
         tokio::spawn(async move {
             tokio::time::sleep(daemon.settings.fallback_retry).await;
             if !daemon.stopping() {
-                schedule(&daemon, conversation);
+                start(&daemon, conversation);
             }
         });
     }

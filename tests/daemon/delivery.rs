@@ -888,3 +888,82 @@ async fn a_message_whose_sender_hangs_up_before_the_200_is_still_answered() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn while_every_provider_is_down_new_messages_wait_without_a_turn_each() {
+    use convagent::adapters::llm::chain::{Chain, ChainPolicy};
+    use convagent::core::{BreakerPolicy, Stage};
+
+    use crate::support::{FakeClock, ScriptedLlm, http_500};
+    let clock = Arc::new(FakeClock::at(1_800_000_000_000));
+    let provider = Arc::new(ScriptedLlm::new("down", vec![Err(http_500("down"))]));
+    // The chain keeps its breakers in a store of its own here; the daemon's
+    // store is made by the harness.
+    let chain = Chain::new(
+        vec![provider.clone()],
+        Arc::new(convagent::adapters::store::SqliteStore::open_in_memory().unwrap()),
+        clock.clone(),
+        ChainPolicy {
+            breaker: BreakerPolicy {
+                failure_threshold: 1,
+                cooldown_ms: 60_000,
+            },
+            backoff: Vec::new(),
+            ..ChainPolicy::default()
+        },
+    );
+    let mut options = Options {
+        llm: Arc::new(chain),
+        clock: Some(clock.clone()),
+        ..Options::default()
+    };
+    options.settings.fallback_retry = Duration::from_secs(3600);
+    let h = Harness::start(options).await;
+    mount_success(&h).await;
+
+    // The first message opens the breaker and gets the fallback.
+    h.post(&telegram_text(&h, 901, 901, "hello?")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sends(&h.telegram).await == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.daemon.idle().await;
+    assert_eq!(bodies(&h.telegram).await.len(), 1, "the fallback");
+    // More while the provider is known to be down: stored, no turn each.
+    let mut later = Vec::new();
+    for i in 0..4 {
+        let (status, _, correlation) = h
+            .post(&telegram_text(&h, 902 + i, 902 + i, "anyone?"))
+            .await;
+        assert_eq!(status, 200);
+        later.push(correlation.unwrap());
+    }
+    // A turn would have started before the 200: wait for any to end.
+    h.daemon.idle().await;
+    convagent::core::Writes::flush(h.store.as_ref()).await;
+    for correlation in &later {
+        let stages: Vec<Stage> = h
+            .store
+            .trace(correlation)
+            .unwrap()
+            .iter()
+            .map(|t| t.stage)
+            .collect();
+        assert_eq!(
+            stages,
+            [Stage::Received, Stage::Verified, Stage::Stored],
+            "{correlation}"
+        );
+    }
+    assert_eq!(provider.calls(), 1);
+
+    // Once the breaker is due for a probe, the next message runs a turn
+    // that answers all of them at once.
+    provider.set(Ok("here now".into()));
+    clock.advance(60_000);
+    h.post(&telegram_text(&h, 910, 910, "still?")).await;
+    let sent = wait_for(&h, &h.telegram, 2).await;
+    assert_eq!(sent[1]["text"], "here now");
+    assert_eq!(provider.calls(), 2);
+    h.stop().await;
+}

@@ -309,6 +309,13 @@ impl Chain {
 }
 
 impl LlmProvider for Chain {
+    fn ready(&self) -> bool {
+        let now = self.clock.now_ms();
+        self.providers
+            .iter()
+            .any(|p| self.load_breaker(p.name(), p.model()).would_admit(now))
+    }
+
     fn name(&self) -> &str {
         "chain"
     }
