@@ -7,7 +7,7 @@ use convagent::adapters::store::{OpenMode, SqliteStore};
 use convagent::core::{
     Attachment, Breaker, BreakerPolicy, BreakerState, Channel, ConversationFilter, ConversationKey,
     CorrelationId, InboundMessage, NewReply, ReplyKind, Role, SearchOrder, Store, Summary, Write,
-    Written,
+    Writes, Written,
 };
 
 fn message(key: &ConversationKey, id: &str, text: &str, at: i64) -> InboundMessage {
@@ -721,4 +721,32 @@ fn gathering_context_reads_only_what_the_budget_can_hold() {
             .all(|w| w[1].message_id == w[0].message_id + 1),
         "pages joined without gaps or repeats, oldest first"
     );
+}
+
+#[tokio::test]
+async fn writes_through_the_writer_are_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convagent.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    let key = ConversationKey::new(Channel::Telegram, "ckpt", "");
+    // Far below SQLite's own automatic checkpoint (1,000 pages): only the
+    // background checkpointer copies these into the database file.
+    for i in 0..50 {
+        let written = store
+            .write(Write::Accept(message(&key, &format!("c{i}"), "hello", i)))
+            .await
+            .unwrap();
+        assert!(!written.accepted().unwrap().duplicate);
+    }
+    assert!(
+        crate::support::eventually(5, || size() > before).await,
+        "the WAL was never copied back ({before} bytes)"
+    );
+    // And everything written is there for a fresh reader.
+    drop(store);
+    let again = SqliteStore::open(&path).unwrap();
+    let id = again.open_conversation(&key).unwrap().unwrap();
+    assert_eq!(again.pending(id, 100).unwrap().len(), 50);
 }

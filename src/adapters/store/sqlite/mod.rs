@@ -2,6 +2,7 @@
 //! append-only migrations in `migrations/`, applied on open.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ mod writer;
 
 use crate::core::llm::BoxFuture;
 use crate::core::ports::{StoreError, Write, Writes, Written};
+
+/// Read connections of a store that writes (a daemon's tokio workers and
+/// its dispatcher read at once).
+const READERS: usize = 3;
 
 /// The schema, oldest first. Append only.
 const MIGRATIONS: &[M<'static>] = &[
@@ -37,10 +42,12 @@ pub struct SqliteStore {
     /// The one writer of async writes, started by the first of them (a
     /// command that only reads never starts it).
     writer: OnceLock<writer::Writer>,
-    /// A second connection for reads, so that readers (workers, the
-    /// outbox, monitors) do not queue behind writers: WAL lets both run.
-    /// Absent for in-memory and read-only stores, which read on `conn`.
-    reader: Option<Mutex<Connection>>,
+    /// Connections for reads, so that readers (workers, the outbox,
+    /// monitors) neither queue behind the writer (WAL lets both run) nor,
+    /// on a busy daemon, behind each other. Empty for in-memory and
+    /// read-only stores, which read on `conn`.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
     path: PathBuf,
 }
 
@@ -89,23 +96,24 @@ impl SqliteStore {
                 .to_latest(&mut conn)
                 .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
         }
-        let reader = match mode {
-            OpenMode::ReadWrite => {
+        let mut readers = Vec::new();
+        if mode == OpenMode::ReadWrite {
+            for _ in 0..READERS {
                 let r = Connection::open_with_flags(
                     path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
                 r.busy_timeout(Duration::from_secs(5))?;
-                r.pragma_update(None, "cache_size", -16_000)?;
-                Some(Mutex::new(r))
+                r.pragma_update(None, "cache_size", -8_000)?;
+                readers.push(Mutex::new(r));
             }
-            OpenMode::ReadOnly => None,
-        };
+        }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             writer: OnceLock::new(),
-            reader,
+            readers,
+            next_reader: AtomicUsize::new(0),
             path: path.to_path_buf(),
         })
     }
@@ -119,7 +127,8 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             writer: OnceLock::new(),
-            reader: None,
+            readers: Vec::new(),
+            next_reader: AtomicUsize::new(0),
             path: PathBuf::from(":memory:"),
         })
     }
@@ -138,18 +147,29 @@ impl SqliteStore {
 
     /// A connection for plain reads. Every write is committed before its
     /// method returns, so a read here sees all earlier writes.
+    /// The first free one, or (all busy) one picked by turn.
     fn reader(&self) -> MutexGuard<'_, Connection> {
-        match &self.reader {
-            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
-            None => self.conn(),
+        if self.readers.is_empty() {
+            return self.conn();
         }
+        for r in &self.readers {
+            match r.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let turn = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.readers[turn].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl SqliteStore {
     fn writer(&self) -> &writer::Writer {
-        self.writer
-            .get_or_init(|| writer::Writer::start(self.conn.clone()))
+        self.writer.get_or_init(|| {
+            let file = (!self.readers.is_empty()).then_some(self.path.as_path());
+            writer::Writer::start(self.conn.clone(), file)
+        })
     }
 }
 

@@ -5,9 +5,17 @@
 //! waits for its commit and nothing else may make that wait longer than one
 //! batch. Callers await a oneshot; no async thread blocks on SQLite.
 //! Traces nobody waits for are merged into one insert per batch.
+//!
+//! Checkpoints (copying the WAL back into the database file, with an
+//! fsync) would otherwise run inside a commit of this thread every 1,000
+//! pages and stall every writer behind it; with the writer running they
+//! happen on a thread and connection of their own, passively (never
+//! blocking a commit), a few times a second.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -18,6 +26,8 @@ use crate::core::ports::{StoreError, Write, Written};
 /// Writes per transaction at most: commits stay short, so an accept that
 /// arrives during one waits little.
 const BATCH: usize = 512;
+/// How often the checkpointer copies the WAL back.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 type Done = oneshot::Sender<Result<Written, StoreError>>;
 
@@ -44,8 +54,21 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn start(conn: Arc<Mutex<Connection>>) -> Writer {
+    /// `file`: the database file, for the checkpointer (none in memory).
+    pub(super) fn start(conn: Arc<Mutex<Connection>>, file: Option<&Path>) -> Writer {
         let shared = Arc::new(Shared::default());
+        if let Some(checkpoints) = file.and_then(checkpointer) {
+            let lock = conn.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = lock.pragma_update(None, "wal_autocheckpoint", 0) {
+                tracing::warn!(error = %e, "cannot move checkpoints off the writer");
+            }
+            drop(lock);
+            let thread = shared.clone();
+            std::thread::Builder::new()
+                .name("convagent-checkpoint".into())
+                .spawn(move || checkpoint(&thread, &checkpoints))
+                .expect("spawning the store's checkpoint thread");
+        }
         let thread = shared.clone();
         std::thread::Builder::new()
             .name("convagent-writer".into())
@@ -72,10 +95,36 @@ impl Writer {
 }
 
 impl Drop for Writer {
-    /// The thread commits what is queued, then ends.
+    /// The threads commit what is queued, checkpoint, then end.
     fn drop(&mut self) {
         self.lanes().closed = true;
         self.shared.ready.notify_one();
+    }
+}
+
+fn checkpointer(file: &Path) -> Option<Connection> {
+    let conn = Connection::open(file)
+        .map_err(|e| tracing::warn!(error = %e, "cannot open a connection for checkpoints"))
+        .ok()?;
+    conn.busy_timeout(Duration::from_secs(5)).ok()?;
+    Some(conn)
+}
+
+/// Passive checkpoints until the writer is dropped, and one at the end.
+fn checkpoint(shared: &Shared, conn: &Connection) {
+    loop {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        let closed = shared
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed;
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+        if closed {
+            return;
+        }
     }
 }
 
