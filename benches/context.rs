@@ -4,13 +4,14 @@
 //!
 //!     cargo bench --bench context
 
+use convagent::core::ports::all::*;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use convagent::adapters::store::SqliteStore;
 use convagent::core::context;
 use convagent::core::{
-    Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, ReplyKind, Store,
+    Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, ReplyKind,
 };
 
 const BUDGET: usize = 4096;

@@ -1,6 +1,7 @@
 //! What commands share, opened once and only when asked for: settings (and
 //! with them telemetry), the store, the LLM providers.
 
+use convagent::core::ports::all::*;
 use std::cell::{Cell, OnceCell};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use convagent::adapters::clock::SystemClock;
 use convagent::adapters::llm::{self, Configured};
 use convagent::adapters::store::{OpenMode, SqliteStore};
 use convagent::config::{ConfigError, Settings};
-use convagent::core::{Agent, AgentSettings, Store as _};
+use convagent::core::{Agent, AgentSettings};
 use convagent::telemetry::{self, Masker, TelemetryGuard, TelemetryOptions};
 
 /// An error with a hint for the user.

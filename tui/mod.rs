@@ -7,6 +7,7 @@
 mod draw;
 mod state;
 
+use convagent::core::ports::all::*;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use anyhow::Result;
 use base64::Engine;
 use convagent::adapters::store::{OpenMode, SqliteStore};
-use convagent::core::{ConversationFilter, MonitorStore, OutboxStore, Store, TraceStore};
+use convagent::core::{ConversationFilter, MonitorStore, OutboxStore, TraceStore};
 use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};

@@ -10,10 +10,10 @@ mod providers;
 mod store;
 mod system;
 
+use convagent::core::ports::all::*;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use convagent::core::Store;
 use serde::Serialize;
 
 use crate::context::Context;

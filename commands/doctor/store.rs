@@ -1,5 +1,6 @@
 //! Config and store checks.
 
+use convagent::core::ports::all::*;
 use std::os::unix::fs::PermissionsExt;
 
 use convagent::config::{ConfigSource, Settings, read_file};

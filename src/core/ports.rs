@@ -301,15 +301,13 @@ pub trait Writes: Send + Sync {
     fn flush(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Durable storage of conversations, messages, replies and prompts.
-///
-/// Implementations must make `accept` and `record_reply` atomic: either the
-/// whole record is stored or nothing is.
-pub trait Store: Writes + Send + Sync {
-    /// Stores an inbound user message (opening its conversation if needed),
-    /// or reports it as a duplicate of one with the same channel and
-    /// provider message id.
-    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError>;
+/// What waits for an answer: the daemon's work queue. Another process
+/// may take the same work (issue 11): replies are unique per message, so
+/// the store, not this process, decides which answer counts.
+pub trait WorkQueue: Send + Sync {
+    /// Up to `limit` user messages of a conversation still without an
+    /// answer, oldest first (indexed).
+    fn pending(&self, conversation_id: i64, limit: usize) -> Result<Vec<Pending>, StoreError>;
 
     /// The answer (or refusal) to a user message, if it has one. Fallback
     /// replies do not count.
@@ -318,6 +316,15 @@ pub trait Store: Writes + Send + Sync {
     /// The newest assistant message of a conversation, if any: a fallback
     /// there means the conversation already has one since its last answer.
     fn latest_reply(&self, conversation_id: i64) -> Result<Option<StoredMessage>, StoreError>;
+}
+
+/// Writes one at a time, committed before they return: for commands and
+/// tests. The daemon's pipeline writes through [`Writes`] instead.
+pub trait Ingest: Send + Sync {
+    /// Stores an inbound user message (opening its conversation if needed),
+    /// or reports it as a duplicate of one with the same channel and
+    /// provider message id.
+    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError>;
 
     /// Records an assistant message for `message_id` and returns it. An
     /// answer or refusal marks the message answered, and a second one keeps
@@ -337,32 +344,22 @@ pub trait Store: Writes + Send + Sync {
         reply: &NewReply,
     ) -> Result<StoredMessage, StoreError>;
 
-    /// Up to `limit` user messages of a conversation still without an
-    /// answer, oldest first (indexed).
-    fn pending(&self, conversation_id: i64, limit: usize) -> Result<Vec<Pending>, StoreError>;
-
     /// Records that `message_id` broke guardrail `rule`.
     fn record_violation(&self, message_id: i64, rule: &str, at: i64) -> Result<(), StoreError>;
-
-    /// The newest summary of a conversation, if any.
-    fn latest_summary(&self, conversation_id: i64) -> Result<Option<Summary>, StoreError>;
 
     /// Stores a summary; a range summarised before keeps its first summary,
     /// which is returned.
     fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError>;
 
-    /// The circuit breaker of a provider+model, if it was ever used.
-    fn breaker(&self, provider: &str, model: &str) -> Result<Option<Breaker>, StoreError>;
+    /// Closes the open conversation for `key`, if any; the next message from
+    /// that sender starts a new conversation. Returns whether one was closed.
+    fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError>;
+}
 
-    /// Persists a breaker, with the transition that changed it if any.
-    fn save_breaker(
-        &self,
-        breaker: &Breaker,
-        transition: Option<&Transition>,
-    ) -> Result<(), StoreError>;
-
-    /// Every breaker, for `doctor`, the TUI and `/metrics`.
-    fn breakers(&self) -> Result<Vec<Breaker>, StoreError>;
+/// Reading conversations: the context of a turn, `history`, search.
+pub trait ConversationReads: Send + Sync {
+    /// The newest summary of a conversation, if any.
+    fn latest_summary(&self, conversation_id: i64) -> Result<Option<Summary>, StoreError>;
 
     /// Up to `limit` most recent turns of a conversation up to and including
     /// `up_to_message_id`, oldest first. Must be an indexed, bounded read:
@@ -373,10 +370,6 @@ pub trait Store: Writes + Send + Sync {
         up_to_message_id: i64,
         limit: usize,
     ) -> Result<Vec<Turn>, StoreError>;
-
-    /// Closes the open conversation for `key`, if any; the next message from
-    /// that sender starts a new conversation. Returns whether one was closed.
-    fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError>;
 
     /// The open conversation for `key`, if any.
     fn open_conversation(&self, key: &ConversationKey) -> Result<Option<i64>, StoreError>;
@@ -403,7 +396,10 @@ pub trait Store: Writes + Send + Sync {
         limit: usize,
         order: SearchOrder,
     ) -> Result<Vec<SearchHit>, StoreError>;
+}
 
+/// Versioned system prompts.
+pub trait PromptStore: Send + Sync {
     /// The current system prompt, if one was ever set.
     fn current_prompt(&self) -> Result<Option<PromptVersion>, StoreError>;
 
@@ -455,7 +451,31 @@ pub trait Store: Writes + Send + Sync {
             _ => self.add_prompt(text, PROMPT_FROM_CONFIG, at),
         }
     }
+}
 
+/// Circuit breakers of the LLM providers.
+pub trait BreakerStore: Send + Sync {
+    /// The circuit breaker of a provider+model, if it was ever used.
+    fn breaker(&self, provider: &str, model: &str) -> Result<Option<Breaker>, StoreError>;
+
+    /// Persists a breaker, with the transition that changed it if any.
+    fn save_breaker(
+        &self,
+        breaker: &Breaker,
+        transition: Option<&Transition>,
+    ) -> Result<(), StoreError>;
+
+    /// Every breaker, for `doctor`, the TUI and `/metrics`.
+    fn breakers(&self) -> Result<Vec<Breaker>, StoreError>;
+}
+
+/// Durable storage of conversations, messages, replies and prompts.
+///
+/// Implementations must make `accept` and `record_reply` atomic: either the
+/// whole record is stored or nothing is.
+pub trait Store:
+    Writes + Ingest + WorkQueue + ConversationReads + PromptStore + BreakerStore + Send + Sync
+{
     fn health(&self) -> Result<StoreHealth, StoreError>;
 }
 
@@ -595,4 +615,14 @@ pub trait MonitorStore: Send + Sync {
         bucket_ms: i64,
         buckets: usize,
     ) -> Result<Vec<ActivityBucket>, StoreError>;
+}
+
+/// Every store port, in scope without names: `use convagent::core::ports::all::*;`
+/// for code that calls them on a concrete store (a `dyn Store` needs none).
+pub mod all {
+    pub use super::{
+        BreakerStore as _, ConversationReads as _, Ingest as _, MonitorStore as _,
+        OutboxStore as _, PromptStore as _, Store as _, TraceStore as _, WorkQueue as _,
+        Writes as _,
+    };
 }

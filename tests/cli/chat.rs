@@ -1,7 +1,8 @@
 //! `convagent chat` driven through a pipe, as a script would.
 
 use convagent::adapters::store::{OpenMode, SqliteStore};
-use convagent::core::{ConversationFilter, Role, Store};
+use convagent::core::ports::all::*;
+use convagent::core::{ConversationFilter, Role};
 
 use crate::{Env, stderr_of, stdout_of};
 

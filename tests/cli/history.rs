@@ -1,10 +1,11 @@
 //! `convagent history` over a store filled through the engine.
 
+use convagent::core::ports::all::*;
 use std::collections::BTreeMap;
 
 use convagent::adapters::store::SqliteStore;
 use convagent::core::{
-    Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, ReplyKind, Store,
+    Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, ReplyKind,
 };
 
 use crate::{Env, stderr_of, stdout_of};

@@ -3,14 +3,15 @@
 //! and quits leaving the terminal as it was; `chat` shows that it is
 //! working while the model has not answered yet.
 
+use convagent::core::ports::all::*;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use convagent::adapters::store::SqliteStore;
 use convagent::core::{
-    Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, ReplyKind, Store,
-    TraceEvent, TraceStore,
+    Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, ReplyKind, TraceEvent,
+    TraceStore,
 };
 
 use crate::Env;

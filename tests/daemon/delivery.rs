@@ -2,10 +2,11 @@
 //! reply per message, in order per conversation, retried or dead-lettered
 //! as the provider answers, and traced stage by stage.
 
+use convagent::core::ports::all::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use convagent::core::{OutboxStore, Store, TraceStore};
+use convagent::core::{OutboxStore, TraceStore};
 use serde_json::json;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, ResponseTemplate};

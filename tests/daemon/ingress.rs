@@ -1,9 +1,10 @@
 //! Ingress: every golden payload gets its documented answer; signatures,
 //! content types, sizes and schemas are checked with a clear 4xx.
 
+use convagent::core::ports::all::*;
 use std::path::Path;
 
-use convagent::core::{Store, TraceStore};
+use convagent::core::TraceStore;
 use convagent::golden::Golden;
 
 use crate::support::signing;

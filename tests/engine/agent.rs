@@ -1,13 +1,14 @@
 //! The agent: stores, builds context, calls the LLM once per message, and
 //! answers a redelivered message from the store.
 
+use convagent::core::ports::all::*;
 use std::sync::Arc;
 
 use convagent::adapters::channels::cli;
 use convagent::adapters::store::SqliteStore;
 use convagent::core::{
-    Agent, AgentSettings, Channel, ConversationKey, Guardrails, LlmProvider, Role, Store,
-    StreamEvent, estimate_tokens,
+    Agent, AgentSettings, Channel, ConversationKey, Guardrails, LlmProvider, Role, StreamEvent,
+    estimate_tokens,
 };
 
 use crate::support::{FakeClock, FakeLlm};

@@ -1,12 +1,13 @@
 //! Guardrails in the agent: refused without an LLM call, recorded with the
 //! rule; ordinary messages pass; secrets never echoed.
 
+use convagent::core::ports::all::*;
 use std::sync::Arc;
 
 use convagent::adapters::channels::cli;
 use convagent::adapters::store::SqliteStore;
 use convagent::core::guardrails::{NEUTRAL_REFUSAL, REFUSAL};
-use convagent::core::{Agent, AgentSettings, Guardrails, ReplyKind, Store, StreamEvent};
+use convagent::core::{Agent, AgentSettings, Guardrails, ReplyKind, StreamEvent};
 
 use crate::agent::key;
 use crate::support::{FakeClock, FakeLlm, pairs};

@@ -3,6 +3,7 @@
 //! fallback reply with a proper answer once a provider recovers. Time is a
 //! fake clock: nothing here sleeps.
 
+use convagent::core::ports::all::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use convagent::adapters::llm::{Chain, ChainPolicy};
 use convagent::adapters::store::SqliteStore;
 use convagent::core::{
     AgentSettings, BreakerPolicy, BreakerState, ChatMessage, LlmError, LlmProvider, LlmRequest,
-    ReplyKind, Role, Store,
+    ReplyKind, Role,
 };
 
 use crate::agent::key;

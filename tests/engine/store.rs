@@ -1,6 +1,7 @@
 //! The store conformance suite, written against the `Store` port so every
 //! backend runs the same checks. SQLite runs it in memory and on a file.
 
+use convagent::core::ports::all::*;
 use std::collections::BTreeMap;
 
 use convagent::adapters::store::{OpenMode, SqliteStore};
@@ -749,4 +750,53 @@ async fn writes_through_the_writer_are_checkpointed_in_the_background() {
     let again = SqliteStore::open(&path).unwrap();
     let id = again.open_conversation(&key).unwrap().unwrap();
     assert_eq!(again.pending(id, 100).unwrap().len(), 50);
+}
+
+#[test]
+fn the_monitors_search_finds_conversations_past_many_newer_matches() {
+    use convagent::core::MonitorStore;
+    let store = SqliteStore::open_in_memory().unwrap();
+    let old = ConversationKey::new(Channel::Telegram, "old", "");
+    let busy = ConversationKey::new(Channel::Slack, "busy", "");
+    store
+        .accept(&message(&old, "o1", "the parcel arrived", 1))
+        .unwrap();
+    // More newer matches in one conversation than one step of the walk reads.
+    for i in 0..1_200 {
+        store
+            .accept(&message(
+                &busy,
+                &format!("b{i}"),
+                "where is my parcel",
+                10 + i,
+            ))
+            .unwrap();
+    }
+    store
+        .accept(&message(&busy, "quiet", "nothing to see", 5_000))
+        .unwrap();
+    let found = |filter: &ConversationFilter| -> Vec<String> {
+        store
+            .overview(filter, Some("parcel"))
+            .unwrap()
+            .into_iter()
+            .map(|o| o.summary.sender)
+            .collect()
+    };
+    let all = ConversationFilter {
+        limit: 10,
+        ..ConversationFilter::default()
+    };
+    assert_eq!(found(&all), ["busy", "old"]);
+    let one = ConversationFilter {
+        limit: 1,
+        ..all.clone()
+    };
+    assert_eq!(found(&one), ["busy"], "the newest matches first");
+    let telegram = ConversationFilter {
+        channel: Some(Channel::Telegram),
+        ..all
+    };
+    assert_eq!(found(&telegram), ["old"]);
+    assert!(store.overview(&one, Some("absent")).unwrap().is_empty());
 }

@@ -2,12 +2,13 @@
 //! with its range, reused, never redone for a range, and the context never
 //! exceeds the budget.
 
+use convagent::core::ports::all::*;
 use std::sync::Arc;
 
 use convagent::adapters::channels::cli;
 use convagent::adapters::store::SqliteStore;
 use convagent::core::context::SUMMARY_PREFIX;
-use convagent::core::{AgentSettings, Store, estimate_tokens};
+use convagent::core::{AgentSettings, estimate_tokens};
 
 use crate::agent::{agent_over, key};
 use crate::support::{FakeLlm, pairs};

@@ -11,6 +11,9 @@ use crate::core::ports::{
     StoreError,
 };
 
+/// Matches read per step of the TUI's search.
+const SEARCH_PAGE: i64 = 500;
+
 impl MonitorStore for SqliteStore {
     fn change_counter(&self) -> Result<i64, StoreError> {
         // `data_version` changes when another connection commits; our own
@@ -34,23 +37,36 @@ impl MonitorStore for SqliteStore {
         let matching: Option<String> = match search.map(fts_phrase_query) {
             Some(None) => return Ok(Vec::new()),
             Some(Some(q)) => {
+                // Page by page (each an ordered walk of the index with a
+                // LIMIT, which the planner keeps in index order).
                 let mut stmt = conn.prepare_cached(
-                    "SELECT m.conversation_id FROM messages_fts
+                    "SELECT messages_fts.rowid, m.conversation_id FROM messages_fts
                      JOIN messages m ON m.id = messages_fts.rowid
                      JOIN conversations c ON c.id = m.conversation_id
-                     WHERE messages_fts MATCH ?1
+                     WHERE messages_fts MATCH ?1 AND messages_fts.rowid < ?4
                        AND (?2 IS NULL OR c.channel = ?2) AND (?3 IS NULL OR c.sender = ?3)
-                     ORDER BY messages_fts.rowid DESC",
+                     ORDER BY messages_fts.rowid DESC LIMIT ?5",
                 )?;
-                let mut rows = stmt.query(params![
-                    q,
-                    filter.channel.map(Channel::as_str),
-                    filter.sender
-                ])?;
                 let mut ids = std::collections::BTreeSet::new();
-                while let Some(row) = rows.next()? {
-                    ids.insert(row.get::<_, i64>(0)?);
-                    if filter.limit > 0 && ids.len() >= filter.limit {
+                let mut before = i64::MAX;
+                'pages: loop {
+                    let mut rows = stmt.query(params![
+                        q,
+                        filter.channel.map(Channel::as_str),
+                        filter.sender,
+                        before,
+                        SEARCH_PAGE
+                    ])?;
+                    let mut read = 0;
+                    while let Some(row) = rows.next()? {
+                        read += 1;
+                        before = row.get(0)?;
+                        ids.insert(row.get::<_, i64>(1)?);
+                        if filter.limit > 0 && ids.len() >= filter.limit {
+                            break 'pages;
+                        }
+                    }
+                    if read < SEARCH_PAGE {
                         break;
                     }
                 }

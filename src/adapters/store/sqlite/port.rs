@@ -10,8 +10,9 @@ use crate::core::message::{
     Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME, Turn,
 };
 use crate::core::ports::{
-    Accepted, ConversationFilter, ConversationSummary, NewReply, Pending, PromptVersion, ReplyKind,
-    SearchHit, SearchOrder, Store, StoreError, StoreHealth, StoredMessage, Summary, TurnRecord,
+    Accepted, BreakerStore, ConversationFilter, ConversationReads, ConversationSummary, Ingest,
+    NewReply, Pending, PromptStore, PromptVersion, ReplyKind, SearchHit, SearchOrder, Store,
+    StoreError, StoreHealth, StoredMessage, Summary, TurnRecord, WorkQueue,
 };
 
 fn validate(message: &InboundMessage) -> Result<(), StoreError> {
@@ -260,60 +261,7 @@ pub(super) fn breaker_in(
     Ok(())
 }
 
-impl Store for SqliteStore {
-    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let accepted = accept_in(&tx, message)?;
-        tx.commit()?;
-        Ok(accepted)
-    }
-
-    fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
-        let conn = self.reader();
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m
-             WHERE m.reply_to = ?1 AND m.kind <> 'fallback'"
-        );
-        Ok(conn
-            .query_row(&sql, params![message_id], message_from_row)
-            .optional()?)
-    }
-
-    fn latest_reply(&self, conversation_id: i64) -> Result<Option<StoredMessage>, StoreError> {
-        let conn = self.reader();
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m
-             WHERE m.conversation_id = ?1 AND m.role = 'assistant'
-             ORDER BY m.id DESC LIMIT 1"
-        );
-        Ok(conn
-            .prepare_cached(&sql)?
-            .query_row(params![conversation_id], message_from_row)
-            .optional()?)
-    }
-
-    fn record_turn_reply(
-        &self,
-        message_id: i64,
-        covers: &[i64],
-        reply: &NewReply,
-    ) -> Result<StoredMessage, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let stored = turn_in(
-            &tx,
-            &TurnRecord {
-                message_id,
-                covers: covers.to_vec(),
-                violations: Vec::new(),
-                reply: reply.clone(),
-            },
-        )?;
-        tx.commit()?;
-        Ok(stored)
-    }
-
+impl WorkQueue for SqliteStore {
     fn pending(&self, conversation_id: i64, limit: usize) -> Result<Vec<Pending>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
@@ -353,6 +301,61 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn reply_to(&self, message_id: i64) -> Result<Option<StoredMessage>, StoreError> {
+        let conn = self.reader();
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m
+             WHERE m.reply_to = ?1 AND m.kind <> 'fallback'"
+        );
+        Ok(conn
+            .query_row(&sql, params![message_id], message_from_row)
+            .optional()?)
+    }
+
+    fn latest_reply(&self, conversation_id: i64) -> Result<Option<StoredMessage>, StoreError> {
+        let conn = self.reader();
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m
+             WHERE m.conversation_id = ?1 AND m.role = 'assistant'
+             ORDER BY m.id DESC LIMIT 1"
+        );
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_row(params![conversation_id], message_from_row)
+            .optional()?)
+    }
+}
+
+impl Ingest for SqliteStore {
+    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let accepted = accept_in(&tx, message)?;
+        tx.commit()?;
+        Ok(accepted)
+    }
+
+    fn record_turn_reply(
+        &self,
+        message_id: i64,
+        covers: &[i64],
+        reply: &NewReply,
+    ) -> Result<StoredMessage, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let stored = turn_in(
+            &tx,
+            &TurnRecord {
+                message_id,
+                covers: covers.to_vec(),
+                violations: Vec::new(),
+                reply: reply.clone(),
+            },
+        )?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
     fn record_violation(&self, message_id: i64, rule: &str, at: i64) -> Result<(), StoreError> {
         self.conn().prepare_cached("INSERT INTO guardrail_violations (message_id, rule, created_at) VALUES (?1, ?2, ?3)")?.execute(
             params![message_id, rule, at],
@@ -360,6 +363,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError> {
+        summary_in(&self.conn(), summary)
+    }
+
+    fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let n = conn
+            .prepare_cached(
+                "UPDATE conversations SET closed_at = ?4
+             WHERE channel = ?1 AND sender = ?2 AND thread = ?3 AND closed_at IS NULL",
+            )?
+            .execute(params![key.channel.as_str(), key.sender, key.thread, at])?;
+        Ok(n > 0)
+    }
+}
+
+impl ConversationReads for SqliteStore {
     fn latest_summary(&self, conversation_id: i64) -> Result<Option<Summary>, StoreError> {
         Ok(self
             .reader()
@@ -371,39 +391,6 @@ impl Store for SqliteStore {
             )?
             .query_row(params![conversation_id], summary_from_row)
             .optional()?)
-    }
-
-    fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError> {
-        summary_in(&self.conn(), summary)
-    }
-
-    fn breaker(&self, provider: &str, model: &str) -> Result<Option<Breaker>, StoreError> {
-        let sql =
-            format!("SELECT {BREAKER_COLUMNS} FROM breakers WHERE provider = ?1 AND model = ?2");
-        Ok(self
-            .conn()
-            .query_row(&sql, params![provider, model], breaker_from_row)
-            .optional()?)
-    }
-
-    fn save_breaker(
-        &self,
-        breaker: &Breaker,
-        transition: Option<&Transition>,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        breaker_in(&tx, breaker, transition)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
-        let conn = self.reader();
-        let sql = format!("SELECT {BREAKER_COLUMNS} FROM breakers ORDER BY provider, model");
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map([], breaker_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn recent_turns(
@@ -429,17 +416,6 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         turns.reverse();
         Ok(turns)
-    }
-
-    fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let n = conn
-            .prepare_cached(
-                "UPDATE conversations SET closed_at = ?4
-             WHERE channel = ?1 AND sender = ?2 AND thread = ?3 AND closed_at IS NULL",
-            )?
-            .execute(params![key.channel.as_str(), key.sender, key.thread, at])?;
-        Ok(n > 0)
     }
 
     fn open_conversation(&self, key: &ConversationKey) -> Result<Option<i64>, StoreError> {
@@ -535,24 +511,15 @@ impl Store for SqliteStore {
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
 
+impl PromptStore for SqliteStore {
     fn current_prompt(&self) -> Result<Option<PromptVersion>, StoreError> {
         let sql =
             format!("SELECT {PROMPT_COLUMNS} FROM system_prompts ORDER BY version DESC LIMIT 1");
         Ok(self
             .reader()
             .query_row(&sql, [], prompt_from_row)
-            .optional()?)
-    }
-
-    fn latest_prompt_from(&self, source: &str) -> Result<Option<PromptVersion>, StoreError> {
-        let sql = format!(
-            "SELECT {PROMPT_COLUMNS} FROM system_prompts WHERE source = ?1
-             ORDER BY version DESC LIMIT 1"
-        );
-        Ok(self
-            .reader()
-            .query_row(&sql, params![source], prompt_from_row)
             .optional()?)
     }
 
@@ -575,6 +542,50 @@ impl Store for SqliteStore {
         })
     }
 
+    fn latest_prompt_from(&self, source: &str) -> Result<Option<PromptVersion>, StoreError> {
+        let sql = format!(
+            "SELECT {PROMPT_COLUMNS} FROM system_prompts WHERE source = ?1
+             ORDER BY version DESC LIMIT 1"
+        );
+        Ok(self
+            .reader()
+            .query_row(&sql, params![source], prompt_from_row)
+            .optional()?)
+    }
+}
+
+impl BreakerStore for SqliteStore {
+    fn breaker(&self, provider: &str, model: &str) -> Result<Option<Breaker>, StoreError> {
+        let sql =
+            format!("SELECT {BREAKER_COLUMNS} FROM breakers WHERE provider = ?1 AND model = ?2");
+        Ok(self
+            .conn()
+            .query_row(&sql, params![provider, model], breaker_from_row)
+            .optional()?)
+    }
+
+    fn save_breaker(
+        &self,
+        breaker: &Breaker,
+        transition: Option<&Transition>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        breaker_in(&tx, breaker, transition)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
+        let conn = self.reader();
+        let sql = format!("SELECT {BREAKER_COLUMNS} FROM breakers ORDER BY provider, model");
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], breaker_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl Store for SqliteStore {
     fn health(&self) -> Result<StoreHealth, StoreError> {
         let conn = self.conn();
         let migrations = Migrations::from_slice(MIGRATIONS);
