@@ -50,10 +50,12 @@ pub(super) fn accept_in(
     let at = message.received_at;
     let conversation_id: i64 = conn
         .prepare_cached(
-            "INSERT INTO conversations (channel, sender, thread, started_at, last_activity_at)
-             VALUES (?1, ?2, ?3, ?4, ?4)
+            "INSERT INTO conversations (channel, sender, thread, started_at, last_activity_at,
+                 message_count)
+             VALUES (?1, ?2, ?3, ?4, ?4, 1)
              ON CONFLICT (channel, sender, thread) WHERE closed_at IS NULL
-             DO UPDATE SET last_activity_at = max(last_activity_at, excluded.last_activity_at)
+             DO UPDATE SET last_activity_at = max(last_activity_at, excluded.last_activity_at),
+                           message_count = message_count + 1
              RETURNING id",
         )?
         .query_row(params![channel, key.sender, key.thread, at], |r| r.get(0))?;
@@ -85,10 +87,6 @@ pub(super) fn accept_in(
         metadata,
     ])?;
     let message_id = conn.last_insert_rowid();
-    conn.prepare_cached(
-        "UPDATE conversations SET message_count = message_count + 1 WHERE id = ?1",
-    )?
-    .execute(params![conversation_id])?;
     Ok(Accepted {
         message_id,
         conversation_id,

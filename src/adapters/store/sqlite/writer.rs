@@ -1,7 +1,7 @@
 //! The one writer. Every write of the pipeline (accepts, replies, outbox
 //! updates, traces, breakers) queues here, and one thread commits whatever
-//! is waiting in one transaction, a savepoint per write so that one bad
-//! write fails alone. Accepts have their own lane and go first: a webhook
+//! is waiting in one transaction (should one write fail, the batch is run
+//! again with a savepoint per write, so that it fails alone). Accepts have their own lane and go first: a webhook
 //! waits for its commit and nothing else may make that wait longer than one
 //! batch. Callers await a oneshot; no async thread blocks on SQLite.
 //! Traces nobody waits for are merged into one insert per batch.
@@ -181,9 +181,35 @@ fn run(shared: &Shared, conn: &Mutex<Connection>) {
     }
 }
 
-/// `writes` in one transaction, a savepoint each; one result per write.
-/// If the commit itself fails, every write failed.
+/// `writes` in one transaction; one result per write. If the commit itself
+/// fails, every write failed.
+///
+/// First without savepoints: each one would make the full-text index flush
+/// a segment of its own (a tenth of the writer's time under load). Should a
+/// write fail, that transaction is rolled back and the batch runs again
+/// with a savepoint per write, so that the failure stays its own.
 pub(super) fn batch(conn: &mut Connection, writes: &[Write]) -> Vec<Result<Written, StoreError>> {
+    if let Some(results) = batch_at_once(conn, writes) {
+        return results;
+    }
+    batch_one_by_one(conn, writes)
+}
+
+/// `None` when a write failed (nothing is kept) or the commit did.
+fn batch_at_once(
+    conn: &mut Connection,
+    writes: &[Write],
+) -> Option<Vec<Result<Written, StoreError>>> {
+    let tx = conn.transaction().ok()?;
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
+        results.push(Ok(write_in(&tx, write).ok()?));
+    }
+    tx.commit().ok()?;
+    Some(results)
+}
+
+fn batch_one_by_one(conn: &mut Connection, writes: &[Write]) -> Vec<Result<Written, StoreError>> {
     let all_failed = |e: rusqlite::Error| {
         let e = e.to_string();
         writes
