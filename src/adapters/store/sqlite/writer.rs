@@ -1,10 +1,11 @@
 //! The one writer. Every write of the pipeline (accepts, replies, outbox
 //! updates, traces, breakers) queues here, and one thread commits whatever
-//! is waiting in one transaction (should one write fail, the batch is run
-//! again with a savepoint per write, so that it fails alone). Accepts have their own lane and go first: a webhook
-//! waits for its commit and nothing else may make that wait longer than one
-//! batch. Callers await a oneshot; no async thread blocks on SQLite.
-//! Traces nobody waits for are merged into one insert per batch.
+//! is waiting in one transaction (should one write fail, the batch runs
+//! again with a savepoint per write, so that it fails alone). Accepts have
+//! their own lane and go first: a webhook waits for its commit and nothing
+//! else may make that wait longer than one batch. Callers await a oneshot;
+//! no async thread blocks on SQLite. Traces nobody waits for are merged
+//! into one insert per batch.
 //!
 //! Checkpoints (copying the WAL back into the database file, with an
 //! fsync) would otherwise run inside a commit of this thread every 1,000
