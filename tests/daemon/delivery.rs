@@ -655,6 +655,32 @@ async fn server_errors_back_off_1_2_4_8_16_seconds_then_dead_letter() {
     let dead = dead_letters(&h);
     assert_eq!(dead[0].0, "retries_exhausted");
     assert!(dead[0].1.contains("502"), "{dead:?}");
+    // Six attempts, one label: the attempt is in the trace row, never in
+    // a metric's name or labels (their set stays fixed).
+    let metrics = reqwest::get(format!("{}/metrics", h.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"stage="send""#), "{metrics}");
+    assert!(!metrics.contains(r#"stage="send attempt"#), "{metrics}");
+    let correlation = h
+        .store
+        .messages(h.store.conversations(&Default::default()).unwrap()[0].id)
+        .unwrap()[0]
+        .correlation_id
+        .clone()
+        .unwrap();
+    let attempts: Vec<Option<u32>> = h
+        .store
+        .trace(&correlation)
+        .unwrap()
+        .iter()
+        .filter(|t| t.stage == convagent::core::Stage::Send)
+        .map(|t| t.attempt)
+        .collect();
+    assert_eq!(attempts, (1..=6).map(Some).collect::<Vec<_>>());
     h.stop().await;
 }
 
