@@ -86,6 +86,40 @@ pub struct Daemon {
     pub(crate) outbox_wake: Notify,
     pub(crate) stopping: AtomicBool,
     pub(crate) public_url: public_url::PublicUrl,
+    /// Where turns, typing signals and the outbox run: threads of their
+    /// own, so that their store reads never hold up a webhook's accept.
+    pub(crate) pipeline: Pipeline,
+}
+
+/// The pipeline's runtime, shut down (without waiting) with the daemon.
+pub(crate) struct Pipeline(Option<tokio::runtime::Runtime>);
+
+impl Pipeline {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("convagent-pipeline")
+            .enable_all()
+            .build()
+            .expect("starting the pipeline's runtime");
+        Pipeline(Some(runtime))
+    }
+
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.as_ref().expect("the pipeline runs").spawn(task)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Daemon {
@@ -108,6 +142,7 @@ impl Daemon {
         Arc::new(Daemon {
             public_url,
             workers: workers::Workers::new(settings.max_parallel_conversations),
+            pipeline: Pipeline::start(),
             store,
             agent,
             channels,
@@ -169,7 +204,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Messages accepted before a crash or stop and not yet answered.
     workers::recover(&daemon);
-    let dispatcher = tokio::spawn(outbox::run(daemon.clone()));
+    let dispatcher = daemon.pipeline.spawn(outbox::run(daemon.clone()));
 
     let app = router(daemon.clone());
     axum::serve(listener, app)
@@ -193,4 +228,32 @@ pub async fn serve(
     }
     daemon.tracer.flush().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pipeline;
+
+    /// The last reference to a daemon may go away on one of the pipeline's
+    /// own threads (a retry timer finishing last): shutting its runtime
+    /// down there must neither panic nor hang.
+    #[test]
+    fn the_pipeline_can_be_dropped_from_its_own_threads() {
+        let pipeline = std::sync::Arc::new(Pipeline::start());
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (done, finished) = std::sync::mpsc::channel();
+        let inner = pipeline.clone();
+        pipeline.spawn(async move {
+            let _ = wait.await;
+            let last = std::sync::Arc::strong_count(&inner) == 1;
+            drop(inner);
+            let _ = done.send(last);
+        });
+        drop(pipeline);
+        go.send(()).unwrap();
+        let last = finished
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the task went on after the runtime's shutdown began");
+        assert!(last, "the last reference was the task's");
+    }
 }

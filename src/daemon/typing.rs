@@ -32,7 +32,7 @@ pub fn start(daemon: &Arc<Daemon>, turn: &[Pending]) -> Option<Typing> {
         .saturating_sub(std::time::Duration::from_secs(1))
         .max(std::time::Duration::from_secs(1));
     let after = daemon.settings.typing_after;
-    Some(Typing(tokio::spawn(async move {
+    Some(Typing(daemon.pipeline.spawn(async move {
         // A reply this quick needs no sign (and costs no extra API call).
         tokio::time::sleep(after).await;
         loop {

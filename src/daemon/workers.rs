@@ -88,7 +88,10 @@ fn start(daemon: &Arc<Daemon>, conversation: i64) {
         active.insert(conversation, false);
     }
     let daemon = daemon.clone();
-    tokio::spawn(async move { process(daemon, conversation).await });
+    let pipeline = daemon.clone();
+    pipeline
+        .pipeline
+        .spawn(async move { process(daemon, conversation).await });
 }
 
 async fn process(daemon: Arc<Daemon>, conversation: i64) {
