@@ -1,9 +1,11 @@
-//! The agent orchestrator (SPEC.md pipeline steps 2, 4–7): store the
-//! message, refuse what the guardrails refuse, build the context (with a
-//! summary of older turns once a conversation grows long), ask the LLM
-//! chain, store the reply. A message answered before gets its stored reply
-//! back without an LLM call; when every provider fails the user gets the
-//! canned fallback and the message stays pending until a provider recovers.
+//! The agent orchestrator (SPEC.md pipeline steps 4–7): refuse what the
+//! guardrails refuse, build the context (with a summary of older turns once
+//! a conversation grows long), ask the LLM chain, store the reply, all
+//! writes through the store's writer. The daemon hands it stored messages
+//! (`answer`); `chat` and tests have it store them first (`handle_turn`),
+//! and a message answered before gets its stored reply back without an LLM
+//! call. When every provider fails the user gets the canned fallback and
+//! the message stays pending until a provider recovers.
 
 use std::sync::Arc;
 use std::time::Instant;

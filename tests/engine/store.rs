@@ -50,7 +50,7 @@ fn conformance(store: &dyn Store) {
     // First: replies below refer to prompt versions 1 and 2.
     prompts_are_versioned(store);
     accept_and_deduplicate(store);
-    accept_many_is_one_result_each_in_order(store);
+    a_batch_of_accepts_is_one_result_each_in_order(store);
     replies_are_unique_per_message(store);
     recent_turns_are_bounded_and_ordered(store);
     reset_starts_a_new_conversation(store);
@@ -89,7 +89,7 @@ fn accept_and_deduplicate(store: &dyn Store) {
     assert!(store.accept(&message(&key, "", "no id", 4_000)).is_err());
 }
 
-fn accept_many_is_one_result_each_in_order(store: &dyn Store) {
+fn a_batch_of_accepts_is_one_result_each_in_order(store: &dyn Store) {
     let key = ConversationKey::new(Channel::Whatsapp, "batch", "");
     let batch = [
         message(&key, "batch-1", "one", 5_000),
