@@ -994,3 +994,33 @@ async fn while_every_provider_is_down_new_messages_wait_without_a_turn_each() {
     assert_eq!(provider.calls(), 2);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn idle_waits_for_the_turn_a_webhook_started() {
+    let llm = Arc::new(EchoLlm {
+        delay: Duration::from_millis(300),
+        ..EchoLlm::new()
+    });
+    let h = Harness::start(Options {
+        llm,
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    assert_eq!(
+        h.post(&telegram_text(&h, 990, 990, "slow one")).await.0,
+        200
+    );
+    // The turn started before the 200; idle returns once its reply is stored.
+    h.daemon.idle().await;
+    let conversation = h.store.conversations(&Default::default()).unwrap()[0].id;
+    let kinds: Vec<_> = h
+        .store
+        .messages(conversation)
+        .unwrap()
+        .iter()
+        .map(|m| m.kind)
+        .collect();
+    assert_eq!(kinds, [None, Some(convagent::core::ReplyKind::Answer)]);
+    h.stop().await;
+}
