@@ -15,17 +15,13 @@ use rusqlite::params;
 
 const CONVERSATIONS: usize = 10_000;
 
+#[path = "support/flags.rs"]
+mod flags;
+use flags::flag;
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let messages = flag("--messages", 1_000_000);
-    let runs = flag("--runs", 10);
+    let messages: usize = flag("--messages", 1_000_000);
+    let runs: usize = flag("--runs", 10);
 
     let home = tempfile::tempdir().unwrap();
     let path = home.path().join("data/convagent/convagent.db");

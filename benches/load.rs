@@ -29,19 +29,15 @@ use tokio::sync::Notify;
 const SECRET: &str = "s3cret";
 const TOKEN: &str = "1:bench";
 
+#[path = "support/flags.rs"]
+mod flags;
+use flags::flag;
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let secs = flag("--secs", 8);
-    let conns = flag("--conns", 64);
+    let secs: u64 = flag("--secs", 8);
+    let conns: u64 = flag("--conns", 64);
     // `--only 2`: just that measurement.
-    let only = flag("--only", 0);
+    let only: u64 = flag("--only", 0);
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("load: needs wrk, the load generator (apt-get install wrk)");
         std::process::exit(2);
@@ -211,18 +207,24 @@ async fn round_trip(
 ) -> Duration {
     let before = fakes.replies_to(chat);
     let began = Instant::now();
-    let status = client
+    assert!(
+        post_update(client, url, 9_000_000_000 + id, chat).await,
+        "the daemon refused a webhook"
+    );
+    fakes.wait_reply(chat, before).await;
+    began.elapsed()
+}
+
+/// Posts one signed update; whether the daemon answered 200.
+async fn post_update(client: &reqwest::Client, url: &str, id: u64, chat: i64) -> bool {
+    client
         .post(format!("{url}/webhook/telegram"))
         .header("content-type", "application/json")
         .header("x-telegram-bot-api-secret-token", SECRET)
-        .body(update(9_000_000_000 + id, chat))
+        .body(update(id, chat))
         .send()
         .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0);
-    assert_eq!(status, 200, "the daemon refused a webhook");
-    fakes.wait_reply(chat, before).await;
-    began.elapsed()
+        .is_ok_and(|r| r.status() == 200)
 }
 
 struct Fixed {
@@ -249,14 +251,7 @@ async fn fixed_rate(url: &str, rate: u64, for_: Duration) -> Fixed {
         let chat = 6_000_000 + (i % 1000) as i64;
         tasks.spawn(async move {
             let t = Instant::now();
-            let ok = client
-                .post(format!("{url}/webhook/telegram"))
-                .header("content-type", "application/json")
-                .header("x-telegram-bot-api-secret-token", SECRET)
-                .body(update(5_000_000_000 + i, chat))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
+            let ok = post_update(&client, &url, 5_000_000_000 + i, chat).await;
             (t.elapsed(), ok)
         });
     }

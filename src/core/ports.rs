@@ -299,6 +299,13 @@ pub trait Writes: Send + Sync {
 
     /// Resolves once everything written or appended before is committed.
     fn flush(&self) -> BoxFuture<'_, ()>;
+
+    /// One write, committed before it returns (a batch of one).
+    fn write_now(&self, write: Write) -> Result<Written, StoreError> {
+        self.write_batch(std::slice::from_ref(&write))
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("the batch had no result".into())))
+    }
 }
 
 /// What waits for an answer: the daemon's work queue. Another process
@@ -319,12 +326,15 @@ pub trait WorkQueue: Send + Sync {
 }
 
 /// Writes one at a time, committed before they return: for commands and
-/// tests. The daemon's pipeline writes through [`Writes`] instead.
-pub trait Ingest: Send + Sync {
+/// tests. The daemon's pipeline writes through [`Writes`] instead; these
+/// are the same writes as batches of one.
+pub trait Ingest: Writes + Send + Sync {
     /// Stores an inbound user message (opening its conversation if needed),
     /// or reports it as a duplicate of one with the same channel and
     /// provider message id.
-    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError>;
+    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
+        self.write_now(Write::Accept(message.clone()))?.accepted()
+    }
 
     /// Records an assistant message for `message_id` and returns it. An
     /// answer or refusal marks the message answered, and a second one keeps
@@ -342,14 +352,24 @@ pub trait Ingest: Send + Sync {
         message_id: i64,
         covers: &[i64],
         reply: &NewReply,
-    ) -> Result<StoredMessage, StoreError>;
+    ) -> Result<StoredMessage, StoreError> {
+        self.write_now(Write::Turn(TurnRecord {
+            message_id,
+            covers: covers.to_vec(),
+            violations: Vec::new(),
+            reply: reply.clone(),
+        }))?
+        .reply()
+    }
 
     /// Records that `message_id` broke guardrail `rule`.
     fn record_violation(&self, message_id: i64, rule: &str, at: i64) -> Result<(), StoreError>;
 
     /// Stores a summary; a range summarised before keeps its first summary,
     /// which is returned.
-    fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError>;
+    fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError> {
+        self.write_now(Write::Summary(summary.clone()))?.summary()
+    }
 
     /// Closes the open conversation for `key`, if any; the next message from
     /// that sender starts a new conversation. Returns whether one was closed.
@@ -454,7 +474,7 @@ pub trait PromptStore: Send + Sync {
 }
 
 /// Circuit breakers of the LLM providers.
-pub trait BreakerStore: Send + Sync {
+pub trait BreakerStore: Writes + Send + Sync {
     /// The circuit breaker of a provider+model, if it was ever used.
     fn breaker(&self, provider: &str, model: &str) -> Result<Option<Breaker>, StoreError>;
 
@@ -463,7 +483,13 @@ pub trait BreakerStore: Send + Sync {
         &self,
         breaker: &Breaker,
         transition: Option<&Transition>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.write_now(Write::Breaker {
+            breaker: breaker.clone(),
+            transition: transition.cloned(),
+        })
+        .map(drop)
+    }
 
     /// Every breaker, for `doctor`, the TUI and `/metrics`.
     fn breakers(&self) -> Result<Vec<Breaker>, StoreError>;
@@ -550,8 +576,10 @@ pub trait OutboxStore: Send + Sync {
     fn conversations_with_pending(&self, limit: usize) -> Result<Vec<i64>, StoreError>;
 }
 
-pub trait TraceStore: Send + Sync {
-    fn record_traces(&self, events: &[TraceEvent]) -> Result<(), StoreError>;
+pub trait TraceStore: Writes + Send + Sync {
+    fn record_traces(&self, events: &[TraceEvent]) -> Result<(), StoreError> {
+        self.write_now(Write::Traces(events.to_vec())).map(drop)
+    }
     /// Every stage recorded for a correlation id, in order.
     fn trace(&self, correlation_id: &str) -> Result<Vec<TraceEvent>, StoreError>;
 }

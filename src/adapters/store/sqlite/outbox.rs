@@ -172,14 +172,6 @@ pub(super) fn traces_in(conn: &Connection, events: &[TraceEvent]) -> Result<(), 
 }
 
 impl TraceStore for SqliteStore {
-    fn record_traces(&self, events: &[TraceEvent]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        traces_in(&tx, events)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     fn trace(&self, correlation_id: &str) -> Result<Vec<TraceEvent>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(

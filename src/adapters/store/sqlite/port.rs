@@ -11,8 +11,8 @@ use crate::core::message::{
 };
 use crate::core::ports::{
     Accepted, BreakerStore, ConversationFilter, ConversationReads, ConversationSummary, Ingest,
-    NewReply, Pending, PromptStore, PromptVersion, ReplyKind, SearchHit, SearchOrder, Store,
-    StoreError, StoreHealth, StoredMessage, Summary, TurnRecord, WorkQueue,
+    Pending, PromptStore, PromptVersion, ReplyKind, SearchHit, SearchOrder, Store, StoreError,
+    StoreHealth, StoredMessage, Summary, TurnRecord, WorkQueue,
 };
 
 fn validate(message: &InboundMessage) -> Result<(), StoreError> {
@@ -325,44 +325,11 @@ impl WorkQueue for SqliteStore {
 }
 
 impl Ingest for SqliteStore {
-    fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let accepted = accept_in(&tx, message)?;
-        tx.commit()?;
-        Ok(accepted)
-    }
-
-    fn record_turn_reply(
-        &self,
-        message_id: i64,
-        covers: &[i64],
-        reply: &NewReply,
-    ) -> Result<StoredMessage, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let stored = turn_in(
-            &tx,
-            &TurnRecord {
-                message_id,
-                covers: covers.to_vec(),
-                violations: Vec::new(),
-                reply: reply.clone(),
-            },
-        )?;
-        tx.commit()?;
-        Ok(stored)
-    }
-
     fn record_violation(&self, message_id: i64, rule: &str, at: i64) -> Result<(), StoreError> {
         self.conn().prepare_cached("INSERT INTO guardrail_violations (message_id, rule, created_at) VALUES (?1, ?2, ?3)")?.execute(
             params![message_id, rule, at],
         )?;
         Ok(())
-    }
-
-    fn save_summary(&self, summary: &Summary) -> Result<Summary, StoreError> {
-        summary_in(&self.conn(), summary)
     }
 
     fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError> {
@@ -560,18 +527,6 @@ impl BreakerStore for SqliteStore {
             .conn()
             .query_row(&sql, params![provider, model], breaker_from_row)
             .optional()?)
-    }
-
-    fn save_breaker(
-        &self,
-        breaker: &Breaker,
-        transition: Option<&Transition>,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        breaker_in(&tx, breaker, transition)?;
-        tx.commit()?;
-        Ok(())
     }
 
     fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
