@@ -130,6 +130,19 @@ fn a_batch_of_accepts_is_one_result_each_in_order(store: &dyn Store) {
         ["one", "two", "three"],
         "the bad one left the others stored"
     );
+    // The full-text index holds what the batch stored, whether or not a
+    // write in it failed, and nothing of what it refused.
+    for (word, found) in [
+        ("one", 1),
+        ("two", 1),
+        ("three", 1),
+        ("again", 0),
+        ("id", 0),
+    ] {
+        let hits = store.search(word, None, 10, SearchOrder::Newest).unwrap();
+        let hits = hits.iter().filter(|h| h.sender == "batch").count();
+        assert_eq!(hits, found, "search for {word:?}");
+    }
 }
 
 fn replies_are_unique_per_message(store: &dyn Store) {
@@ -158,6 +171,14 @@ fn replies_are_unique_per_message(store: &dyn Store) {
     );
     assert_eq!(stored.latency_ms, Some(42));
     assert!(store.record_reply(999_999, &reply("x", 1, 1)).is_err());
+    let found = |word: &str| {
+        store
+            .search(word, None, 10, SearchOrder::Newest)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(found("noon"), 1, "a stored reply is searchable");
+    assert_eq!(found("midnight"), 0, "a reply not kept is not");
 }
 
 fn recent_turns_are_bounded_and_ordered(store: &dyn Store) {
@@ -750,6 +771,65 @@ async fn writes_through_the_writer_are_checkpointed_in_the_background() {
     let again = SqliteStore::open(&path).unwrap();
     let id = again.open_conversation(&key).unwrap().unwrap();
     assert_eq!(again.pending(id, 100).unwrap().len(), 50);
+}
+
+/// Under writes that never pause, with readers at work, the WAL must still
+/// be copied back to its end now and then and start over from its beginning;
+/// otherwise it grows by every page ever written (gigabytes a minute under
+/// load). Each start-over increments the checkpoint sequence number in the
+/// WAL's header (bytes 12..16, big-endian).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_steady_writes_and_reads_the_wal_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convagent.db");
+    let store = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+    let key = ConversationKey::new(Channel::Telegram, "steady", "");
+    let first = store.accept(&message(&key, "w0", "hello", 0)).unwrap();
+    let wal = dir.path().join("convagent.db-wal");
+    let starts = || {
+        let header = std::fs::read(&wal).unwrap_or_default();
+        header
+            .get(12..16)
+            .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()))
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.pending(first.conversation_id, 5).unwrap();
+            }
+        })
+    };
+    // Sixteen senders at once: the writer always has the next batch waiting.
+    let senders: Vec<_> = (0..16)
+        .map(|s| {
+            let (store, stop, key) = (store.clone(), stop.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = format!("message number {i} of a steady stream");
+                    let write = Write::Accept(message(&key, &format!("w{s}-{i}"), &text, i));
+                    store.write(write).await.unwrap();
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    let before = starts();
+    let started_over = crate::support::eventually(10, || starts() >= before + 3).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = 0;
+    for sender in senders {
+        written += sender.await.unwrap();
+    }
+    reader.join().unwrap();
+    assert!(
+        started_over,
+        "the WAL started over {} times in 10 s of steady writes ({written} messages)",
+        starts() - before
+    );
 }
 
 #[test]

@@ -28,6 +28,9 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../../migrations/0002_daemon.sql")),
     M::up(include_str!("../../../../migrations/0003_first_week.sql")),
     M::up(include_str!("../../../../migrations/0004_writer.sql")),
+    M::up(include_str!(
+        "../../../../migrations/0005_fts_per_batch.sql"
+    )),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -29,6 +29,8 @@ use crate::core::ports::{StoreError, Write, Written};
 const BATCH: usize = 512;
 /// How often the checkpointer copies the WAL back.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// Frames the checkpointer may copy with the writer paused: about 1 MB.
+const PAUSED_CHECKPOINT_FRAMES: i64 = 256;
 
 type Done = oneshot::Sender<Result<Written, StoreError>>;
 
@@ -65,9 +67,10 @@ impl Writer {
             }
             drop(lock);
             let thread = shared.clone();
+            let writer = conn.clone();
             std::thread::Builder::new()
                 .name("convagent-checkpoint".into())
-                .spawn(move || checkpoint(&thread, &checkpoints))
+                .spawn(move || checkpoint(&thread, &writer, &checkpoints))
                 .expect("spawning the store's checkpoint thread");
         }
         let thread = shared.clone();
@@ -112,7 +115,26 @@ fn checkpointer(file: &Path) -> Option<Connection> {
 }
 
 /// Passive checkpoints until the writer is dropped, and one at the end.
-fn checkpoint(shared: &Shared, conn: &Connection) {
+///
+/// Each round copies what the WAL holds while the writer goes on, then
+/// copies the little the writer added meanwhile with the writer paused (a
+/// fraction of a millisecond). Only a WAL copied to its end is started
+/// again from its beginning by the next commit; under steady load the
+/// writer would otherwise always be a few frames ahead, and the WAL would
+/// grow without end: gigabytes in a minute, every commit writing to fresh
+/// blocks of the file that the kernel first fills with zeros (a fifth of
+/// the writer's time).
+fn checkpoint(shared: &Shared, writer: &Mutex<Connection>, conn: &Connection) {
+    let wal = conn
+        .path()
+        .and_then(|db| std::fs::File::open(format!("{db}-wal")).ok());
+    // Frames in the WAL not yet copied back, after one passive checkpoint.
+    let passive = || {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok(r.get::<_, i64>(1)? - r.get::<_, i64>(2)?)
+        })
+        .map_err(|e| tracing::warn!(error = %e, "WAL checkpoint failed"))
+    };
     loop {
         std::thread::sleep(CHECKPOINT_EVERY);
         let closed = shared
@@ -120,9 +142,22 @@ fn checkpoint(shared: &Shared, conn: &Connection) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .closed;
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+        // Catch up while the writer goes on, until what is left is small.
+        let mut rounds = 0;
+        while let Ok(behind) = passive() {
+            rounds += 1;
+            if behind <= PAUSED_CHECKPOINT_FRAMES || rounds == 8 {
+                break;
+            }
         }
+        // The paused checkpoint syncs the WAL first: have the kernel write
+        // out what the writer added since the last sync before pausing it.
+        if let Some(wal) = &wal {
+            let _ = wal.sync_data();
+        }
+        let paused = writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = passive();
+        drop(paused);
         if closed {
             return;
         }
@@ -202,12 +237,32 @@ fn batch_at_once(
     writes: &[Write],
 ) -> Option<Vec<Result<Written, StoreError>>> {
     let tx = conn.transaction().ok()?;
+    let before = newest_message(&tx).ok()?;
     let mut results = Vec::with_capacity(writes.len());
     for write in writes {
         results.push(Ok(write_in(&tx, write).ok()?));
     }
+    index_messages_after(&tx, before).ok()?;
     tx.commit().ok()?;
     Some(results)
+}
+
+/// The id of the newest stored message (0: none).
+fn newest_message(tx: &Connection) -> rusqlite::Result<i64> {
+    tx.prepare_cached("SELECT coalesce(max(id), 0) FROM messages")?
+        .query_row([], |r| r.get(0))
+}
+
+/// Adds the messages this transaction stored (ids after `before`: it holds
+/// the only write lock) to the full-text index, in one statement. Every
+/// statement that writes to an FTS5 table opens a savepoint, and FTS5 writes
+/// a new index segment at each; one per transaction, not one per message.
+fn index_messages_after(tx: &Connection, before: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO messages_fts (rowid, text) SELECT id, text FROM messages WHERE id > ?1",
+    )?
+    .execute([before])?;
+    Ok(())
 }
 
 fn batch_one_by_one(conn: &mut Connection, writes: &[Write]) -> Vec<Result<Written, StoreError>> {
@@ -222,6 +277,10 @@ fn batch_one_by_one(conn: &mut Connection, writes: &[Write]) -> Vec<Result<Writt
         Ok(tx) => tx,
         Err(e) => return all_failed(e),
     };
+    let before = match newest_message(&tx) {
+        Ok(id) => id,
+        Err(e) => return all_failed(e),
+    };
     let mut results = Vec::with_capacity(writes.len());
     for write in writes {
         let result = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
@@ -230,6 +289,9 @@ fn batch_one_by_one(conn: &mut Connection, writes: &[Write]) -> Vec<Result<Writt
             Ok(written)
         });
         results.push(result);
+    }
+    if let Err(e) = index_messages_after(&tx, before) {
+        return all_failed(e);
     }
     match tx.commit() {
         Ok(()) => results,
