@@ -171,6 +171,8 @@ pub struct Agent {
     stages: Option<Arc<dyn StageSink>>,
     /// The current prompt and when it was read.
     prompt: std::sync::Mutex<Option<(i64, PromptVersion)>>,
+    /// The newest turns of conversations answered lately.
+    turns: context::TurnCache,
 }
 
 impl Agent {
@@ -189,6 +191,7 @@ impl Agent {
             settings,
             stages: None,
             prompt: std::sync::Mutex::new(None),
+            turns: context::TurnCache::default(),
         }
     }
 
@@ -674,7 +677,7 @@ impl Agent {
         let (budget, reserve) = (self.settings.context_budget, self.settings.reply_reserve);
         let conversation = accepted.conversation_id;
         let mut summary = self.store.latest_summary(conversation)?;
-        let mut turns = context::gather(
+        let mut turns = self.turns.gather(
             self.store.as_ref(),
             conversation,
             accepted.message_id,

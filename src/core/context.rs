@@ -28,9 +28,9 @@ pub fn max_turns_for(budget: usize) -> usize {
 pub const PAGE_TURNS: usize = 64;
 
 /// Reads the newest turns of a conversation up to `up_to_message_id`, page
-/// by page, stopping once they exceed what `budget` tokens can hold (or at
-/// [`max_turns_for`]). The cost depends on the budget, never on how long
-/// the conversation is. Oldest first.
+/// by page, up to and including the one that takes them over what `budget`
+/// tokens can hold (or [`max_turns_for`] of them). The cost depends on the
+/// budget, never on how long the conversation is. Oldest first.
 pub fn gather(
     store: &dyn Store,
     conversation_id: i64,
@@ -41,7 +41,7 @@ pub fn gather(
     let mut newest_first: Vec<Turn> = Vec::new();
     let mut tokens = 0;
     let mut cursor = up_to_message_id;
-    loop {
+    'pages: loop {
         let page = store.recent_turns(conversation_id, cursor, PAGE_TURNS)?;
         let exhausted = page.len() < PAGE_TURNS;
         let Some(oldest) = page.first().map(|t| t.message_id) else {
@@ -50,14 +50,166 @@ pub fn gather(
         for turn in page.into_iter().rev() {
             tokens += estimate_tokens(&turn.text);
             newest_first.push(turn);
+            if tokens > budget || newest_first.len() >= max_turns {
+                break 'pages;
+            }
         }
-        if exhausted || tokens > budget || newest_first.len() >= max_turns {
+        if exhausted {
             break;
         }
         cursor = oldest - 1;
     }
     newest_first.reverse();
     Ok(newest_first)
+}
+
+/// Conversations whose newest turns a [`TurnCache`] keeps: more than the
+/// conversations a busy daemon answers at once, so that each finds its
+/// turns still cached when its next message comes.
+pub const CACHED_CONVERSATIONS: usize = 4096;
+/// Text a [`TurnCache`] holds at most, all conversations together; the
+/// conversations answered longest ago go first.
+pub const CACHED_TEXT_BYTES: usize = 16 << 20;
+
+/// The turns [`gather`] last returned for recently answered conversations,
+/// so that the next turn of one reads only what was stored since (usually
+/// the new message and the previous reply) instead of a budget's worth of
+/// turns. An entry is used only while the conversation's message count says
+/// that nothing it holds was deleted and nothing appeared behind it;
+/// otherwise the turns are read again.
+#[derive(Default)]
+pub struct TurnCache {
+    inner: std::sync::Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_conversation: std::collections::HashMap<i64, Cached>,
+    /// Text bytes of all entries.
+    bytes: usize,
+    uses: u64,
+}
+
+struct Cached {
+    /// What `gather` returns, oldest first.
+    turns: std::collections::VecDeque<Turn>,
+    tokens: usize,
+    budget: usize,
+    /// The newest message the entry has seen (a turn or not).
+    newest: i64,
+    /// Messages of the conversation up to and including `newest`.
+    count: i64,
+    used: u64,
+}
+
+impl TurnCache {
+    /// [`gather`], from the cache when it can be.
+    pub fn gather(
+        &self,
+        store: &dyn Store,
+        conversation_id: i64,
+        up_to_message_id: i64,
+        budget: usize,
+    ) -> Result<Vec<Turn>, StoreError> {
+        let max_turns = max_turns_for(budget);
+        let cached = self.take(conversation_id);
+        let usable = |e: &Cached| e.budget == budget && e.newest <= up_to_message_id;
+        if let Some(mut entry) = cached.filter(usable) {
+            let after = store.turns_after(conversation_id, entry.newest, max_turns)?;
+            if after.turns.len() < max_turns
+                && after.message_count == entry.count + after.turns.len() as i64
+            {
+                for turn in after.turns {
+                    if turn.message_id > up_to_message_id {
+                        break;
+                    }
+                    entry.newest = turn.message_id;
+                    entry.count += 1;
+                    entry.push(turn, max_turns);
+                }
+                let turns = entry.turns.iter().cloned().collect();
+                self.keep(conversation_id, entry);
+                return Ok(turns);
+            }
+        }
+        let turns = gather(store, conversation_id, up_to_message_id, budget)?;
+        let newest = turns.last().map_or(0, |t| t.message_id);
+        let after = store.turns_after(conversation_id, newest, max_turns)?;
+        if after.turns.len() < max_turns {
+            let mut entry = Cached {
+                turns: std::collections::VecDeque::with_capacity(turns.len()),
+                tokens: 0,
+                budget,
+                newest,
+                count: after.message_count - after.turns.len() as i64,
+                used: 0,
+            };
+            for turn in turns.iter().cloned() {
+                entry.push(turn, max_turns);
+            }
+            self.keep(conversation_id, entry);
+        }
+        Ok(turns)
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, conversation_id: i64) -> Option<Cached> {
+        let mut entries = self.entries();
+        let entry = entries.by_conversation.remove(&conversation_id)?;
+        entries.bytes -= entry.bytes();
+        Some(entry)
+    }
+
+    fn keep(&self, conversation_id: i64, mut entry: Cached) {
+        let mut entries = self.entries();
+        entries.uses += 1;
+        entry.used = entries.uses;
+        entries.bytes += entry.bytes();
+        entries.by_conversation.insert(conversation_id, entry);
+        while entries.by_conversation.len() > CACHED_CONVERSATIONS
+            || entries.bytes > CACHED_TEXT_BYTES
+        {
+            let oldest = entries
+                .by_conversation
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(&id, _)| id);
+            let Some(gone) = oldest.and_then(|id| entries.by_conversation.remove(&id)) else {
+                break;
+            };
+            entries.bytes -= gone.bytes();
+        }
+    }
+
+    /// Text bytes held, all conversations together.
+    pub fn bytes(&self) -> usize {
+        self.entries().bytes
+    }
+}
+
+impl Cached {
+    fn bytes(&self) -> usize {
+        self.turns.iter().map(|t| t.text.len()).sum()
+    }
+
+    /// Adds the newest turn and drops the oldest ones `gather` would not
+    /// have read: it stops at the turn that takes the total over the budget,
+    /// or at the most turns the budget can hold.
+    fn push(&mut self, turn: Turn, max_turns: usize) {
+        self.tokens += estimate_tokens(&turn.text);
+        self.turns.push_back(turn);
+        while let Some(oldest) = self.turns.front() {
+            let without = self.tokens - estimate_tokens(&oldest.text);
+            if without <= self.budget && self.turns.len() <= max_turns {
+                break;
+            }
+            self.tokens = without;
+            self.turns.pop_front();
+        }
+    }
 }
 
 /// Cuts `text` to at most `max` characters (plus a marker saying so), so

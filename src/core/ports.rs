@@ -376,6 +376,15 @@ pub trait Ingest: Writes + Send + Sync {
     fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError>;
 }
 
+/// What [`ConversationReads::turns_after`] read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TurnsAfter {
+    /// Oldest first.
+    pub turns: Vec<Turn>,
+    /// Every message of the conversation, at the same moment.
+    pub message_count: i64,
+}
+
 /// Reading conversations: the context of a turn, `history`, search.
 pub trait ConversationReads: Send + Sync {
     /// The newest summary of a conversation, if any.
@@ -390,6 +399,23 @@ pub trait ConversationReads: Send + Sync {
         up_to_message_id: i64,
         limit: usize,
     ) -> Result<Vec<Turn>, StoreError>;
+
+    /// Up to `limit` turns of a conversation stored after `after_message_id`,
+    /// oldest first, and how many messages the conversation holds, read in
+    /// one snapshot: what a turn's cached context needs to catch up, and to
+    /// notice that it no longer matches the store (a message deleted, or one
+    /// that appeared behind one already read).
+    ///
+    /// Adapters make one conversation's message ids visible in increasing
+    /// order: whoever has read id N sees every earlier id of the same
+    /// conversation (SQLite: one writer at a time; a database with several
+    /// writers locks the conversation's row before inserting its messages).
+    fn turns_after(
+        &self,
+        conversation_id: i64,
+        after_message_id: i64,
+        limit: usize,
+    ) -> Result<TurnsAfter, StoreError>;
 
     /// The open conversation for `key`, if any.
     fn open_conversation(&self, key: &ConversationKey) -> Result<Option<i64>, StoreError>;
@@ -525,6 +551,8 @@ pub struct OutboxItem {
     pub parts_sent: u32,
     pub attempts: u32,
     pub correlation_id: Option<String>,
+    /// When it may be sent (a retry waits until then).
+    pub next_attempt_at: i64,
 }
 
 /// What became of a send attempt.
@@ -563,6 +591,9 @@ pub trait OutboxStore: Send + Sync {
     /// Items due at `now`, at most one per conversation (the oldest not yet
     /// sent), oldest first.
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// The oldest reply of a conversation still to be sent, due or not.
+    fn head(&self, conversation_id: i64) -> Result<Option<OutboxItem>, StoreError>;
 
     /// The earliest time after `now` that the head of a conversation's
     /// queue becomes due (a retry waiting), if any.

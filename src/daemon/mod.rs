@@ -19,7 +19,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 use crate::core::channel::ChannelAdapter;
 use crate::core::{Agent, Burst, Clock, OutboxStore, Store, TraceStore};
@@ -83,7 +82,7 @@ pub struct Daemon {
     pub(crate) metrics: Metrics,
     pub(crate) tracer: Tracer,
     pub(crate) workers: workers::Workers,
-    pub(crate) outbox_wake: Notify,
+    pub(crate) outbox: outbox::Signals,
     pub(crate) stopping: AtomicBool,
     pub(crate) public_url: public_url::PublicUrl,
     /// Where turns, typing signals and the outbox run: threads of their
@@ -150,7 +149,7 @@ impl Daemon {
             settings,
             metrics,
             tracer,
-            outbox_wake: Notify::new(),
+            outbox: outbox::Signals::default(),
             stopping: AtomicBool::new(false),
         })
     }
@@ -162,7 +161,7 @@ impl Daemon {
     /// Makes the outbox look for due replies now rather than at its next
     /// poll (after the clock moved, or another process queued work).
     pub fn wake_outbox(&self) {
-        self.outbox_wake.notify_one();
+        self.outbox.look_everywhere();
     }
 
     /// Resolves once no conversation is being processed (a turn started
@@ -213,7 +212,7 @@ pub async fn serve(
 
     tracing::info!("shutting down: no new webhooks; finishing in-flight work");
     daemon.stopping.store(true, Ordering::SeqCst);
-    daemon.outbox_wake.notify_one();
+    daemon.outbox.wake();
     let grace = daemon.settings.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
         daemon.workers.idle().await;

@@ -5,8 +5,11 @@
 //! code. A crash between a send and its record is the only way to send twice.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use super::Daemon;
 use crate::core::channel::{self, SendError, split_message};
@@ -14,29 +17,78 @@ use crate::core::{
     OutboxItem, OutboxUpdate, Outcome, Stage, StageSink, StoreError, TraceEvent, Write,
 };
 
-/// Items picked per round.
+/// Items picked per look at the whole outbox.
 const BATCH: usize = 64;
-/// Longest sleep between rounds when nothing is due.
-const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Longest time between looks at the whole outbox: replies that another
+/// process queued, or that were queued before a restart, are found by these.
+const FULL_ROUND_EVERY: Duration = Duration::from_secs(1);
+
+/// What wakes the dispatcher.
+#[derive(Default)]
+pub(crate) struct Signals {
+    wake: Notify,
+    /// Conversations with a reply just queued, or a send just finished:
+    /// the dispatcher looks at the head of their queues (one indexed read
+    /// each), not at the whole outbox.
+    ready: Mutex<Vec<i64>>,
+    /// Look at the whole outbox next (the clock moved, another process).
+    everywhere: AtomicBool,
+}
+
+impl Signals {
+    pub(crate) fn ready(&self, conversation: i64) {
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conversation);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn look_everywhere(&self) {
+        self.everywhere.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn take_ready(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.ready.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 pub async fn run(daemon: Arc<Daemon>) {
     let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut next_full_round = Instant::now();
+    // The earliest retry known to come due (store clock, ms).
+    let mut retry_at: Option<i64> = None;
     loop {
         if daemon.stopping() {
             break;
         }
         let now = daemon.clock.now_ms();
+        let full = daemon.outbox.everywhere.swap(false, Ordering::SeqCst)
+            || Instant::now() >= next_full_round
+            || retry_at.is_some_and(|at| at <= now);
+        let ready = daemon.outbox.take_ready();
         // Read what is due while holding the in-flight set: a send finishes
         // by recording its outcome and only then leaves the set, so an item
         // read here is either still in flight (skipped) or not yet sent.
         // Reading first and checking after would send a just-sent reply again.
         let (due, read): (Vec<OutboxItem>, usize) = {
             let mut busy = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            let due = daemon.store.due(now, BATCH).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot read the outbox");
-                Vec::new()
-            });
+            let due = if full {
+                next_full_round = Instant::now() + FULL_ROUND_EVERY;
+                retry_at = None;
+                daemon.store.due(now, BATCH).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    Vec::new()
+                })
+            } else {
+                heads(&daemon, &busy, ready, now, &mut retry_at)
+            };
             let read = due.len();
             // One send at a time per conversation keeps the order.
             let due = due
@@ -56,30 +108,71 @@ pub async fn run(daemon: Arc<Daemon>) {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&conversation);
                 // The conversation's next reply may be waiting behind it.
-                daemon.outbox_wake.notify_one();
+                daemon.outbox.ready(conversation);
             });
         }
         while tasks.try_join_next().is_some() {}
-        if dispatched > 0 && read == BATCH {
-            // More may be due than one read returns.
-            tokio::task::yield_now().await;
-            continue;
+        if full {
+            if dispatched > 0 && read == BATCH {
+                // More may be due than one read returns.
+                daemon.outbox.everywhere.store(true, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match daemon.store.next_due_after(now) {
+                Ok(at) => retry_at = earliest(retry_at, at),
+                Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+            }
         }
-        // Event-driven: a stored reply, a finished send and shutdown wake
-        // the dispatcher. The only timer is a real wait (the next retry
-        // coming due), capped so that replies another process queued are
-        // found too.
-        let wait = match daemon.store.next_due_after(now) {
-            Ok(Some(at)) => Duration::from_millis((at - now).clamp(1, 1000) as u64),
-            _ => IDLE_POLL,
-        };
+        // Event-driven: a queued reply, a finished send and shutdown wake
+        // the dispatcher. The timers are real waits: the next retry coming
+        // due, and the next look at the whole outbox.
+        let mut wait = next_full_round.saturating_duration_since(Instant::now());
+        if let Some(at) = retry_at {
+            wait = wait.min(Duration::from_millis((at - now).max(1) as u64));
+        }
         tokio::select! {
-            _ = daemon.outbox_wake.notified() => {}
+            _ = daemon.outbox.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
     // Let sends already on the wire finish and be recorded.
     while tasks.join_next().await.is_some() {}
+}
+
+/// The heads of the queues of `ready` conversations that are due; notes
+/// when the others come due.
+fn heads(
+    daemon: &Daemon,
+    busy: &HashSet<i64>,
+    mut ready: Vec<i64>,
+    now: i64,
+    retry_at: &mut Option<i64>,
+) -> Vec<OutboxItem> {
+    ready.sort_unstable();
+    ready.dedup();
+    let mut due = Vec::new();
+    // A conversation in flight is ready again when its send finishes.
+    for conversation in ready.into_iter().filter(|c| !busy.contains(c)) {
+        match daemon.store.head(conversation) {
+            Ok(Some(item)) if item.next_attempt_at <= now => due.push(item),
+            Ok(Some(item)) => *retry_at = earliest(*retry_at, Some(item.next_attempt_at)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(conversation, error = %e, "cannot read the outbox");
+                daemon.outbox.look_everywhere();
+            }
+        }
+    }
+    due.sort_by_key(|i| i.id);
+    due
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 async fn deliver(daemon: &Arc<Daemon>, item: OutboxItem) {

@@ -152,10 +152,11 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
         match result {
             Ok(reply) => {
                 daemon.metrics.reply(reply.kind());
+                // Queued for sending, a fallback too.
+                daemon.outbox.ready(conversation);
                 if reply.kind() == ReplyKind::Fallback {
                     return true;
                 }
-                daemon.outbox_wake.notify_one();
             }
             Err(e) => {
                 let last = turn.last().map(|p| p.message.correlation_id.0.as_str());

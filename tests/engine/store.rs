@@ -684,8 +684,8 @@ fn gathering_context_reads_only_what_the_budget_can_hold() {
         "enough turns to fill the budget"
     );
     assert!(
-        turns.len() <= 1024 / per_turn + PAGE_TURNS,
-        "read {} turns",
+        (turns.len() - 1) * per_turn <= 1024,
+        "no turn past the one that fills the budget: {} turns",
         turns.len()
     );
     assert_eq!(turns.last().unwrap().message_id, last.message_id);
@@ -742,6 +742,153 @@ fn gathering_context_reads_only_what_the_budget_can_hold() {
             .windows(2)
             .all(|w| w[1].message_id == w[0].message_id + 1),
         "pages joined without gaps or repeats, oldest first"
+    );
+}
+
+/// The agent's cache of recent turns gives exactly what reading them from
+/// the store gives, turn after turn, with replies, bursts that arrive after
+/// the message being answered, and another conversation in between.
+#[test]
+fn the_turn_cache_gives_what_the_store_holds() {
+    use convagent::core::context::{TurnCache, gather};
+    let store = SqliteStore::open_in_memory().unwrap();
+    store.ensure_prompt("be brief", 0).unwrap();
+    // One cache per budget (an agent has one budget), some of them small
+    // enough for the budget to fall exactly on a turn's end now and then.
+    let caches: Vec<(usize, TurnCache)> = (60..=70)
+        .chain([1024])
+        .map(|budget| (budget, TurnCache::default()))
+        .collect();
+    let (key, other) = (alice(), ConversationKey::new(Channel::Slack, "other", ""));
+    for i in 0..300i64 {
+        // Texts of varying length, so that the budget cuts at varying turns.
+        let text = "word ".repeat((i % 17) as usize + 1);
+        let a = store
+            .accept(&message(&key, &format!("tc{i}"), &text, i))
+            .unwrap();
+        if i % 5 == 0 {
+            // A burst: the next message is stored before this one is answered.
+            store
+                .accept(&message(&key, &format!("tc{i}-next"), "and also", i))
+                .unwrap();
+        }
+        store
+            .accept(&message(&other, &format!("o{i}"), "elsewhere", i))
+            .unwrap();
+        for (budget, cache) in &caches {
+            let budget = *budget;
+            let expected = gather(&store, a.conversation_id, a.message_id, budget).unwrap();
+            let cached = cache
+                .gather(&store, a.conversation_id, a.message_id, budget)
+                .unwrap();
+            assert_eq!(cached, expected, "turn {i}, budget {budget}");
+        }
+        if i % 3 != 0 {
+            store
+                .record_reply(a.message_id, &reply(&format!("reply {i}"), i, 1))
+                .unwrap();
+        }
+    }
+}
+
+/// However many conversations it has seen, the cache holds at most its cap
+/// of text, and what it dropped is read from the store again.
+#[test]
+fn the_turn_cache_holds_at_most_its_cap_of_text() {
+    use convagent::core::context::{CACHED_TEXT_BYTES, TurnCache, gather};
+    let store = SqliteStore::open_in_memory().unwrap();
+    let cache = TurnCache::default();
+    let text = "x".repeat(64 << 10);
+    let budget = 32_768;
+    let mut answered = Vec::new();
+    for i in 0..(CACHED_TEXT_BYTES / text.len() + 40) {
+        let key = ConversationKey::new(Channel::Telegram, format!("big{i}"), "");
+        let a = store
+            .accept(&message(&key, &format!("x{i}"), &text, 1))
+            .unwrap();
+        assert_eq!(
+            cache
+                .gather(&store, a.conversation_id, a.message_id, budget)
+                .unwrap()
+                .len(),
+            1
+        );
+        answered.push(a);
+    }
+    assert!(
+        cache.bytes() <= CACHED_TEXT_BYTES && cache.bytes() > CACHED_TEXT_BYTES / 2,
+        "{} bytes cached",
+        cache.bytes()
+    );
+    for a in [answered[0], *answered.last().unwrap()] {
+        assert_eq!(
+            cache
+                .gather(&store, a.conversation_id, a.message_id, budget)
+                .unwrap(),
+            gather(&store, a.conversation_id, a.message_id, budget).unwrap()
+        );
+    }
+}
+
+/// A turn read once is not read again (the cache answers for it), but a
+/// cached conversation that lost a message is read afresh: a deleted
+/// message never reaches the model from the cache.
+#[test]
+fn the_turn_cache_reads_only_what_is_new_and_forgets_what_was_deleted() {
+    use convagent::core::context::TurnCache;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convagent.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let cache = TurnCache::default();
+    let key = alice();
+    let first = store
+        .accept(&message(&key, "d1", "my card number is private", 1))
+        .unwrap();
+    let second = store.accept(&message(&key, "d2", "hello", 2)).unwrap();
+    let texts = |up_to: i64| -> Vec<String> {
+        cache
+            .gather(&store, first.conversation_id, up_to, 4096)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.text)
+            .collect()
+    };
+    assert_eq!(
+        texts(second.message_id),
+        ["my card number is private", "hello"]
+    );
+    let other = rusqlite::Connection::open(&path).unwrap();
+    // Changed behind the cache's back without a message more or less: the
+    // cache does not read it again.
+    other
+        .execute(
+            "UPDATE messages SET text = 'changed' WHERE id = ?1",
+            [first.message_id],
+        )
+        .unwrap();
+    let third = store.accept(&message(&key, "d3", "again", 3)).unwrap();
+    assert_eq!(
+        texts(third.message_id),
+        ["my card number is private", "hello", "again"],
+        "the turns already read came from the cache"
+    );
+    // Deleted, as a deletion does: the message and the conversation's count.
+    other
+        .execute("DELETE FROM messages WHERE id = ?1", [first.message_id])
+        .unwrap();
+    other
+        .execute(
+            "UPDATE conversations SET message_count = message_count - 1 WHERE id = ?1",
+            [first.conversation_id],
+        )
+        .unwrap();
+    let fourth = store
+        .accept(&message(&key, "d4", "still there?", 4))
+        .unwrap();
+    assert_eq!(
+        texts(fourth.message_id),
+        ["hello", "again", "still there?"],
+        "read afresh after the deletion"
     );
 }
 

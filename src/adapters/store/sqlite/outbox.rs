@@ -1,6 +1,6 @@
 //! The outbox and trace ports on SQLite.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
 use super::rows::{bad_value, parse_channel};
@@ -10,40 +10,42 @@ use crate::core::ports::{
 };
 use crate::core::trace::{Outcome, Stage};
 
+/// The columns `item_from_row` reads, before a query's `WHERE`.
+macro_rules! item_select {
+    () => {
+        "SELECT o.id, o.reply_id, o.conversation_id, c.channel, c.sender, c.thread, m.text,
+                o.parts_sent, o.attempts, m.correlation_id, o.next_attempt_at
+         FROM outbox o
+         JOIN conversations c ON c.id = o.conversation_id
+         JOIN messages m ON m.id = o.reply_id"
+    };
+}
+
 impl OutboxStore for SqliteStore {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let conn = self.reader();
         // The head of each conversation's queue, if it is due: a later
         // reply never overtakes an earlier one that is waiting to retry.
-        let mut stmt = conn.prepare_cached(
-            "SELECT o.id, o.reply_id, o.conversation_id, c.channel, c.sender, c.thread,
-                    m.text, o.parts_sent, o.attempts, m.correlation_id
-             FROM outbox o
-             JOIN conversations c ON c.id = o.conversation_id
-             JOIN messages m ON m.id = o.reply_id
-             WHERE o.state = 'queued' AND o.next_attempt_at <= ?1
+        let mut stmt = conn.prepare_cached(concat!(
+            item_select!(),
+            " WHERE o.state = 'queued' AND o.next_attempt_at <= ?1
                AND o.id = (SELECT min(h.id) FROM outbox h
                            WHERE h.conversation_id = o.conversation_id AND h.state = 'queued')
-             ORDER BY o.id LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![now, limit as i64], |r| {
-            let channel: String = r.get(3)?;
-            Ok(OutboxItem {
-                id: r.get(0)?,
-                reply_id: r.get(1)?,
-                conversation_id: r.get(2)?,
-                key: ConversationKey::new(
-                    parse_channel(&channel, 3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                ),
-                text: r.get(6)?,
-                parts_sent: r.get(7)?,
-                attempts: r.get(8)?,
-                correlation_id: r.get(9)?,
-            })
-        })?;
+             ORDER BY o.id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![now, limit as i64], item_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn head(&self, conversation_id: i64) -> Result<Option<OutboxItem>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(concat!(
+            item_select!(),
+            " WHERE o.conversation_id = ?1 AND o.state = 'queued' ORDER BY o.id LIMIT 1"
+        ))?;
+        Ok(stmt
+            .query_row(params![conversation_id], item_from_row)
+            .optional()?)
     }
 
     fn next_due_after(&self, now: i64) -> Result<Option<i64>, StoreError> {
@@ -194,4 +196,23 @@ impl TraceStore for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
+    let channel: String = r.get(3)?;
+    Ok(OutboxItem {
+        id: r.get(0)?,
+        reply_id: r.get(1)?,
+        conversation_id: r.get(2)?,
+        key: ConversationKey::new(
+            parse_channel(&channel, 3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+        ),
+        text: r.get(6)?,
+        parts_sent: r.get(7)?,
+        attempts: r.get(8)?,
+        correlation_id: r.get(9)?,
+        next_attempt_at: r.get(10)?,
+    })
 }

@@ -12,7 +12,7 @@ use crate::core::message::{
 use crate::core::ports::{
     Accepted, BreakerStore, ConversationFilter, ConversationReads, ConversationSummary, Ingest,
     Pending, PromptStore, PromptVersion, ReplyKind, SearchHit, SearchOrder, Store, StoreError,
-    StoreHealth, StoredMessage, Summary, TurnRecord, WorkQueue,
+    StoreHealth, StoredMessage, Summary, TurnRecord, TurnsAfter, WorkQueue,
 };
 
 fn validate(message: &InboundMessage) -> Result<(), StoreError> {
@@ -381,6 +381,38 @@ impl ConversationReads for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         turns.reverse();
         Ok(turns)
+    }
+
+    fn turns_after(
+        &self,
+        conversation_id: i64,
+        after_message_id: i64,
+        limit: usize,
+    ) -> Result<TurnsAfter, StoreError> {
+        let conn = self.reader();
+        // One statement, one snapshot. The outer join keeps the count when
+        // nothing came after.
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.message_count, m.id, m.role, m.text
+             FROM conversations c
+             LEFT JOIN messages m ON m.conversation_id = c.id AND m.id > ?2
+             WHERE c.id = ?1
+             ORDER BY m.id LIMIT ?3",
+        )?;
+        let mut after = TurnsAfter::default();
+        let mut rows = stmt.query(params![conversation_id, after_message_id, limit as i64])?;
+        while let Some(r) = rows.next()? {
+            after.message_count = r.get(0)?;
+            if let Some(message_id) = r.get::<_, Option<i64>>(1)? {
+                let role: String = r.get(2)?;
+                after.turns.push(Turn {
+                    message_id,
+                    role: parse_role(&role, 2)?,
+                    text: r.get(3)?,
+                });
+            }
+        }
+        Ok(after)
     }
 
     fn open_conversation(&self, key: &ConversationKey) -> Result<Option<i64>, StoreError> {
