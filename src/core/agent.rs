@@ -703,7 +703,13 @@ impl Agent {
             reserve,
         );
 
-        if self.should_summarize(conversation, &window)? {
+        // When the turns read reach back past the summary, the turns it does
+        // not cover before the window are the dropped ones: too few to fold
+        // is known without reading them again.
+        let covered = summary.as_ref().map_or(0, |s| s.to_message_id);
+        let too_few = turns.first().is_some_and(|t| t.message_id <= covered)
+            && window.dropped_turns < self.settings.summary_batch;
+        if !too_few && self.should_summarize(conversation, &window)? {
             let first_kept = recent[window.dropped_turns].message_id;
             if let Some(new) = self
                 .summarize(conversation, summary.as_ref(), first_kept)

@@ -133,6 +133,12 @@ async fn older_turns_are_summarised_once_per_range_and_reused() {
         }
     }
     assert!(!summaries_seen_at.is_empty(), "the threshold was crossed");
+    // Folded as soon as a batch (10 messages: 5 turns) is left uncovered,
+    // however it is found out.
+    assert!(
+        summaries_seen_at.len() > 2 && summaries_seen_at.windows(2).all(|w| w[1] == w[0] + 5),
+        "{summaries_seen_at:?}"
+    );
     // Reused between folds: far fewer summaries than turns.
     assert!(
         summaries_seen_at.len() <= 90 * 2 / 10,

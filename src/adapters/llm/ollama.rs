@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::json;
 
 use super::http::{self, LineStream, Timeouts};
 use crate::core::llm::{
@@ -99,13 +98,31 @@ impl Ollama {
     ) -> Result<LlmOutput, LlmError> {
         let s = &self.settings;
         let url = http::join(&s.host, "/api/chat");
-        let body = json!({
-            "model": s.model,
-            "messages": request.messages,
-            "stream": true,
-            "keep_alive": s.keep_alive,
-            "options": { "num_ctx": s.num_ctx, "num_predict": request.max_tokens },
-        });
+        // Written straight from the request: a `json!` value would copy the
+        // whole conversation into a tree first.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            model: &'a str,
+            messages: &'a [crate::core::ChatMessage],
+            stream: bool,
+            keep_alive: &'a str,
+            options: Options,
+        }
+        #[derive(serde::Serialize)]
+        struct Options {
+            num_ctx: u32,
+            num_predict: u32,
+        }
+        let body = Body {
+            model: &s.model,
+            messages: &request.messages,
+            stream: true,
+            keep_alive: &s.keep_alive,
+            options: Options {
+                num_ctx: s.num_ctx,
+                num_predict: request.max_tokens,
+            },
+        };
         let mut lines = match LineStream::open(
             NAME,
             &url,

@@ -104,13 +104,28 @@ impl OpenAi {
     ) -> Result<LlmOutput, LlmError> {
         let s = &self.settings;
         let url = http::join(&s.base_url, "chat/completions");
-        let body = json!({
-            "model": s.model,
-            "messages": request.messages,
-            "stream": true,
-            "max_tokens": request.max_tokens,
-            "stream_options": { "include_usage": true },
-        });
+        // Written straight from the request, not copied into a `json!` tree.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            model: &'a str,
+            messages: &'a [crate::core::ChatMessage],
+            stream: bool,
+            max_tokens: u32,
+            stream_options: StreamOptions,
+        }
+        #[derive(serde::Serialize)]
+        struct StreamOptions {
+            include_usage: bool,
+        }
+        let body = Body {
+            model: &s.model,
+            messages: &request.messages,
+            stream: true,
+            max_tokens: request.max_tokens,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+        };
         let builder = self.authorized(self.client.post(&url).json(&body));
         let mut lines = match LineStream::open(NAME, &url, builder, s.timeouts).await {
             Err(LlmError::Http {
