@@ -1027,3 +1027,22 @@ fn the_monitors_search_finds_conversations_past_many_newer_matches() {
     assert_eq!(found(&telegram), ["old"]);
     assert!(store.overview(&one, Some("absent")).unwrap().is_empty());
 }
+
+/// See the SQLite adapter's module documentation: a bare `LIMIT ?N` makes
+/// SQLite compile the statement again at every run.
+#[test]
+fn no_statement_of_the_sqlite_adapter_binds_a_bare_limit() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/adapters/store/sqlite");
+    let mut bare = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let squeezed: String = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            if squeezed.contains("LIMIT ?") && !squeezed.starts_with("//") {
+                bare.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(bare.is_empty(), "write LIMIT +?N:\n{}", bare.join("\n"));
+}

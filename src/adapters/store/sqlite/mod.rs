@@ -1,5 +1,10 @@
 //! The SQLite store: one database file in WAL mode, schema from the
 //! append-only migrations in `migrations/`, applied on open.
+//!
+//! Limits are written `LIMIT +?N`, never `LIMIT ?N`: SQLite plans with the
+//! value of a bare bound limit, and every new binding of it (the same value
+//! too) makes the statement compile again at its next step. That was a
+//! third of the pipeline's time under load.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -219,7 +224,7 @@ impl Writes for SqliteStore {
 /// scan of `messages_by_conversation`, bounded by the limit.
 pub const RECENT_TURNS_SQL: &str = "SELECT id, role, text FROM messages
      WHERE conversation_id = ?1 AND id <= ?2
-     ORDER BY id DESC LIMIT ?3";
+     ORDER BY id DESC LIMIT +?3";
 
 /// Turns free text into an FTS5 query that matches all its words, each
 /// quoted so that FTS5 operators in user input are taken literally.

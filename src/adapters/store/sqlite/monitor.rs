@@ -45,7 +45,7 @@ impl MonitorStore for SqliteStore {
                      JOIN conversations c ON c.id = m.conversation_id
                      WHERE messages_fts MATCH ?1 AND messages_fts.rowid < ?4
                        AND (?2 IS NULL OR c.channel = ?2) AND (?3 IS NULL OR c.sender = ?3)
-                     ORDER BY messages_fts.rowid DESC LIMIT ?5",
+                     ORDER BY messages_fts.rowid DESC LIMIT +?5",
                 )?;
                 let mut ids = std::collections::BTreeSet::new();
                 let mut before = i64::MAX;
@@ -88,7 +88,7 @@ impl MonitorStore for SqliteStore {
              FROM conversations c
              WHERE (?1 IS NULL OR c.channel = ?1) AND (?2 IS NULL OR c.sender = ?2)
                AND (?3 IS NULL OR c.id IN (SELECT value FROM json_each(?3)))
-             ORDER BY c.last_activity_at DESC, c.id DESC LIMIT ?4"
+             ORDER BY c.last_activity_at DESC, c.id DESC LIMIT +?4"
         );
         let limit = if filter.limit == 0 {
             -1

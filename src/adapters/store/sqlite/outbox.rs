@@ -31,7 +31,7 @@ impl OutboxStore for SqliteStore {
             " WHERE o.state = 'queued' AND o.next_attempt_at <= ?1
                AND o.id = (SELECT min(h.id) FROM outbox h
                            WHERE h.conversation_id = o.conversation_id AND h.state = 'queued')
-             ORDER BY o.id LIMIT ?2"
+             ORDER BY o.id LIMIT +?2"
         ))?;
         let rows = stmt.query_map(params![now, limit as i64], item_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -84,7 +84,7 @@ impl OutboxStore for SqliteStore {
         let mut stmt = conn.prepare_cached(
             "SELECT DISTINCT conversation_id FROM messages
              WHERE role = 'user' AND answered_at IS NULL
-             ORDER BY conversation_id LIMIT ?1",
+             ORDER BY conversation_id LIMIT +?1",
         )?;
         let rows = stmt.query_map(params![limit as i64], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)

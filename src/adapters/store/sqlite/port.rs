@@ -268,7 +268,7 @@ impl WorkQueue for SqliteStore {
                     c.channel, c.sender, c.thread, m.id
              FROM messages m JOIN conversations c ON c.id = m.conversation_id
              WHERE m.conversation_id = ?1 AND m.role = 'user' AND m.answered_at IS NULL
-             ORDER BY m.id LIMIT ?2",
+             ORDER BY m.id LIMIT +?2",
         )?;
         let rows = stmt.query_map(params![conversation_id, limit as i64], |r| {
             let attachments: String = r.get(4)?;
@@ -397,7 +397,7 @@ impl ConversationReads for SqliteStore {
              FROM conversations c
              LEFT JOIN messages m ON m.conversation_id = c.id AND m.id > ?2
              WHERE c.id = ?1
-             ORDER BY m.id LIMIT ?3",
+             ORDER BY m.id LIMIT +?3",
         )?;
         let mut after = TurnsAfter::default();
         let mut rows = stmt.query(params![conversation_id, after_message_id, limit as i64])?;
@@ -435,7 +435,7 @@ impl ConversationReads for SqliteStore {
         let sql = format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations
              WHERE (?1 IS NULL OR channel = ?1) AND (?2 IS NULL OR sender = ?2)
-             ORDER BY last_activity_at DESC, id DESC LIMIT ?3"
+             ORDER BY last_activity_at DESC, id DESC LIMIT +?3"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let limit = if filter.limit == 0 {
@@ -485,7 +485,7 @@ impl ConversationReads for SqliteStore {
              JOIN messages m ON m.id = messages_fts.rowid
              JOIN conversations c ON c.id = m.conversation_id
              WHERE messages_fts MATCH ?1 AND (?2 IS NULL OR c.channel = ?2)
-             ORDER BY {} LIMIT ?3",
+             ORDER BY {} LIMIT +?3",
             match order {
                 // FTS5 walks its index in rowid order and stops at the limit;
                 // ids grow with arrival, so this is newest first.
