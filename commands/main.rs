@@ -8,6 +8,7 @@ mod completions;
 mod context;
 mod doctor;
 mod history;
+mod outbox;
 mod replay;
 mod serve;
 mod signals;
@@ -50,6 +51,8 @@ enum Command {
     Chat(chat::Args),
     /// List, show and search stored conversations
     History(history::Args),
+    /// Replies still to be sent and dead letters: list, retry, discard
+    Outbox(outbox::Args),
     /// Check config, store and LLM providers, with a fix for each problem
     Doctor(doctor::Args),
     /// Sign golden webhook payloads and post them to a daemon (or load-test it)
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Chat(args) => chat::run(&ctx, args),
         Command::History(args) => history::run(&ctx, args),
+        Command::Outbox(args) => outbox::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Replay(args) => replay::run(&ctx, args),
         Command::Tui(args) => tui::run(&ctx, args),

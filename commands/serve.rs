@@ -56,6 +56,9 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
             .map(|p| p.provider().name().to_string())
             .collect(),
         burst: config.agent.burst,
+        rate_limited_max_wait: std::time::Duration::from_secs(
+            config.server.rate_limited_max_wait_secs,
+        ),
         ..DaemonSettings::default()
     };
 

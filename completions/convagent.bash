@@ -31,6 +31,9 @@ _convagent() {
             convagent,history)
                 cmd="convagent__subcmd__history"
                 ;;
+            convagent,outbox)
+                cmd="convagent__subcmd__outbox"
+                ;;
             convagent,replay)
                 cmd="convagent__subcmd__replay"
                 ;;
@@ -58,6 +61,9 @@ _convagent() {
             convagent__subcmd__help,history)
                 cmd="convagent__subcmd__help__subcmd__history"
                 ;;
+            convagent__subcmd__help,outbox)
+                cmd="convagent__subcmd__help__subcmd__outbox"
+                ;;
             convagent__subcmd__help,replay)
                 cmd="convagent__subcmd__help__subcmd__replay"
                 ;;
@@ -78,6 +84,15 @@ _convagent() {
                 ;;
             convagent__subcmd__help__subcmd__history,show)
                 cmd="convagent__subcmd__help__subcmd__history__subcmd__show"
+                ;;
+            convagent__subcmd__help__subcmd__outbox,discard)
+                cmd="convagent__subcmd__help__subcmd__outbox__subcmd__discard"
+                ;;
+            convagent__subcmd__help__subcmd__outbox,list)
+                cmd="convagent__subcmd__help__subcmd__outbox__subcmd__list"
+                ;;
+            convagent__subcmd__help__subcmd__outbox,retry)
+                cmd="convagent__subcmd__help__subcmd__outbox__subcmd__retry"
                 ;;
             convagent__subcmd__history,help)
                 cmd="convagent__subcmd__history__subcmd__help"
@@ -103,6 +118,30 @@ _convagent() {
             convagent__subcmd__history__subcmd__help,show)
                 cmd="convagent__subcmd__history__subcmd__help__subcmd__show"
                 ;;
+            convagent__subcmd__outbox,discard)
+                cmd="convagent__subcmd__outbox__subcmd__discard"
+                ;;
+            convagent__subcmd__outbox,help)
+                cmd="convagent__subcmd__outbox__subcmd__help"
+                ;;
+            convagent__subcmd__outbox,list)
+                cmd="convagent__subcmd__outbox__subcmd__list"
+                ;;
+            convagent__subcmd__outbox,retry)
+                cmd="convagent__subcmd__outbox__subcmd__retry"
+                ;;
+            convagent__subcmd__outbox__subcmd__help,discard)
+                cmd="convagent__subcmd__outbox__subcmd__help__subcmd__discard"
+                ;;
+            convagent__subcmd__outbox__subcmd__help,help)
+                cmd="convagent__subcmd__outbox__subcmd__help__subcmd__help"
+                ;;
+            convagent__subcmd__outbox__subcmd__help,list)
+                cmd="convagent__subcmd__outbox__subcmd__help__subcmd__list"
+                ;;
+            convagent__subcmd__outbox__subcmd__help,retry)
+                cmd="convagent__subcmd__outbox__subcmd__help__subcmd__retry"
+                ;;
             *)
                 ;;
         esac
@@ -110,7 +149,7 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --verbose --help --version serve chat history doctor replay tunnel tui completions help"
+            opts="-v -h -V --config --verbose --help --version serve chat history outbox doctor replay tunnel tui completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -190,7 +229,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history doctor replay tunnel tui completions help"
+            opts="serve chat history outbox doctor replay tunnel tui completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -302,6 +341,62 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help__subcmd__history__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__outbox)
+            opts="list retry discard"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__outbox__subcmd__discard)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__outbox__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__outbox__subcmd__retry)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -534,6 +629,164 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__outbox)
+            opts="-v -h -V --json --dead --queued --all --limit --config --verbose --help --version list retry discard help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__outbox__subcmd__discard)
+            opts="-v -h -V --json --dead --queued --all --limit --config --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__outbox__subcmd__help)
+            opts="list retry discard help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__outbox__subcmd__help__subcmd__discard)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__outbox__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__outbox__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__outbox__subcmd__help__subcmd__retry)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__outbox__subcmd__list)
+            opts="-v -h -V --json --dead --queued --all --limit --config --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__outbox__subcmd__retry)
+            opts="-v -h -V --all-dead --json --dead --queued --all --limit --config --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -12,6 +12,8 @@ mod completions;
 mod doctor;
 #[path = "cli/history.rs"]
 mod history;
+#[path = "cli/outbox.rs"]
+mod outbox;
 #[path = "cli/serve.rs"]
 mod serve;
 #[path = "cli/tui.rs"]

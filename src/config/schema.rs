@@ -251,6 +251,9 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Record outbound messages instead of sending them.
     pub dry_run: bool,
+    /// The longest a reply waits in all while a channel keeps answering 429
+    /// ("too many requests"); then it becomes a dead letter (`rate_limited`).
+    pub rate_limited_max_wait_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -259,6 +262,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             public_url: None,
             dry_run: false,
+            rate_limited_max_wait_secs: 3600,
         }
     }
 }

@@ -22,9 +22,9 @@ pub use message::{
 };
 pub use ports::{
     Accepted, ActivityBucket, Clock, ConversationFilter, ConversationOverview, ConversationSummary,
-    MonitorStore, NewReply, OutboxItem, OutboxStats, OutboxStore, OutboxUpdate, Pending,
-    PromptVersion, ProviderActivity, ReplyKind, SearchHit, SearchOrder, StageSink, Store,
-    StoreError, StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore, TurnRecord, Write,
-    Writes, Written,
+    MonitorStore, NewReply, OutboxEntry, OutboxItem, OutboxStats, OutboxStore, OutboxUpdate,
+    OutboxView, Pending, PromptVersion, ProviderActivity, ReplyKind, SearchHit, SearchOrder,
+    StageSink, Store, StoreError, StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore,
+    TurnRecord, Write, Writes, Written,
 };
 pub use trace::{Outcome, Stage};

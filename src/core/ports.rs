@@ -553,6 +553,41 @@ pub struct OutboxItem {
     pub correlation_id: Option<String>,
     /// When it may be sent (a retry waits until then).
     pub next_attempt_at: i64,
+    /// When it was queued: a 429 storm may hold it back only so long.
+    pub created_at: i64,
+}
+
+/// One item of the outbox as an operator sees it (`convagent outbox`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub channel: Channel,
+    pub recipient: String,
+    pub thread: String,
+    /// `queued`, `sent`, `dead` or `discarded`.
+    pub state: String,
+    pub attempts: u32,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub next_attempt_at: i64,
+    /// The provider's error code of the last failure (`rate_limited`,
+    /// `retries_exhausted`, a provider's own code).
+    pub error_code: Option<String>,
+    pub last_error: Option<String>,
+    pub text: String,
+    pub correlation_id: Option<String>,
+}
+
+/// Which outbox items to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxView {
+    /// Queued and dead (what an operator may act on).
+    Open,
+    Queued,
+    Dead,
+    /// Every item, sent and discarded ones too.
+    All,
 }
 
 /// What became of a send attempt.
@@ -577,6 +612,12 @@ pub enum OutboxUpdate {
     },
     /// Given up: a dead letter with the provider's code.
     Dead { code: String, error: String },
+    /// A dead letter queued again by an operator: tried at once, with its
+    /// failures forgotten. Only a dead item that was not discarded.
+    Requeue,
+    /// Given up for good by an operator: a queued or dead item is kept as
+    /// the record of what was not sent, and is neither sent nor retried.
+    Discard,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -602,6 +643,15 @@ pub trait OutboxStore: Send + Sync {
     fn update_outbox(&self, id: i64, update: &OutboxUpdate, at: i64) -> Result<(), StoreError>;
 
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+
+    /// Items for an operator, oldest first.
+    fn outbox_entries(
+        &self,
+        view: OutboxView,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    fn outbox_entry(&self, id: i64) -> Result<Option<OutboxEntry>, StoreError>;
 
     /// Conversations holding messages not yet answered (for a restart).
     fn conversations_with_pending(&self, limit: usize) -> Result<Vec<i64>, StoreError>;

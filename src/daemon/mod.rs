@@ -45,6 +45,9 @@ pub struct DaemonSettings {
     pub shutdown_grace: Duration,
     /// Waits between retries of a failed send (then dead letter).
     pub send_backoff: Vec<Duration>,
+    /// The longest a reply waits in all while a channel answers 429; then
+    /// it is dead-lettered with code `rate_limited`.
+    pub rate_limited_max_wait: Duration,
     /// When to retry conversations whose messages got the fallback reply.
     pub fallback_retry: Duration,
     /// LLM providers in the chain, for `/health/ready`.
@@ -65,6 +68,7 @@ impl Default for DaemonSettings {
             shutdown_grace: Duration::from_secs(10),
             send_backoff: [1, 2, 4, 8, 16].map(Duration::from_secs).to_vec(),
             fallback_retry: Duration::from_secs(30),
+            rate_limited_max_wait: Duration::from_secs(3600),
             providers: Vec::new(),
             burst: Burst::Collect,
             typing_after: Duration::from_secs(1),

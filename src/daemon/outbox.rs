@@ -211,6 +211,8 @@ async fn deliver(daemon: &Arc<Daemon>, item: OutboxItem) {
             tracer.record(attempt(Outcome::Retry, Some(error.clone())));
             daemon.metrics.send(channel, "retry");
         }
+        // An operator's, never the outcome of a send.
+        OutboxUpdate::Requeue | OutboxUpdate::Discard => {}
         OutboxUpdate::Dead { code, error } => {
             tracer.record(attempt(Outcome::Failed, Some(error.clone())));
             tracer.stage(
@@ -298,11 +300,27 @@ fn failure(daemon: &Arc<Daemon>, item: &OutboxItem, error: SendError) -> OutboxU
         SendError::RateLimited {
             retry_after,
             detail,
-        } => OutboxUpdate::Retry {
-            next_attempt_at: now + retry_after.as_millis() as i64,
-            attempts: item.attempts,
-            error: format!("429: {detail}"),
-        },
+        } => {
+            let next_attempt_at = now + retry_after.as_millis() as i64;
+            let cap = daemon.settings.rate_limited_max_wait;
+            // However often the provider says "later", a reply waits at
+            // most this long in all; then it is a dead letter to act on.
+            if next_attempt_at - item.created_at > cap.as_millis() as i64 {
+                OutboxUpdate::Dead {
+                    code: "rate_limited".into(),
+                    error: format!(
+                        "still rate limited after {} s: {detail}",
+                        (now - item.created_at).max(0) / 1000
+                    ),
+                }
+            } else {
+                OutboxUpdate::Retry {
+                    next_attempt_at,
+                    attempts: item.attempts,
+                    error: format!("429: {detail}"),
+                }
+            }
+        }
         SendError::Transient(detail) => {
             match daemon.settings.send_backoff.get(item.attempts as usize) {
                 Some(wait) => OutboxUpdate::Retry {

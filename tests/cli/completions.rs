@@ -41,7 +41,7 @@ fn the_committed_man_page_is_current() {
     let generated = std::fs::read_to_string(dir.join("convagent.1")).unwrap();
     assert!(generated.contains(".TH convagent 1"), "roff man page");
     for command in [
-        "serve", "chat", "history", "replay", "doctor", "tunnel", "tui",
+        "serve", "chat", "history", "outbox", "replay", "doctor", "tunnel", "tui",
     ] {
         assert!(generated.contains(command), "names {command}");
     }

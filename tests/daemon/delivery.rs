@@ -624,6 +624,44 @@ async fn each_channel_waits_out_exactly_the_429_wait_it_is_given() {
     h.stop().await;
 }
 
+/// A channel that answers 429 forever holds a reply back only so long:
+/// past `rate_limited_max_wait` in all, it is a dead letter to act on.
+#[tokio::test]
+async fn a_429_storm_dead_letters_the_reply_once_the_total_wait_is_over() {
+    let h = on_a_fake_clock(|s| s.rate_limited_max_wait = Duration::from_secs(20)).await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(ResponseTemplate::new(429).set_body_json(json!({
+            "ok": false, "error_code": 429,
+            "description": "Too Many Requests: retry after 7",
+            "parameters": { "retry_after": 7 }
+        })))
+        .mount(&h.telegram)
+        .await;
+    h.post(&telegram_text(&h, 13, 130, "still there?")).await;
+    // Waits of 7 s from 0 s and from 7 s end within 20 s of queueing; the
+    // one asked at 14 s would end at 21 s.
+    for attempt in 1..=2 {
+        assert!(
+            eventually(10, || next_try_in(&h) == Some(7_000)).await,
+            "after attempt {attempt}: {:?}",
+            next_try_in(&h)
+        );
+        assert_eq!(sends(&h.telegram).await, attempt);
+        h.advance(7_000);
+    }
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().dead == 1).await);
+    assert_eq!(sends(&h.telegram).await, 3);
+    let dead = dead_letters(&h);
+    assert_eq!(dead[0].0, "rate_limited");
+    assert!(
+        dead[0].1.contains("still rate limited after 14 s"),
+        "{dead:?}"
+    );
+    assert!(dead[0].1.contains("retry after 7"), "{dead:?}");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn server_errors_back_off_1_2_4_8_16_seconds_then_dead_letter() {
     let h = on_a_fake_clock(|s| {

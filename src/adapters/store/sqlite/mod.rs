@@ -41,6 +41,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!(
         "../../../../migrations/0005_fts_per_batch.sql"
     )),
+    M::up(include_str!("../../../../migrations/0006_outbox_cli.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

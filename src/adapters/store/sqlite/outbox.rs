@@ -6,7 +6,8 @@ use super::SqliteStore;
 use super::rows::{bad_value, parse_channel};
 use crate::core::message::ConversationKey;
 use crate::core::ports::{
-    OutboxItem, OutboxStats, OutboxStore, OutboxUpdate, StoreError, TraceEvent, TraceStore,
+    OutboxEntry, OutboxItem, OutboxStats, OutboxStore, OutboxUpdate, OutboxView, StoreError,
+    TraceEvent, TraceStore,
 };
 use crate::core::trace::{Outcome, Stage};
 
@@ -14,7 +15,7 @@ use crate::core::trace::{Outcome, Stage};
 macro_rules! item_select {
     () => {
         "SELECT o.id, o.reply_id, o.conversation_id, c.channel, c.sender, c.thread, m.text,
-                o.parts_sent, o.attempts, m.correlation_id, o.next_attempt_at
+                o.parts_sent, o.attempts, m.correlation_id, o.next_attempt_at, o.created_at
          FROM outbox o
          JOIN conversations c ON c.id = o.conversation_id
          JOIN messages m ON m.id = o.reply_id"
@@ -66,17 +67,45 @@ impl OutboxStore for SqliteStore {
         update_in(&self.conn(), id, update, at)
     }
 
+    fn outbox_entries(
+        &self,
+        view: OutboxView,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let only = match view {
+            OutboxView::Open => "o.state IN ('queued', 'dead') AND o.discarded_at IS NULL",
+            OutboxView::Queued => "o.state = 'queued' AND o.discarded_at IS NULL",
+            OutboxView::Dead => "o.state = 'dead' AND o.discarded_at IS NULL",
+            OutboxView::All => "1",
+        };
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{ENTRY_SELECT} WHERE {only} ORDER BY o.id LIMIT +?1"
+        ))?;
+        let rows = stmt.query_map(params![limit as i64], entry_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn outbox_entry(&self, id: i64) -> Result<Option<OutboxEntry>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("{ENTRY_SELECT} WHERE o.id = ?1"))?;
+        Ok(stmt.query_row(params![id], entry_from_row).optional()?)
+    }
+
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        Ok(self.reader().prepare_cached("SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead')
-             FROM outbox")?.query_row(
-            [],
-            |r| {
+        Ok(self
+            .reader()
+            .prepare_cached(
+                "SELECT count(*) FILTER (WHERE state = 'queued'),
+                 count(*) FILTER (WHERE state = 'dead' AND discarded_at IS NULL)
+             FROM outbox",
+            )?
+            .query_row([], |r| {
                 Ok(OutboxStats {
                     queued: r.get::<_, i64>(0)? as u64,
                     dead: r.get::<_, i64>(1)? as u64,
                 })
-            },
-        )?)
+            })?)
     }
 
     fn conversations_with_pending(&self, limit: usize) -> Result<Vec<i64>, StoreError> {
@@ -146,9 +175,31 @@ pub(super) fn update_in(
                  WHERE id = ?1",
             )?
             .execute(params![id, code, error, at])?,
+        OutboxUpdate::Requeue => conn
+            .prepare_cached(
+                "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at = ?2,
+                     updated_at = ?2
+                 WHERE id = ?1 AND state = 'dead' AND discarded_at IS NULL",
+            )?
+            .execute(params![id, at])?,
+        OutboxUpdate::Discard => conn
+            .prepare_cached(
+                "UPDATE outbox SET state = 'dead', discarded_at = ?2, updated_at = ?2,
+                     error_code = CASE state WHEN 'queued' THEN 'discarded' ELSE error_code END
+                 WHERE id = ?1 AND state IN ('queued', 'dead') AND discarded_at IS NULL",
+            )?
+            .execute(params![id, at])?,
     };
     if n == 0 {
-        return Err(StoreError::NotFound(format!("outbox item {id}")));
+        return Err(match update {
+            OutboxUpdate::Requeue => {
+                StoreError::Invalid(format!("outbox item {id} is not a dead letter"))
+            }
+            OutboxUpdate::Discard => {
+                StoreError::Invalid(format!("outbox item {id} is neither queued nor dead"))
+            }
+            _ => StoreError::NotFound(format!("outbox item {id}")),
+        });
     }
     Ok(())
 }
@@ -214,5 +265,34 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
         attempts: r.get(8)?,
         correlation_id: r.get(9)?,
         next_attempt_at: r.get(10)?,
+        created_at: r.get(11)?,
+    })
+}
+
+const ENTRY_SELECT: &str = "SELECT o.id, o.conversation_id, c.channel, c.sender, c.thread,
+        CASE WHEN o.discarded_at IS NOT NULL THEN 'discarded' ELSE o.state END,
+        o.attempts, o.created_at, o.updated_at, o.next_attempt_at, o.error_code,
+        o.last_error, m.text, m.correlation_id
+     FROM outbox o
+     JOIN conversations c ON c.id = o.conversation_id
+     JOIN messages m ON m.id = o.reply_id";
+
+fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
+    let channel: String = r.get(2)?;
+    Ok(OutboxEntry {
+        id: r.get(0)?,
+        conversation_id: r.get(1)?,
+        channel: parse_channel(&channel, 2)?,
+        recipient: r.get(3)?,
+        thread: r.get(4)?,
+        state: r.get(5)?,
+        attempts: r.get(6)?,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        next_attempt_at: r.get(9)?,
+        error_code: r.get(10)?,
+        last_error: r.get(11)?,
+        text: r.get(12)?,
+        correlation_id: r.get(13)?,
     })
 }
