@@ -166,6 +166,13 @@ fn a_dead_letter_queued_again_goes_out_before_the_reply_behind_it() {
 fn retry_all_dead_and_discard() {
     let env = Env::new();
     let [_, dead, queued] = fill(&env);
+    let failed = || -> u64 {
+        let store = SqliteStore::open(&env.store()).unwrap();
+        let filter = convagent::core::ConversationFilter::default();
+        let shown = store.overview(&filter, None).unwrap();
+        shown.iter().map(|o| o.failed).sum()
+    };
+    assert_eq!(failed(), 1, "the TUI marks the dead letter");
     // Nothing else is dead: the queued one is refused, and nothing changes.
     let out = env
         .cmd(&["outbox", "retry", &queued.to_string(), &dead.to_string()])
@@ -208,6 +215,7 @@ fn retry_all_dead_and_discard() {
     let store = SqliteStore::open(&env.store()).unwrap();
     assert_eq!(store.due(i64::MAX, 10).unwrap(), vec![], "never sent now");
     assert_eq!(store.outbox_stats().unwrap().dead, 0, "nor counted as dead");
+    assert_eq!(failed(), 0, "nor marked failed in the TUI");
 
     // A discarded item is not brought back, and an unknown id is said so.
     let out = env

@@ -84,7 +84,8 @@ impl MonitorStore for SqliteStore {
                 (SELECT text FROM messages m WHERE m.conversation_id = c.id ORDER BY m.id DESC LIMIT 1),
                 (SELECT count(*) FROM messages m
                  WHERE m.conversation_id = c.id AND m.role = 'user' AND m.answered_at IS NULL),
-                (SELECT count(*) FROM outbox o WHERE o.conversation_id = c.id AND o.state = 'dead')
+                (SELECT count(*) FROM outbox o WHERE o.conversation_id = c.id AND o.state = 'dead'
+                    AND o.discarded_at IS NULL)
              FROM conversations c
              WHERE (?1 IS NULL OR c.channel = ?1) AND (?2 IS NULL OR c.sender = ?2)
                AND (?3 IS NULL OR c.id IN (SELECT value FROM json_each(?3)))
