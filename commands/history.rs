@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
+use convagent::core::ports::all::*;
 use convagent::core::{
-    Channel, ConversationFilter, ReplyKind, Role, SearchOrder, Store, StoredMessage,
+    Channel, ConversationFilter, ReplyKind, Role, SearchOrder, SenderData, SenderRef, Store,
+    StoredMessage, Write,
 };
 
 use crate::context::{Context, UserError};
@@ -53,9 +55,37 @@ enum Action {
         #[arg(long)]
         rank: bool,
     },
+    /// Everything held about one person (conversations, messages, summaries,
+    /// traces, outbox items, violations) as JSON
+    Export {
+        /// CHANNEL:ID, e.g. telegram:12345 or whatsapp:+15551234567
+        #[arg(long)]
+        sender: SenderRef,
+        /// One JSON object per line, each with its `kind`
+        #[arg(long)]
+        jsonl: bool,
+        /// Write to this file instead of standard output
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Delete everything held about one person, in one transaction; only
+    /// a record that a deletion happened (when, how many rows) is kept
+    Delete {
+        /// CHANNEL:ID, e.g. telegram:12345 or whatsapp:+15551234567
+        #[arg(long)]
+        sender: SenderRef,
+        /// Do not ask for confirmation (for scripts)
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
+    match args.action {
+        Some(Action::Export { sender, jsonl, out }) => return export(ctx, &sender, jsonl, out),
+        Some(Action::Delete { sender, yes }) => return delete(ctx, &sender, yes),
+        _ => {}
+    }
     let Some(store) = ctx.store_read_only()? else {
         if args.json {
             outln!("[]");
@@ -79,7 +109,103 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             },
             args.json,
         ),
+        Action::Export { .. } | Action::Delete { .. } => unreachable!("handled above"),
     }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(
+    ctx: &Context,
+    sender: &SenderRef,
+    jsonl: bool,
+    out: Option<std::path::PathBuf>,
+) -> Result<ExitCode> {
+    let data = match ctx.store_read_only()? {
+        Some(store) => store.sender_data(sender)?,
+        None => SenderData::default(),
+    };
+    let text = if jsonl {
+        let mut lines = String::new();
+        let mut push = |kind: &str, items: Vec<serde_json::Value>| {
+            for mut item in items {
+                item["kind"] = kind.into();
+                lines.push_str(&item.to_string());
+                lines.push('\n');
+            }
+        };
+        let values = |v: serde_json::Value| v.as_array().cloned().unwrap_or_default();
+        push(
+            "conversation",
+            values(serde_json::to_value(&data.conversations)?),
+        );
+        push("message", values(serde_json::to_value(&data.messages)?));
+        push("summary", values(serde_json::to_value(&data.summaries)?));
+        push("trace", values(serde_json::to_value(&data.traces)?));
+        push("outbox", values(serde_json::to_value(&data.outbox)?));
+        push("violation", values(serde_json::to_value(&data.violations)?));
+        lines
+    } else {
+        serde_json::to_string_pretty(&data)? + "\n"
+    };
+    match out {
+        Some(path) => std::fs::write(&path, text).map_err(|e| {
+            UserError::new(
+                format!("cannot write {}: {e}", path.display()),
+                "check that its directory exists and is writable",
+            )
+        })?,
+        None => out!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn delete(ctx: &Context, sender: &SenderRef, yes: bool) -> Result<ExitCode> {
+    let who = format!("{}:{}", sender.channel.as_str(), sender.id);
+    let held = match ctx.store_read_only()? {
+        Some(store) => store.sender_data(sender)?,
+        None => SenderData::default(),
+    };
+    if held.conversations.is_empty() {
+        outln!("Nothing is held about {who}.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !yes {
+        use std::io::IsTerminal as _;
+        if !std::io::stdin().is_terminal() {
+            return Err(UserError::new(
+                format!("deleting everything about {who} needs a confirmation"),
+                "run it in a terminal to confirm, or add --yes",
+            )
+            .into());
+        }
+        out!(
+            "Delete {} conversations, {} messages and everything else held about {who}? This cannot be undone. [y/N] ",
+            held.conversations.len(),
+            held.messages.len()
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            outln!("Nothing deleted.");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let erased = ctx
+        .store()?
+        .write_now(Write::Erase {
+            sender: sender.clone(),
+            at: now_ms(),
+        })?
+        .erased()?;
+    outln!(
+        "Deleted everything held about {who}: {} conversations, {} messages, {} summaries, {} trace events, {} outbox items, {} violations.",
+        erased.conversations,
+        erased.messages,
+        erased.summaries,
+        erased.traces,
+        erased.outbox,
+        erased.violations
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -76,6 +76,12 @@ _convagent() {
             convagent__subcmd__help,tunnel)
                 cmd="convagent__subcmd__help__subcmd__tunnel"
                 ;;
+            convagent__subcmd__help__subcmd__history,delete)
+                cmd="convagent__subcmd__help__subcmd__history__subcmd__delete"
+                ;;
+            convagent__subcmd__help__subcmd__history,export)
+                cmd="convagent__subcmd__help__subcmd__history__subcmd__export"
+                ;;
             convagent__subcmd__help__subcmd__history,list)
                 cmd="convagent__subcmd__help__subcmd__history__subcmd__list"
                 ;;
@@ -94,6 +100,12 @@ _convagent() {
             convagent__subcmd__help__subcmd__outbox,retry)
                 cmd="convagent__subcmd__help__subcmd__outbox__subcmd__retry"
                 ;;
+            convagent__subcmd__history,delete)
+                cmd="convagent__subcmd__history__subcmd__delete"
+                ;;
+            convagent__subcmd__history,export)
+                cmd="convagent__subcmd__history__subcmd__export"
+                ;;
             convagent__subcmd__history,help)
                 cmd="convagent__subcmd__history__subcmd__help"
                 ;;
@@ -105,6 +117,12 @@ _convagent() {
                 ;;
             convagent__subcmd__history,show)
                 cmd="convagent__subcmd__history__subcmd__show"
+                ;;
+            convagent__subcmd__history__subcmd__help,delete)
+                cmd="convagent__subcmd__history__subcmd__help__subcmd__delete"
+                ;;
+            convagent__subcmd__history__subcmd__help,export)
+                cmd="convagent__subcmd__history__subcmd__help__subcmd__export"
                 ;;
             convagent__subcmd__history__subcmd__help,help)
                 cmd="convagent__subcmd__history__subcmd__help__subcmd__help"
@@ -299,8 +317,36 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help__subcmd__history)
-            opts="list show search"
+            opts="list show search export delete"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__history__subcmd__delete)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__history__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -467,7 +513,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history)
-            opts="-v -h -V --channel --json --limit --config --verbose --help --version list show search help"
+            opts="-v -h -V --channel --json --limit --config --verbose --help --version list show search export delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -492,9 +538,101 @@ _convagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        convagent__subcmd__history__subcmd__help)
-            opts="list show search help"
+        convagent__subcmd__history__subcmd__delete)
+            opts="-v -h -V --sender --yes --channel --json --limit --config --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --sender)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --channel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__history__subcmd__export)
+            opts="-v -h -V --sender --jsonl --out --channel --json --limit --config --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --sender)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --channel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__history__subcmd__help)
+            opts="list show search export delete help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__history__subcmd__help__subcmd__delete)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__history__subcmd__help__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -22,9 +22,10 @@ pub use message::{
 };
 pub use ports::{
     Accepted, ActivityBucket, Clock, ConversationFilter, ConversationOverview, ConversationSummary,
-    MonitorStore, NewReply, OutboxEntry, OutboxItem, OutboxStats, OutboxStore, OutboxUpdate,
-    OutboxView, Pending, PromptVersion, ProviderActivity, ReplyKind, SearchHit, SearchOrder,
-    StageSink, Store, StoreError, StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore,
-    TurnRecord, Write, Writes, Written,
+    Erased, MonitorStore, NewReply, OutboxEntry, OutboxItem, OutboxStats, OutboxStore,
+    OutboxUpdate, OutboxView, Pending, PeopleStore, PromptVersion, ProviderActivity, ReplyKind,
+    SearchHit, SearchOrder, SenderData, SenderRef, StageSink, Store, StoreError, StoreHealth,
+    StoredMessage, Summary, TraceEvent, TraceStore, TurnRecord, ViolationRecord, Write, Writes,
+    Written,
 };
 pub use trace::{Outcome, Stage};

@@ -234,6 +234,74 @@ pub enum Write {
     },
     /// Store a summary (a range summarised before keeps its first).
     Summary(Summary),
+    /// Delete everything held about one sender of one channel (every
+    /// conversation, message, summary, trace, outbox item and violation,
+    /// the full-text index too), recording only that it happened.
+    Erase { sender: SenderRef, at: i64 },
+}
+
+/// One person on one channel, as an operator names them (`telegram:12345`).
+/// The id matches a stored sender with or without the channel's own prefix
+/// (Twilio's senders are stored as `whatsapp:+1555…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderRef {
+    pub channel: Channel,
+    pub id: String,
+}
+
+impl std::str::FromStr for SenderRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (channel, id) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not CHANNEL:ID (e.g. telegram:12345)"))?;
+        let channel: Channel = channel.parse().map_err(|e| format!("{e}"))?;
+        if id.trim().is_empty() {
+            return Err(format!("`{s}` names no sender after the channel"));
+        }
+        Ok(SenderRef {
+            channel,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// Rows removed by a [`Write::Erase`], by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Erased {
+    pub conversations: u64,
+    pub messages: u64,
+    pub summaries: u64,
+    pub traces: u64,
+    pub outbox: u64,
+    pub violations: u64,
+}
+
+/// A guardrail rule a stored message broke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViolationRecord {
+    pub message_id: i64,
+    pub rule: String,
+    pub created_at: i64,
+}
+
+/// Everything held about one sender, for export.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SenderData {
+    pub conversations: Vec<ConversationSummary>,
+    pub messages: Vec<StoredMessage>,
+    pub summaries: Vec<Summary>,
+    pub traces: Vec<TraceEvent>,
+    pub outbox: Vec<OutboxEntry>,
+    pub violations: Vec<ViolationRecord>,
+}
+
+/// A person's data (seed 000 story 29): what `history export` and
+/// `history delete` need beyond the other ports.
+pub trait PeopleStore: Send + Sync {
+    /// Everything held about `sender`, oldest first in each kind.
+    fn sender_data(&self, sender: &SenderRef) -> Result<SenderData, StoreError>;
 }
 
 impl Write {
@@ -250,6 +318,7 @@ pub enum Written {
     Accepted(Accepted),
     Reply(StoredMessage),
     Summary(Summary),
+    Erased(Erased),
     Done,
 }
 
@@ -278,6 +347,13 @@ impl Written {
         match self {
             Written::Summary(s) => Ok(s),
             _ => Err(Self::mismatch("summary")),
+        }
+    }
+
+    pub fn erased(self) -> Result<Erased, StoreError> {
+        match self {
+            Written::Erased(e) => Ok(e),
+            _ => Err(Self::mismatch("erasure")),
         }
     }
 }
@@ -731,7 +807,7 @@ pub trait MonitorStore: Send + Sync {
 pub mod all {
     pub use super::{
         BreakerStore as _, ConversationReads as _, Ingest as _, MonitorStore as _,
-        OutboxStore as _, PromptStore as _, Store as _, TraceStore as _, WorkQueue as _,
-        Writes as _,
+        OutboxStore as _, PeopleStore as _, PromptStore as _, Store as _, TraceStore as _,
+        WorkQueue as _, Writes as _,
     };
 }

@@ -62,7 +62,7 @@ async fn all_green_with_ollama_serving_the_model() {
     assert!(out.status.success(), "{text}{}", stderr_of(&out));
     assert!(text.contains("✓ config"), "{text}");
     assert!(
-        text.contains("✓ store") && text.contains("schema 6/6, integrity ok"),
+        text.contains("✓ store") && text.contains("schema 7/7, integrity ok"),
         "{text}"
     );
     assert!(

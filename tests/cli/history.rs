@@ -280,3 +280,153 @@ fn read_commands_end_quietly_when_their_reader_goes_away() {
         }
     }
 }
+
+/// A person's data: export shows all of it, delete removes all of it (the
+/// full-text index too) and keeps only a count, others are untouched.
+#[test]
+fn export_then_delete_a_person_leaves_nothing_of_them() {
+    use convagent::core::{Outcome, Stage, TraceEvent};
+    let env = Env::new();
+    fill(&env);
+    {
+        let store = SqliteStore::open(&env.store()).unwrap();
+        let alice = store.conversations(&Default::default()).unwrap();
+        let alice = alice.iter().find(|c| c.sender == "alice").unwrap();
+        let first = &store.messages(alice.id).unwrap()[0];
+        let correlation = first.correlation_id.clone().unwrap();
+        store
+            .record_traces(&[TraceEvent {
+                correlation_id: correlation,
+                stage: Stage::Received,
+                attempt: None,
+                started_at: 1,
+                duration_us: 5,
+                outcome: Outcome::Ok,
+                detail: None,
+            }])
+            .unwrap();
+        store.record_violation(first.id, "secret", 2).unwrap();
+    }
+    let out = env
+        .cmd(&["history", "export", "--sender", "telegram:alice"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(data["conversations"].as_array().unwrap().len(), 1);
+    assert_eq!(data["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(data["traces"].as_array().unwrap().len(), 1);
+    assert_eq!(data["outbox"].as_array().unwrap().len(), 2);
+    assert_eq!(data["violations"][0]["rule"], "secret");
+    let text = data.to_string();
+    assert!(text.contains("Where is my parcel?") && text.contains("Sent by mail."));
+    assert!(!text.contains("Opening hours?"), "only alice's");
+
+    let out = env
+        .cmd(&["history", "export", "--sender", "telegram:alice", "--jsonl"])
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = stdout_of(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1 + 4 + 1 + 2 + 1, "one line per item");
+    assert_eq!(lines[0]["kind"], "conversation");
+    assert_eq!(lines.last().unwrap()["kind"], "violation");
+
+    // Without a terminal and without --yes: refused, nothing deleted.
+    let out = env
+        .cmd(&["history", "delete", "--sender", "telegram:alice"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("--yes"), "{}", stderr_of(&out));
+    let out = env
+        .cmd(&["history", "search", "parcel", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let out = env
+        .cmd(&["history", "delete", "--sender", "telegram:alice", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let said = stdout_of(&out);
+    assert!(
+        said.contains("1 conversations, 4 messages") && said.contains("1 trace events"),
+        "{said}"
+    );
+    let out = env
+        .cmd(&["history", "export", "--sender", "telegram:alice"])
+        .output()
+        .unwrap();
+    let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for kind in [
+        "conversations",
+        "messages",
+        "summaries",
+        "traces",
+        "outbox",
+        "violations",
+    ] {
+        assert_eq!(data[kind], serde_json::json!([]), "{kind}");
+    }
+    for word in ["parcel", "invoice", "mail"] {
+        let out = env
+            .cmd(&["history", "search", word, "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(stdout_of(&out).trim(), "[]", "search for {word}");
+    }
+    let out = env
+        .cmd(&["history", "search", "hours", "--json"])
+        .output()
+        .unwrap();
+    assert_ne!(
+        stdout_of(&out).trim(),
+        "[]",
+        "the other person is untouched"
+    );
+
+    // What is kept: that it happened, when, on which channel, how many.
+    let audit: Vec<(String, String)> =
+        crate::support::pairs(&env.store(), "SELECT channel, counts FROM erasures");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].0, "telegram");
+    assert!(audit[0].1.contains("\"messages\":4"), "{audit:?}");
+    assert!(!audit[0].1.contains("alice"), "never who");
+}
+
+#[test]
+fn a_whatsapp_sender_is_named_as_listed_and_bad_names_are_explained() {
+    let env = Env::new();
+    fill(&env);
+    let out = env
+        .cmd(&["history", "export", "--sender", "whatsapp:+15551234567"])
+        .output()
+        .unwrap();
+    let data: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(data["messages"].as_array().unwrap().len(), 2);
+    for bad in ["alice", "discord:1", "telegram:"] {
+        let out = env
+            .cmd(&["history", "export", "--sender", bad])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        assert!(stderr_of(&out).contains("--sender"), "{}", stderr_of(&out));
+    }
+    let out = env
+        .cmd(&["history", "delete", "--sender", "telegram:nobody", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(stdout_of(&out).contains("Nothing is held about telegram:nobody"));
+}

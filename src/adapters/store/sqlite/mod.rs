@@ -16,6 +16,7 @@ use rusqlite_migration::{M, Migrations};
 
 mod monitor;
 mod outbox;
+mod people;
 mod port;
 mod rows;
 mod writer;
@@ -42,6 +43,7 @@ const MIGRATIONS: &[M<'static>] = &[
         "../../../../migrations/0005_fts_per_batch.sql"
     )),
     M::up(include_str!("../../../../migrations/0006_outbox_cli.sql")),
+    M::up(include_str!("../../../../migrations/0007_erasures.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

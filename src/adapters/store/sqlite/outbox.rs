@@ -269,7 +269,8 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
     })
 }
 
-const ENTRY_SELECT: &str = "SELECT o.id, o.conversation_id, c.channel, c.sender, c.thread,
+pub(super) const ENTRY_SELECT: &str =
+    "SELECT o.id, o.conversation_id, c.channel, c.sender, c.thread,
         CASE WHEN o.discarded_at IS NOT NULL THEN 'discarded' ELSE o.state END,
         o.attempts, o.created_at, o.updated_at, o.next_attempt_at, o.error_code,
         o.last_error, m.text, m.correlation_id
@@ -277,7 +278,7 @@ const ENTRY_SELECT: &str = "SELECT o.id, o.conversation_id, c.channel, c.sender,
      JOIN conversations c ON c.id = o.conversation_id
      JOIN messages m ON m.id = o.reply_id";
 
-fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
+pub(super) fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
     let channel: String = r.get(2)?;
     Ok(OutboxEntry {
         id: r.get(0)?,

@@ -21,7 +21,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{outbox, port};
+use super::{outbox, people, port};
 use crate::core::ports::{StoreError, Write, Written};
 
 /// Writes per transaction at most: commits stay short, so an accept that
@@ -319,5 +319,6 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
             Written::Done
         }
         Write::Summary(summary) => Written::Summary(port::summary_in(conn, summary)?),
+        Write::Erase { sender, at } => Written::Erased(people::erase_in(conn, sender, *at)?),
     })
 }
