@@ -7,8 +7,8 @@ use anyhow::Result;
 use clap::Subcommand;
 use convagent::core::ports::all::*;
 use convagent::core::{
-    Channel, ConversationFilter, ReplyKind, Role, SearchOrder, SenderData, SenderRef, Store,
-    StoredMessage, Write,
+    Channel, ConversationFilter, Erased, Prune, ReplyKind, Role, SearchOrder, SenderData,
+    SenderRef, Store, StoredMessage, Write,
 };
 
 use crate::context::{Context, UserError};
@@ -68,6 +68,14 @@ enum Action {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Delete what is older than the configured retention (`retention.messages`:
+    /// conversations idle that long, never one still waiting for an answer;
+    /// `retention.traces`), and say what went
+    Prune {
+        /// Only say what would go
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Delete everything held about one person, in one transaction; only
     /// a record that a deletion happened (when, how many rows) is kept
     Delete {
@@ -84,6 +92,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     match args.action {
         Some(Action::Export { sender, jsonl, out }) => return export(ctx, &sender, jsonl, out),
         Some(Action::Delete { sender, yes }) => return delete(ctx, &sender, yes),
+        Some(Action::Prune { dry_run }) => return prune(ctx, dry_run),
         _ => {}
     }
     let Some(store) = ctx.store_read_only()? else {
@@ -109,7 +118,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             },
             args.json,
         ),
-        Action::Export { .. } | Action::Delete { .. } => unreachable!("handled above"),
+        Action::Export { .. } | Action::Delete { .. } | Action::Prune { .. } => {
+            unreachable!("handled above")
+        }
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -156,6 +167,46 @@ fn export(
         })?,
         None => out!("{text}"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune(ctx: &Context, dry_run: bool) -> Result<ExitCode> {
+    let (messages, traces) = ctx.settings()?.config.retention()?;
+    if messages.is_none() && traces.is_none() {
+        outln!("Nothing to prune: neither retention.messages nor retention.traces is set.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(_) = ctx.store_read_only()? else {
+        outln!("Nothing to prune: there is no store yet.");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let now = now_ms();
+    let before = |d: Option<std::time::Duration>| d.map(|d| now - d.as_millis() as i64);
+    let store = ctx.store()?;
+    let mut total = Erased::default();
+    loop {
+        let prune = Prune {
+            messages_before: before(messages),
+            traces_before: before(traces),
+            // A dry run counts everything at once (and keeps it).
+            limit: if dry_run { usize::MAX >> 1 } else { 500 },
+            dry_run,
+        };
+        let erased = store.write_now(Write::Prune(prune))?.erased()?;
+        total.conversations += erased.conversations;
+        total.messages += erased.messages;
+        total.traces += erased.traces;
+        if dry_run || erased == Erased::default() {
+            break;
+        }
+    }
+    outln!(
+        "{} {} conversations ({} messages) and {} trace events.",
+        if dry_run { "Would remove" } else { "Removed" },
+        total.conversations,
+        total.messages,
+        total.traces
+    );
     Ok(ExitCode::SUCCESS)
 }
 

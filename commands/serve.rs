@@ -56,6 +56,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
             .map(|p| p.provider().name().to_string())
             .collect(),
         burst: config.agent.burst,
+        retention: config.retention()?,
         rate_limited_max_wait: std::time::Duration::from_secs(
             config.server.rate_limited_max_wait_secs,
         ),

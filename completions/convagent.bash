@@ -85,6 +85,9 @@ _convagent() {
             convagent__subcmd__help__subcmd__history,list)
                 cmd="convagent__subcmd__help__subcmd__history__subcmd__list"
                 ;;
+            convagent__subcmd__help__subcmd__history,prune)
+                cmd="convagent__subcmd__help__subcmd__history__subcmd__prune"
+                ;;
             convagent__subcmd__help__subcmd__history,search)
                 cmd="convagent__subcmd__help__subcmd__history__subcmd__search"
                 ;;
@@ -112,6 +115,9 @@ _convagent() {
             convagent__subcmd__history,list)
                 cmd="convagent__subcmd__history__subcmd__list"
                 ;;
+            convagent__subcmd__history,prune)
+                cmd="convagent__subcmd__history__subcmd__prune"
+                ;;
             convagent__subcmd__history,search)
                 cmd="convagent__subcmd__history__subcmd__search"
                 ;;
@@ -129,6 +135,9 @@ _convagent() {
                 ;;
             convagent__subcmd__history__subcmd__help,list)
                 cmd="convagent__subcmd__history__subcmd__help__subcmd__list"
+                ;;
+            convagent__subcmd__history__subcmd__help,prune)
+                cmd="convagent__subcmd__history__subcmd__help__subcmd__prune"
                 ;;
             convagent__subcmd__history__subcmd__help,search)
                 cmd="convagent__subcmd__history__subcmd__help__subcmd__search"
@@ -317,7 +326,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help__subcmd__history)
-            opts="list show search export delete"
+            opts="list show search export prune delete"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -359,6 +368,20 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help__subcmd__history__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__history__subcmd__prune)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -513,7 +536,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history)
-            opts="-v -h -V --channel --json --limit --config --verbose --help --version list show search export delete help"
+            opts="-v -h -V --channel --json --limit --config --verbose --help --version list show search export prune delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -603,7 +626,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__help)
-            opts="list show search export delete help"
+            opts="list show search export prune delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -672,6 +695,20 @@ _convagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        convagent__subcmd__history__subcmd__help__subcmd__prune)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         convagent__subcmd__history__subcmd__help__subcmd__search)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -711,6 +748,32 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --channel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__history__subcmd__prune)
+            opts="-v -h -V --dry-run --channel --json --limit --config --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --channel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

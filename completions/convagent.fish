@@ -52,19 +52,20 @@ complete -c convagent -n "__fish_convagent_using_subcommand chat" -l json -d 'Pr
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -s V -l version -d 'Print version'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -l limit -d 'At most this many rows' -r
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -l json -d 'Print JSON instead of a table'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -s h -l help -d 'Print help'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -s V -l version -d 'Print version'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -f -a "list" -d 'List conversations, most recent first (the default)'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -f -a "show" -d 'Show one conversation\'s messages'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -f -a "search" -d 'Full-text search over all messages, newest first'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -f -a "export" -d 'Everything held about one person (conversations, messages, summaries, traces, outbox items, violations) as JSON'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -f -a "delete" -d 'Delete everything held about one person, in one transaction; only a record that a deletion happened (when, how many rows) is kept'
-complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -l limit -d 'At most this many rows' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -l json -d 'Print JSON instead of a table'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -f -a "list" -d 'List conversations, most recent first (the default)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -f -a "show" -d 'Show one conversation\'s messages'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -f -a "search" -d 'Full-text search over all messages, newest first'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -f -a "export" -d 'Everything held about one person (conversations, messages, summaries, traces, outbox items, violations) as JSON'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -f -a "prune" -d 'Delete what is older than the configured retention (`retention.messages`: conversations idle that long, never one still waiting for an answer; `retention.traces`), and say what went'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -f -a "delete" -d 'Delete everything held about one person, in one transaction; only a record that a deletion happened (when, how many rows) is kept'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l sender -d 'Only this sender' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l limit -d 'At most this many rows' -r
@@ -98,6 +99,14 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l limit -d 'At most this many rows' -r
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l dry-run -d 'Only say what would go'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l json -d 'Print JSON instead of a table'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -l sender -d 'CHANNEL:ID, e.g. telegram:12345 or whatsapp:+15551234567' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -l limit -d 'At most this many rows' -r
@@ -111,6 +120,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "show" -d 'Show one conversation\'s messages'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "search" -d 'Full-text search over all messages, newest first'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "export" -d 'Everything held about one person (conversations, messages, summaries, traces, outbox items, violations) as JSON'
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "prune" -d 'Delete what is older than the configured retention (`retention.messages`: conversations idle that long, never one still waiting for an answer; `retention.traces`), and say what went'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete everything held about one person, in one transaction; only a record that a deletion happened (when, how many rows) is kept'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and not __fish_seen_subcommand_from list retry discard help" -l limit -d 'At most this many rows' -r
@@ -204,6 +214,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_see
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "show" -d 'Show one conversation\'s messages'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "search" -d 'Full-text search over all messages, newest first'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "export" -d 'Everything held about one person (conversations, messages, summaries, traces, outbox items, violations) as JSON'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "prune" -d 'Delete what is older than the configured retention (`retention.messages`: conversations idle that long, never one still waiting for an answer; `retention.traces`), and say what went'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "delete" -d 'Delete everything held about one person, in one transaction; only a record that a deletion happened (when, how many rows) is kept'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from outbox" -f -a "list" -d 'List queued replies and dead letters, oldest first (the default)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from outbox" -f -a "retry" -d 'Queue dead letters again: each is tried at once, in order within its conversation, with its failures forgotten'

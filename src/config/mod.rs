@@ -203,13 +203,16 @@ fn normalize_host(value: &str) -> String {
     }
 }
 
+fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message,
+    }
+}
+
 impl Config {
     /// Checks what the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: key.to_string(),
-            message,
-        };
         let guardrails = self
             .guardrails()
             .map_err(|e| invalid("guardrails.patterns", e.to_string()))?;
@@ -246,7 +249,30 @@ impl Config {
         if self.llm.breaker_failures == 0 {
             return Err(invalid("llm.breaker_failures", "must be at least 1".into()));
         }
+        self.retention()?;
         Ok(())
+    }
+
+    /// `retention.messages` and `retention.traces` as durations (`None`:
+    /// kept for ever).
+    pub fn retention(&self) -> Result<(Option<Duration>, Option<Duration>), ConfigError> {
+        let parse = |key: &str, value: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+            let Some(text) = value.as_deref() else {
+                return Ok(None);
+            };
+            match humantime::parse_duration(text) {
+                Ok(d) if !d.is_zero() => Ok(Some(d)),
+                Ok(_) => Err(invalid(key, "must be longer than zero".into())),
+                Err(e) => Err(invalid(
+                    key,
+                    format!("`{text}` is not a duration ({e}); write e.g. 90d, 12h, 30m"),
+                )),
+            }
+        };
+        Ok((
+            parse("retention.messages", &self.retention.messages)?,
+            parse("retention.traces", &self.retention.traces)?,
+        ))
     }
 
     /// The built-in guardrails plus the configured patterns.

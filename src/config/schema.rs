@@ -20,6 +20,26 @@ pub struct Config {
     pub server: ServerConfig,
     pub tunnel: TunnelConfig,
     pub channels: ChannelsConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long the store keeps what it holds (durations such as `90d`, `12h`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Conversations idle for longer are deleted whole (unset: kept).
+    pub messages: Option<String>,
+    /// Trace events older than this are deleted (unset: kept).
+    pub traces: Option<String>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            messages: None,
+            traces: Some("30d".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

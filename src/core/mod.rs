@@ -23,9 +23,9 @@ pub use message::{
 pub use ports::{
     Accepted, ActivityBucket, Clock, ConversationFilter, ConversationOverview, ConversationSummary,
     Erased, MonitorStore, NewReply, OutboxEntry, OutboxItem, OutboxStats, OutboxStore,
-    OutboxUpdate, OutboxView, Pending, PeopleStore, PromptVersion, ProviderActivity, ReplyKind,
-    SearchHit, SearchOrder, SenderData, SenderRef, StageSink, Store, StoreError, StoreHealth,
-    StoredMessage, Summary, TraceEvent, TraceStore, TurnRecord, ViolationRecord, Write, Writes,
-    Written,
+    OutboxUpdate, OutboxView, Pending, PeopleStore, PromptVersion, ProviderActivity, Prune,
+    ReplyKind, SearchHit, SearchOrder, SenderData, SenderRef, StageSink, Store, StoreError,
+    StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore, TurnRecord, ViolationRecord,
+    Write, Writes, Written,
 };
 pub use trace::{Outcome, Stage};

@@ -238,6 +238,22 @@ pub enum Write {
     /// conversation, message, summary, trace, outbox item and violation,
     /// the full-text index too), recording only that it happened.
     Erase { sender: SenderRef, at: i64 },
+    /// One batch of retention (`Written::Erased` says what went).
+    Prune(Prune),
+}
+
+/// What retention removes in one batch (times in unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prune {
+    /// Conversations idle since before this, whole (none with a message
+    /// unanswered or a reply queued).
+    pub messages_before: Option<i64>,
+    /// Trace events started before this.
+    pub traces_before: Option<i64>,
+    /// Conversations, and trace rows looked at, per batch.
+    pub limit: usize,
+    /// Count what would go, and keep it.
+    pub dry_run: bool,
 }
 
 /// One person on one channel, as an operator names them (`telegram:12345`).

@@ -6,6 +6,7 @@ mod health;
 pub mod metrics;
 mod outbox;
 pub mod public_url;
+mod retention;
 mod tracer;
 mod typing;
 mod webhook;
@@ -48,6 +49,10 @@ pub struct DaemonSettings {
     /// The longest a reply waits in all while a channel answers 429; then
     /// it is dead-lettered with code `rate_limited`.
     pub rate_limited_max_wait: Duration,
+    /// `retention.messages` and `retention.traces` (`None`: kept).
+    pub retention: (Option<Duration>, Option<Duration>),
+    /// How often retention runs in the background.
+    pub prune_every: Duration,
     /// When to retry conversations whose messages got the fallback reply.
     pub fallback_retry: Duration,
     /// LLM providers in the chain, for `/health/ready`.
@@ -69,6 +74,8 @@ impl Default for DaemonSettings {
             send_backoff: [1, 2, 4, 8, 16].map(Duration::from_secs).to_vec(),
             fallback_retry: Duration::from_secs(30),
             rate_limited_max_wait: Duration::from_secs(3600),
+            retention: (None, None),
+            prune_every: Duration::from_secs(3600),
             providers: Vec::new(),
             burst: Burst::Collect,
             typing_after: Duration::from_secs(1),
@@ -208,6 +215,7 @@ pub async fn serve(
     // Messages accepted before a crash or stop and not yet answered.
     workers::recover(&daemon);
     let dispatcher = daemon.pipeline.spawn(outbox::run(daemon.clone()));
+    let pruner = daemon.pipeline.spawn(retention::run(daemon.clone()));
 
     let app = router(daemon.clone());
     axum::serve(listener, app)
@@ -216,6 +224,8 @@ pub async fn serve(
 
     tracing::info!("shutting down: no new webhooks; finishing in-flight work");
     daemon.stopping.store(true, Ordering::SeqCst);
+    // A batch of pruning is one transaction: stopping between two loses nothing.
+    pruner.abort();
     daemon.outbox.wake();
     let grace = daemon.settings.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {

@@ -430,3 +430,147 @@ fn a_whatsapp_sender_is_named_as_listed_and_bad_names_are_explained() {
     assert!(out.status.success());
     assert!(stdout_of(&out).contains("Nothing is held about telegram:nobody"));
 }
+
+/// Retention: conversations idle past `retention.messages` go whole, never
+/// one still waiting for an answer or with a reply still to send; traces
+/// past `retention.traces` go; a dry run says the same and keeps it all.
+#[test]
+fn prune_removes_what_retention_allows_and_nothing_still_owed() {
+    use convagent::core::{Outcome, Stage, TraceEvent};
+    let env = Env::new();
+    env.write_config("[retention]\nmessages = \"30d\"\ntraces = \"7d\"\n");
+    let day = 86_400_000i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    {
+        let store = SqliteStore::open(&env.store()).unwrap();
+        let prompt = store.ensure_prompt("be nice", 1).unwrap();
+        let message = |sender: &str, id: &str, at: i64| InboundMessage {
+            key: ConversationKey::new(Channel::Telegram, sender, ""),
+            text: format!("{sender} wrote this"),
+            provider_message_id: id.into(),
+            provider_ts: None,
+            received_at: at,
+            attachments: vec![],
+            metadata: BTreeMap::new(),
+            correlation_id: CorrelationId::generate(),
+        };
+        let reply = |at: i64| NewReply {
+            kind: ReplyKind::Answer,
+            text: "noted".into(),
+            provider: "ollama".into(),
+            model: "m".into(),
+            prompt_version: prompt.version,
+            prompt_tokens: None,
+            completion_tokens: None,
+            latency_ms: 1,
+            created_at: at,
+        };
+        // Old and settled: answered, reply sent.
+        let old = store.accept(&message("old", "o1", now - 60 * day)).unwrap();
+        store
+            .record_reply(old.message_id, &reply(now - 60 * day))
+            .unwrap();
+        let sent = store
+            .outbox_entries(convagent::core::OutboxView::Queued, 10)
+            .unwrap();
+        store
+            .write_now(convagent::core::Write::Outbox {
+                id: sent[0].id,
+                update: convagent::core::OutboxUpdate::Sent {
+                    provider_message_id: None,
+                    dry_run: false,
+                },
+                at: now - 60 * day,
+            })
+            .unwrap();
+        // Old but still owed: never answered; answered with the reply queued.
+        store
+            .accept(&message("waiting", "w1", now - 60 * day))
+            .unwrap();
+        let queued = store
+            .accept(&message("queued", "q1", now - 60 * day))
+            .unwrap();
+        store
+            .record_reply(queued.message_id, &reply(now - 60 * day))
+            .unwrap();
+        // Recent.
+        store.accept(&message("recent", "r1", now - day)).unwrap();
+        let trace = |at: i64| TraceEvent {
+            correlation_id: "c".into(),
+            stage: Stage::Received,
+            attempt: None,
+            started_at: at,
+            duration_us: 1,
+            outcome: Outcome::Ok,
+            detail: None,
+        };
+        store
+            .record_traces(&[
+                trace(now - 10 * day),
+                trace(now - 9 * day),
+                trace(now - day),
+            ])
+            .unwrap();
+    }
+    let senders = || -> Vec<String> {
+        let out = env.cmd(&["history", "--json"]).output().unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut s: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["sender"].as_str().unwrap().to_string())
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(senders(), ["old", "queued", "recent", "waiting"]);
+
+    let out = env
+        .cmd(&["history", "prune", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("Would remove 1 conversations (2 messages) and 2 trace events"),
+        "{}",
+        stdout_of(&out)
+    );
+    assert_eq!(senders(), ["old", "queued", "recent", "waiting"], "kept");
+
+    let out = env.cmd(&["history", "prune"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("Removed 1 conversations (2 messages) and 2 trace events"),
+        "{}",
+        stdout_of(&out)
+    );
+    assert_eq!(senders(), ["queued", "recent", "waiting"]);
+    let left: Vec<(i64, i64)> =
+        crate::support::pairs(&env.store(), "SELECT count(*), min(started_at) FROM traces");
+    assert_eq!(left[0].0, 1);
+    let out = env
+        .cmd(&["history", "search", "old", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout_of(&out).trim(), "[]", "the index forgot it too");
+
+    let out = env.cmd(&["history", "prune"]).output().unwrap();
+    assert!(stdout_of(&out).contains("Removed 0 conversations"));
+}
+
+#[test]
+fn a_retention_that_is_not_a_duration_is_explained() {
+    let env = Env::new();
+    env.write_config("[retention]\nmessages = \"ninety days\"\n");
+    let out = env.cmd(&["history", "prune"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("retention.messages") && err.contains("90d"),
+        "{err}"
+    );
+}

@@ -1062,3 +1062,83 @@ async fn idle_waits_for_the_turn_a_webhook_started() {
     assert_eq!(kinds, [None, Some(convagent::core::ReplyKind::Answer)]);
     h.stop().await;
 }
+
+/// `serve` applies retention by itself, in the background: an old, settled
+/// conversation goes; an old one still waiting for its answer stays.
+#[tokio::test]
+async fn the_daemon_prunes_by_itself_and_never_what_is_still_owed() {
+    let day = Duration::from_secs(86_400);
+    let h = Harness::start(Options {
+        settings: convagent::daemon::DaemonSettings {
+            retention: (Some(30 * day), None),
+            prune_every: Duration::from_millis(100),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let now = convagent::core::Clock::now_ms(&convagent::adapters::clock::SystemClock);
+    let old = now - 60 * 86_400_000;
+    let key =
+        |who: &str| convagent::core::ConversationKey::new(convagent::core::Channel::Slack, who, "");
+    let message = |who: &str| convagent::core::InboundMessage {
+        key: key(who),
+        text: "long ago".into(),
+        provider_message_id: format!("{who}-1"),
+        provider_ts: None,
+        received_at: old,
+        attachments: vec![],
+        metadata: Default::default(),
+        correlation_id: convagent::core::CorrelationId::generate(),
+    };
+    let settled = h.store.accept(&message("settled")).unwrap();
+    let prompt = h.store.ensure_prompt("be brief", old).unwrap();
+    let reply = convagent::core::NewReply {
+        kind: convagent::core::ReplyKind::Answer,
+        text: "answered long ago".into(),
+        provider: "fake".into(),
+        model: "fake".into(),
+        prompt_version: prompt.version,
+        prompt_tokens: None,
+        completion_tokens: None,
+        latency_ms: 1,
+        created_at: old,
+    };
+    h.store.record_reply(settled.message_id, &reply).unwrap();
+    let queued = h.store.head(settled.conversation_id).unwrap().unwrap();
+    h.store
+        .write_now(convagent::core::Write::Outbox {
+            id: queued.id,
+            update: convagent::core::OutboxUpdate::Sent {
+                provider_message_id: None,
+                dry_run: true,
+            },
+            at: old,
+        })
+        .unwrap();
+    h.store.close_conversation(&key("settled"), old).unwrap();
+    // Still owed an answer (the daemon would answer it; it is closed here so
+    // that only retention looks at it).
+    let owed = h.store.accept(&message("owed")).unwrap();
+    h.store.close_conversation(&key("owed"), old).unwrap();
+    assert!(
+        eventually(10, || h
+            .store
+            .conversation(settled.conversation_id)
+            .unwrap()
+            .is_none())
+        .await,
+        "the settled conversation was pruned"
+    );
+    let _ = h
+        .store
+        .record_violation(settled.message_id, "x", old)
+        .is_err();
+    assert!(
+        h.store
+            .conversation(owed.conversation_id)
+            .unwrap()
+            .is_some()
+    );
+    h.stop().await;
+}

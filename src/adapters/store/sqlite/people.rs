@@ -7,7 +7,7 @@ use super::SqliteStore;
 use super::outbox::{ENTRY_SELECT, entry_from_row};
 use super::rows::summary_from_row;
 use crate::core::ports::{
-    ConversationReads, Erased, PeopleStore, SenderData, SenderRef, StoreError, TraceStore,
+    ConversationReads, Erased, PeopleStore, Prune, SenderData, SenderRef, StoreError, TraceStore,
     ViolationRecord,
 };
 
@@ -85,7 +85,17 @@ pub(super) fn erase_in(
     sender: &SenderRef,
     at: i64,
 ) -> Result<Erased, StoreError> {
-    let ids = conversations_of(conn, sender)?;
+    let erased = erase_conversations_in(conn, &conversations_of(conn, sender)?)?;
+    let counts = serde_json::to_string(&erased).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    conn.prepare_cached("INSERT INTO erasures (at, channel, counts) VALUES (?1, ?2, ?3)")?
+        .execute(params![at, sender.channel.as_str(), counts])?;
+    Ok(erased)
+}
+
+/// Deletes conversations with everything that belongs to them: violations,
+/// the traces of their messages, outbox items, summaries, messages (the
+/// full-text index follows by trigger).
+pub(super) fn erase_conversations_in(conn: &Connection, ids: &[i64]) -> Result<Erased, StoreError> {
     let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let run = |sql: &str| -> Result<u64, StoreError> {
         Ok(conn.prepare_cached(sql)?.execute(params![ids])? as u64)
@@ -105,8 +115,51 @@ pub(super) fn erase_in(
         messages: run("DELETE FROM messages WHERE conversation_id IN (SELECT value FROM json_each(?1))")?,
         conversations: run("DELETE FROM conversations WHERE id IN (SELECT value FROM json_each(?1))")?,
     };
-    let counts = serde_json::to_string(&erased).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    conn.prepare_cached("INSERT INTO erasures (at, channel, counts) VALUES (?1, ?2, ?3)")?
-        .execute(params![at, sender.channel.as_str(), counts])?;
+    Ok(erased)
+}
+
+/// One batch of retention: up to `limit` conversations idle since before
+/// `messages_before` (never one with a message still unanswered or a reply
+/// still queued), and trace events from before `traces_before` among the
+/// `limit` oldest. With `dry_run` the batch is counted and rolled back.
+pub(super) fn prune_in(conn: &Connection, prune: &Prune) -> Result<Erased, StoreError> {
+    if prune.dry_run {
+        conn.execute_batch("SAVEPOINT prune_dry_run")?;
+    }
+    let result = prune_now(conn, prune);
+    if prune.dry_run {
+        conn.execute_batch("ROLLBACK TO prune_dry_run; RELEASE prune_dry_run")?;
+    }
+    result
+}
+
+fn prune_now(conn: &Connection, prune: &Prune) -> Result<Erased, StoreError> {
+    let limit = i64::try_from(prune.limit).unwrap_or(i64::MAX);
+    let mut erased = Erased::default();
+    if let Some(before) = prune.messages_before {
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.id FROM conversations c
+             WHERE c.last_activity_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
+                               AND m.role = 'user' AND m.answered_at IS NULL)
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.conversation_id = c.id
+                               AND o.state = 'queued')
+             ORDER BY c.last_activity_at LIMIT +?2",
+        )?;
+        let ids = stmt
+            .query_map(params![before, limit], |r| r.get(0))?
+            .collect::<Result<Vec<i64>, _>>()?;
+        erased = erase_conversations_in(conn, &ids)?;
+    }
+    if let Some(before) = prune.traces_before {
+        // The oldest rows only (ids follow time): a sweep never scans the
+        // whole table to find that nothing is old.
+        erased.traces += conn
+            .prepare_cached(
+                "DELETE FROM traces WHERE id IN (SELECT id FROM traces ORDER BY id LIMIT +?2)
+                   AND started_at < ?1",
+            )?
+            .execute(params![before, limit])? as u64;
+    }
     Ok(erased)
 }

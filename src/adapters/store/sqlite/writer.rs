@@ -320,5 +320,6 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
         }
         Write::Summary(summary) => Written::Summary(port::summary_in(conn, summary)?),
         Write::Erase { sender, at } => Written::Erased(people::erase_in(conn, sender, *at)?),
+        Write::Prune(prune) => Written::Erased(people::prune_in(conn, prune)?),
     })
 }

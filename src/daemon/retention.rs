@@ -1,0 +1,61 @@
+//! Retention in the background: every `prune_every` (an hour; the first a
+//! minute after the start), what is older than `retention.messages` / `retention.traces` is
+//! deleted in small batches through the store's writer, so that the
+//! pipeline's own writes go between them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Daemon;
+use crate::core::{Prune, Write};
+
+/// Conversations (and trace rows looked at) per batch.
+const BATCH: usize = 200;
+/// The first sweep waits this long (or `prune_every` if shorter), out of
+/// the way of a start.
+const FIRST_AFTER: Duration = Duration::from_secs(60);
+
+pub async fn run(daemon: Arc<Daemon>) {
+    let (messages, traces) = daemon.settings.retention;
+    if messages.is_none() && traces.is_none() {
+        return;
+    }
+    let every = daemon.settings.prune_every;
+    let mut wait = FIRST_AFTER.min(every);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = every;
+        loop {
+            if daemon.stopping() {
+                return;
+            }
+            let now = daemon.clock.now_ms();
+            let before = |d: Option<Duration>| d.map(|d| now - d.as_millis() as i64);
+            let prune = Prune {
+                messages_before: before(messages),
+                traces_before: before(traces),
+                limit: BATCH,
+                dry_run: false,
+            };
+            match daemon
+                .store
+                .write(Write::Prune(prune))
+                .await
+                .and_then(|w| w.erased())
+            {
+                Ok(erased) if erased == Default::default() => break,
+                Ok(erased) => tracing::info!(
+                    conversations = erased.conversations,
+                    messages = erased.messages,
+                    traces = erased.traces,
+                    "retention: pruned"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: pruning failed; trying again later");
+                    break;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
