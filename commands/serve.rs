@@ -57,6 +57,11 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
             .collect(),
         burst: config.agent.burst,
         retention: config.retention()?,
+        metrics_token: config
+            .server
+            .metrics_token
+            .clone()
+            .filter(|t| !t.trim().is_empty()),
         rate_limited_max_wait: std::time::Duration::from_secs(
             config.server.rate_limited_max_wait_secs,
         ),

@@ -302,6 +302,7 @@ impl Config {
             self.server.listen = v;
         }
         set(&mut self.server.public_url, "CONVAGENT_PUBLIC_URL");
+        set(&mut self.server.metrics_token, "CONVAGENT_METRICS_TOKEN");
         if let Some(v) = env("CONVAGENT_DRY_RUN") {
             self.server.dry_run = parse_bool("CONVAGENT_DRY_RUN", &v)?;
         }
@@ -351,6 +352,7 @@ impl Config {
         let c = &self.channels;
         [
             &self.llm.openai.api_key,
+            &self.server.metrics_token,
             &c.twilio.auth_token,
             &c.telegram.bot_token,
             &c.telegram.webhook_secret,
@@ -463,6 +465,7 @@ mod tests {
                 ("CONVAGENT_LLM_CHAIN", "embedded, ollama"),
                 ("CONVAGENT_DRY_RUN", "1"),
                 ("TELEGRAM_BOT_TOKEN", "123:abc"),
+                ("CONVAGENT_METRICS_TOKEN", "scrape-me"),
             ]))
             .unwrap();
         assert_eq!(config.llm.ollama.host, "http://10.0.0.5:11434");
@@ -472,7 +475,12 @@ mod tests {
             vec![ProviderKind::Embedded, ProviderKind::Ollama]
         );
         assert!(config.server.dry_run);
-        assert_eq!(config.secrets(), vec!["123:abc".to_string()]);
+        assert_eq!(config.server.metrics_token.as_deref(), Some("scrape-me"));
+        assert_eq!(
+            config.secrets(),
+            vec!["scrape-me".to_string(), "123:abc".to_string()],
+            "masked wherever it could show"
+        );
     }
 
     #[test]

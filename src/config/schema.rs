@@ -274,6 +274,9 @@ pub struct ServerConfig {
     /// The longest a reply waits in all while a channel keeps answering 429
     /// ("too many requests"); then it becomes a dead letter (`rate_limited`).
     pub rate_limited_max_wait_secs: u64,
+    /// When set, `/metrics` answers only requests with
+    /// `Authorization: Bearer <token>` (env `CONVAGENT_METRICS_TOKEN`).
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -283,6 +286,7 @@ impl Default for ServerConfig {
             public_url: None,
             dry_run: false,
             rate_limited_max_wait_secs: 3600,
+            metrics_token: None,
         }
     }
 }

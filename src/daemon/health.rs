@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -43,7 +43,24 @@ pub async fn ready(State(daemon): State<Arc<Daemon>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-pub async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+pub async fn metrics(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &daemon.settings.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()).into();
+        if !matches {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "/metrics needs `Authorization: Bearer <CONVAGENT_METRICS_TOKEN>`\n",
+            )
+                .into_response();
+        }
+    }
     let text = daemon.metrics.render(daemon.store.as_ref());
     (
         [(

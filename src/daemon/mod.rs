@@ -51,6 +51,8 @@ pub struct DaemonSettings {
     pub rate_limited_max_wait: Duration,
     /// `retention.messages` and `retention.traces` (`None`: kept).
     pub retention: (Option<Duration>, Option<Duration>),
+    /// The bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
     /// How often retention runs in the background.
     pub prune_every: Duration,
     /// When to retry conversations whose messages got the fallback reply.
@@ -76,6 +78,7 @@ impl Default for DaemonSettings {
             rate_limited_max_wait: Duration::from_secs(3600),
             retention: (None, None),
             prune_every: Duration::from_secs(3600),
+            metrics_token: None,
             providers: Vec::new(),
             burst: Burst::Collect,
             typing_after: Duration::from_secs(1),

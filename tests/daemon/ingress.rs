@@ -383,3 +383,43 @@ async fn ignored_updates_are_acknowledged_with_a_traced_reason() {
     );
     h.stop().await;
 }
+
+/// With a metrics token, `/metrics` answers only the scraper that has it.
+#[tokio::test]
+async fn metrics_can_require_a_bearer_token() {
+    let token = "metrics-token-for-the-test";
+    let h = Harness::start(Options {
+        settings: convagent::daemon::DaemonSettings {
+            metrics_token: Some(token.into()),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/metrics", h.url);
+    for auth in [None, Some("Bearer wrong"), Some(token)] {
+        let mut request = client.get(&url);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{auth:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("CONVAGENT_METRICS_TOKEN"), "{body}");
+        assert!(!body.contains(token), "never the token itself");
+    }
+    let response = client.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("convagent_"));
+    // Health stays open: load balancers do not carry the token.
+    assert_eq!(
+        reqwest::get(format!("{}/health", h.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    h.stop().await;
+}
