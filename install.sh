@@ -56,12 +56,14 @@ have() {
       libclang-dev) return 0 ;;  # found by bindgen at build time, or it says so
       python3-pip) python3 -m pip --version >/dev/null 2>&1 ;;
       man-db) command -v man >/dev/null 2>&1 ;;
+      prometheus) command -v promtool >/dev/null 2>&1 ;;
       *) command -v "$1" >/dev/null 2>&1 ;;
     esac
   fi
 }
 need=""
-for pkg in cmake clang libclang-dev python3 python3-pip tmux man-db; do
+# prometheus: its promtool checks the alerting rules we ship (deploy/prometheus).
+for pkg in cmake clang libclang-dev python3 python3-pip tmux man-db prometheus; do
   have "$pkg" || need="$need $pkg"
 done
 # A python3 with pip from elsewhere (pyenv, a venv) serves as well.

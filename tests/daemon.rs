@@ -5,6 +5,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "daemon/alerts.rs"]
+mod alerts;
 #[path = "daemon/delivery.rs"]
 mod delivery;
 #[path = "daemon/ingress.rs"]
