@@ -141,3 +141,44 @@ pub fn prompt_check(ctx: &Context) -> Option<Check> {
     }
     Some(Check::pass("prompt", detail))
 }
+
+/// The outbox as the alerting rules see it: dead letters, and replies that
+/// wait long (a channel down or rate limiting).
+pub fn outbox_check(ctx: &Context) -> Option<Check> {
+    let store = ctx.store_read_only().ok()??;
+    let stats = store.outbox_stats().ok()?;
+    let oldest = store
+        .outbox_entries(convagent::core::OutboxView::Queued, 1)
+        .ok()?
+        .into_iter()
+        .next();
+    let now = now_ms();
+    if stats.dead > 0 {
+        return Some(Check::warn(
+            "outbox",
+            format!(
+                "{} dead letter{} (replies given up on), {} queued",
+                stats.dead,
+                if stats.dead == 1 { "" } else { "s" },
+                stats.queued
+            ),
+            "`convagent outbox --dead` shows the providers' errors; \
+             `convagent outbox retry --all-dead` queues them again",
+        ));
+    }
+    if let Some(oldest) = oldest.filter(|o| now - o.created_at > 10 * 60 * 1000) {
+        return Some(Check::warn(
+            "outbox",
+            format!(
+                "{} replies queued, the oldest since {}",
+                stats.queued,
+                age(oldest.created_at, now)
+            ),
+            "is `convagent serve` running? `convagent outbox --queued` shows their last errors",
+        ));
+    }
+    Some(Check::pass(
+        "outbox",
+        format!("{} queued, no dead letters", stats.queued),
+    ))
+}

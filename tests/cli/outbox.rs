@@ -245,3 +245,54 @@ fn an_empty_store_has_nothing_to_list() {
     assert_eq!(stdout_of(&out).trim(), "[]");
     assert!(!env.store().exists(), "listing creates no store");
 }
+
+/// `doctor` reports what the alerting rules watch: dead letters first, then
+/// replies waiting long, else a pass.
+#[test]
+fn doctor_reports_dead_letters_and_replies_waiting_long() {
+    let env = Env::new();
+    let [_, dead, queued] = fill(&env);
+    let outbox_check = || -> (String, String, String) {
+        let out = env
+            .cmd(&["doctor", "--json"])
+            .env("CONVAGENT_LLM_CHAIN", "ollama")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let check = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "outbox")
+            .unwrap_or_else(|| panic!("no outbox check: {v}"))
+            .clone();
+        let text = |k: &str| check[k].as_str().unwrap_or_default().to_string();
+        (text("status"), text("detail"), text("fix"))
+    };
+    let (status, detail, fix) = outbox_check();
+    assert_eq!(status, "warn");
+    assert!(
+        detail.contains("1 dead letter") && detail.contains("1 queued"),
+        "{detail}"
+    );
+    assert!(fix.contains("convagent outbox retry --all-dead"), "{fix}");
+
+    env.cmd(&["outbox", "discard", &dead.to_string()])
+        .assert()
+        .success();
+    // The queued reply was queued in 1970 by the test's clock: long ago.
+    let (status, detail, fix) = outbox_check();
+    assert_eq!(status, "warn");
+    assert!(
+        detail.contains("1 replies queued, the oldest since"),
+        "{detail}"
+    );
+    assert!(fix.contains("convagent serve"), "{fix}");
+
+    env.cmd(&["outbox", "discard", &queued.to_string()])
+        .assert()
+        .success();
+    let (status, detail, _) = outbox_check();
+    assert_eq!(status, "pass", "{detail}");
+    assert!(detail.contains("0 queued, no dead letters"), "{detail}");
+}
