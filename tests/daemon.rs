@@ -233,9 +233,13 @@ impl Harness {
     /// after this needs no "long enough" sleep.
     pub async fn drained(&self) {
         use convagent::core::OutboxStore;
+        // Pending first: a message answered by then has its reply queued in
+        // the same commit, so an empty outbox read after means it was sent.
+        // (The other order could read the outbox before the reply was
+        // stored, and the pending messages after it was.)
         let idle = || {
-            self.store.outbox_stats().unwrap().queued == 0
-                && self.store.conversations_with_pending(1).unwrap().is_empty()
+            self.store.conversations_with_pending(1).unwrap().is_empty()
+                && self.store.outbox_stats().unwrap().queued == 0
         };
         assert!(
             support::eventually(15, idle).await,
