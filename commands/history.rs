@@ -89,39 +89,47 @@ enum Action {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
-    match args.action {
-        Some(Action::Export { sender, jsonl, out }) => return export(ctx, &sender, jsonl, out),
-        Some(Action::Delete { sender, yes }) => return delete(ctx, &sender, yes),
-        Some(Action::Prune { dry_run }) => return prune(ctx, dry_run),
-        _ => {}
+    let Args {
+        action,
+        channel,
+        json,
+        limit,
+    } = args;
+    match action.unwrap_or(Action::List { sender: None }) {
+        Action::List { sender } => {
+            reading(ctx, json, |store| list(store, channel, sender, limit, json))
+        }
+        Action::Show { id } => reading(ctx, json, |store| show(store, id, json)),
+        Action::Search { query, rank } => reading(ctx, json, |store| {
+            let order = if rank {
+                SearchOrder::Relevance
+            } else {
+                SearchOrder::Newest
+            };
+            search(store, &query.join(" "), channel, limit, order, json)
+        }),
+        Action::Export { sender, jsonl, out } => export(ctx, &sender, jsonl, out),
+        Action::Delete { sender, yes } => delete(ctx, &sender, yes),
+        Action::Prune { dry_run } => prune(ctx, dry_run),
     }
+}
+
+/// Runs a read command on the store, or says there is nothing yet (and
+/// creates no store).
+fn reading(
+    ctx: &Context,
+    json: bool,
+    read: impl FnOnce(&dyn Store) -> Result<()>,
+) -> Result<ExitCode> {
     let Some(store) = ctx.store_read_only()? else {
-        if args.json {
+        if json {
             outln!("[]");
         } else {
             outln!("No conversations yet. Start one with `convagent chat`.");
         }
         return Ok(ExitCode::SUCCESS);
     };
-    match args.action.unwrap_or(Action::List { sender: None }) {
-        Action::List { sender } => list(&store, args.channel, sender, args.limit, args.json),
-        Action::Show { id } => show(&store, id, args.json),
-        Action::Search { query, rank } => search(
-            &store,
-            &query.join(" "),
-            args.channel,
-            args.limit,
-            if rank {
-                SearchOrder::Relevance
-            } else {
-                SearchOrder::Newest
-            },
-            args.json,
-        ),
-        Action::Export { .. } | Action::Delete { .. } | Action::Prune { .. } => {
-            unreachable!("handled above")
-        }
-    }?;
+    read(&store)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -181,17 +189,12 @@ fn prune(ctx: &Context, dry_run: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let now = now_ms();
-    let before = |d: Option<std::time::Duration>| d.map(|d| now - d.as_millis() as i64);
     let store = ctx.store()?;
     let mut total = Erased::default();
+    // A dry run counts everything at once (and keeps it).
+    let limit = if dry_run { usize::MAX >> 1 } else { 500 };
     loop {
-        let prune = Prune {
-            messages_before: before(messages),
-            traces_before: before(traces),
-            // A dry run counts everything at once (and keeps it).
-            limit: if dry_run { usize::MAX >> 1 } else { 500 },
-            dry_run,
-        };
+        let prune = Prune::at(now, (messages, traces), limit, dry_run);
         let erased = store.write_now(Write::Prune(prune))?.erased()?;
         total.conversations += erased.conversations;
         total.messages += erased.messages;

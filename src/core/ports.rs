@@ -256,6 +256,25 @@ pub struct Prune {
     pub dry_run: bool,
 }
 
+impl Prune {
+    /// A batch of what retention (how long messages, traces are kept;
+    /// `None`: for ever) lets go at `now`.
+    pub fn at(
+        now: i64,
+        (messages, traces): (Option<Duration>, Option<Duration>),
+        limit: usize,
+        dry_run: bool,
+    ) -> Prune {
+        let before = |kept: Option<Duration>| kept.map(|d| now - d.as_millis() as i64);
+        Prune {
+            messages_before: before(messages),
+            traces_before: before(traces),
+            limit,
+            dry_run,
+        }
+    }
+}
+
 /// One person on one channel, as an operator names them (`telegram:12345`).
 /// The id matches a stored sender with or without the channel's own prefix
 /// (Twilio's senders are stored as `whatsapp:+1555…`).

@@ -16,8 +16,8 @@ const BATCH: usize = 200;
 const FIRST_AFTER: Duration = Duration::from_secs(60);
 
 pub async fn run(daemon: Arc<Daemon>) {
-    let (messages, traces) = daemon.settings.retention;
-    if messages.is_none() && traces.is_none() {
+    let retention = daemon.settings.retention;
+    if retention == (None, None) {
         return;
     }
     let every = daemon.settings.prune_every;
@@ -29,14 +29,7 @@ pub async fn run(daemon: Arc<Daemon>) {
             if daemon.stopping() {
                 return;
             }
-            let now = daemon.clock.now_ms();
-            let before = |d: Option<Duration>| d.map(|d| now - d.as_millis() as i64);
-            let prune = Prune {
-                messages_before: before(messages),
-                traces_before: before(traces),
-                limit: BATCH,
-                dry_run: false,
-            };
+            let prune = Prune::at(daemon.clock.now_ms(), retention, BATCH, false);
             match daemon
                 .store
                 .write(Write::Prune(prune))

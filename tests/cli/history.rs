@@ -447,27 +447,16 @@ fn prune_removes_what_retention_allows_and_nothing_still_owed() {
     {
         let store = SqliteStore::open(&env.store()).unwrap();
         let prompt = store.ensure_prompt("be nice", 1).unwrap();
-        let message = |sender: &str, id: &str, at: i64| InboundMessage {
-            key: ConversationKey::new(Channel::Telegram, sender, ""),
-            text: format!("{sender} wrote this"),
-            provider_message_id: id.into(),
-            provider_ts: None,
-            received_at: at,
-            attachments: vec![],
-            metadata: BTreeMap::new(),
-            correlation_id: CorrelationId::generate(),
+        let message = |sender: &str, id: &str, at: i64| {
+            crate::support::inbound(
+                Channel::Telegram,
+                sender,
+                id,
+                &format!("{sender} wrote this"),
+                at,
+            )
         };
-        let reply = |at: i64| NewReply {
-            kind: ReplyKind::Answer,
-            text: "noted".into(),
-            provider: "ollama".into(),
-            model: "m".into(),
-            prompt_version: prompt.version,
-            prompt_tokens: None,
-            completion_tokens: None,
-            latency_ms: 1,
-            created_at: at,
-        };
+        let reply = |at: i64| crate::support::answer("noted", prompt.version, at);
         // Old and settled: answered, reply sent.
         let old = store.accept(&message("old", "o1", now - 60 * day)).unwrap();
         store

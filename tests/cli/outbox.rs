@@ -2,14 +2,11 @@
 //! discard, on a real store file, with the real binary.
 
 use convagent::core::ports::all::*;
-use std::collections::BTreeMap;
 
 use convagent::adapters::store::SqliteStore;
-use convagent::core::{
-    Channel, ConversationKey, CorrelationId, InboundMessage, NewReply, OutboxUpdate, OutboxView,
-    ReplyKind, Write,
-};
+use convagent::core::{Channel, OutboxUpdate, OutboxView, Write};
 
+use crate::support::{answer, inbound};
 use crate::{Env, stderr_of, stdout_of};
 
 /// Three replies to two people: one sent, one dead after a 403, one
@@ -26,28 +23,15 @@ fn fill(env: &Env) -> [i64; 3] {
     .into_iter()
     .enumerate()
     {
-        let message = InboundMessage {
-            key: ConversationKey::new(Channel::Telegram, sender, ""),
-            text: "hello".into(),
-            provider_message_id: format!("m{i}"),
-            provider_ts: None,
-            received_at: 1_000 + i as i64,
-            attachments: vec![],
-            metadata: BTreeMap::new(),
-            correlation_id: CorrelationId::generate(),
-        };
+        let message = inbound(
+            Channel::Telegram,
+            sender,
+            &format!("m{i}"),
+            "hello",
+            1_000 + i as i64,
+        );
         let a = store.accept(&message).unwrap();
-        let reply = NewReply {
-            kind: ReplyKind::Answer,
-            text: text.into(),
-            provider: "ollama".into(),
-            model: "mistral:7b".into(),
-            prompt_version: prompt.version,
-            prompt_tokens: None,
-            completion_tokens: None,
-            latency_ms: 10,
-            created_at: 2_000 + i as i64,
-        };
+        let reply = answer(text, prompt.version, 2_000 + i as i64);
         let stored = store.record_reply(a.message_id, &reply).unwrap();
         let entries = store.outbox_entries(OutboxView::All, 10).unwrap();
         ids.push(entries.iter().find(|e| e.text == stored.text).unwrap().id);

@@ -1081,29 +1081,12 @@ async fn the_daemon_prunes_by_itself_and_never_what_is_still_owed() {
     let old = now - 60 * 86_400_000;
     let key =
         |who: &str| convagent::core::ConversationKey::new(convagent::core::Channel::Slack, who, "");
-    let message = |who: &str| convagent::core::InboundMessage {
-        key: key(who),
-        text: "long ago".into(),
-        provider_message_id: format!("{who}-1"),
-        provider_ts: None,
-        received_at: old,
-        attachments: vec![],
-        metadata: Default::default(),
-        correlation_id: convagent::core::CorrelationId::generate(),
-    };
+    let slack = convagent::core::Channel::Slack;
+    let message =
+        |who: &str| crate::support::inbound(slack, who, &format!("{who}-1"), "long ago", old);
     let settled = h.store.accept(&message("settled")).unwrap();
     let prompt = h.store.ensure_prompt("be brief", old).unwrap();
-    let reply = convagent::core::NewReply {
-        kind: convagent::core::ReplyKind::Answer,
-        text: "answered long ago".into(),
-        provider: "fake".into(),
-        model: "fake".into(),
-        prompt_version: prompt.version,
-        prompt_tokens: None,
-        completion_tokens: None,
-        latency_ms: 1,
-        created_at: old,
-    };
+    let reply = crate::support::answer("answered long ago", prompt.version, old);
     h.store.record_reply(settled.message_id, &reply).unwrap();
     let queued = h.store.head(settled.conversation_id).unwrap().unwrap();
     h.store

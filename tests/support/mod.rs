@@ -566,3 +566,39 @@ pub fn ollama_answer(text: &str) -> String {
     .map(|l| format!("{l}\n"))
     .collect()
 }
+
+/// A text message as a channel adapter hands it over (no attachments, no
+/// metadata), for filling stores.
+pub fn inbound(
+    channel: convagent::core::Channel,
+    sender: &str,
+    id: &str,
+    text: &str,
+    at: i64,
+) -> convagent::core::InboundMessage {
+    convagent::core::InboundMessage {
+        key: convagent::core::ConversationKey::new(channel, sender, ""),
+        text: text.into(),
+        provider_message_id: id.into(),
+        provider_ts: None,
+        received_at: at,
+        attachments: vec![],
+        metadata: Default::default(),
+        correlation_id: convagent::core::CorrelationId::generate(),
+    }
+}
+
+/// A provider's answer, for filling stores.
+pub fn answer(text: &str, prompt_version: i64, at: i64) -> convagent::core::NewReply {
+    convagent::core::NewReply {
+        kind: convagent::core::ReplyKind::Answer,
+        text: text.into(),
+        provider: "ollama".into(),
+        model: "mistral:7b".into(),
+        prompt_version,
+        prompt_tokens: None,
+        completion_tokens: None,
+        latency_ms: 10,
+        created_at: at,
+    }
+}
