@@ -342,7 +342,15 @@ impl Daemon {
             std::process::id(),
             unix_ms()
         ));
-        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(home.join("config/convagent")).unwrap();
+        // A thousand chats at thousands of messages a second are far over
+        // the default 10 a minute each: a limit that never trips, so every
+        // message still pays for the count the limit needs.
+        std::fs::write(
+            home.join("config/convagent/config.toml"),
+            "[limits]\nmessages_per_minute = 1000000\n",
+        )
+        .unwrap();
         let log = std::fs::File::create(home.join("serve.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_convagent"));
         cmd.args(["serve", "--listen", "127.0.0.1:0"])

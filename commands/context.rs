@@ -144,6 +144,7 @@ impl Context {
             summary_threshold: config.agent.summary_threshold,
             secrets: config.secrets(),
             max_input_chars: config.agent.max_input_chars,
+            limits: config.limits.clone(),
             ..AgentSettings::default()
         };
         // A prompt edited in the config since it was last taken becomes

@@ -11,6 +11,8 @@ mod alerts;
 mod delivery;
 #[path = "daemon/ingress.rs"]
 mod ingress;
+#[path = "daemon/limits.rs"]
+mod limits;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -164,7 +166,10 @@ impl Harness {
             options.llm,
             clock.clone(),
             Guardrails::new(&[]).unwrap(),
-            AgentSettings::default(),
+            AgentSettings {
+                limits: config.limits.clone(),
+                ..AgentSettings::default()
+            },
         )
         .with_stages(Arc::new(tracer.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

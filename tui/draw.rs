@@ -8,7 +8,8 @@ use ratatui::widgets::{
     Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap,
 };
 
-use convagent::core::{BreakerState, Outcome, ReplyKind, Role};
+use convagent::core::limits::NOTICE_PROVIDER;
+use convagent::core::{BreakerState, Outcome, ReplyKind, Role, StoredMessage};
 
 use super::state::{State, View};
 use crate::output::{age, preview, utc};
@@ -241,8 +242,16 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
         match m.role {
             Role::User => {
                 head.push(Span::styled("user", Style::new().fg(Color::Cyan)));
-                if m.answered_by.is_some() {
-                    head.push(Span::styled(" [answered with the next]", DIM));
+                if let Some(by) = m.answered_by {
+                    let notice = state.messages.iter().any(|r| r.id == by && is_notice(r));
+                    head.push(Span::styled(
+                        if notice {
+                            " [held back by a limit]"
+                        } else {
+                            " [answered with the next]"
+                        },
+                        DIM,
+                    ));
                 }
             }
             _ => {
@@ -250,9 +259,11 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
                 let mut info = Vec::new();
                 match m.kind {
                     Some(ReplyKind::Fallback) => info.push("FALLBACK".to_string()),
-                    Some(ReplyKind::Refusal) => {
-                        info.push(format!("REFUSED {}", m.model.as_deref().unwrap_or("")))
-                    }
+                    Some(ReplyKind::Refusal) => info.push(format!(
+                        "{} {}",
+                        if is_notice(m) { "LIMIT" } else { "REFUSED" },
+                        m.model.as_deref().unwrap_or("")
+                    )),
                     _ => {
                         if let (Some(p), Some(model)) = (&m.provider, &m.model) {
                             info.push(format!("{p}/{model}"));
@@ -407,4 +418,9 @@ fn draw_help(frame: &mut Frame) {
             .wrap(Wrap { trim: false }),
         popup,
     );
+}
+
+/// A limit's notice (`core::limits`): a refusal the limits sent.
+fn is_notice(m: &StoredMessage) -> bool {
+    m.kind == Some(ReplyKind::Refusal) && m.provider.as_deref() == Some(NOTICE_PROVIDER)
 }

@@ -121,9 +121,21 @@ fn state() -> State {
             "Sorry, I can't answer right now.",
             Some(ReplyKind::Fallback),
         ),
+        message(8, Role::User, "hello?", None),
+        message(
+            9,
+            Role::Assistant,
+            "Please wait a minute.",
+            Some(ReplyKind::Refusal),
+        ),
+        message(10, Role::User, "hello??", None),
     ];
     // "Hi" and "Where is my parcel?" came as a burst: one answer for both.
     messages[0].answered_by = Some(3);
+    // Over the message rate: a notice, and the next message held by it.
+    messages[8].provider = Some("limit".into());
+    messages[8].model = Some("messages_per_minute".into());
+    messages[9].answered_by = Some(9);
     State {
         now_ms: NOW,
         conversations,

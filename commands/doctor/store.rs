@@ -182,3 +182,40 @@ pub fn outbox_check(ctx: &Context) -> Option<Check> {
         format!("{} queued, no dead letters", stats.queued),
     ))
 }
+
+/// Senders held back by limits in the last hour, as the alerting rules see
+/// them (`ConvagentSendersLimited`).
+pub fn limits_check(ctx: &Context) -> Option<Check> {
+    let limits = &ctx.settings().ok()?.config.limits;
+    let store = ctx.store_read_only().ok()??;
+    let held = store.held_back(now_ms() - 60 * 60 * 1000).ok()?;
+    let per_minute = match limits.messages_per_minute {
+        0 => "no message rate".to_string(),
+        n => format!("{n} messages a minute per sender"),
+    };
+    if held.is_empty() {
+        return Some(Check::pass(
+            "limits",
+            format!("{per_minute}; nobody held back in the last hour"),
+        ));
+    }
+    let what: Vec<String> = held
+        .iter()
+        .map(|h| {
+            format!(
+                "{} message{} from {} sender{} over {}",
+                h.messages,
+                if h.messages == 1 { "" } else { "s" },
+                h.senders,
+                if h.senders == 1 { "" } else { "s" },
+                h.rule
+            )
+        })
+        .collect();
+    Some(Check::warn(
+        "limits",
+        format!("in the last hour: {}", what.join("; ")),
+        "each sender got one notice and the LLM was not called; if they are real users, \
+         raise the limit in [limits] (config.example.toml lists the keys)",
+    ))
+}

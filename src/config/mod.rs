@@ -250,6 +250,17 @@ impl Config {
             return Err(invalid("llm.breaker_failures", "must be at least 1".into()));
         }
         self.retention()?;
+        for (key, text) in [
+            ("limits.notice", &self.limits.notice),
+            ("limits.tokens_notice", &self.limits.tokens_notice),
+        ] {
+            if text.trim().is_empty() {
+                return Err(invalid(
+                    key,
+                    "must not be empty: it is what the sender reads".into(),
+                ));
+            }
+        }
         Ok(())
     }
 

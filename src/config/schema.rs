@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::agent::{
     Burst, DEFAULT_FALLBACK_REPLY, DEFAULT_MAX_INPUT_CHARS, DEFAULT_SYSTEM_PROMPT,
 };
+use crate::core::limits::Limits;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +22,8 @@ pub struct Config {
     pub tunnel: TunnelConfig,
     pub channels: ChannelsConfig,
     pub retention: RetentionConfig,
+    /// Checked before the LLM is called (`core::limits`).
+    pub limits: Limits,
 }
 
 /// How long the store keeps what it holds (durations such as `90d`, `12h`).

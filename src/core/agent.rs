@@ -16,10 +16,11 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::context::{self, ContextWindow};
 use super::guardrails::{Guardrails, SecretFilter, Violation};
+use super::limits::{self, Limits, Rule, Verdict};
 use super::llm::{ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent};
 use super::message::{InboundMessage, Role, Turn};
 use super::ports::{
-    Clock, NewReply, Pending, PromptVersion, ReplyKind, StageSink, Store, StoreError,
+    Clock, Held, NewReply, Pending, PromptVersion, ReplyKind, StageSink, Store, StoreError,
     StoredMessage, Summary, TraceEvent, TurnRecord, Write,
 };
 use super::trace::{Outcome, Stage};
@@ -45,6 +46,8 @@ pub struct AgentSettings {
     /// Characters of one message the model sees at most (the stored
     /// message keeps all of it).
     pub max_input_chars: usize,
+    /// Checked before the LLM is called.
+    pub limits: Limits,
 }
 
 /// How a conversation's worker answers messages that queued up while its
@@ -71,6 +74,7 @@ impl Default for AgentSettings {
             summary_batch: 10,
             secrets: Vec::new(),
             max_input_chars: DEFAULT_MAX_INPUT_CHARS,
+            limits: Limits::default(),
         }
     }
 }
@@ -113,9 +117,12 @@ pub struct Reply {
     pub dropped_turns: usize,
     /// For a fallback: why every provider failed.
     pub llm_error: Option<String>,
-    /// A fallback that was not sent again: the conversation already got
-    /// one since its last answer.
+    /// A fallback or limit notice that was not sent again: the
+    /// conversation already got one (since its last answer; in the limit's
+    /// window).
     pub suppressed: bool,
+    /// The messages were held back by this limit; the reply is its notice.
+    pub limited: Option<Rule>,
 }
 
 impl Reply {
@@ -347,6 +354,11 @@ impl Agent {
         turn: &[Pending],
         on_event: &mut OnEvent<'_>,
     ) -> Result<Reply, AgentError> {
+        let prompt = self.prompt()?;
+        let turn = match self.limit(turn, &prompt, on_event).await? {
+            Ok(answerable) => &turn[..answerable],
+            Err(held) => return Ok(held),
+        };
         let last = &turn[turn.len() - 1];
         info!(
             message_id = last.message_id,
@@ -354,7 +366,6 @@ impl Agent {
             burst = turn.len(),
             "answering"
         );
-        let prompt = self.prompt()?;
         if let Some(refusal) = self.guard(turn, &prompt, on_event).await? {
             return Ok(refusal);
         }
@@ -380,6 +391,95 @@ impl Agent {
                 Some(format!("answered with {}", last.message.correlation_id)),
             );
         }
+    }
+
+    /// Step 4a: the limits. `Ok(n)`: answer the turn's first `n` messages
+    /// (the rest wait for the next round); `Err`: the first messages were
+    /// over a limit and are answered by its notice, sent now or, once per
+    /// window, earlier.
+    async fn limit(
+        &self,
+        turn: &[Pending],
+        prompt: &PromptVersion,
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<Result<usize, Reply>, AgentError> {
+        let limits = &self.settings.limits;
+        let Some(query) = limits.query(turn) else {
+            return Ok(Ok(turn.len()));
+        };
+        let began = self.now();
+        let usage = self.store.usage(&query)?;
+        let (count, rule, notice) = match limits.verdict(query.channel, turn.len(), &usage, began.0)
+        {
+            Verdict::Answer(n) => return Ok(Ok(n)),
+            Verdict::Hold {
+                count,
+                rule,
+                notice,
+            } => (count, rule, notice),
+        };
+        let held = &turn[..count];
+        let last = &held[count - 1];
+        for p in held {
+            self.stage(
+                &p.message,
+                Stage::Guarded,
+                began,
+                Outcome::Limited,
+                Some(rule.to_string()),
+            );
+        }
+        info!(rule = %rule, held = count, notice_sent_before = notice.is_some(), "over a limit");
+        let reply = match notice {
+            Some(notice) => self
+                .store
+                .write(Write::Hold(Held {
+                    conversation_id: last.conversation_id,
+                    messages: held.iter().map(|p| p.message_id).collect(),
+                    notice,
+                    rule: rule.to_string(),
+                    at: self.clock.now_ms(),
+                }))
+                .await?
+                .reply()?,
+            None => {
+                let reply = self
+                    .record(
+                        held,
+                        Recorded {
+                            kind: ReplyKind::Refusal,
+                            text: limits.notice(rule).to_string(),
+                            provider: limits::NOTICE_PROVIDER,
+                            model: rule.to_string(),
+                            prompt_version: prompt.version,
+                            tokens: (None, None),
+                            latency_ms: 0,
+                        },
+                        held.iter()
+                            .map(|p| (p.message_id, rule.to_string()))
+                            .collect(),
+                    )
+                    .await?;
+                on_event(StreamEvent::Token(&reply.text));
+                reply
+            }
+        };
+        self.stage(
+            &last.message,
+            Stage::ReplyStored,
+            began,
+            if notice.is_some() {
+                Outcome::Held
+            } else {
+                Outcome::Refusal
+            },
+            Some(format!("notice {}", reply.id)),
+        );
+        Ok(Err(Reply {
+            suppressed: notice.is_some(),
+            limited: Some(rule),
+            ..self.reply(held, reply, false, 0, None)
+        }))
     }
 
     /// Step 4: every message of the turn through the guardrails. A refusal
@@ -634,6 +734,7 @@ impl Agent {
             dropped_turns,
             llm_error,
             suppressed: false,
+            limited: None,
         }
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a message came from. The agent core treats all channels alike; the
 /// channel only takes part in identity and storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Whatsapp,

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod channel;
 pub mod context;
 pub mod guardrails;
+pub mod limits;
 pub mod llm;
 pub mod message;
 pub mod ports;
@@ -16,15 +17,16 @@ pub use agent::{Agent, AgentError, AgentSettings, Burst, Reply};
 pub use breaker::{Admission, Breaker, BreakerPolicy, BreakerState, Transition};
 pub use context::{ContextWindow, estimate_tokens};
 pub use guardrails::{Guardrails, SecretFilter, Violation};
+pub use limits::Limits;
 pub use llm::{ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, StreamEvent};
 pub use message::{
     Attachment, Channel, ConversationKey, CorrelationId, InboundMessage, Role, Turn,
 };
 pub use ports::{
     Accepted, ActivityBucket, Clock, ConversationFilter, ConversationOverview, ConversationSummary,
-    Erased, MonitorStore, NewReply, OutboxEntry, OutboxItem, OutboxStats, OutboxStore,
-    OutboxUpdate, OutboxView, Pending, PeopleStore, PromptVersion, ProviderActivity, Prune,
-    ReplyKind, SearchHit, SearchOrder, SenderData, SenderRef, StageSink, Store, StoreError,
+    Erased, Held, HeldBack, MonitorStore, NewReply, OutboxEntry, OutboxItem, OutboxStats,
+    OutboxStore, OutboxUpdate, OutboxView, Pending, PeopleStore, PromptVersion, ProviderActivity,
+    Prune, ReplyKind, SearchHit, SearchOrder, SenderData, SenderRef, StageSink, Store, StoreError,
     StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore, TurnRecord, ViolationRecord,
     Write, Writes, Written,
 };

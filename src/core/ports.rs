@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::breaker::{Breaker, Transition};
+use super::limits::{Usage, UsageQuery};
 use super::llm::BoxFuture;
 use super::message::{Channel, ConversationKey, InboundMessage, Role, Turn};
 pub use super::trace::TraceEvent;
@@ -240,6 +241,22 @@ pub enum Write {
     Erase { sender: SenderRef, at: i64 },
     /// One batch of retention (`Written::Erased` says what went).
     Prune(Prune),
+    /// Messages held back by a limit, answered by the notice already sent
+    /// in the limit's window (no new reply); `Written::Reply` is that notice.
+    Hold(Held),
+}
+
+/// Messages over a limit whose sender was told so already (see
+/// [`crate::core::limits`]): marked answered by `notice`, each recorded
+/// as a violation of `rule`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub conversation_id: i64,
+    pub messages: Vec<i64>,
+    /// The notice: a reply of the same conversation.
+    pub notice: i64,
+    pub rule: String,
+    pub at: i64,
 }
 
 /// What retention removes in one batch (times in unix ms).
@@ -542,6 +559,11 @@ pub trait ConversationReads: Send + Sync {
     /// All messages of a conversation, oldest first.
     fn messages(&self, conversation_id: i64) -> Result<Vec<StoredMessage>, StoreError>;
 
+    /// What the limits of `query` need counted (see
+    /// [`crate::core::limits`]): bounded reads, whatever the sender's
+    /// history.
+    fn usage(&self, query: &UsageQuery) -> Result<Usage, StoreError>;
+
     /// Full-text search over message text: the newest matches first, read
     /// in index order so that the cost follows `limit`, not how many
     /// messages match; or, with [`SearchOrder::Relevance`], the best
@@ -835,6 +857,17 @@ pub trait MonitorStore: Send + Sync {
         bucket_ms: i64,
         buckets: usize,
     ) -> Result<Vec<ActivityBucket>, StoreError>;
+
+    /// Messages held back by limits since `since`, per rule (`doctor`).
+    fn held_back(&self, since: i64) -> Result<Vec<HeldBack>, StoreError>;
+}
+
+/// Messages one limit held back, and from how many senders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldBack {
+    pub rule: String,
+    pub messages: u64,
+    pub senders: u64,
 }
 
 /// Every store port, in scope without names: `use convagent::core::ports::all::*;`

@@ -81,9 +81,11 @@ names! {
         Pass = "pass",
         /// A guardrail refused (the rule is the detail).
         Refused = "refused",
+        Limited = "limited",
         Failed = "failed",
         Answer = "answer",
         Refusal = "refusal",
+        Held = "held",
         Fallback = "fallback",
         /// The conversation already has a fallback since its last answer.
         FallbackAlreadySent = "fallback already sent",

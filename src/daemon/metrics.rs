@@ -1,6 +1,7 @@
 //! Prometheus metrics: inbound webhooks per channel and outcome, latency
-//! per stage as histograms, LLM outcomes, sends, and — read from the store
-//! at each scrape — breaker states, outbox depth and dead letters.
+//! per stage as histograms, LLM outcomes, messages held back by limits,
+//! sends, and — read from the store at each scrape — breaker states,
+//! outbox depth and dead letters.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +21,12 @@ use crate::core::{BreakerState, ReplyKind};
 struct ChannelOutcome {
     channel: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelRule {
+    channel: String,
+    rule: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +58,7 @@ pub struct Metrics {
     inbound: Family<ChannelOutcome, Counter>,
     sends: Family<ChannelOutcome, Counter>,
     replies: Family<KindLabel, Counter>,
+    limited: Family<ChannelRule, Counter>,
     stages: StageHistograms,
     breakers: Family<BreakerLabel, Gauge>,
     outbox_depth: Gauge,
@@ -70,6 +78,7 @@ impl Metrics {
             inbound: Family::default(),
             sends: Family::default(),
             replies: Family::default(),
+            limited: Family::default(),
             stages: Family::new_with_constructor(stage_histogram),
             breakers: Family::default(),
             outbox_depth: Gauge::default(),
@@ -87,6 +96,11 @@ impl Metrics {
                 "convagent_replies",
                 "Replies by kind: answer, fallback (every LLM failed), refusal (guardrail)",
                 m.replies.clone(),
+            );
+            r.register(
+                "convagent_limited",
+                "Messages held back by a limit, by channel and rule (messages_per_minute, sender_tokens_per_day, tokens_per_day): answered by the limit's notice, not the LLM",
+                m.limited.clone(),
             );
             r.register(
                 "convagent_stage_duration_seconds",
@@ -128,6 +142,17 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    /// `count` messages of `channel` held back by the limit `rule` (a
+    /// fixed set of names).
+    pub fn limited(&self, channel: &str, rule: &str, count: u64) {
+        self.limited
+            .get_or_create(&ChannelRule {
+                channel: channel.into(),
+                rule: rule.into(),
+            })
+            .inc_by(count);
     }
 
     pub fn reply(&self, kind: ReplyKind) {

@@ -130,42 +130,58 @@ async fn process(daemon: Arc<Daemon>, conversation: i64) {
 /// Answers the conversation's pending messages in order; returns whether
 /// one got the fallback (and so needs another try later).
 async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
-    let pending = match daemon.store.pending(conversation, ROUND) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(conversation, error = %e, "cannot read pending messages");
-            return true;
-        }
-    };
-    let turns: Vec<&[Pending]> = match daemon.settings.burst {
-        Burst::Collect if !pending.is_empty() => vec![&pending[..]],
-        Burst::Collect => Vec::new(),
-        Burst::Each => pending.chunks(1).collect(),
-    };
-    for turn in turns {
-        if daemon.stopping() {
-            break;
-        }
-        let typing = super::typing::start(daemon, turn);
-        let result = daemon.agent.answer(turn, &mut |_| {}).await;
-        drop(typing);
-        match result {
-            Ok(reply) => {
-                daemon.metrics.reply(reply.kind());
-                // Queued for sending, a fallback too.
-                daemon.outbox.ready(conversation);
-                if reply.kind() == ReplyKind::Fallback {
+    'read: loop {
+        let pending = match daemon.store.pending(conversation, ROUND) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(conversation, error = %e, "cannot read pending messages");
+                return true;
+            }
+        };
+        let turns: Vec<&[Pending]> = match daemon.settings.burst {
+            Burst::Collect if !pending.is_empty() => vec![&pending[..]],
+            Burst::Collect => Vec::new(),
+            Burst::Each => pending.chunks(1).collect(),
+        };
+        for turn in turns {
+            if daemon.stopping() {
+                break;
+            }
+            let typing = super::typing::start(daemon, turn);
+            let result = daemon.agent.answer(turn, &mut |_| {}).await;
+            drop(typing);
+            match result {
+                Ok(reply) => {
+                    match reply.limited {
+                        Some(rule) => daemon.metrics.limited(
+                            turn[0].message.key.channel.as_str(),
+                            rule.as_str(),
+                            reply.covers.len() as u64 + 1,
+                        ),
+                        None => daemon.metrics.reply(reply.kind()),
+                    }
+                    // Queued for sending, a fallback too.
+                    daemon.outbox.ready(conversation);
+                    if reply.kind() == ReplyKind::Fallback {
+                        return true;
+                    }
+                    // A limit split the turn: the rest is a turn of its own.
+                    if turn
+                        .last()
+                        .is_some_and(|m| m.message_id != reply.message_id)
+                    {
+                        continue 'read;
+                    }
+                }
+                Err(e) => {
+                    let last = turn.last().map(|p| p.message.correlation_id.0.as_str());
+                    tracing::error!(correlation_id = last, error = %e, "cannot answer the message");
                     return true;
                 }
             }
-            Err(e) => {
-                let last = turn.last().map(|p| p.message.correlation_id.0.as_str());
-                tracing::error!(correlation_id = last, error = %e, "cannot answer the message");
-                return true;
-            }
         }
+        return false;
     }
-    false
 }
 
 /// Schedules every conversation left with unanswered messages.

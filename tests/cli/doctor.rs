@@ -62,7 +62,7 @@ async fn all_green_with_ollama_serving_the_model() {
     assert!(out.status.success(), "{text}{}", stderr_of(&out));
     assert!(text.contains("✓ config"), "{text}");
     assert!(
-        text.contains("✓ store") && text.contains("schema 7/7, integrity ok"),
+        text.contains("✓ store") && text.contains("schema 8/8, integrity ok"),
         "{text}"
     );
     assert!(
@@ -419,5 +419,77 @@ fn twilio_channels_say_which_number_replies_go_from() {
     assert!(
         text.contains("replies from +15017122661 (TWILIO_SMS_FROM)"),
         "{text}"
+    );
+}
+
+/// Senders held back by a limit in the last hour are reported, as the
+/// `ConvagentSendersLimited` alert reports them.
+#[test]
+fn senders_held_back_by_limits_are_reported() {
+    use convagent::core::ports::all::*;
+    let env = Env::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let limits_check = || {
+        let out = env
+            .cmd(&["doctor", "--json"])
+            .env("CONVAGENT_LLM_CHAIN", "ollama")
+            .output()
+            .unwrap();
+        let v = checks(&out);
+        let check = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "limits")
+            .unwrap_or_else(|| panic!("no limits check: {v}"))
+            .clone();
+        (
+            check["status"].as_str().unwrap().to_string(),
+            check["detail"].as_str().unwrap().to_string(),
+        )
+    };
+    let store = convagent::adapters::store::SqliteStore::open(&env.store()).unwrap();
+    let prompt = store.ensure_prompt("be nice", now).unwrap();
+    let (status, detail) = limits_check();
+    assert_eq!(status, "pass", "{detail}");
+    assert!(
+        detail.contains("10 messages a minute per sender"),
+        "{detail}"
+    );
+
+    let ids: Vec<i64> = (0..2)
+        .map(|i| {
+            let m = crate::support::inbound(
+                convagent::core::Channel::Telegram,
+                "999",
+                &format!("spam-{i}"),
+                "spam",
+                now + i,
+            );
+            store.accept(&m).unwrap().message_id
+        })
+        .collect();
+    let rule = "messages_per_minute".to_string();
+    store
+        .write_now(convagent::core::Write::Turn(convagent::core::TurnRecord {
+            message_id: ids[1],
+            covers: vec![ids[0]],
+            violations: ids.iter().map(|&id| (id, rule.clone())).collect(),
+            reply: convagent::core::NewReply {
+                kind: convagent::core::ReplyKind::Refusal,
+                provider: "limit".into(),
+                model: rule.clone(),
+                ..crate::support::answer("Please wait a minute.", prompt.version, now + 2)
+            },
+        }))
+        .unwrap();
+    let (status, detail) = limits_check();
+    assert_eq!(status, "warn", "{detail}");
+    assert!(
+        detail.contains("2 messages from 1 sender over messages_per_minute"),
+        "{detail}"
     );
 }

@@ -306,6 +306,14 @@ fn export_then_delete_a_person_leaves_nothing_of_them() {
             }])
             .unwrap();
         store.record_violation(first.id, "secret", 2).unwrap();
+        // The tokens their replies used today (what the trigger keeps).
+        rusqlite::Connection::open(env.store())
+            .unwrap()
+            .execute(
+                "INSERT INTO token_usage (day, conversation_id, tokens) VALUES (20000, ?1, 42)",
+                [alice.id],
+            )
+            .unwrap();
     }
     let out = env
         .cmd(&["history", "export", "--sender", "telegram:alice"])
@@ -394,6 +402,15 @@ fn export_then_delete_a_person_leaves_nothing_of_them() {
         stdout_of(&out).trim(),
         "[]",
         "the other person is untouched"
+    );
+
+    assert_eq!(
+        crate::support::pairs(
+            &env.store(),
+            "SELECT day, tokens FROM token_usage WHERE day = 20000"
+        ),
+        Vec::<(i64, i64)>::new(),
+        "their token counts go too"
     );
 
     // What is kept: that it happened, when, on which channel, how many.

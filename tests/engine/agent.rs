@@ -156,6 +156,8 @@ async fn long_conversations_are_cut_to_the_budget_oldest_first() {
         context_budget: 1024,
         reply_reserve: 256,
         summary_min_turns: u64::MAX,
+        // A long conversation typed within a second.
+        limits: convagent::core::Limits::none(),
         ..AgentSettings::default()
     };
     let (agent, _store) = agent_with(llm.clone(), settings);
@@ -218,4 +220,59 @@ async fn the_model_sees_a_capped_message_and_the_store_keeps_all_of_it() {
     assert!(seen.ends_with("[…cut at 100 characters]"), "{seen}");
     let stored = store.messages(reply.conversation_id).unwrap();
     assert_eq!(stored[0].text, long, "the whole text is kept");
+}
+
+/// A turn that crosses the message rate is answered up to the limit: the
+/// reply answers the last message under it, the model sees nothing after
+/// it, and the next turn (what was left) gets the limit's notice.
+#[tokio::test]
+async fn a_turn_cut_by_a_limit_is_answered_as_the_messages_under_it() {
+    let llm = Arc::new(FakeLlm::replying("answered"));
+    let settings = AgentSettings {
+        limits: convagent::core::Limits {
+            messages_per_minute: 2,
+            ..Default::default()
+        },
+        ..AgentSettings::default()
+    };
+    let (agent, store) = agent_with(llm.clone(), settings.clone());
+    for (i, text) in ["m1", "m2", "m3", "m4"].iter().enumerate() {
+        store
+            .write(convagent::core::Write::Accept(cli::inbound(
+                &key(),
+                text,
+                1_000 + i as i64,
+            )))
+            .await
+            .unwrap();
+    }
+    let conversation = store.open_conversation(&key()).unwrap().unwrap();
+    let turn = store.pending(conversation, 10).unwrap();
+    let reply = agent.answer(&turn, &mut |_| {}).await.unwrap();
+    assert_eq!(
+        reply.message_id, turn[1].message_id,
+        "m2 is the last answered"
+    );
+    assert_eq!(reply.covers, [turn[0].message_id]);
+    assert_eq!(reply.limited, None);
+    let requests = llm.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    let seen: Vec<&str> = requests[0]
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(seen, ["m1", "m2"]);
+
+    let rest = store.pending(conversation, 10).unwrap();
+    assert_eq!(rest.len(), 2);
+    let held = agent.answer(&rest, &mut |_| {}).await.unwrap();
+    assert_eq!(
+        held.limited,
+        Some(convagent::core::limits::Rule::MessagesPerMinute)
+    );
+    assert_eq!(held.reply.text, settings.limits.notice);
+    assert_eq!(llm.requests.lock().unwrap().len(), 1, "no second LLM call");
+    assert!(store.pending(conversation, 10).unwrap().is_empty());
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use convagent::adapters::channels::cli;
 use convagent::adapters::store::SqliteStore;
 use convagent::core::context::SUMMARY_PREFIX;
-use convagent::core::{AgentSettings, estimate_tokens};
+use convagent::core::{AgentSettings, Limits, estimate_tokens};
 
 use crate::agent::{agent_over, key};
 use crate::support::{FakeLlm, pairs};
@@ -70,6 +70,8 @@ async fn older_turns_are_summarised_once_per_range_and_reused() {
         summary_min_turns: 50,
         summary_threshold: 0.8,
         summary_batch: 10,
+        // A long conversation typed within a second.
+        limits: Limits::none(),
         ..AgentSettings::default()
     };
     let agent = agent_over(store.clone(), summariser.clone(), settings);
@@ -171,6 +173,7 @@ async fn short_conversations_are_never_summarised() {
     let settings = AgentSettings {
         context_budget: 1024,
         reply_reserve: 128,
+        limits: Limits::none(),
         ..AgentSettings::default()
     };
     let agent = agent_over(store.clone(), llm.clone(), settings);

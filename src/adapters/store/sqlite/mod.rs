@@ -14,6 +14,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
+mod limits;
 mod monitor;
 mod outbox;
 mod people;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[M<'static>] = &[
     )),
     M::up(include_str!("../../../../migrations/0006_outbox_cli.sql")),
     M::up(include_str!("../../../../migrations/0007_erasures.sql")),
+    M::up(include_str!("../../../../migrations/0008_limits.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -101,6 +101,8 @@ pub(super) fn erase_conversations_in(conn: &Connection, ids: &[i64]) -> Result<E
         Ok(conn.prepare_cached(sql)?.execute(params![ids])? as u64)
     };
     // Children first: every reference points into what is deleted next.
+    // Tokens used per day are counts, not reported apart.
+    run("DELETE FROM token_usage WHERE conversation_id IN (SELECT value FROM json_each(?1))")?;
     let erased = Erased {
         violations: run("DELETE FROM guardrail_violations WHERE message_id IN
                  (SELECT id FROM messages WHERE conversation_id IN (SELECT value FROM json_each(?1)))")?,

@@ -6,6 +6,7 @@ use rusqlite_migration::{Migrations, SchemaVersion};
 use super::rows::*;
 use super::{MIGRATIONS, RECENT_TURNS_SQL, SqliteStore, fts_phrase_query};
 use crate::core::breaker::{Breaker, Transition};
+use crate::core::limits::{Usage, UsageQuery};
 use crate::core::message::{
     Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME, Turn,
 };
@@ -413,6 +414,10 @@ impl ConversationReads for SqliteStore {
             }
         }
         Ok(after)
+    }
+
+    fn usage(&self, query: &UsageQuery) -> Result<Usage, StoreError> {
+        super::limits::usage(&self.reader(), query)
     }
 
     fn open_conversation(&self, key: &ConversationKey) -> Result<Option<i64>, StoreError> {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{outbox, people, port};
+use super::{limits, outbox, people, port};
 use crate::core::ports::{StoreError, Write, Written};
 
 /// Writes per transaction at most: commits stay short, so an accept that
@@ -321,5 +321,6 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
         Write::Summary(summary) => Written::Summary(port::summary_in(conn, summary)?),
         Write::Erase { sender, at } => Written::Erased(people::erase_in(conn, sender, *at)?),
         Write::Prune(prune) => Written::Erased(people::prune_in(conn, prune)?),
+        Write::Hold(held) => Written::Reply(limits::hold_in(conn, held)?),
     })
 }
