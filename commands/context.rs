@@ -40,6 +40,7 @@ impl std::error::Error for UserError {}
 
 pub struct Context {
     config_flag: Option<PathBuf>,
+    env_file: Option<PathBuf>,
     verbose: u8,
     file_logs_only: Cell<bool>,
     settings: OnceCell<Settings>,
@@ -48,9 +49,10 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(config_flag: Option<PathBuf>, verbose: u8) -> Self {
+    pub fn new(config_flag: Option<PathBuf>, env_file: Option<PathBuf>, verbose: u8) -> Self {
         Context {
             config_flag,
+            env_file,
             verbose,
             file_logs_only: Cell::new(false),
             settings: OnceCell::new(),
@@ -70,8 +72,7 @@ impl Context {
         if let Some(s) = self.settings.get() {
             return Ok(s);
         }
-        let loaded = Settings::load(self.config_flag.as_deref(), &|k| std::env::var(k).ok())
-            .map_err(config_error)?;
+        let loaded = self.load_settings()?;
         let settings = self.settings.get_or_init(|| loaded);
         self.telemetry.get_or_init(|| {
             let stderr_filter = match self.verbose {
@@ -94,6 +95,36 @@ impl Context {
             }
         });
         Ok(settings)
+    }
+
+    /// Reads the configuration afresh (`serve` on SIGHUP): the file, then
+    /// the environment file (`--env-file`), then the environment, which
+    /// wins over the file as with dotenv.
+    pub fn load_settings(&self) -> Result<Settings> {
+        let mut from_file = std::collections::HashMap::new();
+        if let Some(path) = &self.env_file {
+            let hint = "check --env-file / CONVAGENT_ENV_FILE: KEY=VALUE lines";
+            let lines = dotenvy::from_path_iter(path).map_err(|e| {
+                UserError::new(format!("cannot read {}: {e}", path.display()), hint)
+            })?;
+            for line in lines {
+                let (key, value) =
+                    line.map_err(|e| UserError::new(format!("{}: {e}", path.display()), hint))?;
+                from_file.insert(key, value);
+            }
+        }
+        Settings::load(self.config_flag.as_deref(), &|k| {
+            std::env::var(k).ok().or_else(|| from_file.get(k).cloned())
+        })
+        .map_err(config_error)
+    }
+
+    /// Masks these secrets in every log line from now on, as well as the
+    /// ones configured at start.
+    pub fn mask_also(&self, secrets: &[String]) {
+        if let Some(Some(guard)) = self.telemetry.get() {
+            guard.masker.add(secrets);
+        }
     }
 
     /// The store, opened for writing (creating it and migrating as needed).
@@ -130,7 +161,16 @@ impl Context {
     /// `providers`). `patient`: turns fail over after `agent.patience_secs`
     /// without a first token (the daemon, where nobody watches).
     pub fn agent(&self, providers: &[Configured], patient: bool) -> Result<Agent> {
-        let settings = self.settings()?;
+        self.agent_for(self.settings()?, providers, patient)
+    }
+
+    /// [`Context::agent`] for `settings` (a reloaded configuration).
+    pub fn agent_for(
+        &self,
+        settings: &Settings,
+        providers: &[Configured],
+        patient: bool,
+    ) -> Result<Agent> {
         let config = &settings.config;
         let store = self.store()?;
         let clock = Arc::new(SystemClock);

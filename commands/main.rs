@@ -11,6 +11,7 @@ mod history;
 mod outbox;
 mod replay;
 mod serve;
+mod service;
 mod signals;
 #[path = "../tui/mod.rs"]
 mod tui;
@@ -34,6 +35,11 @@ pub struct Cli {
     /// Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)
     #[arg(long, global = true, env = "CONVAGENT_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+
+    /// KEY=VALUE lines read as environment variables (secrets of a service;
+    /// the real environment wins); `serve` reads it again on SIGHUP
+    #[arg(long, global = true, env = "CONVAGENT_ENV_FILE", value_name = "PATH")]
+    env_file: Option<PathBuf>,
 
     /// Show log lines on stderr (-v info, -vv debug)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -61,13 +67,15 @@ enum Command {
     Tunnel(tunnel::Args),
     /// Watch conversations, traces and breakers live (read-only)
     Tui(tui::Args),
+    /// Run `serve` as a systemd service: install or remove its unit
+    Service(service::Args),
     /// Print shell completion scripts, or write them and the man page
     Completions(completions::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = Context::new(cli.config, cli.verbose);
+    let ctx = Context::new(cli.config, cli.env_file, cli.verbose);
     let result = match cli.command {
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Chat(args) => chat::run(&ctx, args),
@@ -77,6 +85,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(&ctx, args),
         Command::Tui(args) => tui::run(&ctx, args),
         Command::Tunnel(args) => tunnel::run(&ctx, args),
+        Command::Service(args) => service::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
     };
     match result {

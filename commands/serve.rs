@@ -1,6 +1,6 @@
 //! `convagent serve`: the daemon. Webhooks for the enabled channels, the
 //! workers, the outbox, `/health`, `/health/ready` and `/metrics`, until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM; SIGHUP reloads the configuration and secrets.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,7 +8,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use convagent::adapters::channels;
 use convagent::adapters::clock::SystemClock;
-use convagent::daemon::{self, Daemon, DaemonSettings, Metrics, Tracer};
+use convagent::adapters::llm;
+use convagent::config::Settings;
+use convagent::core::Clock;
+use convagent::daemon::{self, Daemon, DaemonSettings, Live, Metrics, Tracer};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::context::{Context, UserError};
 use crate::signals::Stop;
@@ -40,21 +44,14 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
     let config = &settings.config;
     let listen = args.listen.unwrap_or_else(|| config.server.listen.clone());
     let store = ctx.store()?;
-    let providers = ctx.providers()?;
     let metrics = Metrics::new();
     let tracer = Tracer::start(store.clone(), metrics.clone());
-    let agent = ctx
-        .agent(&providers, true)?
-        .with_stages(Arc::new(tracer.clone()));
-    let channels = channels::enabled(config);
+    let clock = Arc::new(SystemClock);
+    let live = live(ctx, settings, &tracer, clock.now_ms())?;
     let daemon_settings = DaemonSettings {
         public_url: args.public_url.or_else(|| config.server.public_url.clone()),
         recorded_public_url: Some(daemon::public_url::recorded_path(&settings.dirs.state)),
         dry_run: args.dry_run || config.server.dry_run,
-        providers: providers
-            .iter()
-            .map(|p| p.provider().name().to_string())
-            .collect(),
         burst: config.agent.burst,
         retention: config.retention()?,
         metrics_token: config
@@ -69,6 +66,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
     };
 
     let mut stop = Stop::register().context("installing signal handlers")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
         UserError::new(
             format!("cannot listen on {listen}: {e}"),
@@ -76,7 +74,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
         )
     })?;
     let address = listener.local_addr().context("reading the bound address")?;
-    let names: Vec<&str> = channels.iter().map(|c| c.channel().as_str()).collect();
+    let names: Vec<&str> = live.channels.iter().map(|c| c.channel().as_str()).collect();
     eprintln!(
         "convagent serve: listening on http://{address} — channels: {}{}",
         if names.is_empty() {
@@ -94,14 +92,70 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
 
     let daemon = Daemon::new(
         store,
-        Arc::new(agent),
-        channels,
-        Arc::new(SystemClock),
+        live,
+        clock.clone(),
         daemon_settings,
         metrics,
-        tracer,
+        tracer.clone(),
     );
-    daemon::serve(listener, daemon, async move { stop.wait().await }).await?;
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut serving = tokio::spawn(daemon::serve(listener, daemon.clone(), async {
+        let _ = stopped.await;
+    }));
+    crate::service::notify_ready();
+    let watched = daemon.clone();
+    let watchdog = tokio::spawn(crate::service::watchdog(move || watched.alive()));
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = hangup.recv() => {
+                crate::service::notify_reloading();
+                match reload(ctx, &daemon, &tracer, clock.now_ms()) {
+                    Ok(()) => eprintln!("convagent serve: configuration reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "reload failed; the configuration in force is kept");
+                        eprintln!("convagent serve: reload failed, keeping the configuration in force: {e:#}");
+                    }
+                }
+                crate::service::notify_ready();
+            }
+            result = &mut serving => {
+                result.context("the daemon stopped")??;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    crate::service::notify_stopping();
+    watchdog.abort();
+    let _ = shutdown.send(());
+    serving.await.context("the daemon stopped")??;
     eprintln!("convagent serve: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a reload replaces, built from `settings` at `now`: the agent (and
+/// with it the prompt, the limits, the LLM chain) and the channels, with
+/// the previous secrets of those being rotated.
+fn live(ctx: &Context, settings: &Settings, tracer: &Tracer, now: i64) -> Result<Live> {
+    let config = &settings.config;
+    let providers = llm::configured(settings);
+    let agent = ctx
+        .agent_for(settings, &providers, true)?
+        .with_stages(Arc::new(tracer.clone()));
+    let names = providers
+        .iter()
+        .map(|p| p.provider().name().to_string())
+        .collect();
+    Ok(Live::new(Arc::new(agent), channels::enabled(config), names).rotating(config, now))
+}
+
+/// SIGHUP: reads the configuration and the environment file again and
+/// puts what it configures in force. The listen address, the store, the
+/// dry run, retention and the metrics token stay as they started.
+fn reload(ctx: &Context, daemon: &Daemon, tracer: &Tracer, now: i64) -> Result<()> {
+    let settings = ctx.load_settings()?;
+    ctx.mask_also(&settings.config.secrets());
+    let live = live(ctx, &settings, tracer, now)?;
+    daemon.reload(live);
+    Ok(())
 }

@@ -40,6 +40,9 @@ _convagent() {
             convagent,serve)
                 cmd="convagent__subcmd__serve"
                 ;;
+            convagent,service)
+                cmd="convagent__subcmd__service"
+                ;;
             convagent,tui)
                 cmd="convagent__subcmd__tui"
                 ;;
@@ -69,6 +72,9 @@ _convagent() {
                 ;;
             convagent__subcmd__help,serve)
                 cmd="convagent__subcmd__help__subcmd__serve"
+                ;;
+            convagent__subcmd__help,service)
+                cmd="convagent__subcmd__help__subcmd__service"
                 ;;
             convagent__subcmd__help,tui)
                 cmd="convagent__subcmd__help__subcmd__tui"
@@ -102,6 +108,12 @@ _convagent() {
                 ;;
             convagent__subcmd__help__subcmd__outbox,retry)
                 cmd="convagent__subcmd__help__subcmd__outbox__subcmd__retry"
+                ;;
+            convagent__subcmd__help__subcmd__service,install)
+                cmd="convagent__subcmd__help__subcmd__service__subcmd__install"
+                ;;
+            convagent__subcmd__help__subcmd__service,uninstall)
+                cmd="convagent__subcmd__help__subcmd__service__subcmd__uninstall"
                 ;;
             convagent__subcmd__history,delete)
                 cmd="convagent__subcmd__history__subcmd__delete"
@@ -169,6 +181,24 @@ _convagent() {
             convagent__subcmd__outbox__subcmd__help,retry)
                 cmd="convagent__subcmd__outbox__subcmd__help__subcmd__retry"
                 ;;
+            convagent__subcmd__service,help)
+                cmd="convagent__subcmd__service__subcmd__help"
+                ;;
+            convagent__subcmd__service,install)
+                cmd="convagent__subcmd__service__subcmd__install"
+                ;;
+            convagent__subcmd__service,uninstall)
+                cmd="convagent__subcmd__service__subcmd__uninstall"
+                ;;
+            convagent__subcmd__service__subcmd__help,help)
+                cmd="convagent__subcmd__service__subcmd__help__subcmd__help"
+                ;;
+            convagent__subcmd__service__subcmd__help,install)
+                cmd="convagent__subcmd__service__subcmd__help__subcmd__install"
+                ;;
+            convagent__subcmd__service__subcmd__help,uninstall)
+                cmd="convagent__subcmd__service__subcmd__help__subcmd__uninstall"
+                ;;
             *)
                 ;;
         esac
@@ -176,13 +206,17 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --verbose --help --version serve chat history outbox doctor replay tunnel tui completions help"
+            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox doctor replay tunnel tui service completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -194,7 +228,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__chat)
-            opts="-v -h -V --chain --new --json --config --verbose --help --version"
+            opts="-v -h -V --chain --new --json --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -208,6 +242,10 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -216,7 +254,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__completions)
-            opts="-v -h -V --dir --config --verbose --help --version bash elvish fish powershell zsh"
+            opts="-v -h -V --dir --config --env-file --verbose --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -230,6 +268,10 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -238,13 +280,17 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__doctor)
-            opts="-v -h -V --json --live --config --verbose --help --version"
+            opts="-v -h -V --json --live --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -256,7 +302,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history outbox doctor replay tunnel tui completions help"
+            opts="serve chat history outbox doctor replay tunnel tui service completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -507,6 +553,48 @@ _convagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        convagent__subcmd__help__subcmd__service)
+            opts="install uninstall"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__service__subcmd__install)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__service__subcmd__uninstall)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         convagent__subcmd__help__subcmd__tui)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -536,7 +624,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history)
-            opts="-v -h -V --channel --json --limit --config --verbose --help --version list show search export prune delete help"
+            opts="-v -h -V --channel --json --limit --config --env-file --verbose --help --version list show search export prune delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -554,6 +642,10 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -562,7 +654,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__delete)
-            opts="-v -h -V --sender --yes --channel --json --limit --config --verbose --help --version"
+            opts="-v -h -V --sender --yes --channel --json --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -584,6 +676,10 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -592,7 +688,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__export)
-            opts="-v -h -V --sender --jsonl --out --channel --json --limit --config --verbose --help --version"
+            opts="-v -h -V --sender --jsonl --out --channel --json --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -615,6 +711,10 @@ _convagent() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -738,7 +838,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__list)
-            opts="-v -h -V --sender --channel --json --limit --config --verbose --help --version"
+            opts="-v -h -V --sender --channel --json --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -760,6 +860,10 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -768,7 +872,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__prune)
-            opts="-v -h -V --dry-run --channel --json --limit --config --verbose --help --version"
+            opts="-v -h -V --dry-run --channel --json --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -783,6 +887,10 @@ _convagent() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -794,7 +902,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__search)
-            opts="-v -h -V --rank --channel --json --limit --config --verbose --help --version"
+            opts="-v -h -V --rank --channel --json --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -809,6 +917,10 @@ _convagent() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -820,7 +932,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__show)
-            opts="-v -h -V --channel --json --limit --config --verbose --help --version"
+            opts="-v -h -V --channel --json --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -838,6 +950,10 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -846,7 +962,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__outbox)
-            opts="-v -h -V --json --dead --queued --all --limit --config --verbose --help --version list retry discard help"
+            opts="-v -h -V --json --dead --queued --all --limit --config --env-file --verbose --help --version list retry discard help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -860,6 +976,10 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -868,7 +988,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__outbox__subcmd__discard)
-            opts="-v -h -V --json --dead --queued --all --limit --config --verbose --help --version"
+            opts="-v -h -V --json --dead --queued --all --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -879,6 +999,10 @@ _convagent() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -960,7 +1084,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__outbox__subcmd__list)
-            opts="-v -h -V --json --dead --queued --all --limit --config --verbose --help --version"
+            opts="-v -h -V --json --dead --queued --all --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -971,6 +1095,10 @@ _convagent() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -982,7 +1110,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__outbox__subcmd__retry)
-            opts="-v -h -V --all-dead --json --dead --queued --all --limit --config --verbose --help --version"
+            opts="-v -h -V --all-dead --json --dead --queued --all --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -996,6 +1124,10 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1004,7 +1136,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__replay)
-            opts="-v -h -V --to --public-url --expect --rate --duration --concurrency --config --verbose --help --version"
+            opts="-v -h -V --to --public-url --expect --rate --duration --concurrency --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1038,6 +1170,10 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1046,7 +1182,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__serve)
-            opts="-v -h -V --listen --public-url --dry-run --config --verbose --help --version"
+            opts="-v -h -V --listen --public-url --dry-run --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1064,6 +1200,140 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__service)
+            opts="-v -h -V --config --env-file --verbose --help --version install uninstall help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__service__subcmd__help)
+            opts="install uninstall help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__service__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__service__subcmd__help__subcmd__install)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__service__subcmd__help__subcmd__uninstall)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__service__subcmd__install)
+            opts="-v -h -V --user --root --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__service__subcmd__uninstall)
+            opts="-v -h -V --user --root --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1072,13 +1342,17 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__tui)
-            opts="-v -h -V --config --verbose --help --version"
+            opts="-v -h -V --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1090,7 +1364,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__tunnel)
-            opts="-v -h -V --port --cleanup --keep-alive --config --verbose --help --version"
+            opts="-v -h -V --port --cleanup --keep-alive --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1101,6 +1375,10 @@ _convagent() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_convagent_global_optspecs
-    string join \n config= v/verbose h/help V/version
+    string join \n config= env-file= v/verbose h/help V/version
 end
 
 function __fish_convagent_needs_command
@@ -25,6 +25,7 @@ function __fish_convagent_using_subcommand
 end
 
 complete -c convagent -n "__fish_convagent_needs_command" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_needs_command" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_needs_command" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_needs_command" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_needs_command" -s V -l version -d 'Print version'
@@ -36,17 +37,20 @@ complete -c convagent -n "__fish_convagent_needs_command" -f -a "doctor" -d 'Che
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "replay" -d 'Sign golden webhook payloads and post them to a daemon (or load-test it)'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "tunnel" -d 'Expose the daemon through cloudflared and register the webhooks'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "tui" -d 'Watch conversations, traces and breakers live (read-only)'
+complete -c convagent -n "__fish_convagent_needs_command" -f -a "service" -d 'Run `serve` as a systemd service: install or remove its unit'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "completions" -d 'Print shell completion scripts, or write them and the man page'
 complete -c convagent -n "__fish_convagent_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand serve" -l listen -d 'Address to listen on (default: CONVAGENT_LISTEN or 127.0.0.1:8080)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand serve" -l public-url -d 'The public base URL providers call, e.g. https://x.trycloudflare.com' -r
 complete -c convagent -n "__fish_convagent_using_subcommand serve" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand serve" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand serve" -l dry-run -d 'Record replies instead of sending them'
 complete -c convagent -n "__fish_convagent_using_subcommand serve" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -l chain -d 'LLM providers to try, in order, for this session (e.g. `embedded`)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand chat" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -l new -d 'Start a new conversation instead of continuing the last one'
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -l json -d 'Print one JSON object per reply (for scripts)'
 complete -c convagent -n "__fish_convagent_using_subcommand chat" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
@@ -55,6 +59,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand chat" -s V -l versio
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and not __fish_seen_subcommand_from list show search export prune delete help" -s h -l help -d 'Print help'
@@ -70,6 +75,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
@@ -77,6 +83,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
@@ -84,6 +91,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l rank -d 'Best matches first instead of newest (ranks every match: slower on a big store)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from search" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
@@ -94,6 +102,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -l jsonl -d 'One JSON object per line, each with its `kind`'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from export" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
@@ -102,6 +111,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l dry-run -d 'Only say what would go'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from prune" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
@@ -111,6 +121,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -l channel -d 'Only this channel (whatsapp, sms, telegram, slack, cli)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -l yes -d 'Do not ask for confirmation (for scripts)'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
@@ -125,6 +136,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand history; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and not __fish_seen_subcommand_from list retry discard help" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and not __fish_seen_subcommand_from list retry discard help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand outbox; and not __fish_seen_subcommand_from list retry discard help" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and not __fish_seen_subcommand_from list retry discard help" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and not __fish_seen_subcommand_from list retry discard help" -l dead -d 'Only dead letters'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and not __fish_seen_subcommand_from list retry discard help" -l queued -d 'Only replies still queued'
@@ -138,6 +150,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand outbox; and not __fi
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and not __fish_seen_subcommand_from list retry discard help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from list" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from list" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from list" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from list" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from list" -l dead -d 'Only dead letters'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from list" -l queued -d 'Only replies still queued'
@@ -147,6 +160,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_s
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from retry" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from retry" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from retry" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from retry" -l all-dead -d 'Every dead letter'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from retry" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from retry" -l dead -d 'Only dead letters'
@@ -157,6 +171,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_s
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from retry" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from discard" -l limit -d 'At most this many rows' -r
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from discard" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from discard" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from discard" -l json -d 'Print JSON instead of a table'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from discard" -l dead -d 'Only dead letters'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from discard" -l queued -d 'Only replies still queued'
@@ -169,6 +184,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_s
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from help" -f -a "discard" -d 'Give up on queued replies or dead letters for good (kept as the record of what was not sent)'
 complete -c convagent -n "__fish_convagent_using_subcommand outbox; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l json -d 'Print the checks as JSON'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -l live -d 'Also ask the providers: credentials (getMe, auth.test, the Twilio account), the public URL through the tunnel, the Telegram webhook'
 complete -c convagent -n "__fish_convagent_using_subcommand doctor" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
@@ -181,35 +197,65 @@ complete -c convagent -n "__fish_convagent_using_subcommand replay" -l rate -d '
 complete -c convagent -n "__fish_convagent_using_subcommand replay" -l duration -d 'Load mode: how long to send, in seconds' -r
 complete -c convagent -n "__fish_convagent_using_subcommand replay" -l concurrency -d 'Load mode: requests in flight at most' -r
 complete -c convagent -n "__fish_convagent_using_subcommand replay" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand replay" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand replay" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand replay" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand replay" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -l port -d 'Local port of `convagent serve` (default: the port of CONVAGENT_LISTEN)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -l cleanup -d 'On exit, also remove the Telegram webhook'
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -l keep-alive -d 'Restart cloudflared when it dies (and register the new URL)'
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand tui" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and not __fish_seen_subcommand_from install uninstall help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand service; and not __fish_seen_subcommand_from install uninstall help" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand service; and not __fish_seen_subcommand_from install uninstall help" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and not __fish_seen_subcommand_from install uninstall help" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and not __fish_seen_subcommand_from install uninstall help" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and not __fish_seen_subcommand_from install uninstall help" -f -a "install" -d 'Write the systemd unit and the environment file for the secrets'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and not __fish_seen_subcommand_from install uninstall help" -f -a "uninstall" -d 'Remove the unit and the environment file'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and not __fish_seen_subcommand_from install uninstall help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from install" -l root -d 'Write under this directory instead of / (system units; for packaging and checking the result)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from install" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from install" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from install" -l user -d 'A unit of your own systemd user manager (no root needed), running with your config and store; without it a system unit (as root)'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from install" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from install" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from install" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from uninstall" -l root -d 'Write under this directory instead of / (system units; for packaging and checking the result)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from uninstall" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from uninstall" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from uninstall" -l user -d 'A unit of your own systemd user manager (no root needed), running with your config and store; without it a system unit (as root)'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from uninstall" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from uninstall" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from uninstall" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "install" -d 'Write the systemd unit and the environment file for the secrets'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "uninstall" -d 'Remove the unit and the environment file'
+complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -l dir -d 'Write the bash, zsh and fish scripts and the man page (convagent.1) into this directory instead' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand completions" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "serve" -d 'Run the daemon: channel webhooks, workers, outbox, health, metrics'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "chat" -d 'Talk to the agent in the terminal (channel `cli`)'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "history" -d 'List, show and search stored conversations'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "outbox" -d 'Replies still to be sent and dead letters: list, retry, discard'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "doctor" -d 'Check config, store and LLM providers, with a fix for each problem'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "replay" -d 'Sign golden webhook payloads and post them to a daemon (or load-test it)'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "tunnel" -d 'Expose the daemon through cloudflared and register the webhooks'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "tui" -d 'Watch conversations, traces and breakers live (read-only)'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "completions" -d 'Print shell completion scripts, or write them and the man page'
-complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "serve" -d 'Run the daemon: channel webhooks, workers, outbox, health, metrics'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "chat" -d 'Talk to the agent in the terminal (channel `cli`)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "history" -d 'List, show and search stored conversations'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "outbox" -d 'Replies still to be sent and dead letters: list, retry, discard'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "doctor" -d 'Check config, store and LLM providers, with a fix for each problem'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "replay" -d 'Sign golden webhook payloads and post them to a daemon (or load-test it)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "tunnel" -d 'Expose the daemon through cloudflared and register the webhooks'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "tui" -d 'Watch conversations, traces and breakers live (read-only)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "service" -d 'Run `serve` as a systemd service: install or remove its unit'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "completions" -d 'Print shell completion scripts, or write them and the man page'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and not __fish_seen_subcommand_from serve chat history outbox doctor replay tunnel tui service completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "list" -d 'List conversations, most recent first (the default)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "show" -d 'Show one conversation\'s messages'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from history" -f -a "search" -d 'Full-text search over all messages, newest first'
@@ -219,3 +265,5 @@ complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_see
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from outbox" -f -a "list" -d 'List queued replies and dead letters, oldest first (the default)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from outbox" -f -a "retry" -d 'Queue dead letters again: each is tried at once, in order within its conversation, with its failures forgotten'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from outbox" -f -a "discard" -d 'Give up on queued replies or dead letters for good (kept as the record of what was not sent)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from service" -f -a "install" -d 'Write the systemd unit and the environment file for the secrets'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from service" -f -a "uninstall" -d 'Remove the unit and the environment file'

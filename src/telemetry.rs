@@ -24,16 +24,28 @@ pub const MASK: &str = "********";
 /// Libraries whose routine chatter stays out of the log unless asked for.
 const QUIET_DEFAULTS: &[&str] = &["llama_cpp_2=warn", "hyper=warn", "reqwest=warn"];
 
-/// Replaces configured secret values in text.
+/// Replaces configured secret values in text. Clones share their secrets:
+/// [`Masker::add`] (a reloaded config) reaches every writer at once.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
     /// Each secret as written plain and as escaped inside a JSON string.
-    patterns: Arc<[String]>,
+    patterns: Arc<std::sync::RwLock<Arc<[String]>>>,
 }
 
 impl Masker {
     pub fn new(secrets: &[String]) -> Self {
-        let mut patterns: Vec<String> = Vec::new();
+        Masker {
+            patterns: Arc::new(std::sync::RwLock::new(Self::patterns(secrets, Vec::new()))),
+        }
+    }
+
+    /// Masks these secrets too, from now on (the old ones stay masked).
+    pub fn add(&self, secrets: &[String]) {
+        let mut patterns = self.patterns.write().unwrap_or_else(|p| p.into_inner());
+        *patterns = Self::patterns(secrets, patterns.to_vec());
+    }
+
+    fn patterns(secrets: &[String], mut patterns: Vec<String>) -> Arc<[String]> {
         // A secret of one to three characters would mask half of every
         // line while protecting nothing; such values are not secrets.
         for s in secrets
@@ -49,14 +61,18 @@ impl Masker {
         }
         // Longest first, so a secret containing another is masked whole.
         patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        Masker {
-            patterns: patterns.into(),
-        }
+        patterns.dedup();
+        patterns.into()
     }
 
     pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);
-        for p in self.patterns.iter() {
+        let patterns = self
+            .patterns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for p in patterns.iter() {
             if out.contains(p.as_str()) {
                 out = Cow::Owned(out.replace(p.as_str(), MASK));
             }
@@ -178,6 +194,8 @@ pub enum TelemetryError {
 /// Keeps the background log writer alive; drop it last to flush the file.
 pub struct TelemetryGuard {
     _file: Option<WorkerGuard>,
+    /// The secrets every log writer masks (more can be added).
+    pub masker: Masker,
 }
 
 fn env_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
@@ -246,7 +264,7 @@ pub fn subscriber(
                 .with_ansi(io::stderr().is_terminal())
                 .with_writer(MaskingMakeWriter {
                     inner: io::stderr,
-                    masker,
+                    masker: masker.clone(),
                 })
                 .with_filter(env_filter(filter)?),
         ),
@@ -256,7 +274,13 @@ pub fn subscriber(
     let subscriber = tracing_subscriber::registry()
         .with(file_layer)
         .with(stderr_layer);
-    Ok((subscriber, TelemetryGuard { _file: guard }))
+    Ok((
+        subscriber,
+        TelemetryGuard {
+            _file: guard,
+            masker,
+        },
+    ))
 }
 
 use tracing_subscriber::Layer as _;
@@ -272,6 +296,17 @@ pub fn init(options: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_added_later_are_masked_by_every_clone() {
+        let masker = Masker::new(&["first-secret".into()]);
+        let writer_copy = masker.clone();
+        masker.add(&["second-secret".into()]);
+        assert_eq!(
+            writer_copy.mask("first-secret and second-secret"),
+            "******** and ********"
+        );
+    }
 
     #[test]
     fn credential_shaped_strings_are_masked_even_when_not_configured() {

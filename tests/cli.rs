@@ -16,6 +16,8 @@ mod history;
 mod outbox;
 #[path = "cli/serve.rs"]
 mod serve;
+#[path = "cli/service.rs"]
+mod service;
 #[path = "cli/tui.rs"]
 mod tui;
 #[path = "cli/tunnel.rs"]
@@ -52,6 +54,13 @@ const CONTRACT_VARS: &[&str] = &[
     "CONVAGENT_TWILIO_API_BASE",
     "CONVAGENT_TELEGRAM_API_BASE",
     "CONVAGENT_SLACK_API_BASE",
+    "CONVAGENT_ENV_FILE",
+    "TWILIO_AUTH_TOKEN_PREVIOUS",
+    "TELEGRAM_WEBHOOK_SECRET_PREVIOUS",
+    "SLACK_SIGNING_SECRET_PREVIOUS",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 /// The config every test starts from (tests that write their own keep this).

@@ -13,6 +13,8 @@ mod delivery;
 mod ingress;
 #[path = "daemon/limits.rs"]
 mod limits;
+#[path = "daemon/rotation.rs"]
+mod rotation;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use convagent::adapters::clock::SystemClock;
 use convagent::adapters::store::SqliteStore;
 use convagent::config::Config;
 use convagent::core::{Agent, AgentSettings, Guardrails, LlmProvider};
-use convagent::daemon::{self, Daemon, DaemonSettings, Metrics, Tracer};
+use convagent::daemon::{self, Daemon, DaemonSettings, Live, Metrics, Tracer};
 use convagent::golden::{Golden, SignedRequest};
 use serde_json::json;
 use wiremock::matchers::{header, method, path, path_regex};
@@ -66,7 +68,6 @@ impl Default for Options {
                 send_backoff: vec![std::time::Duration::from_millis(200); 2],
                 // Show typing at once, so turns of a few hundred ms show it.
                 typing_after: std::time::Duration::ZERO,
-                providers: vec!["echo".into()],
                 ..DaemonSettings::default()
             },
             public_url: None,
@@ -178,15 +179,13 @@ impl Harness {
             public_url: options.public_url,
             ..options.settings
         };
-        let daemon = Daemon::new(
-            store.clone(),
+        let live = Live::new(
             Arc::new(agent),
             channels::enabled(&config),
-            clock,
-            settings,
-            metrics,
-            tracer,
-        );
+            vec!["echo".into()],
+        )
+        .rotating(&config, clock.now_ms());
+        let daemon = Daemon::new(store.clone(), live, clock, settings, metrics, tracer);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(daemon::serve(listener, daemon.clone(), async {
             let _ = stopped.await;

@@ -342,6 +342,10 @@ impl Config {
         let c = &mut self.channels;
         set(&mut c.twilio.account_sid, "TWILIO_ACCOUNT_SID");
         set(&mut c.twilio.auth_token, "TWILIO_AUTH_TOKEN");
+        set(
+            &mut c.twilio.auth_token_previous,
+            "TWILIO_AUTH_TOKEN_PREVIOUS",
+        );
         set(&mut c.twilio.whatsapp_from, "TWILIO_WHATSAPP_FROM");
         set(&mut c.twilio.sms_from, "TWILIO_SMS_FROM");
         set(&mut c.twilio.api_base, "CONVAGENT_TWILIO_API_BASE");
@@ -351,9 +355,17 @@ impl Config {
         );
         set(&mut c.telegram.bot_token, "TELEGRAM_BOT_TOKEN");
         set(&mut c.telegram.webhook_secret, "TELEGRAM_WEBHOOK_SECRET");
+        set(
+            &mut c.telegram.webhook_secret_previous,
+            "TELEGRAM_WEBHOOK_SECRET_PREVIOUS",
+        );
         set(&mut c.telegram.api_base, "CONVAGENT_TELEGRAM_API_BASE");
         set(&mut c.slack.bot_token, "SLACK_BOT_TOKEN");
         set(&mut c.slack.signing_secret, "SLACK_SIGNING_SECRET");
+        set(
+            &mut c.slack.signing_secret_previous,
+            "SLACK_SIGNING_SECRET_PREVIOUS",
+        );
         set(&mut c.slack.api_base, "CONVAGENT_SLACK_API_BASE");
         Ok(())
     }
@@ -365,16 +377,61 @@ impl Config {
             &self.llm.openai.api_key,
             &self.server.metrics_token,
             &c.twilio.auth_token,
+            &c.twilio.auth_token_previous,
             &c.telegram.bot_token,
             &c.telegram.webhook_secret,
+            &c.telegram.webhook_secret_previous,
             &c.slack.bot_token,
             &c.slack.signing_secret,
+            &c.slack.signing_secret_previous,
         ]
         .into_iter()
         .flatten()
         .filter(|s| !s.trim().is_empty())
         .cloned()
         .collect()
+    }
+}
+
+impl Config {
+    /// This config with each channel's previous webhook secret in place of
+    /// its current one, for the channels being rotated (`None`: none is).
+    /// Adapters built from it verify what providers still sign the old way.
+    pub fn with_previous_secrets(&self) -> Option<Config> {
+        let mut previous = self.clone();
+        let c = &mut previous.channels;
+        let mut any = false;
+        let mut swap = |current: &mut Option<String>, old: &Option<String>| match old {
+            Some(old) if !old.trim().is_empty() => {
+                *current = Some(old.clone());
+                any = true;
+                true
+            }
+            _ => false,
+        };
+        let twilio = swap(
+            &mut c.twilio.auth_token,
+            &self.channels.twilio.auth_token_previous,
+        );
+        let telegram = swap(
+            &mut c.telegram.webhook_secret,
+            &self.channels.telegram.webhook_secret_previous,
+        );
+        let slack = swap(
+            &mut c.slack.signing_secret,
+            &self.channels.slack.signing_secret_previous,
+        );
+        // A channel without a previous secret has nothing to accept twice.
+        if !twilio {
+            c.twilio.auth_token = None;
+        }
+        if !telegram {
+            c.telegram.webhook_secret = None;
+        }
+        if !slack {
+            c.slack.signing_secret = None;
+        }
+        any.then_some(previous)
     }
 }
 

@@ -280,6 +280,9 @@ pub struct ServerConfig {
     /// When set, `/metrics` answers only requests with
     /// `Authorization: Bearer <token>` (env `CONVAGENT_METRICS_TOKEN`).
     pub metrics_token: Option<String>,
+    /// How long a channel's previous secret (`*_PREVIOUS`) stays valid
+    /// for incoming webhooks after the daemon loads it (start or reload).
+    pub previous_secret_grace_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -290,6 +293,7 @@ impl Default for ServerConfig {
             dry_run: false,
             rate_limited_max_wait_secs: 3600,
             metrics_token: None,
+            previous_secret_grace_secs: 86_400,
         }
     }
 }
@@ -328,6 +332,8 @@ pub struct ChannelsConfig {
 pub struct TwilioConfig {
     pub account_sid: Option<String>,
     pub auth_token: Option<String>,
+    /// The token Twilio may still sign with while it is rotated.
+    pub auth_token_previous: Option<String>,
     pub whatsapp_from: Option<String>,
     /// The number SMS replies go from; unset: the number each person wrote to.
     pub sms_from: Option<String>,
@@ -343,6 +349,7 @@ impl Default for TwilioConfig {
         TwilioConfig {
             account_sid: None,
             auth_token: None,
+            auth_token_previous: None,
             whatsapp_from: None,
             sms_from: None,
             phone_number_sid: None,
@@ -357,6 +364,8 @@ impl Default for TwilioConfig {
 pub struct TelegramConfig {
     pub bot_token: Option<String>,
     pub webhook_secret: Option<String>,
+    /// The secret Telegram may still send while it is rotated.
+    pub webhook_secret_previous: Option<String>,
     pub api_base: Option<String>,
     pub max_body_bytes: usize,
 }
@@ -366,6 +375,7 @@ impl Default for TelegramConfig {
         TelegramConfig {
             bot_token: None,
             webhook_secret: None,
+            webhook_secret_previous: None,
             api_base: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
@@ -377,6 +387,8 @@ impl Default for TelegramConfig {
 pub struct SlackConfig {
     pub bot_token: Option<String>,
     pub signing_secret: Option<String>,
+    /// The secret Slack may still sign with while it is rotated.
+    pub signing_secret_previous: Option<String>,
     pub api_base: Option<String>,
     pub max_body_bytes: usize,
 }
@@ -386,6 +398,7 @@ impl Default for SlackConfig {
         SlackConfig {
             bot_token: None,
             signing_secret: None,
+            signing_secret_previous: None,
             api_base: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }

@@ -20,12 +20,9 @@ pub async fn ready(State(daemon): State<Arc<Daemon>>) -> Response {
         .outbox_stats()
         .map(|_| ())
         .map_err(|e| e.to_string());
-    let channels: Vec<&str> = daemon
-        .channels
-        .iter()
-        .map(|c| c.channel().as_str())
-        .collect();
-    let providers = &daemon.settings.providers;
+    let live = daemon.live();
+    let channels: Vec<&str> = live.channels.iter().map(|c| c.channel().as_str()).collect();
+    let providers = &live.providers;
     let ready =
         store.is_ok() && !channels.is_empty() && !providers.is_empty() && !daemon.stopping();
     let body = json!({

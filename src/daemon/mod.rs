@@ -57,8 +57,6 @@ pub struct DaemonSettings {
     pub prune_every: Duration,
     /// When to retry conversations whose messages got the fallback reply.
     pub fallback_retry: Duration,
-    /// LLM providers in the chain, for `/health/ready`.
-    pub providers: Vec<String>,
     /// One turn for every pending message of a conversation, or one each.
     pub burst: Burst,
     /// How long a turn runs before the channel's typing signal is shown.
@@ -79,18 +77,64 @@ impl Default for DaemonSettings {
             retention: (None, None),
             prune_every: Duration::from_secs(3600),
             metrics_token: None,
-            providers: Vec::new(),
             burst: Burst::Collect,
             typing_after: Duration::from_secs(1),
         }
     }
 }
 
+/// What a reload (SIGHUP) replaces: the agent (prompt, limits, LLM chain)
+/// and the channels (secrets, tokens). Work under way keeps what it
+/// started with; the next turn, send or webhook takes the new.
+pub struct Live {
+    pub agent: Arc<Agent>,
+    pub channels: Vec<Arc<dyn ChannelAdapter>>,
+    /// LLM providers in the chain, for `/health/ready`.
+    pub providers: Vec<String>,
+    /// The channels being rotated, built with their previous secrets
+    /// (`Config::with_previous_secrets`): a webhook the current secret
+    /// refuses is verified with these until `previous_until` (unix ms).
+    pub previous: Vec<Arc<dyn ChannelAdapter>>,
+    pub previous_until: i64,
+}
+
+impl Live {
+    /// No secret being rotated.
+    pub fn new(
+        agent: Arc<Agent>,
+        channels: Vec<Arc<dyn ChannelAdapter>>,
+        providers: Vec<String>,
+    ) -> Self {
+        Live {
+            agent,
+            channels,
+            providers,
+            previous: Vec::new(),
+            previous_until: 0,
+        }
+    }
+}
+
+impl Live {
+    /// With the previous secrets of the channels `config` rotates, valid
+    /// for `server.previous_secret_grace_secs` from `now` (unix ms).
+    pub fn rotating(mut self, config: &crate::config::Config, now: i64) -> Self {
+        if let Some(previous) = config.with_previous_secrets() {
+            self.previous = crate::adapters::channels::enabled(&previous);
+            let grace = config
+                .server
+                .previous_secret_grace_secs
+                .saturating_mul(1000);
+            self.previous_until = now.saturating_add(i64::try_from(grace).unwrap_or(i64::MAX));
+        }
+        self
+    }
+}
+
 /// The daemon's shared state.
 pub struct Daemon {
     pub(crate) store: Arc<dyn DaemonStore>,
-    pub(crate) agent: Arc<Agent>,
-    pub(crate) channels: Vec<Arc<dyn ChannelAdapter>>,
+    live: std::sync::RwLock<Arc<Live>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: DaemonSettings,
     pub(crate) metrics: Metrics,
@@ -141,8 +185,7 @@ impl Daemon {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn DaemonStore>,
-        agent: Arc<Agent>,
-        channels: Vec<Arc<dyn ChannelAdapter>>,
+        live: Live,
         clock: Arc<dyn Clock>,
         settings: DaemonSettings,
         metrics: Metrics,
@@ -157,8 +200,7 @@ impl Daemon {
             workers: workers::Workers::new(settings.max_parallel_conversations),
             pipeline: Pipeline::start(),
             store,
-            agent,
-            channels,
+            live: std::sync::RwLock::new(Arc::new(live)),
             clock,
             settings,
             metrics,
@@ -166,6 +208,31 @@ impl Daemon {
             outbox: outbox::Signals::default(),
             stopping: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the daemon can still do its work: its store answers (for a
+    /// service manager's watchdog).
+    pub fn alive(&self) -> bool {
+        self.store.outbox_stats().is_ok()
+    }
+
+    /// The agent and channels in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts a reloaded agent and channels in force (see [`Live`]).
+    pub fn reload(&self, live: Live) {
+        let names = |l: &Live| -> Vec<&'static str> {
+            l.channels.iter().map(|c| c.channel().as_str()).collect()
+        };
+        tracing::info!(
+            channels = ?names(&live),
+            providers = ?live.providers,
+            rotating = ?live.previous.iter().map(|c| c.channel().as_str()).collect::<Vec<_>>(),
+            "configuration reloaded"
+        );
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -193,6 +260,7 @@ impl Daemon {
 pub fn router(daemon: Arc<Daemon>) -> Router {
     // Each channel checks its own limit; this one bounds what is read at all.
     let limit = daemon
+        .live()
         .channels
         .iter()
         .map(|c| c.max_body_bytes())

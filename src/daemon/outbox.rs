@@ -244,7 +244,7 @@ async fn record(daemon: &Daemon, id: i64, update: OutboxUpdate) -> Result<(), St
 
 /// One attempt: sends the parts not sent yet; returns how it went.
 async fn attempt_send(daemon: &Arc<Daemon>, item: &OutboxItem) -> (OutboxUpdate, &'static str) {
-    let Some(adapter) = channel::find(&daemon.channels, item.key.channel) else {
+    let Some(adapter) = channel::find(&daemon.live().channels, item.key.channel).cloned() else {
         return (
             OutboxUpdate::Dead {
                 code: "channel_disabled".into(),

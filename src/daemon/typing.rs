@@ -24,7 +24,7 @@ pub fn start(daemon: &Arc<Daemon>, turn: &[Pending]) -> Option<Typing> {
         return None;
     }
     let message = turn.last()?.message.clone();
-    let adapter = channel::find(&daemon.channels, message.key.channel)?.clone();
+    let adapter = channel::find(&daemon.live().channels, message.key.channel)?.clone();
     // Channels without a signal spawn nothing (the future is never run).
     drop(adapter.typing(&message.key, &message)?);
     let every = adapter

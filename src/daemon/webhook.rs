@@ -11,12 +11,52 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{Daemon, workers};
+use super::{Daemon, Live, workers};
 use crate::adapters::channels::registry;
-use crate::core::channel::{self, Inbound, WebhookError, WebhookRequest};
+use crate::core::channel::{self, ChannelAdapter, Inbound, WebhookError, WebhookRequest};
 use crate::core::{
     Accepted, Channel, CorrelationId, InboundMessage, Outcome, Stage, StoreError, Write, Written,
 };
+
+/// Checks the request with the channel's secret and, while a rotation's
+/// grace period lasts, with its previous one. While a channel is rotated
+/// the log says which matched (never either value; the field is not named
+/// `secret`, which the log masks as a credential's label).
+fn verify(
+    live: &Live,
+    adapter: &dyn ChannelAdapter,
+    request: &WebhookRequest<'_>,
+) -> Result<(), WebhookError> {
+    let channel = adapter.channel();
+    let previous = channel::find(&live.previous, channel);
+    let current = adapter.verify(request);
+    let Some(previous) = previous else {
+        return current;
+    };
+    let until = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(live.previous_until.max(0) as u64),
+    );
+    match current {
+        Ok(()) => {
+            tracing::info!(%channel, matched = "current", "webhook verified");
+            Ok(())
+        }
+        Err(WebhookError::Unauthorized(reason)) => {
+            if request.now_ms >= live.previous_until {
+                tracing::info!(%channel, expired = %until, "the previous secret's grace period is over");
+                return Err(WebhookError::Unauthorized(reason));
+            }
+            match previous.verify(request) {
+                Ok(()) => {
+                    tracing::info!(%channel, matched = "previous", valid_until = %until, "webhook verified");
+                    Ok(())
+                }
+                Err(_) => Err(WebhookError::Unauthorized(reason)),
+            }
+        }
+        Err(other) => Err(other),
+    }
+}
 
 /// Why a webhook was not accepted, as the provider (or developer) sees it.
 #[derive(Debug)]
@@ -73,7 +113,8 @@ pub async fn handle(
         )));
     };
     let channel = spec.channel;
-    let Some(adapter) = channel::find(&daemon.channels, channel) else {
+    let live = daemon.live();
+    let Some(adapter) = channel::find(&live.channels, channel) else {
         daemon.metrics.inbound(channel.as_str(), "not_enabled");
         return Err(Rejection::NotFound(format!(
             "channel {channel} is not enabled: set its secrets ({})",
@@ -104,9 +145,7 @@ pub async fn handle(
         now_ms: now,
     };
 
-    let checked = adapter
-        .verify(&request)
-        .and_then(|()| adapter.parse(&request));
+    let checked = verify(&live, adapter.as_ref(), &request).and_then(|()| adapter.parse(&request));
     let inbound = match checked {
         Ok(i) => i,
         Err(e) => {

@@ -70,7 +70,7 @@ fn waiting(daemon: &Daemon) -> std::sync::MutexGuard<'_, HashSet<i64>> {
 /// A message for `conversation` was stored: make sure it gets processed,
 /// unless the conversation waits for an LLM provider that is still down.
 pub fn schedule(daemon: &Arc<Daemon>, conversation: i64) {
-    if waiting(daemon).contains(&conversation) && !daemon.agent.llm().ready() {
+    if waiting(daemon).contains(&conversation) && !daemon.live().agent.llm().ready() {
         return;
     }
     start(daemon, conversation);
@@ -148,7 +148,8 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
                 break;
             }
             let typing = super::typing::start(daemon, turn);
-            let result = daemon.agent.answer(turn, &mut |_| {}).await;
+            let agent = daemon.live().agent.clone();
+            let result = agent.answer(turn, &mut |_| {}).await;
             drop(typing);
             match result {
                 Ok(reply) => {

@@ -27,12 +27,16 @@ impl Daemon {
         cmd.env("TELEGRAM_BOT_TOKEN", "42:e2e-token")
             .env("TELEGRAM_WEBHOOK_SECRET", SECRET)
             .env("CONVAGENT_TELEGRAM_API_BASE", telegram)
-            .env("CONVAGENT_LLM_CHAIN", "ollama")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("CONVAGENT_LLM_CHAIN", "ollama");
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        Daemon::spawn(cmd)
+    }
+
+    /// Runs `cmd` (a `serve`) until it says where it listens.
+    fn spawn(mut cmd: Command) -> Daemon {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (found, address) = std::sync::mpsc::channel();
@@ -74,10 +78,15 @@ fn telegram_update(chat: i64, update: i64, text: &str) -> serde_json::Value {
 }
 
 fn post_update(url: &str, body: &serde_json::Value) -> u16 {
+    post_signed(url, body, SECRET)
+}
+
+/// An update as Telegram sends it with the secret token `secret`.
+fn post_signed(url: &str, body: &serde_json::Value, secret: &str) -> u16 {
     reqwest::blocking::Client::new()
         .post(format!("{url}/webhook/telegram"))
         .header("content-type", "application/json")
-        .header("x-telegram-bot-api-secret-token", SECRET)
+        .header("x-telegram-bot-api-secret-token", secret)
         .body(body.to_string())
         .send()
         .unwrap()
@@ -369,4 +378,135 @@ async fn killed_with_replies_queued_behind_a_slow_send_sends_the_rest_once_in_or
     );
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
+}
+
+/// `kill -HUP`: the config and the environment file are read again. A new
+/// prompt becomes the next reply's version, a rotated secret is accepted
+/// beside the new one (the log says which matched, never the values), and
+/// a broken config is refused while the daemon goes on as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_prompt_and_rotates_the_secret() {
+    let (telegram, ollama) = fakes(Duration::ZERO).await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let config = |prompt: &str| {
+        format!(
+            "{}[agent]\nsystem_prompt = \"{prompt}\"\n",
+            crate::BASE_CONFIG
+        )
+    };
+    env.write_config(&config("You are version one."));
+    let secrets = env.home.path().join("convagent.env");
+    std::fs::write(
+        &secrets,
+        "TELEGRAM_BOT_TOKEN=42:e2e-token\nTELEGRAM_WEBHOOK_SECRET=first-secret-value\n",
+    )
+    .unwrap();
+    let mut cmd = env.std_cmd(&["serve", "--listen", "127.0.0.1:0"]);
+    cmd.env("CONVAGENT_ENV_FILE", &secrets)
+        .env("CONVAGENT_TELEGRAM_API_BASE", telegram.uri())
+        .env("CONVAGENT_LLM_CHAIN", "ollama");
+    let mut daemon = Daemon::spawn(cmd);
+    let url = daemon.url.clone();
+    let post = |update: i64, secret: &str| {
+        let url = url.clone();
+        let secret = secret.to_string();
+        tokio::task::block_in_place(move || {
+            post_signed(&url, &telegram_update(7, update, "hello"), &secret)
+        })
+    };
+    assert_eq!(post(1, "first-secret-value"), 200);
+    assert!(crate::support::eventually(15, || drained(&env)).await);
+
+    env.write_config(&config("You are version two."));
+    std::fs::write(
+        &secrets,
+        "TELEGRAM_BOT_TOKEN=42:e2e-token\nTELEGRAM_WEBHOOK_SECRET=second-secret-value\n\
+         TELEGRAM_WEBHOOK_SECRET_PREVIOUS=first-secret-value\n",
+    )
+    .unwrap();
+    let hup = |daemon: &Daemon| {
+        let pid = daemon.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    hup(&daemon);
+    assert!(
+        crate::support::eventually_blocking(10, || daemon
+            .stderr()
+            .contains("configuration reloaded")),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(post(2, "second-secret-value"), 200);
+    assert_eq!(
+        post(3, "first-secret-value"),
+        200,
+        "the previous one, in its grace period"
+    );
+    assert_eq!(post(4, "not-the-secret-at-all"), 401);
+    assert!(crate::support::eventually(15, || drained(&env)).await);
+
+    // Every reply records the prompt version it was given.
+    let versions: Vec<(String, i64)> = crate::support::pairs(
+        &env.store(),
+        "SELECT m.text, r.prompt_version FROM messages r JOIN messages m ON m.id = r.reply_to
+         ORDER BY r.id",
+    );
+    assert_eq!(
+        versions.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        [1, 2, 2]
+    );
+    let asked: Vec<String> = ollama
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(asked[0].contains("You are version one."));
+    assert!(asked.last().unwrap().contains("You are version two."));
+
+    // A config that does not load is refused; the daemon goes on.
+    env.write_config("[agent]\nno_such_key = 1\n");
+    hup(&daemon);
+    assert!(
+        crate::support::eventually_blocking(10, || daemon.stderr().contains("reload failed")),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(post(5, "second-secret-value"), 200);
+
+    // Stopped gracefully, the log is flushed.
+    let pid = daemon.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::task::block_in_place(|| daemon.child.wait().unwrap());
+    let logs = std::fs::read_dir(env.home.path().join("state/convagent/logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert!(
+        logs.contains(r#""matched":"previous""#),
+        "the log says which matched: {}",
+        logs.lines()
+            .filter(|l| l.contains("verified"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(logs.contains(r#""matched":"current""#));
+    for value in ["first-secret-value", "second-secret-value"] {
+        assert!(!logs.contains(value), "a secret reached the log");
+        assert!(!daemon.stderr().contains(value), "a secret reached stderr");
+    }
 }

@@ -227,8 +227,7 @@ async fn a_channel_without_secrets_answers_404_with_the_variables_to_set() {
     );
     let daemon = convagent::daemon::Daemon::new(
         store,
-        std::sync::Arc::new(agent),
-        vec![],
+        convagent::daemon::Live::new(std::sync::Arc::new(agent), vec![], vec![]),
         std::sync::Arc::new(convagent::adapters::clock::SystemClock),
         Default::default(),
         metrics,
