@@ -89,7 +89,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             checks.push(store::store_check(ctx));
             checks.extend(store::prompt_check(ctx));
             checks.extend(store::outbox_check(ctx));
-            checks.extend(store::limits_check(ctx));
+            checks.extend(store::violation_checks(ctx));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -4,8 +4,8 @@ use convagent::core::ports::all::*;
 use std::os::unix::fs::PermissionsExt;
 
 use convagent::config::{ConfigSource, Settings, read_file};
-use convagent::core::Store;
 use convagent::core::ports::{PROMPT_FROM_CHAT, PROMPT_FROM_CONFIG};
+use convagent::core::{RuleCount, Store};
 
 use super::Check;
 use crate::context::Context;
@@ -183,21 +183,56 @@ pub fn outbox_check(ctx: &Context) -> Option<Check> {
     ))
 }
 
-/// Senders held back by limits in the last hour, as the alerting rules see
-/// them (`ConvagentSendersLimited`).
-pub fn limits_check(ctx: &Context) -> Option<Check> {
-    let limits = &ctx.settings().ok()?.config.limits;
-    let store = ctx.store_read_only().ok()??;
-    let held = store.held_back(now_ms() - 60 * 60 * 1000).ok()?;
+/// Guardrail violations and senders held back by limits in the last hour,
+/// as the alerting rules see them (`ConvagentGuardrailRefusals`,
+/// `ConvagentSendersLimited`).
+pub fn violation_checks(ctx: &Context) -> Vec<Check> {
+    let limits = &ctx.settings().map(|s| s.config.limits.clone());
+    let (Ok(limits), Ok(Some(store))) = (limits, ctx.store_read_only()) else {
+        return Vec::new();
+    };
+    let Ok(counts) = store.violations_since(now_ms() - 60 * 60 * 1000) else {
+        return Vec::new();
+    };
+    let (held, broke): (Vec<RuleCount>, Vec<RuleCount>) = counts
+        .into_iter()
+        .partition(|c| convagent::core::limits::Rule::parse(&c.rule).is_some());
+    vec![guardrails_check(&broke), limits_check(limits, &held)]
+}
+
+/// More than 10 guardrail violations an hour: the alert's threshold.
+fn guardrails_check(broke: &[RuleCount]) -> Check {
+    let total: u64 = broke.iter().map(|c| c.messages).sum();
+    let rules: Vec<String> = broke
+        .iter()
+        .map(|c| format!("{} {}", c.messages, c.rule))
+        .collect();
+    if total > 10 {
+        return Check::warn(
+            "guardrails",
+            format!(
+                "{total} messages refused in the last hour ({})",
+                rules.join(", ")
+            ),
+            "each got a refusal, not an answer; `convagent history` shows the conversations",
+        );
+    }
+    Check::pass(
+        "guardrails",
+        format!("{total} messages refused in the last hour"),
+    )
+}
+
+fn limits_check(limits: &convagent::core::Limits, held: &[RuleCount]) -> Check {
     let per_minute = match limits.messages_per_minute {
         0 => "no message rate".to_string(),
         n => format!("{n} messages a minute per sender"),
     };
     if held.is_empty() {
-        return Some(Check::pass(
+        return Check::pass(
             "limits",
             format!("{per_minute}; nobody held back in the last hour"),
-        ));
+        );
     }
     let what: Vec<String> = held
         .iter()
@@ -212,10 +247,10 @@ pub fn limits_check(ctx: &Context) -> Option<Check> {
             )
         })
         .collect();
-    Some(Check::warn(
+    Check::warn(
         "limits",
         format!("in the last hour: {}", what.join("; ")),
         "each sender got one notice and the LLM was not called; if they are real users, \
          raise the limit in [limits] (config.example.toml lists the keys)",
-    ))
+    )
 }

@@ -24,10 +24,10 @@ pub use message::{
 };
 pub use ports::{
     Accepted, ActivityBucket, Clock, ConversationFilter, ConversationOverview, ConversationSummary,
-    Erased, Held, HeldBack, MonitorStore, NewReply, OutboxEntry, OutboxItem, OutboxStats,
-    OutboxStore, OutboxUpdate, OutboxView, Pending, PeopleStore, PromptVersion, ProviderActivity,
-    Prune, ReplyKind, SearchHit, SearchOrder, SenderData, SenderRef, StageSink, Store, StoreError,
-    StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore, TurnRecord, ViolationRecord,
-    Write, Writes, Written,
+    Erased, Held, MonitorStore, NewReply, OutboxEntry, OutboxItem, OutboxStats, OutboxStore,
+    OutboxUpdate, OutboxView, Pending, PeopleStore, PromptVersion, ProviderActivity, Prune,
+    ReplyKind, RuleCount, SearchHit, SearchOrder, SenderData, SenderRef, StageSink, Store,
+    StoreError, StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore, TurnRecord,
+    ViolationRecord, Write, Writes, Written,
 };
 pub use trace::{Outcome, Stage};

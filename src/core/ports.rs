@@ -858,13 +858,14 @@ pub trait MonitorStore: Send + Sync {
         buckets: usize,
     ) -> Result<Vec<ActivityBucket>, StoreError>;
 
-    /// Messages held back by limits since `since`, per rule (`doctor`).
-    fn held_back(&self, since: i64) -> Result<Vec<HeldBack>, StoreError>;
+    /// Violations recorded since `since`, per rule: guardrails' and limits'
+    /// (`doctor`, as the alerting rules see them).
+    fn violations_since(&self, since: i64) -> Result<Vec<RuleCount>, StoreError>;
 }
 
-/// Messages one limit held back, and from how many senders.
+/// Messages that broke one rule, and from how many senders.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HeldBack {
+pub struct RuleCount {
     pub rule: String,
     pub messages: u64,
     pub senders: u64,

@@ -422,17 +422,17 @@ fn twilio_channels_say_which_number_replies_go_from() {
     );
 }
 
-/// Senders held back by a limit in the last hour are reported, as the
-/// `ConvagentSendersLimited` alert reports them.
+/// Guardrail refusals (over 10 an hour) and senders held back by a limit
+/// in the last hour are reported, as the alerts report them.
 #[test]
-fn senders_held_back_by_limits_are_reported() {
+fn guardrail_refusals_and_senders_held_back_are_reported() {
     use convagent::core::ports::all::*;
     let env = Env::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let limits_check = || {
+    let check = |name: &str| {
         let out = env
             .cmd(&["doctor", "--json"])
             .env("CONVAGENT_LLM_CHAIN", "ollama")
@@ -443,8 +443,8 @@ fn senders_held_back_by_limits_are_reported() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["name"] == "limits")
-            .unwrap_or_else(|| panic!("no limits check: {v}"))
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {v}"))
             .clone();
         (
             check["status"].as_str().unwrap().to_string(),
@@ -453,12 +453,13 @@ fn senders_held_back_by_limits_are_reported() {
     };
     let store = convagent::adapters::store::SqliteStore::open(&env.store()).unwrap();
     let prompt = store.ensure_prompt("be nice", now).unwrap();
-    let (status, detail) = limits_check();
+    let (status, detail) = check("limits");
     assert_eq!(status, "pass", "{detail}");
     assert!(
         detail.contains("10 messages a minute per sender"),
         "{detail}"
     );
+    assert_eq!(check("guardrails").0, "pass");
 
     let ids: Vec<i64> = (0..2)
         .map(|i| {
@@ -486,10 +487,24 @@ fn senders_held_back_by_limits_are_reported() {
             },
         }))
         .unwrap();
-    let (status, detail) = limits_check();
+    let (status, detail) = check("limits");
     assert_eq!(status, "warn", "{detail}");
     assert!(
         detail.contains("2 messages from 1 sender over messages_per_minute"),
+        "{detail}"
+    );
+    // Limits are not guardrails: still a pass there.
+    assert_eq!(check("guardrails").0, "pass");
+
+    for i in 0..11 {
+        store
+            .record_violation(ids[0], "credential_request", now + i)
+            .unwrap();
+    }
+    let (status, detail) = check("guardrails");
+    assert_eq!(status, "warn", "{detail}");
+    assert!(
+        detail.contains("11 messages refused in the last hour (11 credential_request)"),
         "{detail}"
     );
 }

@@ -5,32 +5,28 @@ use rusqlite::{OptionalExtension, params};
 
 use super::rows::{CONVERSATION_COLUMNS, conversation_from_row};
 use super::{SqliteStore, fts_phrase_query};
-use crate::core::limits::Rule;
 use crate::core::message::Channel;
 use crate::core::ports::{
-    ActivityBucket, ConversationFilter, ConversationOverview, HeldBack, MonitorStore,
-    ProviderActivity, StoreError,
+    ActivityBucket, ConversationFilter, ConversationOverview, MonitorStore, ProviderActivity,
+    RuleCount, StoreError,
 };
 
 /// Matches read per step of the TUI's search.
 const SEARCH_PAGE: i64 = 500;
 
 impl MonitorStore for SqliteStore {
-    fn held_back(&self, since: i64) -> Result<Vec<HeldBack>, StoreError> {
-        let rules: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
-        let rules =
-            serde_json::to_string(&rules).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    fn violations_since(&self, since: i64) -> Result<Vec<RuleCount>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT v.rule, count(*), count(DISTINCT c.channel || ':' || c.sender)
              FROM guardrail_violations v
              JOIN messages m ON m.id = v.message_id
              JOIN conversations c ON c.id = m.conversation_id
-             WHERE v.created_at >= ?1 AND v.rule IN (SELECT value FROM json_each(?2))
+             WHERE v.created_at >= ?1
              GROUP BY v.rule ORDER BY v.rule",
         )?;
-        let rows = stmt.query_map(params![since, rules], |r| {
-            Ok(HeldBack {
+        let rows = stmt.query_map(params![since], |r| {
+            Ok(RuleCount {
                 rule: r.get(0)?,
                 messages: r.get::<_, i64>(1)?.max(0) as u64,
                 senders: r.get::<_, i64>(2)?.max(0) as u64,
