@@ -4,7 +4,7 @@
 //! (Ollama's `/api/chat`) and of Telegram's Bot API that answer at once.
 //! Method and figures in benches/README.md.
 //!
-//!     cargo bench --bench load -- [--secs 8] [--conns 64]
+//!     cargo bench --bench load -- [--secs 8] [--conns 64] [--limit 0]
 //!
 //! 1. `/health` req/s (the HTTP stack's ceiling) and signed Telegram acks/s
 //!    from 1,000 chats with the pipeline behind (LLM down → fallback,
@@ -26,6 +26,8 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+static MESSAGES_PER_MINUTE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 const SECRET: &str = "s3cret";
 const TOKEN: &str = "1:bench";
 
@@ -38,6 +40,10 @@ fn main() {
     let conns: u64 = flag("--conns", 64);
     // `--only 2`: just that measurement.
     let only: u64 = flag("--only", 0);
+    // `[limits] messages_per_minute` for the daemon: 0 (off) by default,
+    // since every chat here sends far more than any limit allows; a huge
+    // value keeps the check's reads without holding anything back.
+    MESSAGES_PER_MINUTE.get_or_init(|| flag("--limit", 0));
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("load: needs wrk, the load generator (apt-get install wrk)");
         std::process::exit(2);
@@ -343,12 +349,12 @@ impl Daemon {
             unix_ms()
         ));
         std::fs::create_dir_all(home.join("config/convagent")).unwrap();
-        // A thousand chats at thousands of messages a second are far over
-        // the default 10 a minute each: a limit that never trips, so every
-        // message still pays for the count the limit needs.
         std::fs::write(
             home.join("config/convagent/config.toml"),
-            "[limits]\nmessages_per_minute = 1000000\n",
+            format!(
+                "[limits]\nmessages_per_minute = {}\n",
+                MESSAGES_PER_MINUTE.get().copied().unwrap_or(0)
+            ),
         )
         .unwrap();
         let log = std::fs::File::create(home.join("serve.log")).unwrap();

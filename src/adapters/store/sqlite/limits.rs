@@ -15,8 +15,7 @@ pub(super) fn usage(conn: &Connection, q: &UsageQuery) -> Result<Usage, StoreErr
         && let Some(&(_, first_at)) = q.messages.first()
     {
         // The sender's conversations with a message in the window (usually
-        // one), then in each at most `count_at_most` messages backwards
-        // from each of the turn's: reads that do not grow with history.
+        // one): reads that do not grow with history.
         let conversations: Vec<i64> = conn
             .prepare_cached(
                 "SELECT id FROM conversations
@@ -24,23 +23,33 @@ pub(super) fn usage(conn: &Connection, q: &UsageQuery) -> Result<Usage, StoreErr
             )?
             .query_map(params![channel, sender, first_at - MINUTE_MS], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        let mut count = conn.prepare_cached(
-            "SELECT count(*) FROM (
-                 SELECT created_at FROM messages
-                 WHERE conversation_id = ?1 AND id <= ?2 AND role = 'user'
-                 ORDER BY id DESC LIMIT +?3)
-             WHERE created_at > ?4",
+        // The newest messages up to the turn's last, enough to count back
+        // `count_at_most` from each of the turn's: one read per conversation.
+        let Some(&(last_id, _)) = q.messages.last() else {
+            return Ok(usage);
+        };
+        let reach = i64::from(q.count_at_most) + q.messages.len() as i64;
+        let mut newest = conn.prepare_cached(
+            "SELECT id, created_at FROM messages
+             WHERE conversation_id = ?1 AND id <= ?2 AND role = 'user'
+             ORDER BY id DESC LIMIT +?3",
         )?;
-        for &(id, at) in &q.messages {
-            let mut n: u32 = 0;
-            for &c in &conversations {
-                let found: u32 = count
-                    .query_row(params![c, id, q.count_at_most, at - MINUTE_MS], |r| {
-                        r.get(0)
-                    })?;
-                n = n.saturating_add(found);
+        let mut sent: Vec<(i64, i64)> = Vec::new();
+        for &c in &conversations {
+            let rows =
+                newest.query_map(params![c, last_id, reach], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            for row in rows {
+                sent.push(row?);
             }
-            usage.recent.push(n.min(q.count_at_most));
+        }
+        for &(id, at) in &q.messages {
+            let n = sent
+                .iter()
+                .filter(|&&(other, sent_at)| other <= id && sent_at > at - MINUTE_MS)
+                .count();
+            usage
+                .recent
+                .push(u32::try_from(n).unwrap_or(u32::MAX).min(q.count_at_most));
         }
     }
     if let Some(day) = q.day {
