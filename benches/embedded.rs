@@ -31,11 +31,11 @@ fn main() {
         .map(Into::into)
         .unwrap_or_else(|| Dirs::from_env().unwrap().default_model_path());
     let model = Embedded::new(EmbeddedSettings {
-        model_path,
         threads,
         context_size: 2048,
         temperature: 0.0,
         seed: 1,
+        ..EmbeddedSettings::for_model(model_path)
     });
     let load = Instant::now();
     model

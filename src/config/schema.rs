@@ -252,6 +252,13 @@ pub struct EmbeddedConfig {
     /// 0 = greedy (deterministic).
     pub temperature: f32,
     pub seed: u32,
+    /// KV cache cells (tokens) kept for recent conversations, all together:
+    /// a prompt that starts like a cached one is evaluated from where they
+    /// differ. At least `context_size`; memory grows with it.
+    pub cache_tokens: u32,
+    /// Conversations kept in that cache at most (the least recently used
+    /// make room).
+    pub cached_conversations: u32,
 }
 
 impl Default for EmbeddedConfig {
@@ -262,6 +269,8 @@ impl Default for EmbeddedConfig {
             context_size: 4096,
             temperature: 0.7,
             seed: 42,
+            cache_tokens: 8192,
+            cached_conversations: 4,
         }
     }
 }

@@ -139,6 +139,13 @@ pub trait LlmProvider: Send + Sync {
     fn ready(&self) -> bool {
         true
     }
+    /// Whether a call the caller gave up on (past its patience) should go
+    /// on in the background: yes where that warms the model for the next
+    /// turn (a server loading it); no where the model loads by itself and
+    /// an abandoned generation would only hold up the next one (embedded).
+    fn finish_when_abandoned(&self) -> bool {
+        true
+    }
     /// Generates a reply, streaming pieces of it to `on_event` as they come.
     fn generate<'a>(
         &'a self,

@@ -323,6 +323,21 @@ struct ColdLlm {
     load: Duration,
     calls: std::sync::atomic::AtomicUsize,
     finished: std::sync::atomic::AtomicUsize,
+    /// `finish_when_abandoned` answers the opposite (embedded-like).
+    quits: bool,
+    /// Calls whose future was dropped before they finished.
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a call's future dropped before it finished.
+struct DropGuard(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 impl LlmProvider for ColdLlm {
@@ -334,6 +349,10 @@ impl LlmProvider for ColdLlm {
         "big-model"
     }
 
+    fn finish_when_abandoned(&self) -> bool {
+        !self.quits
+    }
+
     fn generate<'a>(
         &'a self,
         _request: &'a LlmRequest,
@@ -341,9 +360,11 @@ impl LlmProvider for ColdLlm {
     ) -> convagent::core::llm::BoxFuture<'a, Result<convagent::core::LlmOutput, LlmError>> {
         use std::sync::atomic::Ordering::SeqCst;
         Box::pin(async move {
+            let mut guard = DropGuard(Some(self.dropped.clone()));
             if self.calls.fetch_add(1, SeqCst) == 0 {
                 tokio::time::sleep(self.load).await;
             }
+            guard.0 = None;
             on_event(convagent::core::StreamEvent::Token("warm "));
             on_event(convagent::core::StreamEvent::Token("answer"));
             self.finished.fetch_add(1, SeqCst);
@@ -368,6 +389,8 @@ async fn past_its_patience_a_turn_moves_on_and_the_slow_provider_warms_up_unharm
         load: Duration::from_millis(1_500),
         calls: Default::default(),
         finished: Default::default(),
+        quits: false,
+        dropped: Default::default(),
     });
     let backup = Arc::new(ScriptedLlm::new("embedded", vec![Ok("backup".into())]));
     let chain = Chain::new(
@@ -412,4 +435,34 @@ async fn past_its_patience_a_turn_moves_on_and_the_slow_provider_warms_up_unharm
         ("cold", "warm answer")
     );
     assert_eq!(backup.calls(), 1);
+}
+
+/// A provider that says an abandoned call should stop (the embedded model)
+/// has it dropped at its patience, not finished in the background.
+#[tokio::test]
+async fn past_its_patience_a_call_that_should_stop_is_dropped() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap());
+    let cold = Arc::new(ColdLlm {
+        load: Duration::from_secs(3_600),
+        calls: Default::default(),
+        finished: Default::default(),
+        quits: true,
+        dropped: Default::default(),
+    });
+    let backup = Arc::new(ScriptedLlm::new("embedded", vec![Ok("backup".into())]));
+    let chain = Chain::new(
+        vec![cold.clone(), backup.clone()],
+        store,
+        Arc::new(FakeClock::at(1_000_000)),
+        ChainPolicy {
+            patience: Some(Duration::from_millis(100)),
+            ..policy()
+        },
+    );
+    let out = chain.generate(&request(), &mut |_| {}).await.unwrap();
+    assert_eq!(out.provider, "embedded");
+    assert!(crate::support::eventually(10, || cold.dropped.load(SeqCst) == 1).await);
+    assert_eq!(cold.finished.load(SeqCst), 0);
 }

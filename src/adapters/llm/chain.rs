@@ -191,7 +191,8 @@ impl Chain {
     /// Runs the call on its own task and waits for its first token until
     /// `patience.1`. Past it the turn gives up on this provider, but the
     /// call goes on in the background: a cold model load finishes, and the
-    /// next turn finds the model warm.
+    /// next turn finds the model warm (unless the provider says an
+    /// abandoned call should stop: `finish_when_abandoned`).
     async fn call_with_patience(
         provider: &Arc<dyn LlmProvider>,
         request: &LlmRequest,
@@ -234,6 +235,13 @@ impl Chain {
                 joined = &mut call => break joined,
                 () = tokio::time::sleep_until(first_token_by), if !first_token => {
                     let name = provider.name().to_string();
+                    if !provider.finish_when_abandoned() {
+                        call.abort();
+                        return Err(LlmError::Slow {
+                            provider: name,
+                            after: patience,
+                        });
+                    }
                     tokio::spawn(async move {
                         if let Ok(Ok(_)) = call.await {
                             tracing::info!(provider = %name, "a slow LLM call finished in the background; the model is warm");

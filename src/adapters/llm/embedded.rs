@@ -1,19 +1,22 @@
 //! The embedded provider: a GGUF model run in-process by llama.cpp
 //! (`llama-cpp-2`). The backend is initialised once per process, the model
-//! is loaded once on first use and reused; each request gets its own
-//! context. Generation runs on a blocking thread and streams pieces back.
+//! is loaded once on first use and reused. Generation runs on one
+//! long-lived inference thread with one context whose KV cache keeps the
+//! prompts of recent conversations (`engine`), and streams pieces back.
 
-use std::num::NonZeroU32;
+mod engine;
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
 use sha2::{Digest, Sha256};
+
+use engine::{Engine, Job};
+pub use engine::{Generated, kv_cache_bytes};
 
 use crate::core::llm::{
     BoxFuture, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
@@ -36,6 +39,66 @@ pub struct EmbeddedSettings {
     /// 0 means greedy decoding (fully deterministic).
     pub temperature: f32,
     pub seed: u32,
+    /// KV cache cells shared by the cached conversations (at least
+    /// `context_size`): the cache's memory.
+    pub cache_tokens: u32,
+    /// Conversations whose prompts stay cached at most.
+    pub cached_conversations: u32,
+}
+
+impl EmbeddedSettings {
+    /// The given model with the defaults of `[llm.embedded]`.
+    pub fn for_model(model_path: PathBuf) -> Self {
+        let c = crate::config::EmbeddedConfig::default();
+        EmbeddedSettings {
+            model_path,
+            threads: 2,
+            context_size: c.context_size,
+            temperature: c.temperature,
+            seed: c.seed,
+            cache_tokens: c.cache_tokens,
+            cached_conversations: c.cached_conversations,
+        }
+    }
+}
+
+/// What the inference thread did so far, for benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbeddedStats {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens found in the cache, not evaluated again.
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    /// llama.cpp decode calls (one per prompt, one per token after the first).
+    pub decodes: u64,
+}
+
+/// The counters behind [`EmbeddedStats`], shared with the inference thread.
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    prompt_tokens: AtomicU64,
+    cached_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    decodes: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> EmbeddedStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        EmbeddedStats {
+            requests: get(&self.requests),
+            prompt_tokens: get(&self.prompt_tokens),
+            cached_tokens: get(&self.cached_tokens),
+            completion_tokens: get(&self.completion_tokens),
+            decodes: get(&self.decodes),
+        }
+    }
 }
 
 /// Cheap to clone: clones share the one loaded model.
@@ -49,6 +112,8 @@ struct Inner {
     name: String,
     model: OnceLock<Arc<LlamaModel>>,
     loading: Mutex<()>,
+    engine: OnceLock<Engine>,
+    counters: Arc<Counters>,
 }
 
 /// llama.cpp's backend may be initialised only once per process.
@@ -85,6 +150,8 @@ impl Embedded {
                 name,
                 model: OnceLock::new(),
                 loading: Mutex::new(()),
+                engine: OnceLock::new(),
+                counters: Arc::default(),
             }),
         }
     }
@@ -99,43 +166,67 @@ impl Embedded {
         self.inner.load().map(drop)
     }
 
+    pub fn stats(&self) -> EmbeddedStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Streams the reply's pieces to `on_event`. Dropping the future (a
+    /// caller that gave up) stops the generation at its next token.
     async fn chat(
         &self,
         request: &LlmRequest,
         on_event: &mut OnEvent<'_>,
     ) -> Result<LlmOutput, LlmError> {
+        // Loading reads the whole file: off the async threads, and on to
+        // the end even if this caller gives up (the next finds it loaded).
         let inner = Arc::clone(&self.inner);
-        let messages: Vec<(String, String)> = request
-            .messages
-            .iter()
-            .map(|m| (m.role.as_str().to_string(), m.content.clone()))
-            .collect();
-        let max_tokens = request.max_tokens;
-
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let worker = tokio::task::spawn_blocking(move || {
-            let model = inner.load()?;
-            generate_blocking(&model, &inner.settings, &messages, max_tokens, |piece| {
-                tx.send(piece.to_string()).is_ok()
-            })
-        });
+        tokio::task::spawn_blocking(move || inner.engine().map(drop))
+            .await
+            .map_err(|e| other(format!("loading the model failed: {e}")))??;
+        let engine = self.inner.engine()?;
+        let (pieces, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (done, result) = tokio::sync::oneshot::channel();
+        engine.submit(Job {
+            messages: request
+                .messages
+                .iter()
+                .map(|m| (m.role.as_str().to_string(), m.content.clone()))
+                .collect(),
+            max_tokens: request.max_tokens,
+            pieces,
+            done,
+        })?;
         while let Some(piece) = rx.recv().await {
             on_event(StreamEvent::Token(&piece));
         }
-        let (text, prompt_tokens, completion_tokens) = worker
+        let generated = result
             .await
-            .map_err(|e| other(format!("generation thread failed: {e}")))??;
+            .map_err(|_| other("the inference thread stopped".into()))??;
         Ok(LlmOutput {
-            text,
+            text: generated.text,
             provider: NAME.into(),
             model: self.inner.name.clone(),
-            prompt_tokens: Some(prompt_tokens),
-            completion_tokens: Some(completion_tokens),
+            prompt_tokens: Some(generated.prompt_tokens),
+            completion_tokens: Some(generated.completion_tokens),
         })
     }
 }
 
 impl Inner {
+    /// The inference thread, started once the model is loaded.
+    fn engine(&self) -> Result<&Engine, LlmError> {
+        if let Some(e) = self.engine.get() {
+            return Ok(e);
+        }
+        let model = self.load()?;
+        let _guard = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = self.engine.get() {
+            return Ok(e);
+        }
+        let engine = Engine::start(model, self.settings.clone(), self.counters.clone())?;
+        Ok(self.engine.get_or_init(|| engine))
+    }
+
     fn load(&self) -> Result<Arc<LlamaModel>, LlmError> {
         if let Some(m) = self.model.get() {
             return Ok(Arc::clone(m));
@@ -162,115 +253,15 @@ impl Inner {
     }
 }
 
-/// Runs one generation; `emit` gets each decoded piece and returns false to
-/// stop early (the receiver went away). Returns (text, prompt tokens,
-/// completion tokens).
-fn generate_blocking(
-    model: &LlamaModel,
-    settings: &EmbeddedSettings,
-    messages: &[(String, String)],
-    max_tokens: u32,
-    mut emit: impl FnMut(&str) -> bool,
-) -> Result<(String, u32, u32), LlmError> {
-    let backend = backend()?;
-    let template = model
-        .chat_template(None)
-        .or_else(|_| LlamaChatTemplate::new("chatml"))
-        .map_err(|e| other(format!("chat template: {e}")))?;
-    let chat = messages
-        .iter()
-        .map(|(role, content)| LlamaChatMessage::new(role.clone(), content.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| other(format!("message: {e}")))?;
-    let prompt = model
-        .apply_chat_template(&template, &chat, true)
-        .map_err(|e| other(format!("applying the chat template: {e}")))?;
-    let vocab = model.vocab();
-    let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
-
-    let n_ctx = settings.context_size.max(64);
-    let prompt_len = tokens.len() as u32;
-    if prompt_len >= n_ctx {
-        return Err(other(format!(
-            "the prompt has {prompt_len} tokens; the context holds {n_ctx}"
-        )));
-    }
-    let budget = max_tokens.min(n_ctx - prompt_len);
-    let threads = settings.threads.max(1) as i32;
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_ctx)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
-    let mut ctx = model
-        .new_context(backend, params)
-        .map_err(|e| other(format!("creating a context: {e}")))?;
-
-    let mut batch = LlamaBatch::new(n_ctx as usize, 1);
-    let last = tokens.len() - 1;
-    for (i, token) in tokens.iter().enumerate() {
-        batch
-            .add(*token, i as i32, &[0], i == last)
-            .map_err(|e| other(format!("batch: {e}")))?;
-    }
-    ctx.decode(&mut batch)
-        .map_err(|e| other(format!("evaluating the prompt: {e}")))?;
-
-    let mut sampler = if settings.temperature <= 0.0 {
-        LlamaSampler::chain_simple([LlamaSampler::greedy()])
-    } else {
-        LlamaSampler::chain_simple([
-            LlamaSampler::penalties(model.n_vocab(), 64, 1.1, 0.0, 0.0),
-            LlamaSampler::top_k(40),
-            LlamaSampler::top_p(0.95, 1),
-            LlamaSampler::temp(settings.temperature),
-            LlamaSampler::dist(settings.seed),
-        ])
-    };
-
-    let mut text = String::new();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut position = tokens.len() as i32;
-    let mut generated = 0u32;
-    while generated < budget {
-        let token = sampler.sample(&ctx, batch.n_tokens() - 1);
-        if vocab.is_eog(token) {
-            break;
-        }
-        generated += 1;
-        pending.extend(vocab.token_to_piece(token, false, None));
-        // A multi-byte character can span tokens: emit only whole ones.
-        let valid = match std::str::from_utf8(&pending) {
-            Ok(s) => s.len(),
-            Err(e) => e.valid_up_to(),
-        };
-        if valid > 0 {
-            let piece = String::from_utf8_lossy(&pending[..valid]).into_owned();
-            pending.drain(..valid);
-            text.push_str(&piece);
-            if !emit(&piece) {
-                break;
-            }
-        }
-        batch.clear();
-        batch
-            .add(token, position, &[0], true)
-            .map_err(|e| other(format!("batch: {e}")))?;
-        position += 1;
-        ctx.decode(&mut batch)
-            .map_err(|e| other(format!("decoding: {e}")))?;
-    }
-    if !pending.is_empty() {
-        let rest = String::from_utf8_lossy(&pending).into_owned();
-        text.push_str(&rest);
-        emit(&rest);
-    }
-    Ok((text, prompt_len, generated))
-}
-
 impl LlmProvider for Embedded {
     fn name(&self) -> &str {
         NAME
+    }
+
+    /// The model loads on a thread of its own whatever the caller does; a
+    /// generation nobody waits for would only hold the inference thread.
+    fn finish_when_abandoned(&self) -> bool {
+        false
     }
 
     fn model(&self) -> &str {
