@@ -158,13 +158,16 @@ fn main() {
     let model_path = std::env::var_os("CONVAGENT_MODEL_PATH")
         .map(Into::into)
         .unwrap_or_else(|| Dirs::from_env().unwrap().default_model_path());
-    let model = Embedded::new(EmbeddedSettings {
-        threads,
-        context_size: 4096,
-        temperature: 0.0,
-        seed: 1,
-        ..EmbeddedSettings::for_model(model_path.clone())
-    });
+    let provider = || {
+        Embedded::new(EmbeddedSettings {
+            threads,
+            context_size: 4096,
+            temperature: 0.0,
+            seed: 1,
+            ..EmbeddedSettings::for_model(model_path.clone())
+        })
+    };
+    let model = provider();
     let load = Instant::now();
     model
         .load()
@@ -300,14 +303,7 @@ fn main() {
         println!("{line}");
         last.0 = Some(run.ttft_ms);
         if turn == turns {
-            let cold = Embedded::new(EmbeddedSettings {
-                threads,
-                context_size: 4096,
-                temperature: 0.0,
-                seed: 1,
-                ..EmbeddedSettings::for_model(model_path.clone())
-            });
-            let (cold_run, _) = ours(&runtime, &cold, &r);
+            let (cold_run, _) = ours(&runtime, &provider(), &r);
             last.2 = Some(cold_run.ttft_ms);
         }
         history.push((user, text));

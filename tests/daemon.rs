@@ -251,6 +251,16 @@ impl Harness {
         );
     }
 
+    /// The daemon's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Moves the fake clock on by `ms` and has the outbox look at once.
     pub fn advance(&self, ms: i64) {
         self.clock.as_ref().expect("Options::clock").advance(ms);

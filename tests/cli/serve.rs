@@ -176,14 +176,7 @@ async fn killed_with_messages_accepted_but_unanswered_answers_them_after_restart
     );
 
     // SIGTERM: a graceful stop.
-    let pid = daemon.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::send_signal(daemon.child.id(), "-TERM");
     let status = tokio::task::block_in_place(|| daemon.child.wait().unwrap());
     assert!(status.success(), "{status:?}");
     // The reader thread has seen everything once the pipe closed.
@@ -425,17 +418,7 @@ async fn sighup_reloads_the_prompt_and_rotates_the_secret() {
          TELEGRAM_WEBHOOK_SECRET_PREVIOUS=first-secret-value\n",
     )
     .unwrap();
-    let hup = |daemon: &Daemon| {
-        let pid = daemon.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    hup(&daemon);
+    crate::send_signal(daemon.child.id(), "-HUP");
     assert!(
         crate::support::eventually_blocking(10, || daemon
             .stderr()
@@ -474,7 +457,7 @@ async fn sighup_reloads_the_prompt_and_rotates_the_secret() {
 
     // A config that does not load is refused; the daemon goes on.
     env.write_config("[agent]\nno_such_key = 1\n");
-    hup(&daemon);
+    crate::send_signal(daemon.child.id(), "-HUP");
     assert!(
         crate::support::eventually_blocking(10, || daemon.stderr().contains("reload failed")),
         "{}",
@@ -483,14 +466,7 @@ async fn sighup_reloads_the_prompt_and_rotates_the_secret() {
     assert_eq!(post(5, "second-secret-value"), 200);
 
     // Stopped gracefully, the log is flushed.
-    let pid = daemon.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::send_signal(daemon.child.id(), "-TERM");
     tokio::task::block_in_place(|| daemon.child.wait().unwrap());
     let logs = std::fs::read_dir(env.home.path().join("state/convagent/logs"))
         .unwrap()

@@ -164,19 +164,10 @@ fn serve_tells_systemd_it_is_ready_reloading_alive_and_stopping() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = child.id().to_string();
     let mut seen = Vec::new();
     assert!(received(&socket, &mut seen, "READY=1"), "{seen:?}");
     assert!(received(&socket, &mut seen, "WATCHDOG=1"), "{seen:?}");
-    let kill = |signal: &str| {
-        assert!(
-            Command::new("kill")
-                .args([signal, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let kill = |signal: &str| crate::send_signal(child.id(), signal);
     kill("-HUP");
     assert!(received(&socket, &mut seen, "RELOADING=1"), "{seen:?}");
     let reloading = seen.iter().position(|m| m.contains("RELOADING=1")).unwrap();

@@ -201,13 +201,7 @@ async fn tunnel_records_the_url_registers_webhooks_and_cleans_up_on_ctrl_c() {
         .unwrap()
         .trim()
         .to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::send_signal(child.id(), "-INT");
     let status = tokio::task::block_in_place(|| child.wait().unwrap());
     assert!(status.success(), "{status:?}");
     // Reaped by the time tunnel exits; /proc may lag a moment behind.
@@ -293,13 +287,7 @@ async fn keep_alive_restarts_a_dead_cloudflared() {
         URL,
         "the restarted tunnel's URL is recorded again"
     );
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::send_signal(child.id(), "-INT");
     let status = tokio::task::block_in_place(|| child.wait().unwrap());
     assert!(status.success(), "{status:?}");
     let mut stderr = String::new();

@@ -51,12 +51,7 @@ async fn the_rules_read_metrics_the_daemon_exports() {
     )
     .unwrap();
     let h = Harness::start(Options::default()).await;
-    let exported = reqwest::get(format!("{}/metrics", h.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exported = h.metrics().await;
     h.stop().await;
     let mut read = Vec::new();
     for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {

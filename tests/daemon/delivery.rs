@@ -195,12 +195,7 @@ async fn a_permanent_400_is_a_dead_letter_with_the_providers_code() {
     let dead = dead_letters(&h);
     assert_eq!(dead[0].0, "400");
     assert!(dead[0].1.contains("chat not found"), "{dead:?}");
-    let text = reqwest::get(format!("{}/metrics", h.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics().await;
     assert!(text.contains("convagent_dead_letters 1"), "{text}");
     h.stop().await;
 }
@@ -695,12 +690,7 @@ async fn server_errors_back_off_1_2_4_8_16_seconds_then_dead_letter() {
     assert!(dead[0].1.contains("502"), "{dead:?}");
     // Six attempts, one label: the attempt is in the trace row, never in
     // a metric's name or labels (their set stays fixed).
-    let metrics = reqwest::get(format!("{}/metrics", h.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(metrics.contains(r#"stage="send""#), "{metrics}");
     assert!(!metrics.contains(r#"stage="send attempt"#), "{metrics}");
     let correlation = h

@@ -278,12 +278,7 @@ async fn health_ready_and_metrics() {
     let golden = h.golden("telegram/text.json");
     h.post(&h.sign(&golden)).await;
     h.post(&h.sign(&golden)).await;
-    let text = reqwest::get(format!("{}/metrics", h.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics().await;
     for line in [
         r#"convagent_inbound_total{channel="telegram",outcome="accepted"} 1"#,
         r#"convagent_inbound_total{channel="telegram",outcome="duplicate"} 1"#,

@@ -80,13 +80,9 @@ fn asked(llm: &EchoLlm) -> Vec<String> {
 }
 
 async fn metric(h: &Harness, line_start: &str) -> Option<String> {
-    let text = reqwest::get(format!("{}/metrics", h.url))
+    h.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find(|l| l.starts_with(line_start))
         .map(str::to_string)
 }
