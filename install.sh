@@ -58,14 +58,16 @@ have() {
       man-db) command -v man >/dev/null 2>&1 ;;
       prometheus) command -v promtool >/dev/null 2>&1 ;;
       systemd) command -v systemd-analyze >/dev/null 2>&1 ;;
+      postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ;;
       *) command -v "$1" >/dev/null 2>&1 ;;
     esac
   fi
 }
 need=""
 # prometheus: its promtool checks the alerting rules we ship (deploy/prometheus);
-# systemd: systemd-analyze verifies the units `convagent service install` writes.
-for pkg in cmake clang libclang-dev python3 python3-pip tmux man-db prometheus systemd; do
+# systemd: systemd-analyze verifies the units `convagent service install` writes;
+# postgresql: the tests start throwaway clusters of it (initdb, pg_ctl).
+for pkg in cmake clang libclang-dev python3 python3-pip tmux man-db prometheus systemd postgresql; do
   have "$pkg" || need="$need $pkg"
 done
 # A python3 with pip from elsewhere (pyenv, a venv) serves as well.

@@ -19,6 +19,8 @@ mod guarded;
 mod ollama;
 #[path = "engine/openai.rs"]
 mod openai;
+#[path = "engine/postgres.rs"]
+mod postgres;
 #[path = "engine/properties.rs"]
 mod properties;
 #[path = "engine/resilience.rs"]

@@ -5,6 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+#[path = "postgres.rs"]
+pub mod postgres;
+
 use convagent::config::Dirs;
 use convagent::core::llm::{BoxFuture, OnEvent};
 use convagent::core::{LlmError, LlmOutput, LlmProvider, LlmRequest, StreamEvent};
