@@ -6,6 +6,7 @@
 //!
 //!     cargo bench --bench embedded -- [--threads 2] [--runs 30] [--max-tokens 128]
 //!         [--turns 10] [--server http://127.0.0.1:8089] [--conversations 20 --minutes 2]
+//!         [--cache-tokens 8192] [--cached-conversations 4]
 
 use std::time::{Duration, Instant};
 
@@ -158,13 +159,18 @@ fn main() {
     let model_path = std::env::var_os("CONVAGENT_MODEL_PATH")
         .map(Into::into)
         .unwrap_or_else(|| Dirs::from_env().unwrap().default_model_path());
+    let defaults = EmbeddedSettings::for_model(model_path.clone());
+    let cache_tokens = flag("--cache-tokens", defaults.cache_tokens);
+    let cached_conversations = flag("--cached-conversations", defaults.cached_conversations);
     let provider = || {
         Embedded::new(EmbeddedSettings {
             threads,
             context_size: 4096,
             temperature: 0.0,
             seed: 1,
-            ..EmbeddedSettings::for_model(model_path.clone())
+            cache_tokens,
+            cached_conversations,
+            ..defaults.clone()
         })
     };
     let model = provider();
