@@ -6,7 +6,7 @@
 //!
 //!     cargo bench --bench embedded -- [--threads 2] [--runs 30] [--max-tokens 128]
 //!         [--turns 10] [--server http://127.0.0.1:8089] [--conversations 20 --minutes 2]
-//!         [--cache-tokens 8192] [--cached-conversations 4]
+//!         [--cached-conversations 2]
 
 use std::time::{Duration, Instant};
 
@@ -160,7 +160,6 @@ fn main() {
         .map(Into::into)
         .unwrap_or_else(|| Dirs::from_env().unwrap().default_model_path());
     let defaults = EmbeddedSettings::for_model(model_path.clone());
-    let cache_tokens = flag("--cache-tokens", defaults.cache_tokens);
     let cached_conversations = flag("--cached-conversations", defaults.cached_conversations);
     let provider = || {
         Embedded::new(EmbeddedSettings {
@@ -168,7 +167,6 @@ fn main() {
             context_size: 4096,
             temperature: 0.0,
             seed: 1,
-            cache_tokens,
             cached_conversations,
             ..defaults.clone()
         })
@@ -347,7 +345,7 @@ fn serve_like(
 ) {
     let end = Instant::now() + Duration::from_secs(u64::from(minutes) * 60);
     let window = Duration::from_secs(30);
-    let windows = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let windows = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, u64, u64)>::new()));
     let started = Instant::now();
     runtime.block_on(async {
         let mut tasks = Vec::new();
@@ -366,10 +364,11 @@ fn serve_like(
                     let slot = (started.elapsed().as_secs_f64() / window.as_secs_f64()) as usize;
                     let mut w = windows.lock().unwrap();
                     if w.len() <= slot {
-                        w.resize(slot + 1, (0, 0));
+                        w.resize(slot + 1, (0, 0, 0));
                     }
                     w[slot].0 += 1;
                     w[slot].1 += u64::from(out.completion_tokens.unwrap_or(0));
+                    w[slot].2 += u64::from(out.prompt_tokens.unwrap_or(0));
                     drop(w);
                     history.push((user, out.text));
                     if history.len() > 6 {
@@ -383,12 +382,13 @@ fn serve_like(
         }
     });
     println!("{conversations} conversations at once, {minutes} min, per 30 s:");
-    for (i, (replies, tokens)) in windows.lock().unwrap().iter().enumerate() {
+    for (i, (replies, tokens, prompts)) in windows.lock().unwrap().iter().enumerate() {
         println!(
-            "  {:>3}-{:>3} s: {replies:>4} replies, {:6.1} generated tok/s",
+            "  {:>3}-{:>3} s: {replies:>4} replies, {:6.1} generated tok/s, {:5.0} prompt tokens per reply",
             i * 30,
             (i + 1) * 30,
-            *tokens as f64 / 30.0
+            *tokens as f64 / 30.0,
+            *prompts as f64 / (*replies).max(1) as f64
         );
     }
 }

@@ -252,12 +252,10 @@ pub struct EmbeddedConfig {
     /// 0 = greedy (deterministic).
     pub temperature: f32,
     pub seed: u32,
-    /// KV cache cells (tokens) kept for recent conversations, all together:
-    /// a prompt that starts like a cached one is evaluated from where they
-    /// differ. At least `context_size`; memory grows with it.
-    pub cache_tokens: u32,
-    /// Conversations kept in that cache at most (the least recently used
-    /// make room).
+    /// Conversations whose KV cache is kept (each `context_size` tokens:
+    /// the memory grows with both): a prompt that starts like a cached one
+    /// is evaluated from where they differ. The least recently used makes
+    /// room.
     pub cached_conversations: u32,
 }
 
@@ -269,8 +267,7 @@ impl Default for EmbeddedConfig {
             context_size: 4096,
             temperature: 0.7,
             seed: 42,
-            cache_tokens: 8192,
-            cached_conversations: 4,
+            cached_conversations: 2,
         }
     }
 }

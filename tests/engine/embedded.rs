@@ -138,7 +138,6 @@ fn own_model(cached_conversations: u32) -> Embedded {
         context_size: 2048,
         temperature: 0.0,
         seed: 1,
-        cache_tokens: 4096,
         cached_conversations,
         ..EmbeddedSettings::for_model(model_path())
     })

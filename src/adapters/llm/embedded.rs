@@ -39,10 +39,7 @@ pub struct EmbeddedSettings {
     /// 0 means greedy decoding (fully deterministic).
     pub temperature: f32,
     pub seed: u32,
-    /// KV cache cells shared by the cached conversations (at least
-    /// `context_size`): the cache's memory.
-    pub cache_tokens: u32,
-    /// Conversations whose prompts stay cached at most.
+    /// Conversations whose KV cache is kept, `context_size` tokens each.
     pub cached_conversations: u32,
 }
 
@@ -56,7 +53,6 @@ impl EmbeddedSettings {
             context_size: c.context_size,
             temperature: c.temperature,
             seed: c.seed,
-            cache_tokens: c.cache_tokens,
             cached_conversations: c.cached_conversations,
         }
     }

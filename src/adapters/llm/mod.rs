@@ -63,7 +63,6 @@ impl Configured {
                     context_size: llm.embedded.context_size,
                     temperature: llm.embedded.temperature,
                     seed: llm.embedded.seed,
-                    cache_tokens: llm.embedded.cache_tokens,
                     cached_conversations: llm.embedded.cached_conversations,
                 })))
             }

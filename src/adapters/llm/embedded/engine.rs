@@ -4,13 +4,15 @@
 //! more busy threads than cores libgomp stops spinning at its barriers and
 //! sleeps on futexes, which cut decode speed by up to two thirds.
 //!
-//! The thread keeps one llama.cpp context for its life, with a KV cache of
-//! `cache_tokens` cells shared by up to `cached_conversations` sequences.
-//! Each sequence remembers the tokens it holds; a prompt is evaluated from
-//! the end of the longest prefix some sequence already holds (a
-//! conversation's system prompt and earlier turns), so the 10th turn of a
-//! conversation reads its new message, not the whole conversation again.
-//! Sequences used longest ago give up their cells when room is needed.
+//! The thread keeps one llama.cpp context for its life, whose KV cache holds
+//! `cached_conversations` sequences of `context_size` cells each (not a
+//! unified cache: there every decode step attends over every cell in use,
+//! and many conversations slow each other down). Each sequence remembers
+//! the tokens it holds; a prompt is evaluated from the end of the longest
+//! prefix some sequence already holds (a conversation's system prompt and
+//! earlier turns), so the 10th turn of a conversation reads its new
+//! message, not the whole conversation again. The sequence used longest
+//! ago is the one a new conversation takes.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -86,15 +88,10 @@ struct Sequence {
 
 struct Cache {
     sequences: Vec<Sequence>,
-    cells: usize,
     uses: u64,
 }
 
 impl Cache {
-    fn held(&self) -> usize {
-        self.sequences.iter().map(|s| s.tokens.len()).sum()
-    }
-
     /// The sequence holding the longest prefix of `prompt`, and how long
     /// that prefix is. A prefix shorter than half of what its sequence
     /// holds (another conversation with the same system prompt) does not
@@ -138,12 +135,13 @@ fn run(
     let started = (|| -> Result<(LlamaContext<'_>, LlamaChatTemplate), LlmError> {
         let backend = backend()?;
         let threads = settings.threads.max(1) as i32;
-        let cells = settings.cache_tokens.max(settings.context_size).max(64);
+        let sequences = settings.cached_conversations.max(1);
+        let cells = settings.context_size.max(64) * sequences;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(cells))
             .with_n_batch(settings.context_size.max(64))
-            .with_n_seq_max(settings.cached_conversations.max(1))
-            .with_kv_unified(true)
+            .with_n_seq_max(sequences)
+            .with_kv_unified(false)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let ctx = model
@@ -179,7 +177,6 @@ fn run(
                 used: 0,
             })
             .collect(),
-        cells: ctx.n_ctx() as usize,
         uses: 0,
     };
     let mut batch = LlamaBatch::new(settings.context_size.max(64) as usize, 1);
@@ -246,31 +243,6 @@ fn generate(
     // evaluated again, for its logits.
     let (seq, shared) = cache.best_for(&tokens);
     let mut keep = shared.min(tokens.len() - 1);
-    // Room for the rest of the prompt and the reply: the sequences used
-    // longest ago give up their cells first, this one last.
-    loop {
-        let others = cache.held() - cache.sequences[seq].tokens.len();
-        if others + tokens.len() + budget <= cache.cells {
-            break;
-        }
-        let victim = cache
-            .sequences
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| *i != seq && !s.tokens.is_empty())
-            .min_by_key(|(_, s)| s.used)
-            .map(|(i, _)| i);
-        match victim {
-            Some(v) => {
-                ctx.clear_kv_cache_seq(Some(v as u32), None, None)
-                    .map_err(|e| other(format!("cache: {e}")))?;
-                cache.sequences[v].tokens.clear();
-            }
-            None => break,
-        }
-    }
-    let others = cache.held() - cache.sequences[seq].tokens.len();
-    let budget = budget.min(cache.cells.saturating_sub(others + tokens.len()));
     if cache.sequences[seq].tokens.len() > keep {
         ctx.clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
             .map_err(|e| other(format!("cache: {e}")))?;
