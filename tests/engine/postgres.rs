@@ -81,3 +81,85 @@ fn a_bad_url_or_an_absent_server_is_a_clear_error() {
         other => panic!("expected Backend, got {:?}", other.err()),
     }
 }
+
+/// A message and its redeliveries reaching two daemons at once are stored
+/// once: one of them stores it, every other call reports the duplicate,
+/// and the conversation counts one message.
+#[test]
+fn the_same_message_at_two_daemons_at_once_is_stored_once() {
+    let cluster = Cluster::start();
+    let url = cluster.database("redelivery");
+    let daemons = [
+        Arc::new(PostgresStore::open(&url, 2).unwrap()),
+        Arc::new(PostgresStore::open(&url, 2).unwrap()),
+    ];
+    let message = crate::support::inbound(
+        convagent::core::Channel::Telegram,
+        "42",
+        "update-7",
+        "only once please",
+        1_000,
+    );
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, message) = (daemons[i % 2].clone(), message.clone());
+            std::thread::spawn(move || store.accept(&message).unwrap())
+        })
+        .collect();
+    let results: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(
+        results.iter().filter(|a| !a.duplicate).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|a| a.message_id == results[0].message_id)
+    );
+    let (messages, counted) = daemons[0]
+        .pool()
+        .run(|c| {
+            let row = c.query_one(
+                "SELECT (SELECT count(*) FROM messages), (SELECT sum(message_count)::BIGINT FROM conversations)",
+                &[],
+            )?;
+            Ok((row.get::<_, i64>(0), row.get::<_, i64>(1)))
+        })
+        .unwrap();
+    assert_eq!((messages, counted), (1, 1));
+}
+
+/// A conversation is worked by one daemon at a time: a claim holds until
+/// its lease is past (its holder died), the holder renews it, and only the
+/// holder gives it up.
+#[test]
+fn a_claim_is_one_daemons_until_its_lease_is_past() {
+    use convagent::adapters::store::postgres::ClaimKind::{Outbox, Turns};
+    let cluster = Cluster::start();
+    let store = PostgresStore::open(&cluster.database("claims"), 1).unwrap();
+    assert!(store.claim(Turns, 7, "a", 1_000, 31_000).unwrap());
+    assert!(
+        !store.claim(Turns, 7, "b", 2_000, 32_000).unwrap(),
+        "a holds it"
+    );
+    assert!(
+        store.claim(Outbox, 7, "b", 2_000, 32_000).unwrap(),
+        "another kind"
+    );
+    assert!(
+        store.claim(Turns, 7, "a", 20_000, 50_000).unwrap(),
+        "renewed"
+    );
+    assert!(!store.claim(Turns, 7, "b", 49_999, 79_999).unwrap());
+    // a died: its lease runs out and b takes over; a's renewal then fails.
+    assert!(store.claim(Turns, 7, "b", 50_000, 80_000).unwrap());
+    assert!(!store.claim(Turns, 7, "a", 50_001, 80_001).unwrap());
+    store.release(Turns, 7, "a").unwrap();
+    assert!(
+        !store.claim(Turns, 7, "c", 60_000, 90_000).unwrap(),
+        "only b releases it"
+    );
+    store.release(Turns, 7, "b").unwrap();
+    assert!(store.claim(Turns, 7, "c", 60_000, 90_000).unwrap());
+}

@@ -10,15 +10,21 @@
 //! waits for its answer on a channel — the shape of the SQLite adapter's
 //! writer and readers.
 //!
-//! Not yet built: the port implementations, claims with leases for several
-//! daemons, `store migrate`, and selecting this store from
-//! `CONVAGENT_DATABASE_URL`; the daemon and commands still use SQLite.
+//! Built so far: storing an inbound message once across processes, and
+//! claims with leases (`work.rs`). Not yet built: the port implementations,
+//! the daemon's use of claims, `store migrate`, and selecting this store
+//! from `CONVAGENT_DATABASE_URL`; the daemon and commands still use SQLite.
+
+mod work;
 
 use std::str::FromStr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use crate::core::ports::StoreError;
+use crate::core::message::InboundMessage;
+use crate::core::ports::{Accepted, StoreError};
+
+pub use work::ClaimKind;
 
 /// The schema, in order; a file's number is its version.
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -130,6 +136,33 @@ impl PostgresStore {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Stores an inbound message once, whichever process receives it (the
+    /// `Write::Accept` of the ports to come).
+    pub fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
+        let message = message.clone();
+        self.pool.run(move |c| work::accept(c, &message))
+    }
+
+    /// Takes or renews a claim until `until`, unless another owner holds it
+    /// past `now`; whether `owner` holds it now.
+    pub fn claim(
+        &self,
+        kind: ClaimKind,
+        key: i64,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.pool
+            .run(move |c| work::claim(c, kind, key, &owner, now, until))
+    }
+
+    pub fn release(&self, kind: ClaimKind, key: i64, owner: &str) -> Result<(), StoreError> {
+        let owner = owner.to_string();
+        self.pool.run(move |c| work::release(c, kind, key, &owner))
     }
 
     /// The schema version applied, and the newest this build knows.
