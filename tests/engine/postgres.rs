@@ -163,3 +163,84 @@ fn a_claim_is_one_daemons_until_its_lease_is_past() {
     store.release(Turns, 7, "b").unwrap();
     assert!(store.claim(Turns, 7, "c", 60_000, 90_000).unwrap());
 }
+
+/// Two daemons that both answered one message record one answer: the
+/// second gets the first's id back, one outbox row is queued (by the
+/// trigger), and its tokens are counted once.
+#[test]
+fn one_answer_per_message_whichever_daemon_records_it() {
+    let cluster = Cluster::start();
+    let url = cluster.database("answers");
+    let daemons = [
+        Arc::new(PostgresStore::open(&url, 2).unwrap()),
+        Arc::new(PostgresStore::open(&url, 2).unwrap()),
+    ];
+    let burst: Vec<i64> = ["first", "second"]
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let m = crate::support::inbound(
+                convagent::core::Channel::Telegram,
+                "42",
+                &format!("u{i}"),
+                text,
+                1_000 + i as i64,
+            );
+            daemons[0].accept(&m).unwrap().message_id
+        })
+        .collect();
+    let turn = |text: &str| convagent::core::TurnRecord {
+        message_id: burst[1],
+        covers: vec![burst[0]],
+        violations: vec![],
+        reply: convagent::core::NewReply {
+            prompt_tokens: Some(30),
+            completion_tokens: Some(12),
+            ..crate::support::answer(text, 1, 2_000)
+        },
+    };
+    daemons[0]
+        .pool()
+        .run(|c| {
+            c.execute(
+                "INSERT INTO system_prompts (text, created_at) VALUES ('be nice', 0)",
+                &[],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    let calls: Vec<_> = ["from a", "from b"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let (store, turn) = (daemons[i].clone(), turn(text));
+            std::thread::spawn(move || store.record_turn(&turn).unwrap())
+        })
+        .collect();
+    let results: Vec<(i64, bool)> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(
+        results.iter().filter(|(_, new)| *new).count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(results[0].0, results[1].0);
+    let counts = daemons[1]
+        .pool()
+        .run(|c| {
+            let row = c.query_one(
+                "SELECT (SELECT count(*) FROM messages WHERE role = 'assistant'),
+                        (SELECT count(*) FROM outbox),
+                        (SELECT sum(tokens)::BIGINT FROM token_usage),
+                        (SELECT count(*) FROM messages WHERE role = 'user' AND answered_at IS NULL),
+                        (SELECT message_count FROM conversations)",
+                &[],
+            )?;
+            Ok((0..5).map(|i| row.get::<_, i64>(i)).collect::<Vec<_>>())
+        })
+        .unwrap();
+    assert_eq!(
+        counts,
+        [1, 1, 42, 0, 3],
+        "answer, outbox, tokens, pending, messages"
+    );
+}

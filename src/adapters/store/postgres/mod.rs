@@ -10,8 +10,8 @@
 //! waits for its answer on a channel — the shape of the SQLite adapter's
 //! writer and readers.
 //!
-//! Built so far: storing an inbound message once across processes, and
-//! claims with leases (`work.rs`). Not yet built: the port implementations,
+//! Built so far: storing an inbound message once across processes, a
+//! turn's reply once per message, and claims with leases (`work.rs`). Not yet built: the port implementations,
 //! the daemon's use of claims, `store migrate`, and selecting this store
 //! from `CONVAGENT_DATABASE_URL`; the daemon and commands still use SQLite.
 
@@ -143,6 +143,16 @@ impl PostgresStore {
     pub fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
         let message = message.clone();
         self.pool.run(move |c| work::accept(c, &message))
+    }
+
+    /// Records a turn's reply, once per message across processes: its id,
+    /// and whether this call stored it.
+    pub fn record_turn(
+        &self,
+        turn: &crate::core::ports::TurnRecord,
+    ) -> Result<(i64, bool), StoreError> {
+        let turn = turn.clone();
+        self.pool.run(move |c| work::record_turn(c, &turn))
     }
 
     /// Takes or renews a claim until `until`, unless another owner holds it

@@ -154,3 +154,105 @@ pub(super) fn release(
     )?;
     Ok(())
 }
+
+/// Stores a turn's reply in one transaction (`Write::Turn`'s part so far):
+/// violations, the reply — one answer per message, whichever process
+/// records it first (the others get its id back) — the burst it covers,
+/// and by trigger its outbox row and token count. Returns the reply's id
+/// and whether this call stored it.
+pub(super) fn record_turn(
+    client: &mut postgres::Client,
+    turn: &crate::core::ports::TurnRecord,
+) -> Result<(i64, bool), StoreError> {
+    use crate::core::ports::ReplyKind;
+    let reply = &turn.reply;
+    let mut tx = client.transaction()?;
+    let Some(row) = tx.query_opt(
+        "SELECT conversation_id, channel, correlation_id FROM messages
+         WHERE id = $1 AND role = 'user'",
+        &[&turn.message_id],
+    )?
+    else {
+        return Err(StoreError::NotFound(format!(
+            "user message {}",
+            turn.message_id
+        )));
+    };
+    let (conversation_id, channel, correlation_id): (i64, String, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    // The conversation's row first: its ids stay in commit order.
+    tx.execute(
+        "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE",
+        &[&conversation_id],
+    )?;
+    for (violating, rule) in &turn.violations {
+        tx.execute(
+            "INSERT INTO guardrail_violations (message_id, rule, created_at) VALUES ($1, $2, $3)",
+            &[violating, rule, &reply.created_at],
+        )?;
+    }
+    let tokens = |t: Option<u32>| t.map(i64::from);
+    let latency = i64::try_from(reply.latency_ms).unwrap_or(i64::MAX);
+    let inserted = tx.query_opt(
+        "INSERT INTO messages (conversation_id, role, channel, text, created_at, correlation_id,
+             reply_to, kind, provider, model, prompt_version, prompt_tokens, completion_tokens,
+             latency_ms)
+         VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL AND kind <> 'fallback' DO NOTHING
+         RETURNING id",
+        &[
+            &conversation_id,
+            &channel,
+            &reply.text,
+            &reply.created_at,
+            &correlation_id,
+            &turn.message_id,
+            &reply.kind.as_str(),
+            &reply.provider,
+            &reply.model,
+            &reply.prompt_version,
+            &tokens(reply.prompt_tokens),
+            &tokens(reply.completion_tokens),
+            &latency,
+        ],
+    )?;
+    let Some(row) = inserted else {
+        // Another process answered it first: nothing of this turn stays.
+        drop(tx);
+        let id = client
+            .query_one(
+                "SELECT id FROM messages WHERE reply_to = $1 AND kind <> 'fallback'",
+                &[&turn.message_id],
+            )?
+            .get(0);
+        return Ok((id, false));
+    };
+    let id: i64 = row.get(0);
+    tx.execute(
+        "UPDATE conversations
+         SET message_count = message_count + 1,
+             last_activity_at = greatest(last_activity_at, $2)
+         WHERE id = $1",
+        &[&conversation_id, &reply.created_at],
+    )?;
+    if reply.kind != ReplyKind::Fallback {
+        tx.execute(
+            "UPDATE messages SET answered_at = $2 WHERE id = $1",
+            &[&turn.message_id, &reply.created_at],
+        )?;
+        tx.execute(
+            "UPDATE messages SET answered_at = $3, answered_by = $2
+             WHERE id = ANY($1) AND id <> $4 AND conversation_id = $5 AND role = 'user'
+               AND answered_at IS NULL",
+            &[
+                &turn.covers,
+                &id,
+                &reply.created_at,
+                &turn.message_id,
+                &conversation_id,
+            ],
+        )?;
+    }
+    tx.commit()?;
+    Ok((id, true))
+}
