@@ -398,39 +398,20 @@ impl Config {
     /// its current one, for the channels being rotated (`None`: none is).
     /// Adapters built from it verify what providers still sign the old way.
     pub fn with_previous_secrets(&self) -> Option<Config> {
-        let mut previous = self.clone();
-        let c = &mut previous.channels;
-        let mut any = false;
-        let mut swap = |current: &mut Option<String>, old: &Option<String>| match old {
-            Some(old) if !old.trim().is_empty() => {
-                *current = Some(old.clone());
-                any = true;
-                true
-            }
-            _ => false,
-        };
-        let twilio = swap(
-            &mut c.twilio.auth_token,
-            &self.channels.twilio.auth_token_previous,
-        );
-        let telegram = swap(
-            &mut c.telegram.webhook_secret,
-            &self.channels.telegram.webhook_secret_previous,
-        );
-        let slack = swap(
-            &mut c.slack.signing_secret,
-            &self.channels.slack.signing_secret_previous,
-        );
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let (old, mut previous) = (&self.channels, self.clone());
         // A channel without a previous secret has nothing to accept twice.
-        if !twilio {
-            c.twilio.auth_token = None;
-        }
-        if !telegram {
-            c.telegram.webhook_secret = None;
-        }
-        if !slack {
-            c.slack.signing_secret = None;
-        }
+        let c = &mut previous.channels;
+        c.twilio.auth_token = set(&old.twilio.auth_token_previous);
+        c.telegram.webhook_secret = set(&old.telegram.webhook_secret_previous);
+        c.slack.signing_secret = set(&old.slack.signing_secret_previous);
+        let any = [
+            &c.twilio.auth_token,
+            &c.telegram.webhook_secret,
+            &c.slack.signing_secret,
+        ]
+        .iter()
+        .any(|s| s.is_some());
         any.then_some(previous)
     }
 }

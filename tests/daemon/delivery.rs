@@ -550,17 +550,23 @@ fn next_try_in(h: &Harness) -> Option<i64> {
     h.store.next_due_after(i64::MIN).unwrap().map(|at| at - now)
 }
 
+/// Telegram's "Too Many Requests" with a wait no default could produce
+/// (the adapters default to 1 s).
+fn telegram_429_after_7s() -> ResponseTemplate {
+    ResponseTemplate::new(429).set_body_json(json!({
+        "ok": false, "error_code": 429,
+        "description": "Too Many Requests: retry after 7",
+        "parameters": { "retry_after": 7 }
+    }))
+}
+
 #[tokio::test]
 async fn each_channel_waits_out_exactly_the_429_wait_it_is_given() {
     let h = on_a_fake_clock(|_| {}).await;
     // Waits no default could produce (the adapters default to 1 s).
     Mock::given(method("POST"))
         .and(path_regex(r"^/bot[^/]+/sendMessage$"))
-        .respond_with(ResponseTemplate::new(429).set_body_json(json!({
-            "ok": false, "error_code": 429,
-            "description": "Too Many Requests: retry after 7",
-            "parameters": { "retry_after": 7 }
-        })))
+        .respond_with(telegram_429_after_7s())
         .up_to_n_times(1)
         .with_priority(1)
         .mount(&h.telegram)
@@ -626,11 +632,7 @@ async fn a_429_storm_dead_letters_the_reply_once_the_total_wait_is_over() {
     let h = on_a_fake_clock(|s| s.rate_limited_max_wait = Duration::from_secs(20)).await;
     Mock::given(method("POST"))
         .and(path_regex(r"^/bot[^/]+/sendMessage$"))
-        .respond_with(ResponseTemplate::new(429).set_body_json(json!({
-            "ok": false, "error_code": 429,
-            "description": "Too Many Requests: retry after 7",
-            "parameters": { "retry_after": 7 }
-        })))
+        .respond_with(telegram_429_after_7s())
         .mount(&h.telegram)
         .await;
     h.post(&telegram_text(&h, 13, 130, "still there?")).await;

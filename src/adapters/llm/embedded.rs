@@ -16,7 +16,6 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use sha2::{Digest, Sha256};
 
 use engine::{Engine, Job};
-pub use engine::{Generated, kv_cache_bytes};
 
 use crate::core::llm::{
     BoxFuture, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
