@@ -23,11 +23,11 @@ pub use message::{
     Attachment, Channel, ConversationKey, CorrelationId, InboundMessage, Role, Turn,
 };
 pub use ports::{
-    Accepted, ActivityBucket, Clock, ConversationFilter, ConversationOverview, ConversationSummary,
-    Erased, Held, MonitorStore, NewReply, OutboxEntry, OutboxItem, OutboxStats, OutboxStore,
-    OutboxUpdate, OutboxView, Pending, PeopleStore, PromptVersion, ProviderActivity, Prune,
-    ReplyKind, RuleCount, SearchHit, SearchOrder, SenderData, SenderRef, StageSink, Store,
-    StoreError, StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore, TurnRecord,
-    ViolationRecord, Write, Writes, Written,
+    Accepted, ActivityBucket, ClaimKind, Clock, ConversationFilter, ConversationOverview,
+    ConversationSummary, Erased, Held, MonitorStore, NewReply, OutboxEntry, OutboxItem,
+    OutboxStats, OutboxStore, OutboxUpdate, OutboxView, Pending, PeopleStore, PromptVersion,
+    ProviderActivity, Prune, ReplyKind, RuleCount, SearchHit, SearchOrder, SenderData, SenderRef,
+    StageSink, Store, StoreError, StoreHealth, StoredMessage, Summary, TraceEvent, TraceStore,
+    TurnRecord, ViolationRecord, Write, Writes, Written,
 };
 pub use trace::{Outcome, Stage};

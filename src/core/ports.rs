@@ -19,6 +19,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// The store gave up on a write that met another process's (a
+    /// deadlock, a serialization failure): running it again may succeed.
+    #[error("store conflict with another process: {0}")]
+    Conflict(String),
 }
 
 /// The result of durably accepting an inbound message.
@@ -451,6 +455,47 @@ pub trait WorkQueue: Send + Sync {
     /// The newest assistant message of a conversation, if any: a fallback
     /// there means the conversation already has one since its last answer.
     fn latest_reply(&self, conversation_id: i64) -> Result<Option<StoredMessage>, StoreError>;
+
+    /// Whether other processes may work from this store at the same time
+    /// (then a daemon claims what it works on, and sweeps for work nobody
+    /// holds). A store only one process opens for writing says no, and
+    /// every claim below is its own.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Takes, or renews, `kind` of `key` (a conversation) for `owner` for
+    /// `lease_ms` by the store's clock, unless another owner holds it and
+    /// its lease is not over. Whether `owner` holds it now.
+    fn claim(
+        &self,
+        _kind: ClaimKind,
+        _key: i64,
+        _owner: &str,
+        _lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Gives up a claim `owner` holds; another owner's stays.
+    fn release(&self, _kind: ClaimKind, _key: i64, _owner: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Conversations with unanswered messages whose turns nobody holds a
+    /// live claim on (their daemon died, or missed a message another one
+    /// accepted).
+    fn unclaimed_pending(&self, limit: usize) -> Result<Vec<i64>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+}
+
+/// What a claim covers: a conversation's turns, or its outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimKind {
+    Turns,
+    Outbox,
 }
 
 /// Writes one at a time, committed before they return: for commands and
@@ -824,6 +869,45 @@ pub struct ActivityBucket {
     pub messages: u64,
     pub p50_ms: u64,
     pub p95_ms: u64,
+}
+
+/// Traffic per bucket from `(created_at, is a user message, latency_ms)`
+/// of every message since `since`: what [`MonitorStore::activity`] returns.
+pub fn activity_buckets(
+    since: i64,
+    bucket_ms: i64,
+    buckets: usize,
+    messages: impl IntoIterator<Item = (i64, bool, Option<i64>)>,
+) -> Vec<ActivityBucket> {
+    let bucket_ms = bucket_ms.max(1);
+    let mut out: Vec<ActivityBucket> = (0..buckets)
+        .map(|i| ActivityBucket {
+            start: since + bucket_ms * i as i64,
+            ..Default::default()
+        })
+        .collect();
+    if buckets == 0 {
+        return out;
+    }
+    let index = |at: i64| ((at - since) / bucket_ms).clamp(0, buckets as i64 - 1) as usize;
+    let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); buckets];
+    for (at, user, latency) in messages {
+        let i = index(at);
+        if user {
+            out[i].messages += 1;
+        } else if let Some(l) = latency {
+            latencies[i].push(l.max(0) as u64);
+        }
+    }
+    for (bucket, mut l) in out.iter_mut().zip(latencies) {
+        if l.is_empty() {
+            continue;
+        }
+        l.sort_unstable();
+        bucket.p50_ms = l[l.len() / 2];
+        bucket.p95_ms = l[(l.len() * 95 / 100).min(l.len() - 1)];
+    }
+    out
 }
 
 /// The last answer an LLM provider gave, as monitors show it.

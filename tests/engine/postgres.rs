@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use convagent::adapters::store::PostgresStore;
 use convagent::core::StoreError;
+use convagent::core::ports::all::*;
 
 use crate::support::postgres::Cluster;
 
@@ -24,7 +25,7 @@ fn migrations_apply_once_when_several_daemons_start_together() {
         .map(|s| s.join().unwrap().expect("every start succeeds"))
         .collect();
     for store in &stores {
-        assert_eq!(store.schema_version().unwrap(), (1, 1));
+        assert_eq!(store.schema_version().unwrap(), (2, 2));
     }
     let (versions, tables) = stores[0]
         .pool()
@@ -43,10 +44,10 @@ fn migrations_apply_once_when_several_daemons_start_together() {
             Ok((versions, tables))
         })
         .unwrap();
-    assert_eq!((versions, tables), (1, 6));
+    assert_eq!((versions, tables), (2, 6));
     // Opening again applies nothing new.
     let again = PostgresStore::open(&url, 2).unwrap();
-    assert_eq!(again.schema_version().unwrap(), (1, 1));
+    assert_eq!(again.schema_version().unwrap(), (2, 2));
 }
 
 /// The pool's connections live on threads of their own: a store call from
@@ -135,33 +136,60 @@ fn the_same_message_at_two_daemons_at_once_is_stored_once() {
 /// holder gives it up.
 #[test]
 fn a_claim_is_one_daemons_until_its_lease_is_past() {
-    use convagent::adapters::store::postgres::ClaimKind::{Outbox, Turns};
+    use convagent::core::ClaimKind::{Outbox, Turns};
     let cluster = Cluster::start();
     let store = PostgresStore::open(&cluster.database("claims"), 1).unwrap();
-    assert!(store.claim(Turns, 7, "a", 1_000, 31_000).unwrap());
-    assert!(
-        !store.claim(Turns, 7, "b", 2_000, 32_000).unwrap(),
-        "a holds it"
-    );
-    assert!(
-        store.claim(Outbox, 7, "b", 2_000, 32_000).unwrap(),
-        "another kind"
-    );
-    assert!(
-        store.claim(Turns, 7, "a", 20_000, 50_000).unwrap(),
-        "renewed"
-    );
-    assert!(!store.claim(Turns, 7, "b", 49_999, 79_999).unwrap());
-    // a died: its lease runs out and b takes over; a's renewal then fails.
-    assert!(store.claim(Turns, 7, "b", 50_000, 80_000).unwrap());
-    assert!(!store.claim(Turns, 7, "a", 50_001, 80_001).unwrap());
+    assert!(store.shared());
+    assert!(store.claim(Turns, 7, "a", 30_000).unwrap());
+    assert!(!store.claim(Turns, 7, "b", 30_000).unwrap(), "a holds it");
+    assert!(store.claim(Outbox, 7, "b", 30_000).unwrap(), "another kind");
+    assert!(store.claim(Turns, 7, "a", 30_000).unwrap(), "renewed");
+    assert!(!store.claim(Turns, 7, "b", 30_000).unwrap());
+    // a renews for a moment only, then dies: once its lease is past, b
+    // takes over, and a's renewal fails.
+    assert!(store.claim(Turns, 7, "a", 1).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(store.claim(Turns, 7, "b", 30_000).unwrap());
+    assert!(!store.claim(Turns, 7, "a", 30_000).unwrap());
     store.release(Turns, 7, "a").unwrap();
     assert!(
-        !store.claim(Turns, 7, "c", 60_000, 90_000).unwrap(),
+        !store.claim(Turns, 7, "c", 30_000).unwrap(),
         "only b releases it"
     );
     store.release(Turns, 7, "b").unwrap();
-    assert!(store.claim(Turns, 7, "c", 60_000, 90_000).unwrap());
+    assert!(store.claim(Turns, 7, "c", 30_000).unwrap());
+}
+
+/// The sweep's view: conversations with unanswered messages whose turns
+/// nobody holds.
+#[test]
+fn the_sweep_finds_pending_conversations_nobody_holds() {
+    use convagent::core::ClaimKind::Turns;
+    let cluster = Cluster::start();
+    let store = PostgresStore::open(&cluster.database("sweep"), 1).unwrap();
+    let ids: Vec<i64> = ["1", "2"]
+        .iter()
+        .map(|sender| {
+            let m = crate::support::inbound(
+                convagent::core::Channel::Telegram,
+                sender,
+                &format!("m{sender}"),
+                "hello",
+                1_000,
+            );
+            store.accept(&m).unwrap().conversation_id
+        })
+        .collect();
+    assert_eq!(store.unclaimed_pending(10).unwrap(), ids);
+    assert!(store.claim(Turns, ids[0], "a", 30_000).unwrap());
+    assert_eq!(store.unclaimed_pending(10).unwrap(), [ids[1]]);
+    assert!(store.claim(Turns, ids[1], "b", 1).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(
+        store.unclaimed_pending(10).unwrap(),
+        [ids[1]],
+        "b's lease is past"
+    );
 }
 
 /// Two daemons that both answered one message record one answer: the
@@ -214,16 +242,15 @@ fn one_answer_per_message_whichever_daemon_records_it() {
         .enumerate()
         .map(|(i, text)| {
             let (store, turn) = (daemons[i].clone(), turn(text));
-            std::thread::spawn(move || store.record_turn(&turn).unwrap())
+            std::thread::spawn(move || {
+                store
+                    .record_turn_reply(turn.message_id, &turn.covers, &turn.reply)
+                    .unwrap()
+            })
         })
         .collect();
-    let results: Vec<(i64, bool)> = calls.into_iter().map(|c| c.join().unwrap()).collect();
-    assert_eq!(
-        results.iter().filter(|(_, new)| *new).count(),
-        1,
-        "{results:?}"
-    );
-    assert_eq!(results[0].0, results[1].0);
+    let results: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(results[0], results[1], "the second gets the first back");
     let counts = daemons[1]
         .pool()
         .run(|c| {

@@ -594,6 +594,17 @@ fn sqlite_in_memory_conforms() {
     conformance(&SqliteStore::open_in_memory().unwrap());
 }
 
+/// The same suite on Postgres (a throwaway cluster), through the same
+/// port: what SQLite promises, Postgres keeps.
+#[test]
+fn postgres_conforms() {
+    let cluster = crate::support::postgres::Cluster::start();
+    let store =
+        convagent::adapters::store::PostgresStore::open(&cluster.database("conformance"), 2)
+            .unwrap();
+    conformance(&store);
+}
+
 #[test]
 fn sqlite_file_conforms_and_persists() {
     let dir = tempfile::tempdir().unwrap();

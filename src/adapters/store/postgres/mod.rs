@@ -1,5 +1,5 @@
-//! The store on Postgres (issue 11, in progress): a pool of connections,
-//! each owned by a thread of its own, and the schema in
+//! The store on Postgres, for several daemons on one database: a pool of
+//! connections, each owned by a thread of its own, and the schema in
 //! `migrations/postgres/`, applied under an advisory lock.
 //!
 //! Why threads and the synchronous `postgres` client rather than an async
@@ -8,36 +8,50 @@
 //! client blocks on a runtime of its own, which may not run inside another
 //! runtime's thread, so each connection lives on a plain thread and a call
 //! waits for its answer on a channel — the shape of the SQLite adapter's
-//! writer and readers.
+//! writer and readers. `Writes::write` waits on a tokio channel instead,
+//! so a webhook's accept never blocks a runtime thread.
 //!
-//! Built so far: storing an inbound message once across processes, a
-//! turn's reply once per message, and claims with leases (`work.rs`). Not yet built: the port implementations,
-//! the daemon's use of claims, `store migrate`, and selecting this store
-//! from `CONVAGENT_DATABASE_URL`; the daemon and commands still use SQLite.
+//! Every write is one transaction (a batch: one, with a savepoint per
+//! write). Trace events nobody waits for go through one connection of
+//! their own, in order, merged per round. Work shared between daemons is
+//! claimed with leases by the database's clock (`work.rs`).
 
+mod monitor;
+mod outbox;
+mod people;
+mod port;
+mod rows;
 mod work;
 
 use std::str::FromStr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use crate::core::message::InboundMessage;
-use crate::core::ports::{Accepted, StoreError};
-
-pub use work::ClaimKind;
+use crate::core::llm::BoxFuture;
+use crate::core::ports::{StoreError, Write, Writes, Written};
 
 /// The schema, in order; a file's number is its version.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../../migrations/postgres/0002_unaccent.sql"),
+    ),
+];
 
 /// Any number, the same in every convagent: the lock migrations hold.
 const MIGRATION_LOCK: i64 = 0x636f_6e76_6167;
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        if retryable(&e) {
+            StoreError::Conflict(e.to_string())
+        } else {
+            StoreError::Backend(e.to_string())
+        }
     }
 }
 
@@ -89,6 +103,20 @@ impl Pool {
         self.size
     }
 
+    /// Runs `f` on a pooled connection; its result arrives on the
+    /// returned channel (for async callers, which must not block).
+    pub fn spawn<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> R + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<R> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        // A stopped pool drops `done`: the receiver then reports it.
+        let _ = self.tasks.send(Box::new(move |client| {
+            let _ = done.send(f(client));
+        }));
+        result
+    }
+
     /// Runs `f` on a pooled connection and waits for its result (from any
     /// thread, async or not: the caller only waits on a channel).
     pub fn run<R: Send + 'static>(
@@ -123,61 +151,75 @@ fn serve(mut client: postgres::Client, queue: &Mutex<mpsc::Receiver<Task>>) {
 /// The store on Postgres.
 pub struct PostgresStore {
     pool: Pool,
+    /// One connection for trace events nobody waits for: they are stored
+    /// in the order they were appended, merged while it is busy.
+    appender: Appender,
+    /// The URL without its password, for `doctor` and errors.
+    location: String,
 }
+
+/// Connections a store opens by default: the pipeline's reads and writes
+/// at once, well under Postgres's default of 100 connections for a few
+/// daemons and the commands beside them.
+pub const DEFAULT_CONNECTIONS: usize = 8;
 
 impl PostgresStore {
     /// Connects and brings the schema up to date: several processes
     /// starting together apply each migration once, one after another.
     pub fn open(url: &str, connections: usize) -> Result<PostgresStore, StoreError> {
-        let pool = Pool::connect(url, connections)?;
+        let location = redact(url);
+        let pool = Pool::connect(url, connections).map_err(|e| at(&location, e))?;
         pool.run(migrate)?;
-        Ok(PostgresStore { pool })
+        let appender = Appender::start(Pool::connect(url, 1)?);
+        Ok(PostgresStore {
+            pool,
+            appender,
+            location,
+        })
+    }
+
+    /// Connects without migrating (for `doctor`, which reports an outdated
+    /// schema rather than fixing it).
+    pub fn connect(url: &str, connections: usize) -> Result<PostgresStore, StoreError> {
+        let location = redact(url);
+        let pool = Pool::connect(url, connections).map_err(|e| at(&location, e))?;
+        let appender = Appender::start(Pool::connect(url, 1)?);
+        Ok(PostgresStore {
+            pool,
+            appender,
+            location,
+        })
     }
 
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
-    /// Stores an inbound message once, whichever process receives it (the
-    /// `Write::Accept` of the ports to come).
-    pub fn accept(&self, message: &InboundMessage) -> Result<Accepted, StoreError> {
-        let message = message.clone();
-        self.pool.run(move |c| work::accept(c, &message))
+    /// Where the store is, without a password.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
-    /// Records a turn's reply, once per message across processes: its id,
-    /// and whether this call stored it.
-    pub fn record_turn(
+    /// Runs `f` on a pooled connection, waiting for it.
+    fn read<R: Send + 'static>(
         &self,
-        turn: &crate::core::ports::TurnRecord,
-    ) -> Result<(i64, bool), StoreError> {
-        let turn = turn.clone();
-        self.pool.run(move |c| work::record_turn(c, &turn))
-    }
-
-    /// Takes or renews a claim until `until`, unless another owner holds it
-    /// past `now`; whether `owner` holds it now.
-    pub fn claim(
-        &self,
-        kind: ClaimKind,
-        key: i64,
-        owner: &str,
-        now: i64,
-        until: i64,
-    ) -> Result<bool, StoreError> {
-        let owner = owner.to_string();
-        self.pool
-            .run(move |c| work::claim(c, kind, key, &owner, now, until))
-    }
-
-    pub fn release(&self, kind: ClaimKind, key: i64, owner: &str) -> Result<(), StoreError> {
-        let owner = owner.to_string();
-        self.pool.run(move |c| work::release(c, kind, key, &owner))
+        f: impl FnOnce(&mut postgres::Client) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.pool.run(f)
     }
 
     /// The schema version applied, and the newest this build knows.
     pub fn schema_version(&self) -> Result<(i64, i64), StoreError> {
         let applied = self.pool.run(|c| {
+            let exists: bool = c
+                .query_one(
+                    "SELECT to_regclass('convagent_migrations') IS NOT NULL",
+                    &[],
+                )?
+                .get(0);
+            if !exists {
+                return Ok(0);
+            }
             Ok(c.query_one(
                 "SELECT coalesce(max(version), 0) FROM convagent_migrations",
                 &[],
@@ -185,6 +227,239 @@ impl PostgresStore {
             .get::<_, i64>(0))
         })?;
         Ok((applied, latest_migration()))
+    }
+
+    /// Claims whose lease is over (their daemon stopped without giving
+    /// them up), and claims held now: what `doctor` calls the lease
+    /// backlog.
+    pub fn leases(&self) -> Result<(u64, u64), StoreError> {
+        self.pool.run(|c| {
+            let r = c.query_one(
+                "SELECT count(*) FILTER (WHERE until <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint),
+                        count(*)
+                 FROM claims",
+                &[],
+            )?;
+            Ok((r.get::<_, i64>(0).max(0) as u64, r.get::<_, i64>(1).max(0) as u64))
+        })
+    }
+}
+
+/// `e`, saying which database it is about.
+fn at(location: &str, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Invalid(m) => StoreError::Invalid(format!("{location}: {m}")),
+        StoreError::Backend(m) => StoreError::Backend(format!("{location}: {m}")),
+        other => other,
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "postgres (a connection string)".to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((auth, host)) => (Some(auth), host),
+        None => (None, rest),
+    };
+    let host = host.split('?').next().unwrap_or(host);
+    match auth {
+        Some(auth) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{auth}@{host}"),
+        },
+        None => format!("{scheme}://{host}"),
+    }
+}
+
+/// Whether a failed write may succeed when run again: Postgres gave up on
+/// a deadlock or a serialization conflict between two processes.
+fn retryable(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// `writes` in one transaction, a savepoint each when there are several;
+/// one result per write.
+fn batch(client: &mut postgres::Client, writes: &[Write]) -> Vec<Result<Written, StoreError>> {
+    let all_failed = |e: &dyn std::fmt::Display| -> Vec<Result<Written, StoreError>> {
+        writes
+            .iter()
+            .map(|_| Err(StoreError::Backend(e.to_string())))
+            .collect()
+    };
+    for attempt in 0.. {
+        let mut tx = match client.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return all_failed(&e),
+        };
+        let mut results = Vec::with_capacity(writes.len());
+        let mut conflict = None;
+        for write in writes {
+            let result = if writes.len() == 1 {
+                work::write_in(&mut tx, write)
+            } else {
+                tx.transaction()
+                    .map_err(StoreError::from)
+                    .and_then(|mut sp| {
+                        let written = work::write_in(&mut sp, write)?;
+                        sp.commit()?;
+                        Ok(written)
+                    })
+            };
+            if let Err(StoreError::Conflict(e)) = &result {
+                conflict = Some(e.clone());
+                break;
+            }
+            results.push(result);
+        }
+        if let Some(e) = conflict {
+            drop(tx);
+            if attempt < 3 {
+                continue;
+            }
+            return all_failed(&e);
+        }
+        if writes.len() == 1 && results.first().is_some_and(Result::is_err) {
+            return results;
+        }
+        return match tx.commit() {
+            Ok(()) => results,
+            Err(e) => all_failed(&e),
+        };
+    }
+    unreachable!("the loop returns")
+}
+
+impl Writes for PostgresStore {
+    fn write_batch(&self, writes: &[Write]) -> Vec<Result<Written, StoreError>> {
+        let writes = writes.to_vec();
+        let n = writes.len();
+        self.pool
+            .run(move |c| Ok(batch(c, &writes)))
+            .unwrap_or_else(|e| {
+                (0..n)
+                    .map(|_| Err(StoreError::Backend(e.to_string())))
+                    .collect()
+            })
+    }
+
+    fn write(&self, write: Write) -> BoxFuture<'_, Result<Written, StoreError>> {
+        let result = self.pool.spawn(move |c| {
+            batch(c, std::slice::from_ref(&write))
+                .pop()
+                .unwrap_or_else(|| Err(StoreError::Backend("the batch had no result".into())))
+        });
+        Box::pin(async move {
+            result
+                .await
+                .map_err(|_| StoreError::Backend("a connection thread stopped".into()))?
+        })
+    }
+
+    fn append(&self, write: Write) {
+        self.appender.append(write);
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        let done = self.appender.flush();
+        Box::pin(async move {
+            let _ = done.await;
+        })
+    }
+}
+
+/// Trace events (and any other write nobody waits for) on one connection,
+/// in order: whatever queued while it was busy goes in one transaction.
+struct Appender {
+    queue: Arc<(Mutex<AppendQueue>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct AppendQueue {
+    writes: Vec<Write>,
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
+    closed: bool,
+}
+
+impl Appender {
+    fn start(pool: Pool) -> Appender {
+        let queue: Arc<(Mutex<AppendQueue>, std::sync::Condvar)> = Arc::default();
+        let shared = queue.clone();
+        std::thread::Builder::new()
+            .name("convagent-pg-append".into())
+            .spawn(move || {
+                loop {
+                    let (writes, flushes) = {
+                        let (lock, ready) = &*shared;
+                        let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        while q.writes.is_empty() && q.flushes.is_empty() && !q.closed {
+                            q = ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                        }
+                        if q.closed && q.writes.is_empty() && q.flushes.is_empty() {
+                            return;
+                        }
+                        (
+                            std::mem::take(&mut q.writes),
+                            std::mem::take(&mut q.flushes),
+                        )
+                    };
+                    let mut merged = Vec::new();
+                    let mut others = Vec::new();
+                    for write in writes {
+                        match write {
+                            Write::Traces(events) => merged.extend(events),
+                            other => others.push(other),
+                        }
+                    }
+                    if !merged.is_empty() {
+                        others.push(Write::Traces(merged));
+                    }
+                    if !others.is_empty() {
+                        let results = pool.run(move |c| Ok(batch(c, &others)));
+                        for e in results.into_iter().flatten().filter_map(Result::err) {
+                            tracing::warn!(error = %e, "cannot store trace events");
+                        }
+                    }
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .expect("spawning the store's trace thread");
+        Appender { queue }
+    }
+
+    fn append(&self, write: Write) {
+        let (lock, ready) = &*self.queue;
+        lock.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .writes
+            .push(write);
+        ready.notify_one();
+    }
+
+    /// Resolves once everything appended before is stored.
+    fn flush(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let (lock, ready) = &*self.queue;
+        lock.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flushes
+            .push(done);
+        ready.notify_one();
+        wait
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        let (lock, ready) = &*self.queue;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        ready.notify_one();
     }
 }
 

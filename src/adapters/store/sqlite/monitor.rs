@@ -164,42 +164,15 @@ impl MonitorStore for SqliteStore {
         let bucket_ms = bucket_ms.max(1);
         let since = now - bucket_ms * buckets as i64;
         let conn = self.conn();
-        let mut out: Vec<ActivityBucket> = (0..buckets)
-            .map(|i| ActivityBucket {
-                start: since + bucket_ms * i as i64,
-                ..Default::default()
-            })
-            .collect();
-        let index = |at: i64| ((at - since) / bucket_ms).clamp(0, buckets as i64 - 1) as usize;
         // An index range: the cost follows recent traffic, not history.
         let mut stmt = conn.prepare_cached(
-            "SELECT created_at, role, latency_ms FROM messages WHERE created_at >= ?1",
+            "SELECT created_at, role = 'user', latency_ms FROM messages WHERE created_at >= ?1",
         )?;
-        let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); buckets];
-        let rows = stmt.query_map(params![since], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (at, role, latency) = row?;
-            let i = index(at);
-            if role == "user" {
-                out[i].messages += 1;
-            } else if let Some(l) = latency {
-                latencies[i].push(l.max(0) as u64);
-            }
-        }
-        for (bucket, mut l) in out.iter_mut().zip(latencies) {
-            if l.is_empty() {
-                continue;
-            }
-            l.sort_unstable();
-            bucket.p50_ms = l[l.len() / 2];
-            bucket.p95_ms = l[(l.len() * 95 / 100).min(l.len() - 1)];
-        }
-        Ok(out)
+        let rows = stmt
+            .query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::core::ports::activity_buckets(
+            since, bucket_ms, buckets, rows,
+        ))
     }
 }
