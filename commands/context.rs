@@ -1,7 +1,6 @@
 //! What commands share, opened once and only when asked for: settings (and
 //! with them telemetry), the store, the LLM providers.
 
-use convagent::core::ports::all::*;
 use std::cell::{Cell, OnceCell};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,8 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use convagent::adapters::clock::SystemClock;
 use convagent::adapters::llm::{self, Configured};
-use convagent::adapters::store::{OpenMode, SqliteStore};
+use convagent::adapters::store::{OpenMode, PostgresStore, SqliteStore};
 use convagent::config::{ConfigError, Settings};
+use convagent::core::ports::AnyStore;
 use convagent::core::{Agent, AgentSettings};
 use convagent::telemetry::{self, Masker, TelemetryGuard, TelemetryOptions};
 
@@ -45,7 +45,7 @@ pub struct Context {
     file_logs_only: Cell<bool>,
     settings: OnceCell<Settings>,
     telemetry: OnceCell<Option<TelemetryGuard>>,
-    store: OnceCell<Arc<SqliteStore>>,
+    store: OnceCell<Arc<dyn AnyStore>>,
 }
 
 impl Context {
@@ -127,30 +127,47 @@ impl Context {
         }
     }
 
-    /// The store, opened for writing (creating it and migrating as needed).
-    pub fn store(&self) -> Result<Arc<SqliteStore>> {
+    /// The store, opened for writing (creating it and migrating as needed):
+    /// Postgres when `store.url` (`CONVAGENT_DATABASE_URL`) is set, else
+    /// the SQLite file.
+    pub fn store(&self) -> Result<Arc<dyn AnyStore>> {
         if let Some(s) = self.store.get() {
             return Ok(s.clone());
         }
-        let path = self.settings()?.store_path();
-        let store = SqliteStore::open(&path).with_context(|| {
-            UserError::new(
-                format!("cannot open the store at {}", path.display()),
-                "check the directory is writable, or set `store.path` in the config",
-            )
-        })?;
-        Ok(self.store.get_or_init(|| Arc::new(store)).clone())
+        let settings = self.settings()?;
+        let store: Arc<dyn AnyStore> = match &settings.config.store.url {
+            Some(url) => Arc::new(
+                PostgresStore::open(url, settings.config.store.connections)
+                    .map_err(|e| postgres_error(&e))?,
+            ),
+            None => {
+                let path = settings.store_path();
+                Arc::new(SqliteStore::open(&path).with_context(|| {
+                    UserError::new(
+                        format!("cannot open the store at {}", path.display()),
+                        "check the directory is writable, or set `store.path` in the config",
+                    )
+                })?)
+            }
+        };
+        Ok(self.store.get_or_init(|| store).clone())
     }
 
-    /// The store for reading only, or `None` when it was never created.
-    pub fn store_read_only(&self) -> Result<Option<SqliteStore>> {
-        let path = self.settings()?.store_path();
+    /// The store for reading only, or `None` when it was never created. On
+    /// Postgres: connected without migrating (a few connections).
+    pub fn store_read_only(&self) -> Result<Option<Box<dyn AnyStore>>> {
+        let settings = self.settings()?;
+        if let Some(url) = &settings.config.store.url {
+            let store = PostgresStore::connect(url, 2).map_err(|e| postgres_error(&e))?;
+            return Ok(Some(Box::new(store)));
+        }
+        let path = settings.store_path();
         if !path.exists() {
             return Ok(None);
         }
         let store = SqliteStore::open_with(&path, OpenMode::ReadOnly)
             .with_context(|| format!("cannot open the store at {}", path.display()))?;
-        Ok(Some(store))
+        Ok(Some(Box::new(store)))
     }
 
     pub fn providers(&self) -> Result<Vec<Configured>> {
@@ -210,6 +227,15 @@ impl Context {
             .map(|s| Masker::new(&s.config.secrets()))
             .unwrap_or_default()
     }
+}
+
+/// A Postgres store that cannot be opened, with what to check (the error
+/// names the database without its password).
+fn postgres_error(e: &convagent::core::StoreError) -> anyhow::Error {
+    anyhow::Error::new(UserError::new(
+        format!("cannot open the Postgres store: {e}"),
+        "check store.url / CONVAGENT_DATABASE_URL, that Postgres runs and accepts this user",
+    ))
 }
 
 fn config_error(e: ConfigError) -> anyhow::Error {

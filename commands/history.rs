@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use convagent::core::ports::all::*;
 use convagent::core::{
     Channel, ConversationFilter, Erased, Prune, ReplyKind, Role, SearchOrder, SenderData,
     SenderRef, Store, StoredMessage, Write,
@@ -129,7 +128,7 @@ fn reading(
         }
         return Ok(ExitCode::SUCCESS);
     };
-    read(&store)?;
+    read(store.as_ref())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -164,7 +164,7 @@ fn list(ctx: &Context, view: OutboxView, limit: usize, json: bool) -> Result<Exi
 /// says why. (One whose state changes in between is reported, and the
 /// others are applied.)
 fn change(
-    store: &(impl OutboxStore + Writes),
+    store: &(impl OutboxStore + Writes + ?Sized),
     ids: &[i64],
     update: OutboxUpdate,
     done: &str,

@@ -62,6 +62,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
         rate_limited_max_wait: std::time::Duration::from_secs(
             config.server.rate_limited_max_wait_secs,
         ),
+        lease: std::time::Duration::from_secs(config.store.lease_secs),
         ..DaemonSettings::default()
     };
 
@@ -91,7 +92,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
     tracing::info!(%address, channels = ?names, dry_run = daemon_settings.dry_run, "serving");
 
     let daemon = Daemon::new(
-        store,
+        store.clone(),
         live,
         clock.clone(),
         daemon_settings,

@@ -18,6 +18,8 @@ mod outbox;
 mod serve;
 #[path = "cli/service.rs"]
 mod service;
+#[path = "cli/several.rs"]
+mod several;
 #[path = "cli/tui.rs"]
 mod tui;
 #[path = "cli/tunnel.rs"]
@@ -55,6 +57,7 @@ const CONTRACT_VARS: &[&str] = &[
     "CONVAGENT_TELEGRAM_API_BASE",
     "CONVAGENT_SLACK_API_BASE",
     "CONVAGENT_ENV_FILE",
+    "CONVAGENT_DATABASE_URL",
     "TWILIO_AUTH_TOKEN_PREVIOUS",
     "TELEGRAM_WEBHOOK_SECRET_PREVIOUS",
     "SLACK_SIGNING_SECRET_PREVIOUS",

@@ -7,7 +7,6 @@
 mod draw;
 mod state;
 
-use convagent::core::ports::all::*;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use base64::Engine;
-use convagent::adapters::store::{OpenMode, SqliteStore};
-use convagent::core::{ConversationFilter, MonitorStore, OutboxStore, TraceStore};
+use convagent::adapters::store::{OpenMode, PostgresStore, SqliteStore};
+use convagent::core::ConversationFilter;
+use convagent::core::ports::AnyStore;
 use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -35,28 +35,53 @@ const TICK: Duration = Duration::from_millis(250);
 /// Conversations listed at most.
 const LIST_LIMIT: usize = 500;
 
+/// How the TUI reaches the store: the SQLite file (read-only, once it
+/// exists) or the Postgres database (connected without migrating).
+pub enum Place {
+    File(PathBuf),
+    Postgres(String),
+}
+
 /// Where the data comes from: the store, opened read-only once it exists.
 pub struct Source {
-    path: PathBuf,
-    store: Option<SqliteStore>,
+    place: Place,
+    store: Option<Box<dyn AnyStore>>,
     /// The configured chain's provider names, shown from the start.
     providers: Vec<String>,
 }
 
 impl Source {
-    pub fn new(path: PathBuf, providers: Vec<String>) -> Self {
+    pub fn new(place: Place, providers: Vec<String>) -> Self {
         Source {
-            path,
+            place,
             store: None,
             providers,
         }
     }
 
-    fn store(&mut self) -> Option<&SqliteStore> {
-        if self.store.is_none() && self.path.exists() {
-            self.store = SqliteStore::open_with(&self.path, OpenMode::ReadOnly).ok();
+    /// What the health strip calls the store (never a password).
+    fn label(&self) -> String {
+        match &self.place {
+            Place::File(path) => path.display().to_string(),
+            Place::Postgres(url) => convagent::adapters::store::postgres::redact(url),
         }
-        self.store.as_ref()
+    }
+
+    fn store(&mut self) -> Option<&dyn AnyStore> {
+        if self.store.is_none() {
+            self.store = match &self.place {
+                Place::File(path) if path.exists() => {
+                    SqliteStore::open_with(path, OpenMode::ReadOnly)
+                        .ok()
+                        .map(|s| Box::new(s) as Box<dyn AnyStore>)
+                }
+                Place::File(_) => None,
+                Place::Postgres(url) => PostgresStore::connect(url, 1)
+                    .ok()
+                    .map(|s| Box::new(s) as Box<dyn AnyStore>),
+            };
+        }
+        self.store.as_deref()
     }
 
     /// A value that changes when the store does (or appears).
@@ -66,7 +91,7 @@ impl Source {
 
     /// Reads everything the current view shows.
     pub fn load(&mut self, state: &mut State) {
-        state.store = self.path.display().to_string();
+        state.store = self.label();
         state.now_ms = now_ms();
         let providers = self.providers.clone();
         state.providers = providers.iter().map(|p| (p.clone(), None)).collect();
@@ -116,7 +141,11 @@ pub fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
         .iter()
         .map(|p| p.as_str().to_string())
         .collect();
-    let mut source = Source::new(settings.store_path(), providers);
+    let place = match &settings.config.store.url {
+        Some(url) => Place::Postgres(url.clone()),
+        None => Place::File(settings.store_path()),
+    };
+    let mut source = Source::new(place, providers);
     let mut state = State {
         session_start: now_ms(),
         ..State::default()

@@ -10,7 +10,6 @@ mod providers;
 mod store;
 mod system;
 
-use convagent::core::ports::all::*;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -87,6 +86,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         Ok(settings) => {
             checks.push(store::config_check(settings));
             checks.push(store::store_check(ctx));
+            checks.extend(store::database_check(ctx));
             checks.extend(store::prompt_check(ctx));
             checks.extend(store::outbox_check(ctx));
             checks.extend(store::violation_checks(ctx));

@@ -1,11 +1,10 @@
 //! Config and store checks.
 
-use convagent::core::ports::all::*;
 use std::os::unix::fs::PermissionsExt;
 
 use convagent::config::{ConfigSource, Settings, read_file};
+use convagent::core::RuleCount;
 use convagent::core::ports::{PROMPT_FROM_CHAT, PROMPT_FROM_CONFIG};
-use convagent::core::{RuleCount, Store};
 
 use super::Check;
 use crate::context::Context;
@@ -65,7 +64,11 @@ pub fn store_check(ctx: &Context) -> Check {
             return Check::fail(
                 "store",
                 format!("{e:#}"),
-                "check the file's permissions, or set `store.path`",
+                if postgres(ctx).is_some() {
+                    "check store.url / CONVAGENT_DATABASE_URL and that Postgres accepts this user"
+                } else {
+                    "check the file's permissions, or set `store.path`"
+                },
             );
         }
     };
@@ -73,7 +76,11 @@ pub fn store_check(ctx: &Context) -> Check {
         Err(e) => Check::fail(
             "store",
             e.to_string(),
-            "the file may not be a convagent store; move it aside",
+            if postgres(ctx).is_some() {
+                "the database may not be convagent's: point store.url at its own database"
+            } else {
+                "the file may not be a convagent store; move it aside"
+            },
         ),
         Ok(h) if h.integrity.is_err() => Check::fail(
             "store",
@@ -108,6 +115,52 @@ pub fn store_check(ctx: &Context) -> Check {
             ),
         ),
     }
+}
+
+/// The Postgres URL in use, if the store is on Postgres.
+fn postgres(ctx: &Context) -> Option<String> {
+    ctx.settings().ok()?.config.store.url.clone()
+}
+
+/// On Postgres: the connections this database has and may have (several
+/// daemons and commands share them), and the lease backlog — claims whose
+/// lease ran out because their daemon stopped without giving them up (the
+/// others take that work over; many mean daemons are dying).
+pub fn database_check(ctx: &Context) -> Option<Check> {
+    let url = postgres(ctx)?;
+    let store = match convagent::adapters::store::PostgresStore::connect(&url, 1) {
+        Ok(store) => store,
+        // The store check already says why.
+        Err(_) => return None,
+    };
+    let read = || -> Result<_, convagent::core::StoreError> {
+        let (in_use, max) = store.connections()?;
+        let (expired, held) = store.leases()?;
+        Ok((in_use, max, expired, held))
+    };
+    Some(match read() {
+        Err(e) => Check::fail(
+            "database",
+            e.to_string(),
+            "the schema may be missing: start `convagent serve` once",
+        ),
+        Ok((in_use, max, _, _)) if in_use * 10 >= max * 9 => Check::warn(
+            "database",
+            format!("{in_use} of {max} connections in use"),
+            "lower store.connections per daemon, or raise Postgres's max_connections",
+        ),
+        Ok((in_use, max, expired, held)) if expired > 0 => Check::warn(
+            "database",
+            format!(
+                "{in_use} of {max} connections; {expired} of {held} claims outlived their                  lease (a daemon stopped without giving them up)"
+            ),
+            "other daemons take that work over; look at the logs of the one that stopped",
+        ),
+        Ok((in_use, max, _, held)) => Check::pass(
+            "database",
+            format!("{in_use} of {max} connections; {held} claims held, none past its lease"),
+        ),
+    })
 }
 
 /// The system prompt in use: its version and where it came from, and

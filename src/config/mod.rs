@@ -213,6 +213,23 @@ fn invalid(key: &str, message: String) -> ConfigError {
 impl Config {
     /// Checks what the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.store.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                "expected postgres://user:password@host/database".into(),
+            ));
+        }
+        if self.store.connections == 0 {
+            return Err(invalid("store.connections", "at least 1".into()));
+        }
+        if self.store.lease_secs < 3 {
+            return Err(invalid(
+                "store.lease_secs",
+                "at least 3 (a lease is renewed every third of it)".into(),
+            ));
+        }
         let guardrails = self
             .guardrails()
             .map_err(|e| invalid("guardrails.patterns", e.to_string()))?;
@@ -312,6 +329,7 @@ impl Config {
         if let Some(v) = get("CONVAGENT_LISTEN") {
             self.server.listen = v;
         }
+        set(&mut self.store.url, "CONVAGENT_DATABASE_URL");
         set(&mut self.server.public_url, "CONVAGENT_PUBLIC_URL");
         set(&mut self.server.metrics_token, "CONVAGENT_METRICS_TOKEN");
         if let Some(v) = env("CONVAGENT_DRY_RUN") {
@@ -389,8 +407,17 @@ impl Config {
         .flatten()
         .filter(|s| !s.trim().is_empty())
         .cloned()
+        .chain(self.store.url.as_deref().and_then(url_password))
         .collect()
     }
+}
+
+/// The password in a connection URL (`scheme://user:password@host/…`).
+fn url_password(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let (auth, _) = rest.rsplit_once('@')?;
+    let (_, password) = auth.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_string())
 }
 
 impl Config {

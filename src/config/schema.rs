@@ -45,11 +45,32 @@ impl Default for RetentionConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// SQLite file; default `$XDG_DATA_HOME/convagent/convagent.db`.
     pub path: Option<PathBuf>,
+    /// A Postgres database (`postgres://user:password@host/db`) instead of
+    /// the SQLite file: several daemons may share it. Env
+    /// `CONVAGENT_DATABASE_URL`.
+    pub url: Option<String>,
+    /// Connections each process opens to Postgres.
+    pub connections: usize,
+    /// How long a daemon's claim on a conversation lasts unless renewed
+    /// (it renews every third of it): how soon another daemon takes over
+    /// the work of one that died.
+    pub lease_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: None,
+            url: None,
+            connections: 8,
+            lease_secs: 15,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

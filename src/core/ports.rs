@@ -955,11 +955,18 @@ pub struct RuleCount {
     pub senders: u64,
 }
 
+/// Every store port together: what commands open, on either adapter.
+pub trait AnyStore:
+    Store + OutboxStore + TraceStore + MonitorStore + PeopleStore + Send + Sync
+{
+}
+impl<T: Store + OutboxStore + TraceStore + MonitorStore + PeopleStore> AnyStore for T {}
+
 /// Every store port, in scope without names: `use convagent::core::ports::all::*;`
 /// for code that calls them on a concrete store (a `dyn Store` needs none).
 pub mod all {
     pub use super::{
-        BreakerStore as _, ConversationReads as _, Ingest as _, MonitorStore as _,
+        AnyStore as _, BreakerStore as _, ConversationReads as _, Ingest as _, MonitorStore as _,
         OutboxStore as _, PeopleStore as _, PromptStore as _, Store as _, TraceStore as _,
         WorkQueue as _, Writes as _,
     };

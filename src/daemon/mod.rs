@@ -3,6 +3,7 @@
 //! `serve` take their parts injected, so tests bind 127.0.0.1:0 with fakes.
 
 mod health;
+mod leases;
 pub mod metrics;
 mod outbox;
 pub mod public_url;
@@ -22,14 +23,14 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::core::channel::ChannelAdapter;
-use crate::core::{Agent, Burst, Clock, OutboxStore, Store, TraceStore};
+use crate::core::{Agent, Burst, Clock};
 
 pub use metrics::Metrics;
 pub use tracer::Tracer;
 
-/// Everything the daemon needs from its store.
-pub trait DaemonStore: Store + OutboxStore + TraceStore {}
-impl<T: Store + OutboxStore + TraceStore> DaemonStore for T {}
+/// Everything the daemon needs from its store: every port (the same
+/// store that commands open).
+pub use crate::core::ports::AnyStore as DaemonStore;
 
 #[derive(Debug, Clone)]
 pub struct DaemonSettings {
@@ -61,6 +62,9 @@ pub struct DaemonSettings {
     pub burst: Burst,
     /// How long a turn runs before the channel's typing signal is shown.
     pub typing_after: Duration,
+    /// How long a claim on a conversation lasts unless renewed, on a store
+    /// several daemons share (`store.lease_secs`).
+    pub lease: Duration,
 }
 
 impl Default for DaemonSettings {
@@ -79,6 +83,7 @@ impl Default for DaemonSettings {
             metrics_token: None,
             burst: Burst::Collect,
             typing_after: Duration::from_secs(1),
+            lease: Duration::from_secs(15),
         }
     }
 }
@@ -146,6 +151,9 @@ pub struct Daemon {
     /// Where turns, typing signals and the outbox run: threads of their
     /// own, so that their store reads never hold up a webhook's accept.
     pub(crate) pipeline: Pipeline,
+    /// Who this daemon is in the claims it takes (host, process, and a
+    /// random part: a restarted process is someone else).
+    pub(crate) owner: String,
 }
 
 /// The pipeline's runtime, shut down (without waiting) with the daemon.
@@ -207,6 +215,7 @@ impl Daemon {
             tracer,
             outbox: outbox::Signals::default(),
             stopping: AtomicBool::new(false),
+            owner: owner(),
         })
     }
 
@@ -256,6 +265,19 @@ impl Daemon {
     }
 }
 
+/// This process's name in claims: `host:pid:random`.
+fn owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        &random[random.len() - 8..]
+    )
+}
+
 /// The HTTP routes.
 pub fn router(daemon: Arc<Daemon>) -> Router {
     // Each channel checks its own limit; this one bounds what is read at all.
@@ -287,6 +309,8 @@ pub async fn serve(
     workers::recover(&daemon);
     let dispatcher = daemon.pipeline.spawn(outbox::run(daemon.clone()));
     let pruner = daemon.pipeline.spawn(retention::run(daemon.clone()));
+    // Work other daemons sharing the store left (none on SQLite).
+    let sweeper = daemon.pipeline.spawn(leases::sweep(daemon.clone()));
 
     let app = router(daemon.clone());
     axum::serve(listener, app)
@@ -297,6 +321,7 @@ pub async fn serve(
     daemon.stopping.store(true, Ordering::SeqCst);
     // A batch of pruning is one transaction: stopping between two loses nothing.
     pruner.abort();
+    sweeper.abort();
     daemon.outbox.wake();
     let grace = daemon.settings.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::Daemon;
+use super::leases::Lease;
 use crate::core::channel::{self, SendError, split_message};
 use crate::core::{
-    OutboxItem, OutboxUpdate, Outcome, Stage, StageSink, StoreError, TraceEvent, Write,
+    ClaimKind, OutboxItem, OutboxUpdate, Outcome, Stage, StageSink, StoreError, TraceEvent, Write,
 };
 
 /// Items picked per look at the whole outbox.
@@ -102,13 +103,18 @@ pub async fn run(daemon: Arc<Daemon>) {
             let (daemon, in_flight) = (daemon.clone(), in_flight.clone());
             tasks.spawn(async move {
                 let conversation = item.conversation_id;
-                deliver(&daemon, item).await;
+                let sent = send_claimed(&daemon, item, now).await;
                 in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&conversation);
                 // The conversation's next reply may be waiting behind it.
-                daemon.outbox.ready(conversation);
+                // (Not when another daemon holds its outbox: that daemon
+                // sends the rest, and the look at the whole outbox every
+                // second finds what it leaves.)
+                if sent {
+                    daemon.outbox.ready(conversation);
+                }
             });
         }
         while tasks.try_join_next().is_some() {}
@@ -173,6 +179,32 @@ fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Sends `item` holding its conversation's outbox claim (on a store other
+/// daemons share): read again once claimed, since another daemon may have
+/// sent it meanwhile. Whether the claim was had.
+async fn send_claimed(daemon: &Arc<Daemon>, item: OutboxItem, now: i64) -> bool {
+    let Some(lease) = Lease::take(daemon, ClaimKind::Outbox, item.conversation_id) else {
+        return false;
+    };
+    let item = if daemon.store.shared() {
+        match daemon.store.head(item.conversation_id) {
+            Ok(Some(head)) if head.id == item.id && head.next_attempt_at <= now => Some(head),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                None
+            }
+        }
+    } else {
+        Some(item)
+    };
+    if let Some(item) = item {
+        deliver(daemon, item).await;
+    }
+    drop(lease);
+    true
 }
 
 async fn deliver(daemon: &Arc<Daemon>, item: OutboxItem) {

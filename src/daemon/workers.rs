@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
 
 use super::Daemon;
-use crate::core::{Burst, Pending, ReplyKind};
+use super::leases::Lease;
+use crate::core::{Burst, ClaimKind, Pending, ReplyKind};
 
 /// Messages read per round of a conversation (and so at most in one
 /// collected turn; more wait for the next).
@@ -96,6 +97,16 @@ fn start(daemon: &Arc<Daemon>, conversation: i64) {
 
 async fn process(daemon: Arc<Daemon>, conversation: i64) {
     let _permit = daemon.workers.permits.clone().acquire_owned().await;
+    // Another daemon sharing the store works on it: it answers what is
+    // pending, or the sweep brings it back here once nobody holds it.
+    let Some(_lease) = Lease::take(&daemon, ClaimKind::Turns, conversation) else {
+        let mut active = daemon.workers.lock();
+        active.remove(&conversation);
+        if active.is_empty() {
+            daemon.workers.idle.notify_waiters();
+        }
+        return;
+    };
     let mut retry_later = false;
     loop {
         if !daemon.stopping() {
@@ -180,6 +191,12 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
                     return true;
                 }
             }
+        }
+        // Another daemon may have accepted a message for this conversation
+        // while this one held it (and so could not take it): look again
+        // before giving the claim up.
+        if daemon.store.shared() && !pending.is_empty() && !daemon.stopping() {
+            continue 'read;
         }
         return false;
     }

@@ -11,18 +11,18 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::{Env, stdout_of};
 
-const SECRET: &str = "e2e-webhook-secret";
+pub(crate) const SECRET: &str = "e2e-webhook-secret";
 
-struct Daemon {
-    child: Child,
-    url: String,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) url: String,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
     /// `serve --listen 127.0.0.1:0`: the kernel picks the port, and the
     /// test reads the address back from what serve prints when it is ready.
-    fn start(env: &Env, telegram: &str, extra: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(env: &Env, telegram: &str, extra: &[(&str, &str)]) -> Daemon {
         let mut cmd = env.std_cmd(&["serve", "--listen", "127.0.0.1:0"]);
         cmd.env("TELEGRAM_BOT_TOKEN", "42:e2e-token")
             .env("TELEGRAM_WEBHOOK_SECRET", SECRET)
@@ -59,12 +59,12 @@ impl Daemon {
     }
 
     /// What serve printed on stderr so far.
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 }
 
-fn telegram_update(chat: i64, update: i64, text: &str) -> serde_json::Value {
+pub(crate) fn telegram_update(chat: i64, update: i64, text: &str) -> serde_json::Value {
     json!({
         "update_id": update,
         "message": {
@@ -77,7 +77,7 @@ fn telegram_update(chat: i64, update: i64, text: &str) -> serde_json::Value {
     })
 }
 
-fn post_update(url: &str, body: &serde_json::Value) -> u16 {
+pub(crate) fn post_update(url: &str, body: &serde_json::Value) -> u16 {
     post_signed(url, body, SECRET)
 }
 
@@ -120,7 +120,7 @@ async fn fakes(llm_delay: Duration) -> (MockServer, MockServer) {
 
 /// `field` of every reply Telegram was asked to send, in order; typing
 /// signals (`sendChatAction`, which also name the chat) left out.
-async fn sent(telegram: &MockServer, field: &str) -> Vec<String> {
+pub(crate) async fn sent(telegram: &MockServer, field: &str) -> Vec<String> {
     telegram
         .received_requests()
         .await
@@ -284,7 +284,7 @@ fn drained(env: &Env) -> bool {
 
 /// An Ollama that answers at once with "re: " and the last user message,
 /// in its NDJSON stream format.
-struct EchoOllama;
+pub(crate) struct EchoOllama;
 
 impl wiremock::Respond for EchoOllama {
     fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::core::breaker::{Admission, Breaker, BreakerPolicy, Transition};
 use crate::core::llm::{
@@ -42,13 +42,16 @@ impl Default for ChainPolicy {
     }
 }
 
+/// How long a breaker read from a store other daemons share is trusted.
+const BREAKER_REFRESH: Duration = Duration::from_secs(1);
+
 pub struct Chain {
     providers: Vec<Arc<dyn LlmProvider>>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     policy: ChainPolicy,
-    /// Breakers as last read or written, by provider and model.
-    breakers: Mutex<HashMap<(String, String), Breaker>>,
+    /// Breakers as last read or written, by provider and model, and when.
+    breakers: Mutex<HashMap<(String, String), (Breaker, Instant)>>,
 }
 
 impl Chain {
@@ -267,10 +270,14 @@ impl Chain {
     }
 
     /// The breaker of a provider+model: read from the store once, then
-    /// kept here and written through on every change.
+    /// kept here and written through on every change. On a store other
+    /// daemons share, read again when a second old: a provider that failed
+    /// on another daemon is skipped here too until its probe.
     fn load_breaker(&self, provider: &str, model: &str) -> Breaker {
         let key = (provider.to_string(), model.to_string());
-        if let Some(b) = self.breakers().get(&key) {
+        if let Some((b, read_at)) = self.breakers().get(&key)
+            && (read_at.elapsed() < BREAKER_REFRESH || !self.store.shared())
+        {
             return b.clone();
         }
         let breaker = match self.store.breaker(provider, model) {
@@ -281,11 +288,12 @@ impl Chain {
                 return Breaker::new(provider, model, self.clock.now_ms());
             }
         };
-        self.breakers().insert(key, breaker.clone());
+        self.breakers()
+            .insert(key, (breaker.clone(), Instant::now()));
         breaker
     }
 
-    fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Breaker>> {
+    fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Breaker, Instant)>> {
         self.breakers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -304,7 +312,7 @@ impl Chain {
         }
         self.breakers().insert(
             (breaker.provider.clone(), breaker.model.clone()),
-            breaker.clone(),
+            (breaker.clone(), Instant::now()),
         );
         let write = Write::Breaker {
             breaker: breaker.clone(),

@@ -158,11 +158,6 @@ pub struct PostgresStore {
     location: String,
 }
 
-/// Connections a store opens by default: the pipeline's reads and writes
-/// at once, well under Postgres's default of 100 connections for a few
-/// daemons and the commands beside them.
-pub const DEFAULT_CONNECTIONS: usize = 8;
-
 impl PostgresStore {
     /// Connects and brings the schema up to date: several processes
     /// starting together apply each migration once, one after another.
@@ -227,6 +222,20 @@ impl PostgresStore {
             .get::<_, i64>(0))
         })?;
         Ok((applied, latest_migration()))
+    }
+
+    /// Connections open to this database (every process's), and how many
+    /// the server allows.
+    pub fn connections(&self) -> Result<(u64, u64), StoreError> {
+        self.pool.run(|c| {
+            let r = c.query_one(
+                "SELECT (SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database()),
+                        current_setting('max_connections')::bigint",
+                &[],
+            )?;
+            Ok((r.get::<_, i64>(0).max(0) as u64, r.get::<_, i64>(1).max(0) as u64))
+        })
     }
 
     /// Claims whose lease is over (their daemon stopped without giving
