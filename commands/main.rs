@@ -13,6 +13,7 @@ mod replay;
 mod serve;
 mod service;
 mod signals;
+mod store;
 #[path = "../tui/mod.rs"]
 mod tui;
 mod tunnel;
@@ -69,6 +70,8 @@ enum Command {
     Tui(tui::Args),
     /// Run `serve` as a systemd service: install or remove its unit
     Service(service::Args),
+    /// Move the store: copy a SQLite store into Postgres
+    Store(store::Args),
     /// Print shell completion scripts, or write them and the man page
     Completions(completions::Args),
 }
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Tui(args) => tui::run(&ctx, args),
         Command::Tunnel(args) => tunnel::run(&ctx, args),
         Command::Service(args) => service::run(&ctx, args),
+        Command::Store(args) => store::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
     };
     match result {

@@ -43,6 +43,9 @@ _convagent() {
             convagent,service)
                 cmd="convagent__subcmd__service"
                 ;;
+            convagent,store)
+                cmd="convagent__subcmd__store"
+                ;;
             convagent,tui)
                 cmd="convagent__subcmd__tui"
                 ;;
@@ -75,6 +78,9 @@ _convagent() {
                 ;;
             convagent__subcmd__help,service)
                 cmd="convagent__subcmd__help__subcmd__service"
+                ;;
+            convagent__subcmd__help,store)
+                cmd="convagent__subcmd__help__subcmd__store"
                 ;;
             convagent__subcmd__help,tui)
                 cmd="convagent__subcmd__help__subcmd__tui"
@@ -114,6 +120,9 @@ _convagent() {
                 ;;
             convagent__subcmd__help__subcmd__service,uninstall)
                 cmd="convagent__subcmd__help__subcmd__service__subcmd__uninstall"
+                ;;
+            convagent__subcmd__help__subcmd__store,migrate)
+                cmd="convagent__subcmd__help__subcmd__store__subcmd__migrate"
                 ;;
             convagent__subcmd__history,delete)
                 cmd="convagent__subcmd__history__subcmd__delete"
@@ -199,6 +208,18 @@ _convagent() {
             convagent__subcmd__service__subcmd__help,uninstall)
                 cmd="convagent__subcmd__service__subcmd__help__subcmd__uninstall"
                 ;;
+            convagent__subcmd__store,help)
+                cmd="convagent__subcmd__store__subcmd__help"
+                ;;
+            convagent__subcmd__store,migrate)
+                cmd="convagent__subcmd__store__subcmd__migrate"
+                ;;
+            convagent__subcmd__store__subcmd__help,help)
+                cmd="convagent__subcmd__store__subcmd__help__subcmd__help"
+                ;;
+            convagent__subcmd__store__subcmd__help,migrate)
+                cmd="convagent__subcmd__store__subcmd__help__subcmd__migrate"
+                ;;
             *)
                 ;;
         esac
@@ -206,7 +227,7 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox doctor replay tunnel tui service completions help"
+            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox doctor replay tunnel tui service store completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -302,7 +323,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history outbox doctor replay tunnel tui service completions help"
+            opts="serve chat history outbox doctor replay tunnel tui service store completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -582,6 +603,34 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help__subcmd__service__subcmd__uninstall)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__store)
+            opts="migrate"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__store__subcmd__migrate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1323,6 +1372,100 @@ _convagent() {
             fi
             case "${prev}" in
                 --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__store)
+            opts="-v -h -V --config --env-file --verbose --help --version migrate help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__store__subcmd__help)
+            opts="migrate help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__store__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__store__subcmd__help__subcmd__migrate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__store__subcmd__migrate)
+            opts="-v -h -V --to --from --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -20,6 +20,8 @@ mod serve;
 mod service;
 #[path = "cli/several.rs"]
 mod several;
+#[path = "cli/store.rs"]
+mod store;
 #[path = "cli/tui.rs"]
 mod tui;
 #[path = "cli/tunnel.rs"]

@@ -152,7 +152,7 @@ pub fn database_check(ctx: &Context) -> Option<Check> {
         Ok((in_use, max, expired, held)) if expired > 0 => Check::warn(
             "database",
             format!(
-                "{in_use} of {max} connections; {expired} of {held} claims outlived their                  lease (a daemon stopped without giving them up)"
+                "{in_use} of {max} connections; {expired} of {held} claims outlived their lease (a daemon stopped without giving them up)"
             ),
             "other daemons take that work over; look at the logs of the one that stopped",
         ),

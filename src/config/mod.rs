@@ -560,6 +560,21 @@ mod tests {
     }
 
     #[test]
+    fn the_database_password_is_a_secret_to_mask() {
+        let mut config = Config::default();
+        config
+            .apply_env(&env_of(&[(
+                "CONVAGENT_DATABASE_URL",
+                "postgres://bot:hunter2-db@db.example/convagent",
+            )]))
+            .unwrap();
+        assert!(config.secrets().contains(&"hunter2-db".to_string()));
+        config.store.url = Some("mysql://x".into());
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("store.url") && !e.contains("mysql"), "{e}");
+    }
+
+    #[test]
     fn invalid_values_are_caught_with_their_key() {
         let mut config = parse("[[guardrails.patterns]]\nname = \"x\"\npattern = \"(\"\n")
             .map_err(|e| e.message)

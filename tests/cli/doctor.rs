@@ -508,3 +508,55 @@ fn guardrail_refusals_and_senders_held_back_are_reported() {
         "{detail}"
     );
 }
+
+/// On Postgres: the store check reads the database's schema, and the
+/// database check reports connections and claims whose lease ran out (a
+/// daemon that died holding them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_it_checks_the_schema_connections_and_lease_backlog() {
+    let ollama = fake_ollama(&["mistral:7b"]).await;
+    let cluster = crate::support::postgres::Cluster::start();
+    let url = cluster.database("doctor");
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let doctor = |env: &Env| {
+        let out = env
+            .cmd(&["doctor"])
+            .env("CONVAGENT_DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        stdout_of(&out)
+    };
+    // Before anything migrated it: the schema is missing, and said so.
+    let text = tokio::task::block_in_place(|| doctor(&env));
+    assert!(
+        text.contains("✗ store") && text.contains("schema 0 of 2"),
+        "{text}"
+    );
+
+    let store = tokio::task::block_in_place(|| {
+        convagent::adapters::store::PostgresStore::open(&url, 1).unwrap()
+    });
+    let text = tokio::task::block_in_place(|| doctor(&env));
+    assert!(
+        text.contains("✓ store") && text.contains("schema 2/2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✓ database") && text.contains("0 claims held, none past its lease"),
+        "{text}"
+    );
+    // A daemon that died holding a claim with a 1 ms lease.
+    use convagent::core::ports::all::*;
+    assert!(
+        store
+            .claim(convagent::core::ClaimKind::Turns, 1, "gone", 1)
+            .unwrap()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let text = tokio::task::block_in_place(|| doctor(&env));
+    assert!(
+        text.contains("! database") && text.contains("1 of 1 claims outlived their lease"),
+        "{text}"
+    );
+}

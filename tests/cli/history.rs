@@ -10,7 +10,7 @@ use convagent::core::{
 
 use crate::{Env, stderr_of, stdout_of};
 
-fn fill(env: &Env) {
+pub(crate) fn fill(env: &Env) {
     let store = SqliteStore::open(&env.store()).unwrap();
     let prompt = store.ensure_prompt("be nice", 1_000).unwrap();
     let add = |channel, sender: &str, id: &str, text: &str, reply: &str, at: i64| {

@@ -16,6 +16,7 @@
 //! their own, in order, merged per round. Work shared between daemons is
 //! claimed with leases by the database's clock (`work.rs`).
 
+mod import;
 mod monitor;
 mod outbox;
 mod people;
@@ -26,6 +27,8 @@ mod work;
 use std::str::FromStr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+
+pub use import::Copied;
 
 use crate::core::llm::BoxFuture;
 use crate::core::ports::{StoreError, Write, Writes, Written};
@@ -234,7 +237,10 @@ impl PostgresStore {
                         current_setting('max_connections')::bigint",
                 &[],
             )?;
-            Ok((r.get::<_, i64>(0).max(0) as u64, r.get::<_, i64>(1).max(0) as u64))
+            Ok((
+                r.get::<_, i64>(0).max(0) as u64,
+                r.get::<_, i64>(1).max(0) as u64,
+            ))
         })
     }
 
@@ -510,4 +516,23 @@ fn migrate(client: &mut postgres::Client) -> Result<(), StoreError> {
     })();
     client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_location_never_shows_the_password() {
+        assert_eq!(
+            super::redact("postgres://bot:s3cr%40t@db.example:5432/convagent?sslmode=require"),
+            "postgres://bot:***@db.example:5432/convagent"
+        );
+        assert_eq!(
+            super::redact("postgresql://bot@%2Frun%2Fpostgresql/convagent"),
+            "postgresql://bot@%2Frun%2Fpostgresql/convagent"
+        );
+        assert_eq!(
+            super::redact("host=db password=x"),
+            "postgres (a connection string)"
+        );
+    }
 }
