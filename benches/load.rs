@@ -4,7 +4,7 @@
 //! (Ollama's `/api/chat`) and of Telegram's Bot API that answer at once.
 //! Method and figures in benches/README.md.
 //!
-//!     cargo bench --bench load -- [--secs 8] [--conns 64] [--limit 0]
+//!     cargo bench --bench load -- [--secs 8] [--conns 64] [--limit 0] [--only N]
 //!
 //! 1. `/health` req/s (the HTTP stack's ceiling) and signed Telegram acks/s
 //!    from 1,000 chats with the pipeline behind (LLM down → fallback,
@@ -13,6 +13,9 @@
 //!    sent (dry run) per second, first POST to last reply.
 //! 3. Webhook → reply received by the fake Telegram: one message at a
 //!    time (p50/p99), and 50 senders at once (replies/s).
+//! 4. Acks and the whole pipeline on SQLite, on Postgres (a throwaway
+//!    cluster with Postgres's own durability settings) with one daemon,
+//!    and with two daemons sharing the database, in one run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +36,9 @@ const TOKEN: &str = "1:bench";
 
 #[path = "support/flags.rs"]
 mod flags;
+#[path = "../tests/support/postgres.rs"]
+#[allow(dead_code)]
+mod pg;
 use flags::flag;
 
 fn main() {
@@ -68,6 +74,127 @@ async fn run(secs: u64, conns: u64, only: u64) {
     if only == 0 || only == 3 {
         round_trips(secs, &fakes).await;
     }
+    if only == 0 || only == 4 {
+        stores(secs, conns, &fakes).await;
+    }
+}
+
+/// Measurement 4: the same acks and whole pipeline on SQLite, on Postgres
+/// with one daemon, and with two daemons sharing one database (each fed by
+/// its own wrk with half the connections, to the same 1,000 chats), in one
+/// run. Postgres runs with its own durability settings.
+async fn stores(secs: u64, conns: u64, fakes: &Fakes) {
+    let cluster = pg::Cluster::start_durable();
+    println!("4. stores, one run     acks/s (LLM down)      whole pipeline msgs/s");
+    for (n, (label, postgres, count)) in [
+        ("SQLite, 1 daemon", false, 1),
+        ("Postgres, 1 daemon", true, 1),
+        ("Postgres, 2 daemons", true, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let start = |database: &str, env: &[(&str, &str)]| -> (Vec<Daemon>, Option<String>) {
+            let url = postgres.then(|| cluster.database(&format!("{database}{n}")));
+            let mut env = env.to_vec();
+            if let Some(url) = &url {
+                env.push(("CONVAGENT_DATABASE_URL", url));
+            }
+            ((0..count).map(|_| Daemon::start(&env)).collect(), url)
+        };
+        let (daemons, _) = start(
+            "acks",
+            &[
+                ("CONVAGENT_DRY_RUN", "1"),
+                ("OLLAMA_HOST", "http://127.0.0.1:9"),
+            ],
+        );
+        let acks = wrk_each(&daemons, secs, conns);
+        drop(daemons);
+        let (daemons, url) = start(
+            "pipeline",
+            &[("CONVAGENT_DRY_RUN", "1"), ("OLLAMA_HOST", &fakes.ollama)],
+        );
+        let first_post = unix_ms();
+        wrk_each(&daemons, secs, conns);
+        let drained = match &url {
+            Some(url) => wait_drained_pg(url, Duration::from_secs(300)),
+            None => daemons[0].wait_drained(Duration::from_secs(300)),
+        };
+        let pipeline = drained.map_or("did not drain in 300 s".to_string(), |d| {
+            format!(
+                "{:>9.0} ({} messages)",
+                d.answered as f64 / ((d.last_sent_at - first_post) as f64 / 1000.0),
+                d.answered
+            )
+        });
+        println!("   {label:<20} {acks:>9.0}              {pipeline}");
+    }
+}
+
+/// One wrk per daemon, at the same time, `conns` shared among them;
+/// their requests per second added up.
+fn wrk_each(daemons: &[Daemon], secs: u64, conns: u64) -> f64 {
+    let per = (conns / daemons.len() as u64).max(1);
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = daemons
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                scope.spawn(move || {
+                    wrk_numbered(
+                        &d.url,
+                        "/webhook/telegram",
+                        secs,
+                        per,
+                        true,
+                        i as u64 * 1_000_000_000_000,
+                    )
+                    .rps
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).sum()
+    })
+}
+
+/// [`Daemon::wait_drained`] for daemons on Postgres.
+fn wait_drained_pg(url: &str, limit: Duration) -> Option<Drained> {
+    let store = convagent::adapters::store::PostgresStore::connect(url, 1).ok()?;
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let (pending, queued) = store
+            .pool()
+            .run(|c| {
+                let r = c.query_one(
+                    "SELECT (SELECT count(*) FROM messages WHERE role = 'user' AND answered_at IS NULL),
+                            (SELECT count(*) FROM outbox WHERE state = 'queued')",
+                    &[],
+                )?;
+                Ok((r.get::<_, i64>(0), r.get::<_, i64>(1)))
+            })
+            .ok()?;
+        if pending == 0 && queued == 0 {
+            return store
+                .pool()
+                .run(|c| {
+                    let r = c.query_one(
+                        "SELECT (SELECT count(*) FROM messages WHERE role = 'user'),
+                                (SELECT count(*) FROM outbox WHERE state = 'sent'),
+                                (SELECT max(updated_at) FROM outbox)",
+                        &[],
+                    )?;
+                    Ok(Drained {
+                        answered: r.get::<_, i64>(0) as u64,
+                        replies: r.get::<_, i64>(1) as u64,
+                        last_sent_at: r.get(2),
+                    })
+                })
+                .ok();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
 
 async fn acks(secs: u64, conns: u64) {
@@ -287,7 +414,13 @@ struct Wrk {
 }
 
 fn wrk(url: &str, path: &str, secs: u64, conns: u64, webhook: bool) -> Wrk {
+    wrk_numbered(url, path, secs, conns, webhook, 0)
+}
+
+/// [`wrk`] whose update ids start past `id_base` (a second wrk beside it).
+fn wrk_numbered(url: &str, path: &str, secs: u64, conns: u64, webhook: bool, id_base: u64) -> Wrk {
     let mut cmd = Command::new("wrk");
+    cmd.env("WRK_ID_BASE", id_base.to_string());
     cmd.args([
         "-t2",
         &format!("-c{conns}"),

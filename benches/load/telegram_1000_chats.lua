@@ -1,6 +1,8 @@
 -- wrk script: signed Telegram updates from 1,000 distinct chats, each with
 -- fresh update and message ids (no duplicates), as Telegram delivers them.
 local secret = os.getenv("TELEGRAM_WEBHOOK_SECRET") or "s3cret"
+-- A second wrk beside this one (another daemon) numbers its updates apart.
+local base = tonumber(os.getenv("WRK_ID_BASE") or "0")
 local threads = {}
 local counter = 0
 
@@ -11,7 +13,7 @@ end
 
 function request()
   counter = counter + 1
-  local id = (tid or 1) * 100000000 + counter
+  local id = base + (tid or 1) * 100000000 + counter
   local chat = 5000000 + (id % 1000)
   local body = string.format(
     '{"update_id":%d,"message":{"message_id":%d,"from":{"id":%d,"is_bot":false,"first_name":"Load"},'

@@ -530,7 +530,7 @@ async fn on_postgres_it_checks_the_schema_connections_and_lease_backlog() {
     // Before anything migrated it: the schema is missing, and said so.
     let text = tokio::task::block_in_place(|| doctor(&env));
     assert!(
-        text.contains("✗ store") && text.contains("schema 0 of 2"),
+        text.contains("✗ store") && text.contains("schema 0 of 3"),
         "{text}"
     );
 
@@ -539,7 +539,7 @@ async fn on_postgres_it_checks_the_schema_connections_and_lease_backlog() {
     });
     let text = tokio::task::block_in_place(|| doctor(&env));
     assert!(
-        text.contains("✓ store") && text.contains("schema 2/2"),
+        text.contains("✓ store") && text.contains("schema 3/3"),
         "{text}"
     );
     assert!(

@@ -32,7 +32,19 @@ fn bin_dir() -> PathBuf {
 }
 
 impl Cluster {
+    /// A cluster for tests: nothing is flushed to disk (a test's data
+    /// dies with it).
     pub fn start() -> Cluster {
+        Cluster::start_with("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    }
+
+    /// A cluster with Postgres's own durability settings (for benchmarks:
+    /// what a user runs).
+    pub fn start_durable() -> Cluster {
+        Cluster::start_with("")
+    }
+
+    fn start_with(settings: &str) -> Cluster {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let as_postgres = rustix_is_root();
@@ -79,8 +91,7 @@ impl Cluster {
             ],
         );
         let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories={} \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100",
+            "-c listen_addresses='' -c unix_socket_directories={} -c max_connections=100 {settings}",
             dir.path().display()
         );
         let log = dir.path().join("postgres.log");

@@ -1,6 +1,6 @@
-//! Store adapters. SQLite is the default and passes the conformance suite
-//! (`tests/engine/store.rs`); Postgres (issue 11) has its pool and schema so
-//! far, and will run the same suite once its ports exist.
+//! Store adapters: SQLite (the default: one file, one daemon) and Postgres
+//! (`store.url`: several daemons on one database). Both pass the same
+//! conformance suite (`tests/engine/store.rs`).
 
 pub mod postgres;
 pub mod sqlite;

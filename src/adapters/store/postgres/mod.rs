@@ -43,6 +43,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../../../migrations/postgres/0002_unaccent.sql"),
     ),
+    (
+        3,
+        include_str!("../../../../migrations/postgres/0003_accept.sql"),
+    ),
 ];
 
 /// Any number, the same in every convagent: the lock migrations hold.
@@ -306,6 +310,17 @@ fn batch(client: &mut postgres::Client, writes: &[Write]) -> Vec<Result<Written,
             .map(|_| Err(StoreError::Backend(e.to_string())))
             .collect()
     };
+    // One write that is one statement needs no transaction around it.
+    match writes {
+        [Write::Accept(message)] => {
+            return vec![work::accept(client, message).map(Written::Accepted)];
+        }
+        [Write::Turn(record)] => return vec![work::turn(client, record).map(Written::Reply)],
+        [Write::Outbox { id, update, at }] => {
+            return vec![work::outbox(client, *id, update, *at).map(|()| Written::Done)];
+        }
+        _ => {}
+    }
     for attempt in 0.. {
         let mut tx = match client.transaction() {
             Ok(tx) => tx,

@@ -15,16 +15,16 @@ use super::rows::{self, MESSAGE_COLUMNS};
 use crate::core::breaker::{Breaker, Transition};
 use crate::core::message::{InboundMessage, SENDER_NAME};
 use crate::core::ports::{
-    Accepted, ClaimKind, Held, OutboxUpdate, ReplyKind, StoreError, StoredMessage, Summary,
-    TraceEvent, TurnRecord, Write, Written,
+    Accepted, ClaimKind, Held, OutboxUpdate, StoreError, StoredMessage, Summary, TraceEvent,
+    TurnRecord, Write, Written,
 };
 
 pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Written, StoreError> {
     Ok(match write {
-        Write::Accept(message) => Written::Accepted(accept_in(tx, message)?),
-        Write::Turn(turn) => Written::Reply(turn_in(tx, turn)?),
+        Write::Accept(message) => Written::Accepted(accept(tx, message)?),
+        Write::Turn(record) => Written::Reply(turn(tx, record)?),
         Write::Outbox { id, update, at } => {
-            outbox_in(tx, *id, update, *at)?;
+            outbox(tx, *id, update, *at)?;
             Written::Done
         }
         Write::Traces(events) => {
@@ -50,71 +50,35 @@ fn message_by_id(tx: &mut Transaction<'_>, id: i64) -> Result<StoredMessage, Sto
     rows::message(&tx.query_one(&sql, &[&id])?)
 }
 
-/// Stores `message`, or finds it stored before. Two processes storing the
-/// same provider message id at once: one stores it, the other's insert
-/// waits for that commit, does nothing, and this reports the duplicate
-/// (its conversation count undone with its savepoint).
-fn accept_in(tx: &mut Transaction<'_>, message: &InboundMessage) -> Result<Accepted, StoreError> {
+/// Stores `message`, or finds it stored before (`convagent_accept`,
+/// migration 3: one round trip).
+pub(super) fn accept(
+    client: &mut impl postgres::GenericClient,
+    message: &InboundMessage,
+) -> Result<Accepted, StoreError> {
     if message.provider_message_id.is_empty() {
         return Err(StoreError::Invalid("provider message id is empty".into()));
-    }
-    let channel = message.key.channel.as_str();
-    let seen = |tx: &mut Transaction<'_>| -> Result<Option<Accepted>, StoreError> {
-        Ok(tx
-            .query_opt(
-                "SELECT id, conversation_id FROM messages
-                 WHERE channel = $1 AND provider_message_id = $2",
-                &[&channel, &message.provider_message_id],
-            )?
-            .map(|r| Accepted {
-                message_id: r.get(0),
-                conversation_id: r.get(1),
-                duplicate: true,
-            }))
-    };
-    if let Some(found) = seen(tx)? {
-        return Ok(found);
     }
     let attachments = serde_json::to_string(&message.attachments)
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
     let metadata =
         serde_json::to_string(&message.metadata).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let key = &message.key;
-    let at = message.received_at;
-    let mut sp = tx.transaction()?;
-    let conversation_id: i64 = sp
-        .query_one(
-            "INSERT INTO conversations (channel, sender, thread, started_at, last_activity_at,
-                 message_count)
-             VALUES ($1, $2, $3, $4, $4, 1)
-             ON CONFLICT (channel, sender, thread) WHERE closed_at IS NULL
-             DO UPDATE SET
-                 last_activity_at = greatest(conversations.last_activity_at,
-                                             EXCLUDED.last_activity_at),
-                 message_count = conversations.message_count + 1
-             RETURNING id",
-            &[&channel, &key.sender, &key.thread, &at],
-        )?
-        .get(0);
-    if let Some(name) = message.metadata.get(SENDER_NAME).filter(|n| !n.is_empty()) {
-        sp.execute(
-            "UPDATE conversations SET display_name = $2
-             WHERE id = $1 AND display_name IS DISTINCT FROM $2",
-            &[&conversation_id, name],
-        )?;
-    }
-    let inserted = sp.query_opt(
-        "INSERT INTO messages (conversation_id, role, channel, text, created_at,
-             provider_message_id, provider_ts, correlation_id, attachments, metadata)
-         VALUES ($1, 'user', $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (channel, provider_message_id) WHERE provider_message_id IS NOT NULL
-         DO NOTHING
-         RETURNING id",
+    let name = message
+        .metadata
+        .get(SENDER_NAME)
+        .filter(|n| !n.is_empty())
+        .map(String::as_str);
+    let row = client.query_one(
+        "SELECT message_id, conversation_id, duplicate
+         FROM convagent_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         &[
-            &conversation_id,
-            &channel,
+            &key.channel.as_str(),
+            &key.sender,
+            &key.thread,
+            &message.received_at,
+            &name,
             &message.text,
-            &at,
             &message.provider_message_id,
             &message.provider_ts,
             &message.correlation_id.0,
@@ -122,115 +86,56 @@ fn accept_in(tx: &mut Transaction<'_>, message: &InboundMessage) -> Result<Accep
             &metadata,
         ],
     )?;
-    match inserted {
-        Some(row) => {
-            sp.commit()?;
-            Ok(Accepted {
-                message_id: row.get(0),
-                conversation_id,
-                duplicate: false,
-            })
-        }
-        None => {
-            drop(sp);
-            seen(tx)?.ok_or_else(|| {
-                StoreError::Backend("a message seen as a duplicate is not stored".into())
-            })
-        }
-    }
+    Ok(Accepted {
+        message_id: row.try_get(0)?,
+        conversation_id: row.try_get(1)?,
+        duplicate: row.try_get(2)?,
+    })
 }
 
-/// Stores a turn's outcome: violations, the reply (one answer per message,
-/// whichever process records it first: the others get that one back), the
-/// burst it covers, and by trigger its outbox row and token count.
-fn turn_in(tx: &mut Transaction<'_>, turn: &TurnRecord) -> Result<StoredMessage, StoreError> {
+/// Stores a turn's outcome (`convagent_turn`, migration 3: one round
+/// trip); a reply recorded first by another daemon is returned instead.
+pub(super) fn turn(
+    client: &mut impl postgres::GenericClient,
+    turn: &TurnRecord,
+) -> Result<StoredMessage, StoreError> {
     let reply = &turn.reply;
-    let Some(row) = tx.query_opt(
-        "SELECT conversation_id, channel, correlation_id FROM messages
-         WHERE id = $1 AND role = 'user'",
-        &[&turn.message_id],
-    )?
-    else {
-        return Err(StoreError::NotFound(format!(
-            "user message {}",
-            turn.message_id
-        )));
-    };
-    let (conversation_id, channel, correlation_id): (i64, String, Option<String>) =
-        (row.get(0), row.get(1), row.get(2));
-    // The conversation's row first: its ids stay in commit order.
-    tx.execute(
-        "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE",
-        &[&conversation_id],
-    )?;
-    for (violating, rule) in &turn.violations {
-        tx.execute(
-            "INSERT INTO guardrail_violations (message_id, rule, created_at) VALUES ($1, $2, $3)",
-            &[violating, rule, &reply.created_at],
-        )?;
-    }
+    let (violating, rules): (Vec<i64>, Vec<&str>) = turn
+        .violations
+        .iter()
+        .map(|(id, rule)| (*id, rule.as_str()))
+        .unzip();
     let tokens = |t: Option<u32>| t.map(i64::from);
     let latency = i64::try_from(reply.latency_ms).unwrap_or(i64::MAX);
-    let inserted = tx.query_opt(
-        "INSERT INTO messages (conversation_id, role, channel, text, created_at, correlation_id,
-             reply_to, kind, provider, model, prompt_version, prompt_tokens, completion_tokens,
-             latency_ms)
-         VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL AND kind <> 'fallback' DO NOTHING
-         RETURNING id",
-        &[
-            &conversation_id,
-            &channel,
-            &reply.text,
-            &reply.created_at,
-            &correlation_id,
-            &turn.message_id,
-            &reply.kind.as_str(),
-            &reply.provider,
-            &reply.model,
-            &reply.prompt_version,
-            &tokens(reply.prompt_tokens),
-            &tokens(reply.completion_tokens),
-            &latency,
-        ],
-    )?;
-    let Some(row) = inserted else {
-        // Answered first by another process (or before): that answer stays.
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m
-             WHERE m.reply_to = $1 AND m.kind <> 'fallback'"
-        );
-        return rows::message(&tx.query_one(&sql, &[&turn.message_id])?);
-    };
-    let id: i64 = row.get(0);
-    tx.execute(
-        "UPDATE conversations
-         SET message_count = message_count + 1,
-             last_activity_at = greatest(last_activity_at, $2)
-         WHERE id = $1",
-        &[&conversation_id, &reply.created_at],
-    )?;
-    if reply.kind != ReplyKind::Fallback {
-        tx.execute(
-            "UPDATE messages SET answered_at = $2 WHERE id = $1",
-            &[&turn.message_id, &reply.created_at],
-        )?;
-        // Only unanswered user messages of the same conversation: a stray
-        // id cannot mark anything else.
-        tx.execute(
-            "UPDATE messages SET answered_at = $3, answered_by = $2
-             WHERE id = ANY($1) AND id <> $4 AND conversation_id = $5 AND role = 'user'
-               AND answered_at IS NULL",
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS}
+                 FROM convagent_turn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) m"
+            ),
             &[
-                &turn.covers,
-                &id,
-                &reply.created_at,
                 &turn.message_id,
-                &conversation_id,
+                &turn.covers,
+                &violating,
+                &rules,
+                &reply.kind.as_str(),
+                &reply.text,
+                &reply.provider,
+                &reply.model,
+                &reply.prompt_version,
+                &tokens(reply.prompt_tokens),
+                &tokens(reply.completion_tokens),
+                &latency,
+                &reply.created_at,
             ],
-        )?;
-    }
-    message_by_id(tx, id)
+        )
+        .map_err(|e| match e.code() {
+            Some(c) if *c == postgres::error::SqlState::NO_DATA_FOUND => {
+                StoreError::NotFound(format!("user message {}", turn.message_id))
+            }
+            _ => StoreError::from(e),
+        })?;
+    rows::message(&row)
 }
 
 /// Marks the held messages answered by the notice (only unanswered user
@@ -334,68 +239,61 @@ fn breaker_in(
     Ok(())
 }
 
-/// Records what became of a send.
-fn outbox_in(
-    tx: &mut Transaction<'_>,
+/// Records what became of a send, in one statement.
+pub(super) fn outbox(
+    client: &mut impl postgres::GenericClient,
     id: i64,
     update: &OutboxUpdate,
     at: i64,
 ) -> Result<(), StoreError> {
-    let mut push_id = |provider_id: &Option<String>| -> Result<(), StoreError> {
-        if let Some(pid) = provider_id {
-            tx.execute(
-                "UPDATE outbox SET provider_message_ids =
-                     (provider_message_ids::jsonb || to_jsonb($2::text))::text
-                 WHERE id = $1",
-                &[&id, pid],
-            )?;
-        }
-        Ok(())
-    };
+    // A provider's message id is added to the list in the same statement.
+    const PUSH_ID: &str = "provider_message_ids = CASE WHEN $4::text IS NULL
+         THEN provider_message_ids
+         ELSE (provider_message_ids::jsonb || to_jsonb($4::text))::text END";
     let n = match update {
         OutboxUpdate::Progress {
             parts_sent,
             provider_message_id,
-        } => {
-            push_id(provider_message_id)?;
-            tx.execute(
-                "UPDATE outbox SET parts_sent = $2, attempts = 0, updated_at = $3 WHERE id = $1",
-                &[&id, &i64::from(*parts_sent), &at],
-            )?
-        }
+        } => client.execute(
+            &format!(
+                "UPDATE outbox SET parts_sent = $2, attempts = 0, updated_at = $3, {PUSH_ID}
+                 WHERE id = $1"
+            ),
+            &[&id, &i64::from(*parts_sent), &at, provider_message_id],
+        )?,
         OutboxUpdate::Sent {
             provider_message_id,
             dry_run,
-        } => {
-            push_id(provider_message_id)?;
-            tx.execute(
-                "UPDATE outbox SET state = 'sent', dry_run = $2, updated_at = $3 WHERE id = $1",
-                &[&id, &i64::from(*dry_run), &at],
-            )?
-        }
+        } => client.execute(
+            &format!(
+                "UPDATE outbox SET state = 'sent', dry_run = $2, updated_at = $3, {PUSH_ID}
+                 WHERE id = $1"
+            ),
+            &[&id, &i64::from(*dry_run), &at, provider_message_id],
+        )?,
         OutboxUpdate::Retry {
             next_attempt_at,
             attempts,
             error,
-        } => tx.execute(
+        } => client.execute(
             "UPDATE outbox SET attempts = $5, next_attempt_at = $2, last_error = $3,
                  updated_at = $4
              WHERE id = $1",
             &[&id, next_attempt_at, error, &at, &i64::from(*attempts)],
         )?,
-        OutboxUpdate::Dead { code, error } => tx.execute(
+        OutboxUpdate::Dead { code, error } => client.execute(
             "UPDATE outbox SET state = 'dead', attempts = attempts + 1, error_code = $2,
                  last_error = $3, updated_at = $4
              WHERE id = $1",
             &[&id, code, error, &at],
         )?,
-        OutboxUpdate::Requeue => tx.execute(
+        OutboxUpdate::Requeue => client.execute(
             "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at = $2,
                  updated_at = $2
              WHERE id = $1 AND state = 'dead' AND discarded_at IS NULL",
             &[&id, &at],
         )?,
-        OutboxUpdate::Discard => tx.execute(
+        OutboxUpdate::Discard => client.execute(
             "UPDATE outbox SET state = 'dead', discarded_at = $2, updated_at = $2,
                  error_code = CASE state WHEN 'queued' THEN 'discarded' ELSE error_code END
              WHERE id = $1 AND state IN ('queued', 'dead') AND discarded_at IS NULL",
