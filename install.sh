@@ -66,8 +66,9 @@ have() {
 need=""
 # prometheus: its promtool checks the alerting rules we ship (deploy/prometheus);
 # systemd: systemd-analyze verifies the units `convagent service install` writes;
-# postgresql: the tests start throwaway clusters of it (initdb, pg_ctl).
-for pkg in cmake clang libclang-dev python3 python3-pip tmux man-db prometheus systemd postgresql; do
+# postgresql: the tests start throwaway clusters of it (initdb, pg_ctl);
+# openssl: the TLS test makes its cluster's certificates with it.
+for pkg in cmake clang libclang-dev python3 python3-pip tmux man-db prometheus systemd postgresql openssl; do
   have "$pkg" || need="$need $pkg"
 done
 # A python3 with pip from elsewhere (pyenv, a venv) serves as well.

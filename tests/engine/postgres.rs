@@ -271,3 +271,54 @@ fn one_answer_per_message_whichever_daemon_records_it() {
         "answer, outbox, tokens, pending, messages"
     );
 }
+
+/// `sslmode=require`: TLS, the server's certificate checked against the
+/// CA given as `sslrootcert` (a certificate nobody vouches for is refused
+/// with the reason); without it, a plain connection.
+#[test]
+fn tls_when_the_url_asks_for_it_with_the_certificate_checked() {
+    let cluster = Cluster::start_tls();
+    cluster.database("tls");
+    let ssl = |store: &PostgresStore| -> bool {
+        store
+            .pool()
+            .run(|c| {
+                Ok(c.query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )?
+                .get(0))
+            })
+            .unwrap()
+    };
+    let ca = cluster.ca();
+    let secured = PostgresStore::open(
+        &cluster.tcp_url(
+            "tls",
+            &format!("?sslmode=require&sslrootcert={}", ca.display()),
+        ),
+        1,
+    )
+    .unwrap();
+    assert!(ssl(&secured));
+    assert_eq!(secured.schema_version().unwrap(), (3, 3));
+
+    match PostgresStore::open(&cluster.tcp_url("tls", "?sslmode=require"), 1) {
+        Err(StoreError::Backend(reason)) => {
+            assert!(
+                reason.contains("certificate") || reason.contains("issuer"),
+                "{reason}"
+            )
+        }
+        other => panic!("an unknown issuer must be refused, got {:?}", other.err()),
+    }
+    match PostgresStore::open(
+        &cluster.tcp_url("tls", "?sslmode=require&sslrootcert=/nonexistent.pem"),
+        1,
+    ) {
+        Err(StoreError::Invalid(reason)) => assert!(reason.contains("sslrootcert"), "{reason}"),
+        other => panic!("expected Invalid, got {:?}", other.err()),
+    }
+    let plain = PostgresStore::open(&cluster.tcp_url("tls", ""), 1).unwrap();
+    assert!(!ssl(&plain));
+}

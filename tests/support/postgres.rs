@@ -12,6 +12,97 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     as_postgres: bool,
+    /// The TCP port, for a cluster that listens on 127.0.0.1 (with TLS).
+    port: Option<u16>,
+}
+
+/// Test clusters write nothing to disk that they do not have to.
+const FAST: &str = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off";
+
+/// A port nobody listens on now (Postgres cannot be told to take port 0).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A CA and a server certificate for IP 127.0.0.1 it signed, in `dir`,
+/// by Debian's `openssl`; the key readable by the server only.
+fn make_certificates(dir: &std::path::Path, as_postgres: bool) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS test (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=convagent test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    if as_postgres {
+        let status = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&key)
+            .arg(dir.join("server.crt"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
 }
 
 fn bin_dir() -> PathBuf {
@@ -35,16 +126,23 @@ impl Cluster {
     /// A cluster for tests: nothing is flushed to disk (a test's data
     /// dies with it).
     pub fn start() -> Cluster {
-        Cluster::start_with("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        Cluster::start_with(FAST, false)
+    }
+
+    /// [`Cluster::start`] also listening on 127.0.0.1 with TLS only, its
+    /// certificate (for IP 127.0.0.1) signed by a CA of its own made with
+    /// `openssl`: see [`Cluster::tcp_url`] and [`Cluster::ca`].
+    pub fn start_tls() -> Cluster {
+        Cluster::start_with(FAST, true)
     }
 
     /// A cluster with Postgres's own durability settings (for benchmarks:
     /// what a user runs).
     pub fn start_durable() -> Cluster {
-        Cluster::start_with("")
+        Cluster::start_with("", false)
     }
 
-    fn start_with(settings: &str) -> Cluster {
+    fn start_with(settings: &str, tls: bool) -> Cluster {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let as_postgres = rustix_is_root();
@@ -90,8 +188,25 @@ impl Cluster {
                 "UTF8",
             ],
         );
+        let (listen, port) = if tls {
+            make_certificates(dir.path(), as_postgres);
+            let port = free_port();
+            let key = dir.path().join("server.key");
+            let crt = dir.path().join("server.crt");
+            (
+                format!(
+                    "-c listen_addresses=127.0.0.1 -c port={port} -c ssl=on \
+                     -c ssl_cert_file={} -c ssl_key_file={}",
+                    crt.display(),
+                    key.display()
+                ),
+                Some(port),
+            )
+        } else {
+            ("-c listen_addresses=''".to_string(), None)
+        };
         let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories={} -c max_connections=100 {settings}",
+            "{listen} -c unix_socket_directories={} -c max_connections=100 {settings}",
             dir.path().display()
         );
         let log = dir.path().join("postgres.log");
@@ -112,7 +227,19 @@ impl Cluster {
             dir,
             bin,
             as_postgres,
+            port,
         }
+    }
+
+    /// The TLS cluster's database over TCP, with `query` (`sslmode=…`).
+    pub fn tcp_url(&self, database: &str, query: &str) -> String {
+        let port = self.port.expect("a cluster started with start_tls");
+        format!("postgres://postgres@127.0.0.1:{port}/{database}{query}")
+    }
+
+    /// The CA that signed the TLS cluster's certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     /// A new, empty database of this cluster, as a connection URL.
@@ -146,7 +273,10 @@ impl Cluster {
                 b => (b as char).to_string(),
             })
             .collect();
-        format!("postgres://postgres@{socket_dir}/{database}")
+        match self.port {
+            Some(port) => format!("postgres://postgres@{socket_dir}:{port}/{database}"),
+            None => format!("postgres://postgres@{socket_dir}/{database}"),
+        }
     }
 }
 

@@ -55,11 +55,25 @@ const MIGRATION_LOCK: i64 = 0x636f_6e76_6167;
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         if retryable(&e) {
-            StoreError::Conflict(e.to_string())
+            StoreError::Conflict(describe(&e))
         } else {
-            StoreError::Backend(e.to_string())
+            StoreError::Backend(describe(&e))
         }
     }
+}
+
+/// The error with what caused it (a TLS handshake says why it failed).
+fn describe(e: &postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 type Task = Box<dyn FnOnce(&mut postgres::Client) + Send>;
@@ -73,8 +87,7 @@ pub struct Pool {
 impl Pool {
     /// `size` connections to `url`, each opened before this returns.
     pub fn connect(url: &str, size: usize) -> Result<Pool, StoreError> {
-        let config = postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Invalid(format!("not a Postgres URL: {e}")))?;
+        let (config, tls) = parse(url)?;
         let (tasks, queue) = mpsc::channel::<Task>();
         let queue = Arc::new(Mutex::new(queue));
         let size = size.max(1);
@@ -83,16 +96,18 @@ impl Pool {
         let (opened, results) = mpsc::channel::<Result<(), StoreError>>();
         for n in 0..size {
             let (queue, config, opened) = (queue.clone(), config.clone(), opened.clone());
+            let tls = tls.clone();
             std::thread::Builder::new()
                 .name(format!("convagent-pg-{n}"))
-                .spawn(move || match config.connect(postgres::NoTls) {
+                .spawn(move || match tls.connect(&config) {
                     Ok(client) => {
                         let _ = opened.send(Ok(()));
                         serve(client, &queue);
                     }
                     Err(e) => {
                         let _ = opened.send(Err(StoreError::Backend(format!(
-                            "cannot connect to Postgres: {e}"
+                            "cannot connect to Postgres: {}",
+                            describe(&e)
                         ))));
                     }
                 })
@@ -140,6 +155,97 @@ impl Pool {
             .recv()
             .map_err(|_| StoreError::Backend("a connection thread stopped".into()))?
     }
+}
+
+/// How connections are secured: with TLS when the URL asks for it
+/// (`sslmode=require`), the server's certificate verified against the
+/// web's roots and the CA in `sslrootcert=FILE` if given (stricter than
+/// libpq's `require`, which checks no certificate); otherwise plain (a
+/// Unix socket, or a server on the same network).
+#[derive(Clone)]
+enum Tls {
+    Plain,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Tls {
+    fn connect(&self, config: &postgres::Config) -> Result<postgres::Client, postgres::Error> {
+        match self {
+            Tls::Plain => config.connect(postgres::NoTls),
+            Tls::Rustls(tls) => config.connect(tls.clone()),
+        }
+    }
+}
+
+/// The connection settings in `url` (a URL or `key=value` words) and how
+/// to secure them. `sslrootcert`, which the client does not read itself,
+/// is taken out here.
+fn parse(url: &str) -> Result<(postgres::Config, Tls), StoreError> {
+    let invalid =
+        |e: &dyn std::fmt::Display| StoreError::Invalid(format!("not a Postgres URL: {e}"));
+    let mut ca = None;
+    let rest = if url.contains("://") {
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|p| match p.strip_prefix("sslrootcert=") {
+                        Some(path) => {
+                            ca = Some(path.replace("%2F", "/").replace("%2f", "/"));
+                            false
+                        }
+                        None => true,
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => url.to_string(),
+        }
+    } else {
+        url.split_whitespace()
+            .filter(|w| match w.strip_prefix("sslrootcert=") {
+                Some(path) => {
+                    ca = Some(path.to_string());
+                    false
+                }
+                None => true,
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let config = postgres::Config::from_str(&rest).map_err(|e| invalid(&e))?;
+    if config.get_ssl_mode() != postgres::config::SslMode::Require {
+        return Ok((config, Tls::Plain));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &ca {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| StoreError::Invalid(format!("sslrootcert {path}: {e}")))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| StoreError::Invalid(format!("sslrootcert {path}: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| StoreError::Invalid(format!("sslrootcert {path}: {e}")))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Backend(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok((
+        config,
+        Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
+    ))
 }
 
 fn serve(mut client: postgres::Client, queue: &Mutex<mpsc::Receiver<Task>>) {
