@@ -38,7 +38,15 @@ struct Tmux(String);
 impl Tmux {
     /// Runs `convagent ARGS` from `env` in a new tmux session.
     fn start(env: &Env, name: &str, args: &[&str]) -> Tmux {
-        let cmd = env.std_cmd(args);
+        Tmux::start_with(env, name, args, &[])
+    }
+
+    /// [`Tmux::start`] with more environment variables.
+    fn start_with(env: &Env, name: &str, args: &[&str], vars: &[(&str, &str)]) -> Tmux {
+        let mut cmd = env.std_cmd(args);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
         let mut script = String::from("#!/bin/sh\n");
         for (k, v) in cmd.get_envs() {
             if let Some(v) = v {
@@ -123,6 +131,33 @@ impl Drop for Tmux {
             .args(["kill-session", "-t", &self.0])
             .status();
     }
+}
+
+/// On Postgres the TUI follows what daemons write (the change counter is
+/// the write-ahead log's position).
+#[test]
+fn the_tui_follows_a_postgres_store() {
+    let env = Env::new();
+    let cluster = crate::support::postgres::Cluster::start();
+    let url = cluster.database("tui");
+    let store = convagent::adapters::store::PostgresStore::open(&url, 1).unwrap();
+    store
+        .accept(&inbound("111222333", "m1", "Where is my parcel?", "c1"))
+        .unwrap();
+    let session = Tmux::start_with(
+        &env,
+        "tui-pg",
+        &["tui"],
+        &[("CONVAGENT_DATABASE_URL", &url)],
+    );
+    let screen = session.wait_for("Where is my parcel?", 15);
+    assert!(screen.contains("telegram  111222333"), "{screen}");
+    store
+        .accept(&inbound("444555666", "m2", "Brand new question", "c2"))
+        .unwrap();
+    session.wait_for("Brand new question", 5);
+    session.keys(&["q"]);
+    session.wait_for("CONVAGENT-EXITED", 5);
 }
 
 #[test]
