@@ -210,6 +210,24 @@ pub struct UsageQuery {
     pub day: Option<i64>,
 }
 
+impl UsageQuery {
+    /// For each message of the query, the sender's messages among `sent`
+    /// (`(id, received_at)`, the reads a store made) in the minute up to
+    /// it, that one included, up to `count_at_most`: `Usage::recent`.
+    pub fn recent_counts(&self, sent: &[(i64, i64)]) -> Vec<u32> {
+        self.messages
+            .iter()
+            .map(|&(id, at)| {
+                let n = sent
+                    .iter()
+                    .filter(|&&(other, sent_at)| other <= id && sent_at > at - MINUTE_MS)
+                    .count();
+                u32::try_from(n).unwrap_or(u32::MAX).min(self.count_at_most)
+            })
+            .collect()
+    }
+}
+
 /// What the store counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {

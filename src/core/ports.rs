@@ -798,6 +798,21 @@ pub enum OutboxUpdate {
     Discard,
 }
 
+impl OutboxUpdate {
+    /// Why this update changed no row of item `id`.
+    pub fn not_applied(&self, id: i64) -> StoreError {
+        match self {
+            OutboxUpdate::Requeue => {
+                StoreError::Invalid(format!("outbox item {id} is not a dead letter"))
+            }
+            OutboxUpdate::Discard => {
+                StoreError::Invalid(format!("outbox item {id} is neither queued nor dead"))
+            }
+            _ => StoreError::NotFound(format!("outbox item {id}")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct OutboxStats {
     pub queued: u64,

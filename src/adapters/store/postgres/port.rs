@@ -332,15 +332,7 @@ fn usage(c: &mut postgres::Client, q: &UsageQuery) -> Result<Usage, StoreError> 
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        for &(id, at) in &q.messages {
-            let n = sent
-                .iter()
-                .filter(|&&(other, sent_at)| other <= id && sent_at > at - MINUTE_MS)
-                .count();
-            usage
-                .recent
-                .push(u32::try_from(n).unwrap_or(u32::MAX).min(q.count_at_most));
-        }
+        usage.recent = q.recent_counts(&sent);
     }
     if let Some(day) = q.day {
         let row = c.query_one(

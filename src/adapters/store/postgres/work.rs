@@ -301,15 +301,7 @@ pub(super) fn outbox(
         )?,
     };
     if n == 0 {
-        return Err(match update {
-            OutboxUpdate::Requeue => {
-                StoreError::Invalid(format!("outbox item {id} is not a dead letter"))
-            }
-            OutboxUpdate::Discard => {
-                StoreError::Invalid(format!("outbox item {id} is neither queued nor dead"))
-            }
-            _ => StoreError::NotFound(format!("outbox item {id}")),
-        });
+        return Err(update.not_applied(id));
     }
     Ok(())
 }

@@ -42,15 +42,7 @@ pub(super) fn usage(conn: &Connection, q: &UsageQuery) -> Result<Usage, StoreErr
                 sent.push(row?);
             }
         }
-        for &(id, at) in &q.messages {
-            let n = sent
-                .iter()
-                .filter(|&&(other, sent_at)| other <= id && sent_at > at - MINUTE_MS)
-                .count();
-            usage
-                .recent
-                .push(u32::try_from(n).unwrap_or(u32::MAX).min(q.count_at_most));
-        }
+        usage.recent = q.recent_counts(&sent);
     }
     if let Some(day) = q.day {
         usage.sender_tokens = conn
