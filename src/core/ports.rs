@@ -139,6 +139,13 @@ pub struct ConversationFilter {
     pub limit: usize,
 }
 
+/// The words of a search text as both stores match them: runs of
+/// letters and digits (operators and punctuation are not words).
+pub fn search_words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+}
+
 /// How search results are ordered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SearchOrder {
@@ -856,6 +863,22 @@ pub trait TraceStore: Writes + Send + Sync {
     }
     /// Every stage recorded for a correlation id, in order.
     fn trace(&self, correlation_id: &str) -> Result<Vec<TraceEvent>, StoreError>;
+
+    /// The traces of `messages` (each correlation id once), by start time.
+    fn traces_of(&self, messages: &[StoredMessage]) -> Result<Vec<TraceEvent>, StoreError> {
+        let mut correlations: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| m.correlation_id.as_deref())
+            .collect();
+        correlations.sort_unstable();
+        correlations.dedup();
+        let mut traces = Vec::new();
+        for c in correlations {
+            traces.extend(self.trace(c)?);
+        }
+        traces.sort_by_key(|t| t.started_at);
+        Ok(traces)
+    }
 }
 
 /// Where the agent reports the stages it runs (guarded, context built, LLM

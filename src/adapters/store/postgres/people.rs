@@ -66,19 +66,7 @@ impl PeopleStore for PostgresStore {
             data.outbox.extend(outbox);
             data.violations.extend(violations);
         }
-        let mut correlations: Vec<&str> = data
-            .messages
-            .iter()
-            .filter_map(|m| m.correlation_id.as_deref())
-            .collect();
-        correlations.sort_unstable();
-        correlations.dedup();
-        let mut traces = Vec::new();
-        for c in correlations {
-            traces.extend(self.trace(c)?);
-        }
-        traces.sort_by_key(|t| t.started_at);
-        data.traces = traces;
+        data.traces = self.traces_of(&data.messages)?;
         Ok(data)
     }
 }

@@ -15,10 +15,7 @@ use crate::core::ports::{
 /// The words of a search, or an error when it has none (as on SQLite:
 /// every word must match, operators are taken literally).
 pub(super) fn search_words(text: &str) -> Result<String, StoreError> {
-    let words: Vec<&str> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words: Vec<&str> = crate::core::ports::search_words(text).collect();
     if words.is_empty() {
         return Err(StoreError::Invalid("the search text has no words".into()));
     }

@@ -234,9 +234,7 @@ pub const RECENT_TURNS_SQL: &str = "SELECT id, role, text FROM messages
 /// Turns free text into an FTS5 query that matches all its words, each
 /// quoted so that FTS5 operators in user input are taken literally.
 fn fts_phrase_query(text: &str) -> Option<String> {
-    let words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
+    let words: Vec<String> = crate::core::ports::search_words(text)
         .map(|w| format!("\"{w}\""))
         .collect();
     (!words.is_empty()).then(|| words.join(" "))
