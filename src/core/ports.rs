@@ -47,6 +47,13 @@ pub enum ReplyKind {
     Refusal,
 }
 
+impl NewReply {
+    /// The prompt version to store: none for 0.
+    pub fn stored_prompt_version(&self) -> Option<i64> {
+        (self.prompt_version > 0).then_some(self.prompt_version)
+    }
+}
+
 impl ReplyKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -73,6 +80,8 @@ pub struct NewReply {
     pub text: String,
     pub provider: String,
     pub model: String,
+    /// The system prompt it was made with; 0 for none (a message an outside
+    /// agent wrote), stored as no prompt.
     pub prompt_version: i64,
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
@@ -255,6 +264,93 @@ pub enum Write {
     /// Messages held back by a limit, answered by the notice already sent
     /// in the limit's window (no new reply); `Written::Reply` is that notice.
     Hold(Held),
+    /// A message an outside agent sends (MCP `send_message`); `Written::Sent`.
+    Send(Outgoing),
+    /// Take the oldest unanswered message no other consumer holds
+    /// (MCP `wait_for_message`); `Written::Taken`.
+    Take(Take),
+    /// Add or remove an access token of `/mcp`.
+    Token(TokenChange),
+}
+
+/// A message an outside agent (an MCP client) sends on a channel. It is
+/// stored as an assistant message and queued in the same outbox as the
+/// agent's replies: ordering, 429 waits, dead letters and dry run alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub to: Destination,
+    pub text: String,
+    /// Stored as the message's provider (`mcp`).
+    pub provider: String,
+    /// Stored as its model: who sent it (the MCP client's name).
+    pub sender: String,
+    /// For a message that answers nothing; an answer keeps the correlation
+    /// id of the message it answers.
+    pub correlation_id: String,
+    /// Answer the conversation's unanswered messages with it (the agent is
+    /// external: this is its reply). Otherwise it answers nothing.
+    pub answers_pending: bool,
+    pub at: i64,
+}
+
+/// Where an [`Outgoing`] message goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    /// A stored conversation.
+    Conversation(i64),
+    /// A person on a channel: their open conversation, or a new one.
+    Key(ConversationKey),
+}
+
+/// What [`Write::Send`] stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub message: StoredMessage,
+    /// Its outbox item (none on the terminal channel, which has no outbox).
+    pub outbox_id: Option<i64>,
+    /// The unanswered messages it answered.
+    pub answered: Vec<i64>,
+}
+
+/// Take the oldest unanswered user message that no consumer holds (or
+/// whose holder's time ran out), for `consumer` until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Take {
+    pub consumer: String,
+    pub channel: Option<Channel>,
+    pub conversation_id: Option<i64>,
+    pub until: i64,
+    pub now: i64,
+}
+
+/// An access token of `/mcp`; only its SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessToken {
+    pub name: String,
+    #[serde(skip)]
+    pub sha256: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenChange {
+    /// A new token; `StoreError::Invalid` if the name is taken.
+    Create {
+        name: String,
+        sha256: String,
+        at: i64,
+    },
+    /// `StoreError::NotFound` if there is no token of that name.
+    Revoke { name: String },
+    /// The token was used (kept to the minute, not written on every call).
+    Used { sha256: String, at: i64 },
+}
+
+/// The access tokens of `/mcp`.
+pub trait TokenStore: Send + Sync {
+    fn tokens(&self) -> Result<Vec<AccessToken>, StoreError>;
+    fn token_by_hash(&self, sha256: &str) -> Result<Option<AccessToken>, StoreError>;
 }
 
 /// Messages over a limit whose sender was told so already (see
@@ -382,6 +478,8 @@ pub enum Written {
     Reply(StoredMessage),
     Summary(Summary),
     Erased(Erased),
+    Sent(Sent),
+    Taken(Option<StoredMessage>),
     Done,
 }
 
@@ -417,6 +515,20 @@ impl Written {
         match self {
             Written::Erased(e) => Ok(e),
             _ => Err(Self::mismatch("erasure")),
+        }
+    }
+
+    pub fn sent(self) -> Result<Sent, StoreError> {
+        match self {
+            Written::Sent(s) => Ok(s),
+            _ => Err(Self::mismatch("send")),
+        }
+    }
+
+    pub fn taken(self) -> Result<Option<StoredMessage>, StoreError> {
+        match self {
+            Written::Taken(t) => Ok(t),
+            _ => Err(Self::mismatch("take")),
         }
     }
 }
@@ -995,17 +1107,17 @@ pub struct RuleCount {
 
 /// Every store port together: what commands open, on either adapter.
 pub trait AnyStore:
-    Store + OutboxStore + TraceStore + MonitorStore + PeopleStore + Send + Sync
+    Store + OutboxStore + TraceStore + MonitorStore + PeopleStore + TokenStore + Send + Sync
 {
 }
-impl<T: Store + OutboxStore + TraceStore + MonitorStore + PeopleStore> AnyStore for T {}
+impl<T: Store + OutboxStore + TraceStore + MonitorStore + PeopleStore + TokenStore> AnyStore for T {}
 
 /// Every store port, in scope without names: `use convagent::core::ports::all::*;`
 /// for code that calls them on a concrete store (a `dyn Store` needs none).
 pub mod all {
     pub use super::{
         AnyStore as _, BreakerStore as _, ConversationReads as _, Ingest as _, MonitorStore as _,
-        OutboxStore as _, PeopleStore as _, PromptStore as _, Store as _, TraceStore as _,
-        WorkQueue as _, Writes as _,
+        OutboxStore as _, PeopleStore as _, PromptStore as _, Store as _, TokenStore as _,
+        TraceStore as _, WorkQueue as _, Writes as _,
     };
 }

@@ -5,6 +5,7 @@ use convagent::core::ports::all::*;
 use std::collections::BTreeMap;
 
 use convagent::adapters::store::{OpenMode, SqliteStore};
+use convagent::core::ports::{AnyStore, Destination, Outgoing, StoreError, Take, TokenChange};
 use convagent::core::{
     Attachment, Breaker, BreakerPolicy, BreakerState, Channel, ConversationFilter, ConversationKey,
     CorrelationId, InboundMessage, NewReply, ReplyKind, Role, SearchOrder, Store, Summary, Write,
@@ -46,7 +47,7 @@ fn alice() -> ConversationKey {
 }
 
 /// Every check of the suite, against one fresh store.
-fn conformance(store: &dyn Store) {
+fn conformance(store: &dyn AnyStore) {
     // First: replies below refer to prompt versions 1 and 2.
     prompts_are_versioned(store);
     accept_and_deduplicate(store);
@@ -62,6 +63,194 @@ fn conformance(store: &dyn Store) {
     a_turn_reply_covers_its_burst(store);
     sender_names_are_kept_with_the_conversation(store);
     health_reports_current_schema(store);
+    an_outside_agent_sends_and_answers(store);
+    a_message_is_taken_by_one_consumer_at_a_time(store);
+    access_tokens_are_kept_hashed_by_name(store);
+}
+
+fn send(to: Destination, text: &str, answers_pending: bool, at: i64) -> Write {
+    Write::Send(Outgoing {
+        to,
+        text: text.into(),
+        provider: "mcp".into(),
+        sender: "an-mcp-client".into(),
+        correlation_id: CorrelationId::generate().0,
+        answers_pending,
+        at,
+    })
+}
+
+fn an_outside_agent_sends_and_answers(store: &dyn AnyStore) {
+    // To someone never seen: a conversation is opened, the message queued.
+    let carol = ConversationKey::new(Channel::Telegram, "carol-mcp", "");
+    let sent = store
+        .write_now(send(
+            Destination::Key(carol.clone()),
+            "hello Carol",
+            false,
+            80_000,
+        ))
+        .unwrap()
+        .sent()
+        .unwrap();
+    let conversation = store.open_conversation(&carol).unwrap().unwrap();
+    assert_eq!(sent.message.conversation_id, conversation);
+    assert_eq!(sent.message.role, Role::Assistant);
+    assert_eq!(sent.message.reply_to, None);
+    assert_eq!(sent.message.provider.as_deref(), Some("mcp"));
+    assert_eq!(sent.message.model.as_deref(), Some("an-mcp-client"));
+    assert!(sent.answered.is_empty());
+    let item = store
+        .head(conversation)
+        .unwrap()
+        .expect("queued in the outbox");
+    assert_eq!(Some(item.id), sent.outbox_id);
+    assert_eq!(
+        store
+            .conversation(conversation)
+            .unwrap()
+            .unwrap()
+            .message_count,
+        1
+    );
+
+    // Carol writes twice; a message that answers pending ones covers both.
+    let first = store
+        .accept(&message(&carol, "mcp-1", "hi", 80_100))
+        .unwrap();
+    let second = store
+        .accept(&message(&carol, "mcp-2", "are you there?", 80_200))
+        .unwrap();
+    let answer = store
+        .write_now(send(
+            Destination::Conversation(conversation),
+            "yes",
+            true,
+            80_300,
+        ))
+        .unwrap()
+        .sent()
+        .unwrap();
+    assert_eq!(answer.answered, vec![first.message_id, second.message_id]);
+    assert_eq!(answer.message.reply_to, Some(second.message_id));
+    assert!(store.pending(conversation, 10).unwrap().is_empty());
+    assert!(answer.outbox_id.is_some());
+    // Nothing left to answer: the next one answers nothing.
+    let again = store
+        .write_now(send(
+            Destination::Conversation(conversation),
+            "more",
+            true,
+            80_400,
+        ))
+        .unwrap()
+        .sent()
+        .unwrap();
+    assert!(again.answered.is_empty());
+    assert_eq!(again.message.reply_to, None);
+
+    match store.write_now(send(Destination::Conversation(999_999), "x", false, 80_500)) {
+        Err(StoreError::NotFound(what)) => assert!(what.contains("999999"), "{what}"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+}
+
+fn take(consumer: &str, channel: Option<Channel>, now: i64) -> Write {
+    Write::Take(Take {
+        consumer: consumer.into(),
+        channel,
+        conversation_id: None,
+        until: now + 1_000,
+        now,
+    })
+}
+
+fn take_of(write: Write) -> Take {
+    match write {
+        Write::Take(take) => take,
+        _ => unreachable!("made by take()"),
+    }
+}
+
+fn a_message_is_taken_by_one_consumer_at_a_time(store: &dyn AnyStore) {
+    let dave = ConversationKey::new(Channel::Slack, "dave-take", "");
+    let taken_by = |w: Write| store.write_now(w).unwrap().taken().unwrap();
+    // Whatever earlier checks left unanswered is taken first; take it all.
+    let sweep = Write::Take(Take {
+        until: i64::MAX,
+        ..take_of(take("sweeper", None, 90_000))
+    });
+    while taken_by(sweep.clone()).is_some() {}
+    let a = store
+        .accept(&message(&dave, "take-a", "one", 90_010))
+        .unwrap();
+    let b = store
+        .accept(&message(&dave, "take-b", "two", 90_020))
+        .unwrap();
+
+    let first = taken_by(take("x", None, 90_100)).expect("a message to take");
+    assert_eq!(first.id, a.message_id, "oldest first");
+    let second = taken_by(take("y", None, 90_100)).expect("the next one");
+    assert_eq!(second.id, b.message_id, "not the one x holds");
+    assert_eq!(taken_by(take("z", None, 90_100)), None);
+    // A filter on another channel finds nothing of Dave's.
+    assert_eq!(taken_by(take("z", Some(Channel::Telegram), 91_200)), None);
+    // x's time runs out: the message goes to the next consumer.
+    let again = taken_by(take("z", Some(Channel::Slack), 91_200)).expect("released by time");
+    assert_eq!(again.id, a.message_id);
+    // Answered messages are never handed out again.
+    store
+        .write_now(send(
+            Destination::Conversation(a.conversation_id),
+            "ok",
+            true,
+            91_300,
+        ))
+        .unwrap();
+    assert_eq!(taken_by(take("z", None, 99_000)), None);
+}
+
+fn access_tokens_are_kept_hashed_by_name(store: &dyn AnyStore) {
+    let create = |name: &str, sha: &str| {
+        store.write_now(Write::Token(TokenChange::Create {
+            name: name.into(),
+            sha256: sha.into(),
+            at: 1_000,
+        }))
+    };
+    create("laptop", "aa11").unwrap();
+    create("ci", "bb22").unwrap();
+    match create("laptop", "cc33") {
+        Err(StoreError::Invalid(why)) => assert!(why.contains("laptop"), "{why}"),
+        other => panic!("a second token of one name: {other:?}"),
+    }
+    let names: Vec<_> = store
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["ci", "laptop"]);
+    assert_eq!(store.token_by_hash("bb22").unwrap().unwrap().name, "ci");
+    assert_eq!(store.token_by_hash("cc33").unwrap(), None);
+    store
+        .write_now(Write::Token(TokenChange::Used {
+            sha256: "bb22".into(),
+            at: 2_000,
+        }))
+        .unwrap();
+    assert_eq!(
+        store.token_by_hash("bb22").unwrap().unwrap().last_used_at,
+        Some(2_000)
+    );
+    store
+        .write_now(Write::Token(TokenChange::Revoke { name: "ci".into() }))
+        .unwrap();
+    assert_eq!(store.token_by_hash("bb22").unwrap(), None);
+    assert!(matches!(
+        store.write_now(Write::Token(TokenChange::Revoke { name: "ci".into() })),
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 fn accept_and_deduplicate(store: &dyn Store) {

@@ -166,6 +166,19 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         "token_usage",
         &[("day", Int), ("conversation_id", Int), ("tokens", Int)],
     ),
+    (
+        "takes",
+        &[("message_id", Int), ("consumer", Text), ("until", Int)],
+    ),
+    (
+        "access_tokens",
+        &[
+            ("name", Text),
+            ("sha256", Text),
+            ("created_at", Int),
+            ("last_used_at", Int),
+        ],
+    ),
 ];
 
 /// Rows per insert.

@@ -21,6 +21,7 @@ mod monitor;
 mod outbox;
 mod people;
 mod port;
+mod relay;
 mod rows;
 mod work;
 
@@ -46,6 +47,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../../../migrations/postgres/0003_accept.sql"),
+    ),
+    (
+        4,
+        include_str!("../../../../migrations/postgres/0004_mcp.sql"),
     ),
 ];
 

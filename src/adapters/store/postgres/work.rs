@@ -42,10 +42,19 @@ pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Writte
         Write::Erase { sender, at } => Written::Erased(super::people::erase_in(tx, sender, *at)?),
         Write::Prune(prune) => Written::Erased(super::people::prune_in(tx, prune)?),
         Write::Hold(held) => Written::Reply(hold_in(tx, held)?),
+        Write::Send(out) => Written::Sent(super::relay::send_in(tx, out)?),
+        Write::Take(take) => Written::Taken(super::relay::take_in(tx, take)?),
+        Write::Token(change) => {
+            super::relay::token_in(tx, change)?;
+            Written::Done
+        }
     })
 }
 
-fn message_by_id(tx: &mut Transaction<'_>, id: i64) -> Result<StoredMessage, StoreError> {
+pub(super) fn message_by_id(
+    tx: &mut Transaction<'_>,
+    id: i64,
+) -> Result<StoredMessage, StoreError> {
     let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = $1");
     rows::message(&tx.query_one(&sql, &[&id])?)
 }
@@ -122,7 +131,7 @@ pub(super) fn turn(
                 &reply.text,
                 &reply.provider,
                 &reply.model,
-                &reply.prompt_version,
+                &reply.stored_prompt_version(),
                 &tokens(reply.prompt_tokens),
                 &tokens(reply.completion_tokens),
                 &latency,

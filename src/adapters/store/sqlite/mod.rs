@@ -19,6 +19,7 @@ mod monitor;
 mod outbox;
 mod people;
 mod port;
+mod relay;
 mod rows;
 mod writer;
 
@@ -46,6 +47,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../../migrations/0006_outbox_cli.sql")),
     M::up(include_str!("../../../../migrations/0007_erasures.sql")),
     M::up(include_str!("../../../../migrations/0008_limits.sql")),
+    M::up(include_str!("../../../../migrations/0009_mcp.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

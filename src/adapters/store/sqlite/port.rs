@@ -142,7 +142,7 @@ pub(super) fn turn_in(
                 reply.kind.as_str(),
                 reply.provider,
                 reply.model,
-                reply.prompt_version,
+                reply.stored_prompt_version(),
                 reply.prompt_tokens,
                 reply.completion_tokens,
                 i64::try_from(reply.latency_ms).unwrap_or(i64::MAX),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{limits, outbox, people, port};
+use super::{limits, outbox, people, port, relay};
 use crate::core::ports::{StoreError, Write, Written};
 
 /// Writes per transaction at most: commits stay short, so an accept that
@@ -322,5 +322,11 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
         Write::Erase { sender, at } => Written::Erased(people::erase_in(conn, sender, *at)?),
         Write::Prune(prune) => Written::Erased(people::prune_in(conn, prune)?),
         Write::Hold(held) => Written::Reply(limits::hold_in(conn, held)?),
+        Write::Send(out) => Written::Sent(relay::send_in(conn, out)?),
+        Write::Take(take) => Written::Taken(relay::take_in(conn, take)?),
+        Write::Token(change) => {
+            relay::token_in(conn, change)?;
+            Written::Done
+        }
     })
 }

@@ -1,0 +1,194 @@
+//! What the MCP server writes and reads on Postgres (as `sqlite/relay.rs`):
+//! messages an outside agent sends, the messages it takes, the tokens of
+//! `/mcp`. Each write locks the conversation's row before adding to it, as
+//! every write here does (see `work.rs`).
+
+use postgres::{Row, Transaction};
+
+use super::PostgresStore;
+use super::work::{message_by_id, turn};
+use crate::core::ports::{
+    AccessToken, Destination, NewReply, Outgoing, ReplyKind, Sent, StoreError, StoredMessage, Take,
+    TokenChange, TokenStore, TurnRecord,
+};
+
+/// The conversation a message goes to, locked: the one named, or the
+/// person's open one (a new one if they have none).
+fn conversation_of(tx: &mut Transaction<'_>, to: &Destination, at: i64) -> Result<i64, StoreError> {
+    match to {
+        Destination::Conversation(id) => tx
+            .query_opt(
+                "SELECT id FROM conversations WHERE id = $1 FOR UPDATE",
+                &[id],
+            )?
+            .map(|r| r.get(0))
+            .ok_or_else(|| StoreError::NotFound(format!("conversation {id}"))),
+        Destination::Key(key) => Ok(tx
+            .query_one(
+                "INSERT INTO conversations (channel, sender, thread, started_at,
+                     last_activity_at, message_count)
+                 VALUES ($1, $2, $3, $4, $4, 0)
+                 ON CONFLICT (channel, sender, thread) WHERE closed_at IS NULL
+                 DO UPDATE SET last_activity_at = conversations.last_activity_at
+                 RETURNING id",
+                &[&key.channel.as_str(), &key.sender, &key.thread, &at],
+            )?
+            .get(0)),
+    }
+}
+
+pub(super) fn send_in(tx: &mut Transaction<'_>, out: &Outgoing) -> Result<Sent, StoreError> {
+    let conversation_id = conversation_of(tx, &out.to, out.at)?;
+    let pending: Vec<i64> = if out.answers_pending {
+        tx.query(
+            "SELECT id FROM messages
+             WHERE conversation_id = $1 AND role = 'user' AND answered_at IS NULL ORDER BY id",
+            &[&conversation_id],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let message = match pending.last() {
+        Some(&last) => {
+            let reply = NewReply {
+                kind: ReplyKind::Answer,
+                text: out.text.clone(),
+                provider: out.provider.clone(),
+                model: out.sender.clone(),
+                prompt_version: 0,
+                prompt_tokens: None,
+                completion_tokens: None,
+                latency_ms: 0,
+                created_at: out.at,
+            };
+            let record = TurnRecord {
+                message_id: last,
+                covers: pending.clone(),
+                violations: Vec::new(),
+                reply,
+            };
+            turn(tx, &record)?
+        }
+        None => {
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO messages (conversation_id, role, channel, text, created_at,
+                         correlation_id, kind, provider, model, prompt_version, latency_ms)
+                     SELECT id, 'assistant', channel, $2, $3, $4, 'answer', $5, $6, NULL, 0
+                     FROM conversations WHERE id = $1
+                     RETURNING id",
+                    &[
+                        &conversation_id,
+                        &out.text,
+                        &out.at,
+                        &out.correlation_id,
+                        &out.provider,
+                        &out.sender,
+                    ],
+                )?
+                .get(0);
+            tx.execute(
+                "UPDATE conversations SET message_count = message_count + 1,
+                     last_activity_at = greatest(last_activity_at, $2)
+                 WHERE id = $1",
+                &[&conversation_id, &out.at],
+            )?;
+            message_by_id(tx, id)?
+        }
+    };
+    tx.execute("DELETE FROM takes WHERE message_id = ANY($1)", &[&pending])?;
+    let outbox_id = tx
+        .query_opt("SELECT id FROM outbox WHERE reply_id = $1", &[&message.id])?
+        .map(|r| r.get(0));
+    Ok(Sent {
+        message,
+        outbox_id,
+        answered: pending,
+    })
+}
+
+/// Two consumers asking at once take different messages: the candidate
+/// row is locked, and one another consumer holds is skipped.
+pub(super) fn take_in(
+    tx: &mut Transaction<'_>,
+    take: &Take,
+) -> Result<Option<StoredMessage>, StoreError> {
+    let channel = take.channel.map(|c| c.as_str());
+    let found = tx.query_opt(
+        "SELECT m.id FROM messages m LEFT JOIN takes t ON t.message_id = m.id
+         WHERE m.role = 'user' AND m.answered_at IS NULL AND m.channel <> 'cli'
+           AND (t.message_id IS NULL OR t.until <= $1)
+           AND ($2::text IS NULL OR m.channel = $2)
+           AND ($3::bigint IS NULL OR m.conversation_id = $3)
+         ORDER BY m.id LIMIT 1
+         FOR UPDATE OF m SKIP LOCKED",
+        &[&take.now, &channel, &take.conversation_id],
+    )?;
+    let Some(row) = found else { return Ok(None) };
+    let id: i64 = row.get(0);
+    tx.execute(
+        "INSERT INTO takes (message_id, consumer, until) VALUES ($1, $2, $3)
+         ON CONFLICT (message_id) DO UPDATE SET consumer = excluded.consumer,
+             until = excluded.until",
+        &[&id, &take.consumer, &take.until],
+    )?;
+    Ok(Some(message_by_id(tx, id)?))
+}
+
+pub(super) fn token_in(tx: &mut Transaction<'_>, change: &TokenChange) -> Result<(), StoreError> {
+    match change {
+        TokenChange::Create { name, sha256, at } => {
+            let added = tx.execute(
+                "INSERT INTO access_tokens (name, sha256, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[name, sha256, at],
+            )?;
+            if added == 0 {
+                return Err(StoreError::Invalid(format!(
+                    "a token named {name:?} exists already"
+                )));
+            }
+        }
+        TokenChange::Revoke { name } => {
+            if tx.execute("DELETE FROM access_tokens WHERE name = $1", &[name])? == 0 {
+                return Err(StoreError::NotFound(format!("token {name:?}")));
+            }
+        }
+        TokenChange::Used { sha256, at } => {
+            tx.execute(
+                "UPDATE access_tokens SET last_used_at = $2 WHERE sha256 = $1",
+                &[sha256, at],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+const TOKEN_SELECT: &str = "SELECT name, sha256, created_at, last_used_at FROM access_tokens";
+
+fn token(r: &Row) -> Result<AccessToken, StoreError> {
+    Ok(AccessToken {
+        name: r.try_get(0)?,
+        sha256: r.try_get(1)?,
+        created_at: r.try_get(2)?,
+        last_used_at: r.try_get(3)?,
+    })
+}
+
+impl TokenStore for PostgresStore {
+    fn tokens(&self) -> Result<Vec<AccessToken>, StoreError> {
+        let rows = self.read(|c| Ok(c.query(&format!("{TOKEN_SELECT} ORDER BY name"), &[])?))?;
+        rows.iter().map(token).collect()
+    }
+
+    fn token_by_hash(&self, sha256: &str) -> Result<Option<AccessToken>, StoreError> {
+        let sha256 = sha256.to_owned();
+        let row = self.read(move |c| {
+            Ok(c.query_opt(&format!("{TOKEN_SELECT} WHERE sha256 = $1"), &[&sha256])?)
+        })?;
+        row.as_ref().map(token).transpose()
+    }
+}

@@ -1,0 +1,198 @@
+//! What the MCP server writes and reads on SQLite: messages an outside agent
+//! sends, the messages it takes to answer, and the access tokens of `/mcp`.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::SqliteStore;
+use super::port::turn_in;
+use super::rows::message_by_id;
+use crate::core::ports::{
+    AccessToken, Destination, NewReply, Outgoing, ReplyKind, Sent, StoreError, StoredMessage, Take,
+    TokenChange, TokenStore, TurnRecord,
+};
+
+/// The conversation a message goes to: the one named, or the person's
+/// open one (a new one if they have none).
+fn conversation_of(conn: &Connection, to: &Destination, at: i64) -> Result<i64, StoreError> {
+    match to {
+        Destination::Conversation(id) => conn
+            .prepare_cached("SELECT id FROM conversations WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("conversation {id}"))),
+        Destination::Key(key) => Ok(conn
+            .prepare_cached(
+                "INSERT INTO conversations (channel, sender, thread, started_at,
+                     last_activity_at, message_count)
+                 VALUES (?1, ?2, ?3, ?4, ?4, 0)
+                 ON CONFLICT (channel, sender, thread) WHERE closed_at IS NULL
+                 DO UPDATE SET last_activity_at = last_activity_at
+                 RETURNING id",
+            )?
+            .query_row(
+                params![key.channel.as_str(), key.sender, key.thread, at],
+                |r| r.get(0),
+            )?),
+    }
+}
+
+pub(super) fn send_in(conn: &Connection, out: &Outgoing) -> Result<Sent, StoreError> {
+    let conversation_id = conversation_of(conn, &out.to, out.at)?;
+    let reply = NewReply {
+        kind: ReplyKind::Answer,
+        text: out.text.clone(),
+        provider: out.provider.clone(),
+        model: out.sender.clone(),
+        prompt_version: 0,
+        prompt_tokens: None,
+        completion_tokens: None,
+        latency_ms: 0,
+        created_at: out.at,
+    };
+    let pending: Vec<i64> = if out.answers_pending {
+        conn.prepare_cached(
+            "SELECT id FROM messages
+             WHERE conversation_id = ?1 AND role = 'user' AND answered_at IS NULL ORDER BY id",
+        )?
+        .query_map(params![conversation_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let message = match pending.last() {
+        Some(&last) => turn_in(
+            conn,
+            &TurnRecord {
+                message_id: last,
+                covers: pending.clone(),
+                violations: Vec::new(),
+                reply,
+            },
+        )?,
+        None => {
+            let id: i64 = conn
+                .prepare_cached(
+                    "INSERT INTO messages (conversation_id, role, channel, text, created_at,
+                         correlation_id, kind, provider, model, prompt_version, latency_ms)
+                     SELECT id, 'assistant', channel, ?2, ?3, ?4, 'answer', ?5, ?6, NULL, 0
+                     FROM conversations WHERE id = ?1
+                     RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        conversation_id,
+                        out.text,
+                        out.at,
+                        out.correlation_id,
+                        out.provider,
+                        out.sender
+                    ],
+                    |r| r.get(0),
+                )?;
+            conn.prepare_cached(
+                "UPDATE conversations SET message_count = message_count + 1,
+                     last_activity_at = max(last_activity_at, ?2)
+                 WHERE id = ?1",
+            )?
+            .execute(params![conversation_id, out.at])?;
+            message_by_id(conn, id)?
+        }
+    };
+    conn.prepare_cached("DELETE FROM takes WHERE message_id IN (SELECT value FROM json_each(?1))")?
+        .execute(params![serde_json::to_string(&pending).unwrap_or_default()])?;
+    let outbox_id = conn
+        .prepare_cached("SELECT id FROM outbox WHERE reply_id = ?1")?
+        .query_row(params![message.id], |r| r.get(0))
+        .optional()?;
+    Ok(Sent {
+        message,
+        outbox_id,
+        answered: pending,
+    })
+}
+
+pub(super) fn take_in(conn: &Connection, take: &Take) -> Result<Option<StoredMessage>, StoreError> {
+    let found: Option<i64> = conn
+        .prepare_cached(
+            "SELECT m.id FROM messages m LEFT JOIN takes t ON t.message_id = m.id
+             WHERE m.role = 'user' AND m.answered_at IS NULL AND m.channel <> 'cli'
+               AND (t.message_id IS NULL OR t.until <= ?1)
+               AND (?2 IS NULL OR m.channel = ?2)
+               AND (?3 IS NULL OR m.conversation_id = ?3)
+             ORDER BY m.id LIMIT 1",
+        )?
+        .query_row(
+            params![
+                take.now,
+                take.channel.map(|c| c.as_str()),
+                take.conversation_id
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(id) = found else { return Ok(None) };
+    conn.prepare_cached(
+        "INSERT INTO takes (message_id, consumer, until) VALUES (?1, ?2, ?3)
+         ON CONFLICT (message_id) DO UPDATE SET consumer = excluded.consumer,
+             until = excluded.until",
+    )?
+    .execute(params![id, take.consumer, take.until])?;
+    Ok(Some(message_by_id(conn, id)?))
+}
+
+pub(super) fn token_in(conn: &Connection, change: &TokenChange) -> Result<(), StoreError> {
+    match change {
+        TokenChange::Create { name, sha256, at } => {
+            let added = conn
+                .prepare_cached(
+                    "INSERT INTO access_tokens (name, sha256, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![name, sha256, at])?;
+            if added == 0 {
+                return Err(StoreError::Invalid(format!(
+                    "a token named {name:?} exists already"
+                )));
+            }
+        }
+        TokenChange::Revoke { name } => {
+            let gone = conn
+                .prepare_cached("DELETE FROM access_tokens WHERE name = ?1")?
+                .execute(params![name])?;
+            if gone == 0 {
+                return Err(StoreError::NotFound(format!("token {name:?}")));
+            }
+        }
+        TokenChange::Used { sha256, at } => {
+            conn.prepare_cached("UPDATE access_tokens SET last_used_at = ?2 WHERE sha256 = ?1")?
+                .execute(params![sha256, at])?;
+        }
+    }
+    Ok(())
+}
+
+const TOKEN_SELECT: &str = "SELECT name, sha256, created_at, last_used_at FROM access_tokens";
+
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccessToken> {
+    Ok(AccessToken {
+        name: r.get(0)?,
+        sha256: r.get(1)?,
+        created_at: r.get(2)?,
+        last_used_at: r.get(3)?,
+    })
+}
+
+impl TokenStore for SqliteStore {
+    fn tokens(&self) -> Result<Vec<AccessToken>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("{TOKEN_SELECT} ORDER BY name"))?;
+        let rows = stmt.query_map([], token_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn token_by_hash(&self, sha256: &str) -> Result<Option<AccessToken>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("{TOKEN_SELECT} WHERE sha256 = ?1"))?;
+        Ok(stmt.query_row(params![sha256], token_from_row).optional()?)
+    }
+}
