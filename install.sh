@@ -55,6 +55,7 @@ have() {
     case "$1" in
       libclang-dev) return 0 ;;  # found by bindgen at build time, or it says so
       python3-pip) python3 -m pip --version >/dev/null 2>&1 ;;
+      python3-venv) python3 -m venv --help >/dev/null 2>&1 ;;
       man-db) command -v man >/dev/null 2>&1 ;;
       prometheus) command -v promtool >/dev/null 2>&1 ;;
       systemd) command -v systemd-analyze >/dev/null 2>&1 ;;
@@ -68,12 +69,12 @@ need=""
 # systemd: systemd-analyze verifies the units `convagent service install` writes;
 # postgresql: the tests start throwaway clusters of it (initdb, pg_ctl);
 # openssl: the TLS test makes its cluster's certificates with it.
-for pkg in cmake clang libclang-dev python3 python3-pip tmux man-db prometheus systemd postgresql openssl; do
+for pkg in cmake clang libclang-dev python3 python3-pip python3-venv tmux man-db prometheus systemd postgresql openssl; do
   have "$pkg" || need="$need $pkg"
 done
-# A python3 with pip from elsewhere (pyenv, a venv) serves as well.
-if python3 -m pip --version >/dev/null 2>&1; then
-  need=$(printf '%s\n' $need | grep -v -e '^python3$' -e '^python3-pip$' | tr '\n' ' ' || true)
+# A python3 with pip and venv from elsewhere (pyenv) serves as well.
+if python3 -m pip --version >/dev/null 2>&1 && python3 -m venv --help >/dev/null 2>&1; then
+  need=$(printf '%s\n' $need | grep -v -e '^python3$' -e '^python3-pip$' -e '^python3-venv$' | tr '\n' ' ' || true)
 fi
 if [ -n "$(printf '%s' "$need" | tr -d ' ')" ]; then
   command -v apt-get >/dev/null 2>&1 || die "please install:$need (no apt-get here)"
@@ -106,9 +107,24 @@ else
   say "model installed: $MODEL_DIR/$MODEL_FILE"
 fi
 
+# 3. MCP: the official Python SDK and the reference time server, in a
+#    virtualenv of their own. The tests drive `convagent mcp` and `/mcp`
+#    with the SDK's client, and the agent calls the time server's tools;
+#    `[[mcp.servers]]` can name the same server (see config.example.toml).
+MCP_VENV="$DATA_HOME/convagent/mcp-venv"
+MCP_PACKAGES="mcp==2.3.0 mcp-server-time==2026.10.19"
+if "$MCP_VENV/bin/python" -c "import mcp, mcp_server_time" >/dev/null 2>&1; then
+  say "MCP tools present: $MCP_VENV"
+else
+  say "installing the MCP tools ($MCP_PACKAGES) into $MCP_VENV"
+  python3 -m venv "$MCP_VENV" || die "cannot make a virtualenv (apt-get install python3-venv)"
+  # shellcheck disable=SC2086
+  "$MCP_VENV/bin/python" -m pip install --quiet --disable-pip-version-check $MCP_PACKAGES
+fi
+
 [ "$deps_only" -eq 1 ] && exit 0
 
-# 3. Build and install the binary where rustup puts cargo (on PATH).
+# 4. Build and install the binary where rustup puts cargo (on PATH).
 say "building convagent (release; the first build compiles llama.cpp, a few minutes)"
 cargo build --release --locked --quiet
 mkdir -p "$bin_dir"
@@ -116,7 +132,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 install -m 755 "$target_dir/release/convagent" "$bin_dir/convagent"
 say "installed $bin_dir/convagent"
 
-# 4. Shell completions and the man page.
+# 5. Shell completions and the man page.
 install_docs
 
 case ":$PATH:" in

@@ -8,6 +8,7 @@ mod completions;
 mod context;
 mod doctor;
 mod history;
+mod mcp;
 mod outbox;
 mod replay;
 mod serve;
@@ -72,6 +73,9 @@ enum Command {
     Service(service::Args),
     /// Move the store: copy a SQLite store into Postgres
     Store(store::Args),
+    /// Serve convagent's tools to other agents over MCP (stdio), and the
+    /// tokens of `/mcp` on `serve`
+    Mcp(mcp::Args),
     /// Print shell completion scripts, or write them and the man page
     Completions(completions::Args),
 }
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Tunnel(args) => tunnel::run(&ctx, args),
         Command::Service(args) => service::run(&ctx, args),
         Command::Store(args) => store::run(&ctx, args),
+        Command::Mcp(args) => mcp::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
     };
     match result {

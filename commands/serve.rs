@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use convagent::adapters::channels;
 use convagent::adapters::clock::SystemClock;
 use convagent::adapters::llm;
-use convagent::config::Settings;
+use convagent::config::{AgentMode, Settings};
 use convagent::core::Clock;
 use convagent::daemon::{self, Daemon, DaemonSettings, Live, Metrics, Tracer};
 use tokio::signal::unix::{SignalKind, signal};
@@ -63,6 +63,8 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
             config.server.rate_limited_max_wait_secs,
         ),
         lease: std::time::Duration::from_secs(config.store.lease_secs),
+        external: config.agent.mode == AgentMode::External,
+        mcp_take: std::time::Duration::from_secs(config.mcp.take_secs),
         ..DaemonSettings::default()
     };
 
@@ -89,6 +91,12 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
             ""
         },
     );
+    if daemon_settings.external {
+        eprintln!(
+            "convagent serve: agent.mode = \"external\": messages wait for an MCP client \
+             (`convagent mcp`, or /mcp here) to answer them"
+        );
+    }
     tracing::info!(%address, channels = ?names, dry_run = daemon_settings.dry_run, "serving");
 
     let daemon = Daemon::new(

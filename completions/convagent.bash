@@ -31,6 +31,9 @@ _convagent() {
             convagent,history)
                 cmd="convagent__subcmd__history"
                 ;;
+            convagent,mcp)
+                cmd="convagent__subcmd__mcp"
+                ;;
             convagent,outbox)
                 cmd="convagent__subcmd__outbox"
                 ;;
@@ -66,6 +69,9 @@ _convagent() {
                 ;;
             convagent__subcmd__help,history)
                 cmd="convagent__subcmd__help__subcmd__history"
+                ;;
+            convagent__subcmd__help,mcp)
+                cmd="convagent__subcmd__help__subcmd__mcp"
                 ;;
             convagent__subcmd__help,outbox)
                 cmd="convagent__subcmd__help__subcmd__outbox"
@@ -105,6 +111,21 @@ _convagent() {
                 ;;
             convagent__subcmd__help__subcmd__history,show)
                 cmd="convagent__subcmd__help__subcmd__history__subcmd__show"
+                ;;
+            convagent__subcmd__help__subcmd__mcp,stdio)
+                cmd="convagent__subcmd__help__subcmd__mcp__subcmd__stdio"
+                ;;
+            convagent__subcmd__help__subcmd__mcp,token)
+                cmd="convagent__subcmd__help__subcmd__mcp__subcmd__token"
+                ;;
+            convagent__subcmd__help__subcmd__mcp__subcmd__token,create)
+                cmd="convagent__subcmd__help__subcmd__mcp__subcmd__token__subcmd__create"
+                ;;
+            convagent__subcmd__help__subcmd__mcp__subcmd__token,list)
+                cmd="convagent__subcmd__help__subcmd__mcp__subcmd__token__subcmd__list"
+                ;;
+            convagent__subcmd__help__subcmd__mcp__subcmd__token,revoke)
+                cmd="convagent__subcmd__help__subcmd__mcp__subcmd__token__subcmd__revoke"
                 ;;
             convagent__subcmd__help__subcmd__outbox,discard)
                 cmd="convagent__subcmd__help__subcmd__outbox__subcmd__discard"
@@ -165,6 +186,57 @@ _convagent() {
                 ;;
             convagent__subcmd__history__subcmd__help,show)
                 cmd="convagent__subcmd__history__subcmd__help__subcmd__show"
+                ;;
+            convagent__subcmd__mcp,help)
+                cmd="convagent__subcmd__mcp__subcmd__help"
+                ;;
+            convagent__subcmd__mcp,stdio)
+                cmd="convagent__subcmd__mcp__subcmd__stdio"
+                ;;
+            convagent__subcmd__mcp,token)
+                cmd="convagent__subcmd__mcp__subcmd__token"
+                ;;
+            convagent__subcmd__mcp__subcmd__help,help)
+                cmd="convagent__subcmd__mcp__subcmd__help__subcmd__help"
+                ;;
+            convagent__subcmd__mcp__subcmd__help,stdio)
+                cmd="convagent__subcmd__mcp__subcmd__help__subcmd__stdio"
+                ;;
+            convagent__subcmd__mcp__subcmd__help,token)
+                cmd="convagent__subcmd__mcp__subcmd__help__subcmd__token"
+                ;;
+            convagent__subcmd__mcp__subcmd__help__subcmd__token,create)
+                cmd="convagent__subcmd__mcp__subcmd__help__subcmd__token__subcmd__create"
+                ;;
+            convagent__subcmd__mcp__subcmd__help__subcmd__token,list)
+                cmd="convagent__subcmd__mcp__subcmd__help__subcmd__token__subcmd__list"
+                ;;
+            convagent__subcmd__mcp__subcmd__help__subcmd__token,revoke)
+                cmd="convagent__subcmd__mcp__subcmd__help__subcmd__token__subcmd__revoke"
+                ;;
+            convagent__subcmd__mcp__subcmd__token,create)
+                cmd="convagent__subcmd__mcp__subcmd__token__subcmd__create"
+                ;;
+            convagent__subcmd__mcp__subcmd__token,help)
+                cmd="convagent__subcmd__mcp__subcmd__token__subcmd__help"
+                ;;
+            convagent__subcmd__mcp__subcmd__token,list)
+                cmd="convagent__subcmd__mcp__subcmd__token__subcmd__list"
+                ;;
+            convagent__subcmd__mcp__subcmd__token,revoke)
+                cmd="convagent__subcmd__mcp__subcmd__token__subcmd__revoke"
+                ;;
+            convagent__subcmd__mcp__subcmd__token__subcmd__help,create)
+                cmd="convagent__subcmd__mcp__subcmd__token__subcmd__help__subcmd__create"
+                ;;
+            convagent__subcmd__mcp__subcmd__token__subcmd__help,help)
+                cmd="convagent__subcmd__mcp__subcmd__token__subcmd__help__subcmd__help"
+                ;;
+            convagent__subcmd__mcp__subcmd__token__subcmd__help,list)
+                cmd="convagent__subcmd__mcp__subcmd__token__subcmd__help__subcmd__list"
+                ;;
+            convagent__subcmd__mcp__subcmd__token__subcmd__help,revoke)
+                cmd="convagent__subcmd__mcp__subcmd__token__subcmd__help__subcmd__revoke"
                 ;;
             convagent__subcmd__outbox,discard)
                 cmd="convagent__subcmd__outbox__subcmd__discard"
@@ -227,7 +299,7 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox doctor replay tunnel tui service store completions help"
+            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -323,7 +395,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history outbox doctor replay tunnel tui service store completions help"
+            opts="serve chat history outbox doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -479,6 +551,90 @@ _convagent() {
         convagent__subcmd__help__subcmd__history__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__mcp)
+            opts="stdio token"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__mcp__subcmd__stdio)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__mcp__subcmd__token)
+            opts="create list revoke"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__mcp__subcmd__token__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__mcp__subcmd__token__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__mcp__subcmd__token__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -995,6 +1151,306 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp)
+            opts="-v -h -V --config --env-file --verbose --help --version stdio token help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__help)
+            opts="stdio token help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__help__subcmd__stdio)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__help__subcmd__token)
+            opts="create list revoke"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__help__subcmd__token__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__help__subcmd__token__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__help__subcmd__token__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__stdio)
+            opts="-v -h -V --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__token)
+            opts="-v -h -V --config --env-file --verbose --help --version create list revoke help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__token__subcmd__create)
+            opts="-v -h -V --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__token__subcmd__help)
+            opts="create list revoke help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__token__subcmd__help__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__token__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__token__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__token__subcmd__help__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__token__subcmd__list)
+            opts="-v -h -V --json --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__mcp__subcmd__token__subcmd__revoke)
+            opts="-v -h -V --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -12,6 +12,8 @@ mod completions;
 mod doctor;
 #[path = "cli/history.rs"]
 mod history;
+#[path = "cli/mcp.rs"]
+mod mcp;
 #[path = "cli/outbox.rs"]
 mod outbox;
 #[path = "cli/serve.rs"]

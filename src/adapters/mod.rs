@@ -4,4 +4,5 @@
 pub mod channels;
 pub mod clock;
 pub mod llm;
+pub mod mcp;
 pub mod store;

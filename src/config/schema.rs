@@ -24,6 +24,62 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Checked before the LLM is called (`core::limits`).
     pub limits: Limits,
+    /// The Model Context Protocol: what outside agents get from
+    /// `convagent mcp` and `/mcp`, and the tool servers the agent uses.
+    pub mcp: McpConfig,
+}
+
+/// Who answers inbound messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentMode {
+    /// The built-in agent (the configured LLM chain).
+    #[default]
+    Agent,
+    /// An outside agent over MCP: messages are stored and handed to
+    /// `wait_for_message`; its `send_message` is the reply.
+    External,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// How long a message taken with `wait_for_message` stays with its
+    /// consumer; unanswered after that, the next consumer gets it.
+    pub take_secs: u64,
+    /// The longest one tool call of the agent may take.
+    pub call_timeout_secs: u64,
+    /// Tool calls the agent may make in one turn.
+    pub max_calls_per_turn: usize,
+    /// MCP servers whose tools the agent may call.
+    pub servers: Vec<McpServerConfig>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            take_secs: 300,
+            call_timeout_secs: 15,
+            max_calls_per_turn: 4,
+            servers: Vec::new(),
+        }
+    }
+}
+
+/// One MCP server the agent uses: a command convagent starts and speaks
+/// to on its stdin and stdout.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// The name the trace and `doctor` show (also the tools' prefix when two
+    /// servers offer a tool of one name).
+    pub name: String,
+    pub command: String,
+    pub args: Vec<String>,
+    /// Added to the command's environment (which is otherwise convagent's).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The tools of this server offered to the model; empty: every one.
+    pub tools: Vec<String>,
 }
 
 /// How long the store keeps what it holds (durations such as `90d`, `12h`).
@@ -114,6 +170,8 @@ pub struct AgentConfig {
     /// `agent.patience`; both names are read.
     #[serde(alias = "patience")]
     pub patience_secs: u64,
+    /// `agent`: the built-in agent answers; `external`: an MCP client does.
+    pub mode: AgentMode,
 }
 
 impl Default for AgentConfig {
@@ -128,6 +186,7 @@ impl Default for AgentConfig {
             burst: Burst::Collect,
             max_input_chars: DEFAULT_MAX_INPUT_CHARS,
             patience_secs: 20,
+            mode: AgentMode::Agent,
         }
     }
 }

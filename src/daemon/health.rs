@@ -23,8 +23,9 @@ pub async fn ready(State(daemon): State<Arc<Daemon>>) -> Response {
     let live = daemon.live();
     let channels: Vec<&str> = live.channels.iter().map(|c| c.channel().as_str()).collect();
     let providers = &live.providers;
-    let ready =
-        store.is_ok() && !channels.is_empty() && !providers.is_empty() && !daemon.stopping();
+    // With an external agent (MCP), no LLM provider is needed.
+    let answerable = !providers.is_empty() || daemon.settings.external;
+    let ready = store.is_ok() && !channels.is_empty() && answerable && !daemon.stopping();
     let body = json!({
         "ready": ready,
         "store": store.err().unwrap_or_else(|| "ok".into()),

@@ -4,6 +4,7 @@
 
 mod health;
 mod leases;
+pub mod mcp;
 pub mod metrics;
 mod outbox;
 pub mod public_url;
@@ -65,6 +66,11 @@ pub struct DaemonSettings {
     /// How long a claim on a conversation lasts unless renewed, on a store
     /// several daemons share (`store.lease_secs`).
     pub lease: Duration,
+    /// `agent.mode = "external"`: the built-in agent answers nothing;
+    /// messages wait for MCP consumers (`wait_for_message`).
+    pub external: bool,
+    /// How long a message taken by an MCP consumer stays its own.
+    pub mcp_take: Duration,
 }
 
 impl Default for DaemonSettings {
@@ -84,6 +90,8 @@ impl Default for DaemonSettings {
             burst: Burst::Collect,
             typing_after: Duration::from_secs(1),
             lease: Duration::from_secs(15),
+            external: false,
+            mcp_take: Duration::from_secs(300),
         }
     }
 }
@@ -154,6 +162,13 @@ pub struct Daemon {
     /// Who this daemon is in the claims it takes (host, process, and a
     /// random part: a restarted process is someone else).
     pub(crate) owner: String,
+    /// Counts the inbound messages this process stored: MCP consumers
+    /// waiting for one look at the store when it changes.
+    pub(crate) arrivals: tokio::sync::watch::Sender<u64>,
+    /// Ends the MCP sessions at shutdown (a waiting consumer would hold
+    /// its connection open).
+    pub(crate) mcp_stop: tokio_util::sync::CancellationToken,
+    pub(crate) mcp_uses: mcp::Uses,
 }
 
 /// The pipeline's runtime, shut down (without waiting) with the daemon.
@@ -216,6 +231,9 @@ impl Daemon {
             outbox: outbox::Signals::default(),
             stopping: AtomicBool::new(false),
             owner: owner(),
+            arrivals: tokio::sync::watch::Sender::new(0),
+            mcp_stop: tokio_util::sync::CancellationToken::new(),
+            mcp_uses: mcp::Uses::default(),
         })
     }
 
@@ -294,6 +312,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .layer(DefaultBodyLimit::max(limit))
+        .merge(
+            Router::new()
+                .nest_service("/mcp", mcp::service(&daemon))
+                .layer(axum::middleware::from_fn_with_state(
+                    daemon.clone(),
+                    mcp::authorize,
+                )),
+        )
         .with_state(daemon)
 }
 
@@ -313,8 +339,12 @@ pub async fn serve(
     let sweeper = daemon.pipeline.spawn(leases::sweep(daemon.clone()));
 
     let app = router(daemon.clone());
+    let mcp_stop = daemon.mcp_stop.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            mcp_stop.cancel();
+        })
         .await?;
 
     tracing::info!("shutting down: no new webhooks; finishing in-flight work");

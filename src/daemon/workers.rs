@@ -68,9 +68,15 @@ fn waiting(daemon: &Daemon) -> std::sync::MutexGuard<'_, HashSet<i64>> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-/// A message for `conversation` was stored: make sure it gets processed,
+/// A message for `conversation` was stored: make sure it gets processed
+/// (or, with `agent.mode = "external"`, handed to MCP consumers),
 /// unless the conversation waits for an LLM provider that is still down.
 pub fn schedule(daemon: &Arc<Daemon>, conversation: i64) {
+    if daemon.settings.external {
+        // An MCP consumer answers: tell those waiting.
+        daemon.arrivals.send_modify(|n| *n = n.wrapping_add(1));
+        return;
+    }
     if waiting(daemon).contains(&conversation) && !daemon.live().agent.llm().ready() {
         return;
     }

@@ -99,6 +99,26 @@ pub fn model_path() -> PathBuf {
     path
 }
 
+/// The Python with the MCP test tools (`mcp`, `mcp-server-time` from PyPI)
+/// that `install.sh --deps-only` sets up in a virtualenv of its own (or
+/// `CONVAGENT_TEST_PYTHON`).
+pub fn mcp_python() -> PathBuf {
+    let path = std::env::var_os("CONVAGENT_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Dirs::from_env().unwrap().data.join("mcp-venv/bin/python"));
+    assert!(
+        path.is_file(),
+        "the MCP test tools are missing at {}: run ./install.sh --deps-only first",
+        path.display()
+    );
+    path
+}
+
+/// The official MCP client the tests drive servers with (Python SDK).
+pub fn mcp_client_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/mcp_client.py")
+}
+
 /// A loopback port held for the whole test: bound but never listening, so
 /// connecting to it is refused (nothing listens) and no other test is handed
 /// it meanwhile. Bound with SO_REUSEADDR, so a program under test may still

@@ -1,0 +1,9 @@
+//! The Model Context Protocol, both ways (issue 13):
+//! - `server`: convagent's channels, conversations and traces as MCP tools
+//!   for other agents (`convagent mcp` on stdio, `/mcp` on `serve`);
+//! - `client`: the MCP servers whose tools convagent's own agent calls.
+
+pub mod client;
+pub mod server;
+
+pub use server::{Relay, RelaySettings, token_hash};

@@ -1,0 +1,127 @@
+//! `/mcp`: the MCP tools of `convagent mcp` over Streamable HTTP, for agents
+//! that reach the daemon over the network. Every request carries a bearer
+//! token made with `convagent mcp token create`; the store keeps only its
+//! SHA-256, so a copied database gives no access.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+
+use super::Daemon;
+use crate::adapters::mcp::{Relay, RelaySettings, token_hash};
+use crate::core::ports::{TokenChange, Write};
+
+/// How often a token's last use is written (not on every request).
+const USED_EVERY_MS: i64 = 60_000;
+
+/// The MCP service, one relay per session, built with the channels in
+/// force when the session starts.
+pub(super) fn service(daemon: &Arc<Daemon>) -> StreamableHttpService<Relay, LocalSessionManager> {
+    let factory = daemon.clone();
+    let config = StreamableHttpServerConfig::default()
+        // Every request is authenticated by its token, and providers reach
+        // the daemon under its public name: the Host check meant for
+        // unauthenticated local servers would only refuse them.
+        .disable_allowed_hosts()
+        .with_cancellation_token(daemon.mcp_stop.child_token());
+    StreamableHttpService::new(
+        move || Ok(relay(&factory)),
+        LocalSessionManager::default().into(),
+        config,
+    )
+}
+
+/// A relay on the daemon's store, woken by its webhooks.
+pub fn relay(daemon: &Arc<Daemon>) -> Relay {
+    let waker = daemon.clone();
+    let settings = RelaySettings {
+        channels: daemon.live().channels.iter().map(|c| c.channel()).collect(),
+        external: daemon.settings.external,
+        take: daemon.settings.mcp_take,
+        after_send: Arc::new(move || waker.wake_outbox()),
+        arrivals: Some(daemon.arrivals.subscribe()),
+    };
+    Relay::new(daemon.store.clone(), daemon.clock.clone(), settings)
+}
+
+/// When each token was last recorded as used (by hash).
+#[derive(Default)]
+pub(crate) struct Uses(Mutex<HashMap<String, i64>>);
+
+fn refuse(why: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+/// Lets a request through only with a token the store knows.
+pub(super) async fn authorize(
+    State(daemon): State<Arc<Daemon>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    if given.is_empty() {
+        return refuse(
+            "/mcp needs `Authorization: Bearer <token>`; make one with `convagent mcp token create NAME`",
+        );
+    }
+    let hash = token_hash(given);
+    let store = daemon.store.clone();
+    let wanted = hash.clone();
+    let known = tokio::task::spawn_blocking(move || store.token_by_hash(&wanted)).await;
+    match known {
+        Ok(Ok(Some(_))) => {}
+        Ok(Ok(None)) => {
+            return refuse("this token is not known here (revoked, or from another store)");
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the access tokens");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable\n",
+            )
+                .into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the token check failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the token check failed\n",
+            )
+                .into_response();
+        }
+    }
+    let now = daemon.clock.now_ms();
+    let record = {
+        let mut uses = daemon.mcp_uses.0.lock().unwrap_or_else(|p| p.into_inner());
+        let last = uses.entry(hash.clone()).or_insert(i64::MIN);
+        let due = now.saturating_sub(*last) >= USED_EVERY_MS;
+        if due {
+            *last = now;
+        }
+        due
+    };
+    if record {
+        daemon.store.append(Write::Token(TokenChange::Used {
+            sha256: hash,
+            at: now,
+        }));
+    }
+    next.run(request).await
+}

@@ -1,0 +1,338 @@
+//! convagent as an MCP server, driven by the official MCP Python SDK (`mcp`
+//! from PyPI): `convagent mcp` on stdio beside a running `serve`, and `/mcp`
+//! on `serve` behind its bearer tokens. The channel is a fake Telegram API.
+
+use std::io::BufRead;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::Env;
+use crate::serve::{Daemon, post_update, sent, telegram_update};
+use crate::support::{mcp_client_script, mcp_python};
+
+async fn telegram() -> MockServer {
+    let telegram = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/(sendMessage|sendChatAction)$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "ok": true, "result": { "message_id": 1 } })),
+        )
+        .mount(&telegram)
+        .await;
+    telegram
+}
+
+/// The SDK's client running `calls` against `target` (`["stdio", convagent,
+/// "mcp"]` or `["http", url, token]`), with the test environment's variables;
+/// its JSON lines arrive on the receiver as they come.
+struct Client {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Client {
+    fn start(env: &Env, calls: &Value, target: &[&str]) -> Client {
+        let mut like = env.std_cmd(&[]);
+        // The channel as `serve` has it (a stdio server checks where it sends).
+        like.env("TELEGRAM_BOT_TOKEN", "42:e2e-token")
+            .env("TELEGRAM_WEBHOOK_SECRET", crate::serve::SECRET);
+        let mut cmd = std::process::Command::new(mcp_python());
+        for (k, v) in like.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.current_dir(env.home.path())
+            .arg(mcp_client_script())
+            .arg(target[0])
+            .arg(calls.to_string())
+            .args(&target[1..])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(serde_json::from_str(&line).unwrap_or(json!({ "raw": line })));
+            }
+        });
+        Client { child, lines }
+    }
+
+    fn next(&mut self, what: &str) -> Value {
+        match self.lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = self.child.kill();
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("no {what} from the MCP client: {err}")
+            }
+        }
+    }
+
+    fn finish(mut self) {
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        assert!(status.success(), "the MCP client failed: {err}");
+    }
+}
+
+fn structured(line: &Value) -> &Value {
+    let call = &line["call"];
+    assert_eq!(call["isError"], false, "the call failed: {call}");
+    &call["structuredContent"]
+}
+
+fn tool_names(line: &Value) -> Vec<String> {
+    let mut names: Vec<String> = line["tools"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_agent_answers_telegram_through_convagent_mcp() {
+    let telegram = telegram().await;
+    let env = Env::new();
+    env.write_config(&format!(
+        "{}[agent]\nmode = \"external\"\n",
+        crate::BASE_CONFIG
+    ));
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let said = crate::support::eventually_blocking(10, || daemon.stderr().contains("external"));
+    assert!(said, "{}", daemon.stderr());
+
+    let calls = json!([
+        ["tools"],
+        ["call", "wait_for_message", { "timeout_secs": 60 }],
+        ["call", "send_message", {
+            "conversation_id": "$prev:conversation.id",
+            "text": "Hello from the outside agent"
+        }],
+        ["call", "wait_for_message", { "timeout_secs": 1 }],
+    ]);
+    let bin = assert_cmd::cargo::cargo_bin("convagent");
+    let mut client = Client::start(&env, &calls, &["stdio", bin.to_str().unwrap(), "mcp"]);
+    let init = client.next("initialize");
+    assert_eq!(init["initialized"]["serverInfo"]["name"], "convagent");
+    let tools = client.next("tools");
+    assert_eq!(
+        tool_names(&tools),
+        [
+            "get_conversation",
+            "get_trace",
+            "list_conversations",
+            "search_messages",
+            "send_message",
+            "wait_for_message"
+        ]
+    );
+    // The client now waits; a person writes on Telegram.
+    let url = daemon.url.clone();
+    let status = tokio::task::block_in_place(|| {
+        post_update(&url, &telegram_update(31, 3100, "Is anyone there?"))
+    });
+    assert_eq!(status, 200);
+
+    let waited = client.next("the waited message");
+    let waited = structured(&waited);
+    assert_eq!(waited["message"]["text"], "Is anyone there?");
+    assert_eq!(waited["message"]["role"], "user");
+    assert_eq!(waited["conversation"]["channel"], "telegram");
+    assert_eq!(waited["conversation"]["sender"], "31");
+    let message_id = waited["message"]["id"].clone();
+
+    let sent_line = client.next("the send");
+    let answer = structured(&sent_line);
+    assert_eq!(answer["answered"], json!([message_id]), "{answer}");
+    assert!(answer["outbox_id"].is_i64(), "{answer}");
+    // Nothing else waits: the message was answered, not handed out again.
+    let nothing = client.next("the empty wait");
+    assert_eq!(structured(&nothing)["message"], Value::Null);
+    tokio::task::block_in_place(|| client.finish());
+
+    // `serve` delivers what the stdio process queued (its outbox looks
+    // every second), and its own agent answered nothing.
+    let texts = sent_within(&telegram, 1, 10).await;
+    assert_eq!(texts, ["Hello from the outside agent"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sent(&telegram, "chat_id").await,
+        ["31"],
+        "only the outside agent's reply went out"
+    );
+    stop(daemon);
+}
+
+/// The texts sent to Telegram once there are `n` (or after `secs`).
+async fn sent_within(telegram: &MockServer, n: usize, secs: u64) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let texts = sent(telegram, "text").await;
+        if texts.len() >= n || std::time::Instant::now() > deadline {
+            return texts;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stop(mut daemon: Daemon) {
+    crate::send_signal(daemon.child.id(), "-TERM");
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", daemon.stderr());
+}
+
+fn token(env: &Env, name: &str) -> String {
+    let out = env.cmd(&["mcp", "token", "create", name]).output().unwrap();
+    assert!(out.status.success(), "{}", crate::stderr_of(&out));
+    let token = crate::stdout_of(&out).trim().to_string();
+    assert!(token.starts_with("cvg_") && token.len() == 68, "{token}");
+    token
+}
+
+fn post_mcp(url: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::blocking::Client::new()
+        .post(format!("{url}/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "curl", "version": "1"}}})
+            .to_string(),
+        );
+    if let Some(b) = bearer {
+        request = request.bearer_auth(b);
+    }
+    let response = request.send().unwrap();
+    (
+        response.status().as_u16(),
+        response.text().unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_needs_a_token_and_sends_through_the_outbox() {
+    let telegram = telegram().await;
+    let env = Env::new();
+    let good = token(&env, "ci");
+    let revoked = token(&env, "old-laptop");
+    let out = env
+        .cmd(&["mcp", "token", "revoke", "old-laptop"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::stderr_of(&out));
+    let listed = env.cmd(&["mcp", "token", "list"]).output().unwrap();
+    let listed = crate::stdout_of(&listed);
+    assert!(
+        listed.contains("ci") && !listed.contains("old-laptop"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&good),
+        "the list never shows a token: {listed}"
+    );
+
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let url = daemon.url.clone();
+    let refusals = tokio::task::block_in_place(|| {
+        [
+            post_mcp(&url, None),
+            post_mcp(&url, Some("cvg_not-a-token")),
+            post_mcp(&url, Some(&revoked)),
+        ]
+    });
+    for (status, body) in &refusals {
+        assert_eq!(*status, 401, "{body}");
+    }
+    assert!(
+        refusals[0].1.contains("convagent mcp token create"),
+        "{}",
+        refusals[0].1
+    );
+    assert!(refusals[2].1.contains("not known"), "{}", refusals[2].1);
+
+    let calls = json!([
+        ["tools"],
+        ["call", "send_message", { "channel": "telegram", "recipient": "808", "text": "A note for you" }],
+        ["call", "send_message", { "channel": "slack", "recipient": "C1", "text": "x" }],
+        ["call", "send_message", { "conversation_id": 424242, "text": "x" }],
+        ["call", "list_conversations", { "channel": "telegram" }],
+    ]);
+    let endpoint = format!("{url}/mcp");
+    let mut client = Client::start(&env, &calls, &["http", &endpoint, &good]);
+    client.next("initialize");
+    assert_eq!(tool_names(&client.next("tools")).len(), 6);
+    let sent_line = client.next("the send");
+    let sent_view = structured(&sent_line).clone();
+    assert!(sent_view["outbox_id"].is_i64(), "{sent_view}");
+    let slack = client.next("the send to slack");
+    assert_eq!(slack["call"]["isError"], true);
+    let why = slack["call"]["content"][0]["text"].as_str().unwrap();
+    assert!(why.contains("slack is not configured"), "{why}");
+    let missing = client.next("the send to nowhere");
+    assert_eq!(missing["call"]["isError"], true);
+    assert!(
+        missing["call"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("424242 not found"),
+        "{missing}"
+    );
+    let listed = client.next("the list");
+    let conversations = &structured(&listed)["conversations"];
+    assert_eq!(conversations[0]["sender"], "808");
+    tokio::task::block_in_place(|| client.finish());
+
+    // The daemon's own outbox sends it at once, and traces it.
+    assert_eq!(sent_within(&telegram, 1, 10).await, ["A note for you"]);
+    assert_eq!(sent(&telegram, "chat_id").await, ["808"]);
+    let correlation = sent_view["correlation_id"].as_str().unwrap().to_string();
+    let traced = json!([["call", "get_trace", { "correlation_id": correlation }]]);
+    let mut client = Client::start(&env, &traced, &["http", &endpoint, &good]);
+    client.next("initialize");
+    let trace = client.next("the trace");
+    let stages: Vec<String> = structured(&trace)["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["stage"].as_str().unwrap(),
+                s["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        stages
+            .iter()
+            .any(|s| s.starts_with("send") && s.ends_with("ok")),
+        "{stages:?}"
+    );
+    tokio::task::block_in_place(|| client.finish());
+    // The token's use was recorded.
+    let listed = env
+        .cmd(&["mcp", "token", "list", "--json"])
+        .output()
+        .unwrap();
+    let line: Value = serde_json::from_str(crate::stdout_of(&listed).trim()).unwrap();
+    assert!(line["last_used_at"].is_i64(), "{line}");
+    stop(daemon);
+}
