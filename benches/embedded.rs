@@ -83,6 +83,8 @@ fn request(system: &str, turns: &[(String, String)], next: &str, max_tokens: u32
     LlmRequest {
         messages,
         max_tokens,
+        tools: Vec::new(),
+        exchanges: Vec::new(),
     }
 }
 

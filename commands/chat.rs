@@ -5,11 +5,13 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use convagent::adapters::channels::cli;
 use convagent::config::parse_chain;
 use convagent::core::{Agent, ConversationKey, Reply, ReplyKind, Store, StreamEvent};
+use convagent::daemon::{Metrics, Tracer};
 use tokio::io::AsyncBufReadExt;
 
 use crate::context::{Context, UserError};
@@ -63,7 +65,14 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
             .map_err(|m| UserError::new(format!("--chain: {m}"), "e.g. --chain ollama,embedded"))?;
     }
     let providers = convagent::adapters::llm::configured(&settings);
-    let agent = ctx.agent(&providers, false)?;
+    let statuses = ctx.start_tools().await?;
+    ctx.tell_tools("chat", &statuses);
+    // Every stage of a turn (its tool calls too) is stored as the daemon
+    // stores them: `history show` and the TUI see chat's turns the same way.
+    let tracer = Tracer::start(ctx.store()?, Metrics::new());
+    let agent = ctx
+        .agent(&providers, false)?
+        .with_stages(Arc::new(tracer.clone()));
     let key = cli::conversation_key(&cli::local_user());
     if args.new {
         agent.store().close_conversation(&key, now_ms())?;
@@ -120,6 +129,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
     if s.interactive {
         outln!();
     }
+    tracer.flush().await;
     Ok(if failures == 0 {
         ExitCode::SUCCESS
     } else {

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use convagent::adapters::clock::SystemClock;
 use convagent::adapters::llm::{self, Configured};
+use convagent::adapters::mcp::{McpTools, ServerStatus, client};
 use convagent::adapters::store::{OpenMode, PostgresStore, SqliteStore};
 use convagent::config::{ConfigError, Settings};
 use convagent::core::ports::AnyStore;
+use convagent::core::tools::Tools;
 use convagent::core::{Agent, AgentSettings};
 use convagent::telemetry::{self, Masker, TelemetryGuard, TelemetryOptions};
 
@@ -46,6 +48,8 @@ pub struct Context {
     settings: OnceCell<Settings>,
     telemetry: OnceCell<Option<TelemetryGuard>>,
     store: OnceCell<Arc<dyn AnyStore>>,
+    /// The tools of `[[mcp.servers]]`, once started (`start_tools`).
+    tools: OnceCell<Option<Arc<dyn Tools>>>,
 }
 
 impl Context {
@@ -58,6 +62,7 @@ impl Context {
             settings: OnceCell::new(),
             telemetry: OnceCell::new(),
             store: OnceCell::new(),
+            tools: OnceCell::new(),
         }
     }
 
@@ -174,6 +179,19 @@ impl Context {
         Ok(llm::configured(self.settings()?))
     }
 
+    /// Starts the MCP servers of `[[mcp.servers]]` (once) for every agent
+    /// made after: what became of each, for the caller to tell.
+    pub async fn start_tools(&self) -> Result<Vec<ServerStatus>> {
+        let config = &self.settings()?.config;
+        if self.tools.get().is_some() {
+            return Ok(Vec::new());
+        }
+        let timeout = std::time::Duration::from_secs(config.mcp.call_timeout_secs);
+        let (tools, statuses) = McpTools::start(&config.mcp.servers, timeout).await;
+        let _ = self.tools.set(client::shared(tools));
+        Ok(statuses)
+    }
+
     /// The agent over the store and the configured LLM chain (or
     /// `providers`). `patient`: turns fail over after `agent.patience_secs`
     /// without a first token (the daemon, where nobody watches).
@@ -202,6 +220,7 @@ impl Context {
             secrets: config.secrets(),
             max_input_chars: config.agent.max_input_chars,
             limits: config.limits.clone(),
+            max_tool_calls: config.mcp.max_calls_per_turn,
             ..AgentSettings::default()
         };
         // A prompt edited in the config since it was last taken becomes
@@ -211,13 +230,29 @@ impl Context {
             .context("storing the configured system prompt")?;
         // Patterns were checked when the config loaded.
         let guardrails = config.guardrails()?;
-        Ok(Agent::new(
-            store,
-            Arc::new(chain),
-            clock,
-            guardrails,
-            agent_settings,
-        ))
+        let agent = Agent::new(store, Arc::new(chain), clock, guardrails, agent_settings);
+        Ok(match self.tools.get().cloned().flatten() {
+            Some(tools) => agent.with_tools(tools),
+            None => agent,
+        })
+    }
+
+    /// Says on stderr what became of each MCP server (`who`: the command).
+    pub fn tell_tools(&self, who: &str, statuses: &[ServerStatus]) {
+        for status in statuses {
+            match &status.tools {
+                Ok(tools) => eprintln!(
+                    "convagent {who}: MCP server {}: {} tool(s) offered to the model ({})",
+                    status.name,
+                    tools.len(),
+                    tools.join(", ")
+                ),
+                Err(why) => eprintln!(
+                    "convagent {who}: MCP server {} left out: {why} (`convagent doctor` checks it)",
+                    status.name
+                ),
+            }
+        }
     }
 
     /// Masks configured secrets; masks nothing if the config did not load.

@@ -24,6 +24,8 @@ mod service;
 mod several;
 #[path = "cli/store.rs"]
 mod store;
+#[path = "cli/tools.rs"]
+mod tools;
 #[path = "cli/tui.rs"]
 mod tui;
 #[path = "cli/tunnel.rs"]

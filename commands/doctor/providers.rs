@@ -125,6 +125,8 @@ pub async fn generation(check: &mut Check, provider: &Configured) {
             "Reply with the single word OK.",
         )],
         max_tokens: 8,
+        tools: Vec::new(),
+        exchanges: Vec::new(),
     };
     let p = provider.provider();
     let started = Instant::now();

@@ -23,6 +23,7 @@ use super::ports::{
     Clock, Held, NewReply, Pending, PromptVersion, ReplyKind, StageSink, Store, StoreError,
     StoredMessage, Summary, TraceEvent, TurnRecord, Write,
 };
+use super::tools::{ToolCall, ToolExchange, ToolResult, Tools};
 use super::trace::{Outcome, Stage};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,8 @@ pub struct AgentSettings {
     pub max_input_chars: usize,
     /// Checked before the LLM is called.
     pub limits: Limits,
+    /// Tool calls one turn may make (`mcp.max_calls_per_turn`).
+    pub max_tool_calls: usize,
 }
 
 /// How a conversation's worker answers messages that queued up while its
@@ -75,6 +78,7 @@ impl Default for AgentSettings {
             secrets: Vec::new(),
             max_input_chars: DEFAULT_MAX_INPUT_CHARS,
             limits: Limits::default(),
+            max_tool_calls: 4,
         }
     }
 }
@@ -90,6 +94,27 @@ pub const DEFAULT_FALLBACK_REPLY: &str = "Sorry, I can't answer right now. \
 const SUMMARIZER_PROMPT: &str = "You summarise conversations. Write a concise summary \
      (under 150 words) of the conversation below, keeping names, facts, decisions and open \
      questions. Reply with the summary only.";
+
+/// Characters of a tool's result the model is given at most.
+const MAX_TOOL_RESULT_CHARS: usize = 16_000;
+/// Characters of a tool call kept in its trace (name, arguments, result).
+const MAX_TOOL_DETAIL_CHARS: usize = 2_000;
+
+/// `text` cut to `max` characters, saying so.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}… (cut)", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Token counts of several calls added up (none if none reported any).
+fn add(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+    }
+}
 
 /// Turns read at most when folding older turns into a summary.
 const SUMMARY_READ_LIMIT: usize = 256;
@@ -180,6 +205,8 @@ pub struct Agent {
     prompt: std::sync::Mutex<Option<(i64, PromptVersion)>>,
     /// The newest turns of conversations answered lately.
     turns: context::TurnCache,
+    /// Tools the model may call (`[[mcp.servers]]`).
+    tools: Option<Arc<dyn Tools>>,
 }
 
 impl Agent {
@@ -199,7 +226,14 @@ impl Agent {
             stages: None,
             prompt: std::sync::Mutex::new(None),
             turns: context::TurnCache::default(),
+            tools: None,
         }
+    }
+
+    /// Offers `tools` to the model on every turn.
+    pub fn with_tools(mut self, tools: Arc<dyn Tools>) -> Self {
+        self.tools = Some(tools);
+        self
     }
 
     /// Reports every stage of every message to `sink` as well.
@@ -537,34 +571,70 @@ impl Agent {
         Ok(Some(self.reply(turn, reply, false, 0, None)))
     }
 
-    /// Step 6: the LLM chain, streamed through the secret filter.
+    /// Step 6: the LLM chain, streamed through the secret filter; the tools
+    /// it asks for are called (up to `max_tool_calls`) and it is asked again
+    /// with their results.
     async fn generate(
         &self,
         last: &Pending,
         window: &ContextWindow,
         on_event: &mut OnEvent<'_>,
     ) -> Generated {
-        let request = LlmRequest {
-            messages: window.messages.clone(),
-            max_tokens: self.settings.reply_reserve as u32,
-        };
+        let mut request =
+            LlmRequest::new(window.messages.clone(), self.settings.reply_reserve as u32);
+        if let Some(tools) = &self.tools {
+            request.tools = tools.specs();
+        }
         let began = self.now();
         let mut filter = SecretFilter::new(&self.settings.secrets);
-        let result = self
-            .llm
-            .generate(&request, &mut |event| match event {
-                StreamEvent::Token(t) => {
-                    let safe = filter.push(t);
-                    if !safe.is_empty() {
-                        on_event(StreamEvent::Token(&safe));
+        let mut calls_made = 0;
+        let mut tokens = (None, None);
+        let result = loop {
+            let result = self
+                .llm
+                .generate(&request, &mut |event| match event {
+                    StreamEvent::Token(t) => {
+                        let safe = filter.push(t);
+                        if !safe.is_empty() {
+                            on_event(StreamEvent::Token(&safe));
+                        }
+                    }
+                    StreamEvent::Restart { .. } => {
+                        filter = SecretFilter::new(&self.settings.secrets);
+                        on_event(event);
+                    }
+                })
+                .await;
+            if let Ok(output) = &result {
+                tokens = (
+                    add(tokens.0, output.prompt_tokens),
+                    add(tokens.1, output.completion_tokens),
+                );
+            }
+            match (result, &self.tools) {
+                (Ok(output), Some(tools))
+                    if !output.tool_calls.is_empty() && !request.tools.is_empty() =>
+                {
+                    let mut results = Vec::new();
+                    for call in &output.tool_calls {
+                        let result = self
+                            .call_tool(tools.as_ref(), call, &last.message, &mut calls_made)
+                            .await;
+                        results.push(result);
+                    }
+                    request.exchanges.push(ToolExchange {
+                        text: output.text,
+                        calls: output.tool_calls,
+                        results,
+                    });
+                    if calls_made >= self.settings.max_tool_calls {
+                        // No more calls: the next answer is the reply.
+                        request.tools.clear();
                     }
                 }
-                StreamEvent::Restart { .. } => {
-                    filter = SecretFilter::new(&self.settings.secrets);
-                    on_event(event);
-                }
-            })
-            .await;
+                (result, _) => break result,
+            }
+        };
         let latency_ms = began.1.elapsed().as_millis() as u64;
         let (outcome, detail) = match &result {
             Ok(o) => (Outcome::Ok, format!("{}/{}", o.provider, o.model)),
@@ -576,10 +646,85 @@ impl Agent {
             if !tail.is_empty() {
                 on_event(StreamEvent::Token(&tail));
             }
-            output.text = filter.redact(&output.text);
+            // What was said along with tool calls was streamed too: the
+            // stored reply is everything the person saw.
+            let said: String = request.exchanges.iter().map(|e| e.text.as_str()).collect();
+            output.text = filter.redact(&(said + &output.text));
+            (output.prompt_tokens, output.completion_tokens) = tokens;
             output
         });
         Generated { result, latency_ms }
+    }
+
+    /// One tool call the model asked for, within the turn's limit. Configured
+    /// secrets are taken out of its arguments (nothing leaves through a
+    /// tool) and of its result (nothing comes back into the reply); a
+    /// failure becomes a result that tells the model to answer without it.
+    async fn call_tool(
+        &self,
+        tools: &dyn Tools,
+        call: &ToolCall,
+        message: &InboundMessage,
+        calls_made: &mut usize,
+    ) -> ToolResult {
+        let began = self.now();
+        let filter = SecretFilter::new(&self.settings.secrets);
+        let arguments = filter.redact(&call.arguments.to_string());
+        if *calls_made >= self.settings.max_tool_calls {
+            let why = format!(
+                "not run: this turn's limit of {} tool calls was reached",
+                self.settings.max_tool_calls
+            );
+            self.stage(
+                message,
+                Stage::ToolCall,
+                began,
+                Outcome::Limited,
+                Some(format!("{} {arguments}: {why}", call.name)),
+            );
+            return ToolResult {
+                text: format!("The tool was {why}. Answer without it."),
+                failed: true,
+            };
+        }
+        *calls_made += 1;
+        let safe_call = ToolCall {
+            arguments: serde_json::from_str(&arguments)
+                .unwrap_or(serde_json::Value::String(arguments.clone())),
+            ..call.clone()
+        };
+        let result = tools.call(&safe_call).await;
+        let (outcome, result) = match result {
+            Ok(text) => (
+                Outcome::Ok,
+                ToolResult {
+                    text: clip(&filter.redact(&text), MAX_TOOL_RESULT_CHARS),
+                    failed: false,
+                },
+            ),
+            Err(why) => (
+                Outcome::Failed,
+                ToolResult {
+                    text: format!(
+                        "The tool failed: {}. Answer without it.",
+                        filter.redact(&why)
+                    ),
+                    failed: true,
+                },
+            ),
+        };
+        info!(tool = %call.name, failed = result.failed, "tool called");
+        self.stage(
+            message,
+            Stage::ToolCall,
+            began,
+            outcome,
+            Some(clip(
+                &format!("{} {arguments} → {}", call.name, result.text),
+                MAX_TOOL_DETAIL_CHARS,
+            )),
+        );
+        result
     }
 
     /// Step 7: the answer, or in an outage the fallback (once per
@@ -909,6 +1054,8 @@ impl Agent {
                 ChatMessage::new(Role::User, transcript),
             ],
             max_tokens: self.settings.reply_reserve.min(256) as u32,
+            tools: Vec::new(),
+            exchanges: Vec::new(),
         };
         let output = match self.llm.generate(&request, &mut |_| {}).await {
             Ok(o) => o,

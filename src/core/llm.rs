@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::message::Role;
+use super::tools::{ToolCall, ToolExchange, ToolSpec};
 
 /// A boxed future, so the trait stays object-safe without `async-trait`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -33,6 +34,23 @@ pub struct LlmRequest {
     pub messages: Vec<ChatMessage>,
     /// Upper bound on generated tokens (the room kept for the reply).
     pub max_tokens: u32,
+    /// Tools the model may ask to call (providers with native tool calling
+    /// offer them; the others ignore them).
+    pub tools: Vec<ToolSpec>,
+    /// The tool rounds of this turn so far, after `messages`.
+    pub exchanges: Vec<ToolExchange>,
+}
+
+impl LlmRequest {
+    /// A request without tools.
+    pub fn new(messages: Vec<ChatMessage>, max_tokens: u32) -> Self {
+        LlmRequest {
+            messages,
+            max_tokens,
+            tools: Vec::new(),
+            exchanges: Vec::new(),
+        }
+    }
 }
 
 /// What a finished generation produced, and who produced it.
@@ -43,6 +61,9 @@ pub struct LlmOutput {
     pub model: String,
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
+    /// Tools the model asked to call before it answers (then `text` is
+    /// what it said along with them, often nothing).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Events streamed to the caller while a reply is generated.

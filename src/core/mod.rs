@@ -11,6 +11,7 @@ pub mod limits;
 pub mod llm;
 pub mod message;
 pub mod ports;
+pub mod tools;
 pub mod trace;
 
 pub use agent::{Agent, AgentError, AgentSettings, Burst, Reply};

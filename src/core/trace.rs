@@ -62,6 +62,9 @@ names! {
         Guarded = "guarded",
         ContextBuilt = "context built",
         LlmCall = "llm call",
+        /// One tool call of the turn (`[[mcp.servers]]`): name, arguments
+        /// and result are the detail.
+        ToolCall = "tool call",
         ReplyStored = "reply stored",
         /// One attempt at sending a reply (the attempt number is the event's).
         Send = "send",

@@ -23,6 +23,8 @@ fn request() -> LlmRequest {
     LlmRequest {
         messages: vec![ChatMessage::new(Role::User, "hi")],
         max_tokens: 16,
+        tools: Vec::new(),
+        exchanges: Vec::new(),
     }
 }
 

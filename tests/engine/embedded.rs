@@ -32,6 +32,8 @@ fn question(text: &str, max_tokens: u32) -> LlmRequest {
             ChatMessage::new(Role::User, text),
         ],
         max_tokens,
+        tools: Vec::new(),
+        exchanges: Vec::new(),
     }
 }
 
@@ -130,6 +132,8 @@ fn conversation(system: &str, turns: &[(&str, &str)], next: &str, max_tokens: u3
     LlmRequest {
         messages,
         max_tokens,
+        tools: Vec::new(),
+        exchanges: Vec::new(),
     }
 }
 

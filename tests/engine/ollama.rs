@@ -36,6 +36,8 @@ fn request() -> LlmRequest {
             ChatMessage::new(Role::User, "why is the sky blue?"),
         ],
         max_tokens: 64,
+        tools: Vec::new(),
+        exchanges: Vec::new(),
     }
 }
 

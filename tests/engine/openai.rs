@@ -28,6 +28,8 @@ fn request() -> LlmRequest {
     LlmRequest {
         messages: vec![ChatMessage::new(Role::User, "Say hi")],
         max_tokens: 32,
+        tools: Vec::new(),
+        exchanges: Vec::new(),
     }
 }
 

@@ -40,6 +40,8 @@ fn request() -> LlmRequest {
     LlmRequest {
         messages: vec![ChatMessage::new(Role::User, "hi")],
         max_tokens: 8,
+        tools: Vec::new(),
+        exchanges: Vec::new(),
     }
 }
 
@@ -374,6 +376,7 @@ impl LlmProvider for ColdLlm {
                 model: "big-model".into(),
                 prompt_tokens: None,
                 completion_tokens: Some(2),
+                tool_calls: Vec::new(),
             })
         })
     }

@@ -80,6 +80,7 @@ impl LlmProvider for FakeLlm {
                 model: "fake-model".into(),
                 prompt_tokens: Some(10),
                 completion_tokens: Some(self.reply.split(' ').count() as u32),
+                tool_calls: Vec::new(),
             })
         })
     }
@@ -325,6 +326,7 @@ impl LlmProvider for ScriptedLlm {
                         model: "scripted".into(),
                         prompt_tokens: None,
                         completion_tokens: None,
+                        tool_calls: Vec::new(),
                     })
                 }
                 Err(e) => {
@@ -434,6 +436,7 @@ impl LlmProvider for EchoLlm {
                 model: "echo-1".into(),
                 prompt_tokens: Some(1),
                 completion_tokens: Some(1),
+                tool_calls: Vec::new(),
             })
         })
     }

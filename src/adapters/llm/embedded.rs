@@ -203,6 +203,7 @@ impl Embedded {
             model: self.inner.name.clone(),
             prompt_tokens: Some(generated.prompt_tokens),
             completion_tokens: Some(generated.completion_tokens),
+            tool_calls: Vec::new(),
         })
     }
 }

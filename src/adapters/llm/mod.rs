@@ -6,6 +6,7 @@ pub mod embedded;
 pub mod http;
 pub mod ollama;
 pub mod openai;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,9 +8,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::http::{self, LineStream, Timeouts};
+use super::tools;
 use crate::core::llm::{
     BoxFuture, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
 };
+use crate::core::tools::ToolCall;
 
 pub const NAME: &str = "ollama";
 const LIST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +49,22 @@ struct Chunk {
 struct ChunkMessage {
     #[serde(default)]
     content: String,
+    #[serde(default)]
+    tool_calls: Vec<WireCall>,
+}
+
+#[derive(Deserialize)]
+struct WireCall {
+    #[serde(default)]
+    id: Option<String>,
+    function: WireFunction,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    arguments: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -103,7 +121,9 @@ impl Ollama {
         #[derive(serde::Serialize)]
         struct Body<'a> {
             model: &'a str,
-            messages: &'a [crate::core::ChatMessage],
+            messages: tools::Messages<'a>,
+            #[serde(skip_serializing_if = "tools::Tools::is_empty")]
+            tools: tools::Tools<'a>,
             stream: bool,
             keep_alive: &'a str,
             options: Options,
@@ -115,7 +135,8 @@ impl Ollama {
         }
         let body = Body {
             model: &s.model,
-            messages: &request.messages,
+            messages: tools::Messages(request, tools::Dialect::Ollama),
+            tools: tools::Tools(&request.tools),
             stream: true,
             keep_alive: &s.keep_alive,
             options: Options {
@@ -146,6 +167,7 @@ impl Ollama {
         };
 
         let mut text = String::new();
+        let mut calls = Vec::new();
         while let Some(line) = lines.next_line().await? {
             if line.trim().is_empty() {
                 continue;
@@ -160,9 +182,16 @@ impl Ollama {
                     message: error,
                 });
             }
-            if let Some(m) = chunk.message.filter(|m| !m.content.is_empty()) {
-                on_event(StreamEvent::Token(&m.content));
-                text.push_str(&m.content);
+            if let Some(m) = chunk.message {
+                if !m.content.is_empty() {
+                    on_event(StreamEvent::Token(&m.content));
+                    text.push_str(&m.content);
+                }
+                calls.extend(m.tool_calls.into_iter().map(|c| ToolCall {
+                    id: c.id,
+                    name: c.function.name,
+                    arguments: tools::arguments(c.function.arguments),
+                }));
             }
             if chunk.done {
                 return Ok(LlmOutput {
@@ -171,6 +200,7 @@ impl Ollama {
                     model: s.model.clone(),
                     prompt_tokens: chunk.prompt_eval_count,
                     completion_tokens: chunk.eval_count,
+                    tool_calls: calls,
                 });
             }
         }

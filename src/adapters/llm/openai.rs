@@ -9,9 +9,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{self, LineStream, Timeouts};
+use super::tools;
 use crate::core::llm::{
     BoxFuture, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
 };
+use crate::core::tools::ToolCall;
 
 pub const NAME: &str = "openai";
 const LIST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,6 +53,36 @@ struct Choice {
 struct Delta {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<CallDelta>,
+}
+
+/// A piece of a tool call: the first names it, the rest add to its
+/// arguments (a JSON string in pieces), all under one `index`.
+#[derive(Deserialize)]
+struct CallDelta {
+    #[serde(default)]
+    index: usize,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionDelta>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+/// A tool call being put together from its pieces.
+#[derive(Default)]
+struct PartCall {
+    id: Option<String>,
+    name: String,
+    arguments: String,
 }
 
 #[derive(Deserialize)]
@@ -108,7 +140,9 @@ impl OpenAi {
         #[derive(serde::Serialize)]
         struct Body<'a> {
             model: &'a str,
-            messages: &'a [crate::core::ChatMessage],
+            messages: tools::Messages<'a>,
+            #[serde(skip_serializing_if = "tools::Tools::is_empty")]
+            tools: tools::Tools<'a>,
             stream: bool,
             max_tokens: u32,
             stream_options: StreamOptions,
@@ -119,7 +153,8 @@ impl OpenAi {
         }
         let body = Body {
             model: &s.model,
-            messages: &request.messages,
+            messages: tools::Messages(request, tools::Dialect::OpenAi),
+            tools: tools::Tools(&request.tools),
             stream: true,
             max_tokens: request.max_tokens,
             stream_options: StreamOptions {
@@ -144,6 +179,7 @@ impl OpenAi {
 
         let mut text = String::new();
         let mut usage = None;
+        let mut calls: Vec<PartCall> = Vec::new();
         while let Some(line) = lines.next_line().await? {
             // SSE: blank lines separate events, `:` starts a comment, and
             // only `data:` fields carry the payload.
@@ -159,6 +195,15 @@ impl OpenAi {
                     model: s.model.clone(),
                     prompt_tokens: usage.as_ref().and_then(|u| u.prompt_tokens),
                     completion_tokens: usage.and_then(|u| u.completion_tokens),
+                    tool_calls: calls
+                        .into_iter()
+                        .filter(|c| !c.name.is_empty())
+                        .map(|c| ToolCall {
+                            id: c.id,
+                            name: c.name,
+                            arguments: tools::arguments(serde_json::Value::String(c.arguments)),
+                        })
+                        .collect(),
                 });
             }
             let chunk: Chunk = serde_json::from_str(data).map_err(|e| LlmError::Stream {
@@ -171,14 +216,23 @@ impl OpenAi {
                     message: http::error_message(&json!({ "error": error }).to_string()),
                 });
             }
-            for piece in chunk
-                .choices
-                .into_iter()
-                .filter_map(|c| c.delta?.content)
-                .filter(|c| !c.is_empty())
-            {
-                on_event(StreamEvent::Token(&piece));
-                text.push_str(&piece);
+            for delta in chunk.choices.into_iter().filter_map(|c| c.delta) {
+                if let Some(piece) = delta.content.filter(|c| !c.is_empty()) {
+                    on_event(StreamEvent::Token(&piece));
+                    text.push_str(&piece);
+                }
+                for part in delta.tool_calls {
+                    if calls.len() <= part.index {
+                        calls.resize_with(part.index + 1, PartCall::default);
+                    }
+                    let call = &mut calls[part.index];
+                    call.id = part.id.or(call.id.take());
+                    if let Some(f) = part.function {
+                        call.name.push_str(f.name.as_deref().unwrap_or_default());
+                        call.arguments
+                            .push_str(f.arguments.as_deref().unwrap_or_default());
+                    }
+                }
             }
             if chunk.usage.is_some() {
                 usage = chunk.usage;

@@ -1,1 +1,230 @@
-//! The MCP servers whose tools convagent's agent calls.
+//! The MCP servers whose tools convagent's agent calls (`[[mcp.servers]]`):
+//! each is a command started at start-up, spoken to on its stdin and stdout
+//! with the official SDK. Their tools (the allowed ones) are offered to the
+//! model; a call runs within `mcp.call_timeout_secs`. A server that does not
+//! start is left out (and said so); one that fails or hangs later fails only
+//! the calls made to it, and the turn is answered without them.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::TokioChildProcess;
+
+use crate::config::McpServerConfig;
+use crate::core::llm::BoxFuture;
+use crate::core::tools::{ToolCall, ToolSpec, Tools};
+
+/// How long a server may take to start and list its tools.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What became of one configured server at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerStatus {
+    pub name: String,
+    /// The tools offered to the model (after the allow-list), or why none.
+    pub tools: Result<Vec<String>, String>,
+}
+
+struct Server {
+    name: String,
+    client: RunningService<RoleClient, ()>,
+}
+
+/// Every started server's tools, by name.
+pub struct McpTools {
+    servers: Vec<Server>,
+    /// The offered tools and the server (index) each belongs to.
+    specs: Vec<(ToolSpec, usize)>,
+    timeout: Duration,
+}
+
+/// Starts `config`'s command and lists its tools, within [`START_TIMEOUT`].
+async fn start(
+    config: &McpServerConfig,
+) -> Result<(RunningService<RoleClient, ()>, Vec<rmcp::model::Tool>), String> {
+    if config.command.trim().is_empty() {
+        return Err("no `command` to start".into());
+    }
+    let mut command = tokio::process::Command::new(&config.command);
+    command.args(&config.args).envs(&config.env);
+    let (process, _) = TokioChildProcess::builder(command)
+        // Its log lines would land in the terminal of `chat` or the TUI.
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start `{}`: {e}", config.command))?;
+    let started = tokio::time::timeout(START_TIMEOUT, async {
+        let client = ().serve(process).await.map_err(|e| format!("no MCP handshake: {e}"))?;
+        let tools = client
+            .list_all_tools()
+            .await
+            .map_err(|e| format!("cannot list its tools: {e}"))?;
+        Ok::<_, String>((client, tools))
+    })
+    .await;
+    match started {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "did not answer within {}s",
+            START_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+impl McpTools {
+    /// Starts every server of `configs` (one at a time; a few at most) and
+    /// offers the allowed tools of those that started. A tool whose name
+    /// another server took first is offered as `server.tool`.
+    pub async fn start(
+        configs: &[McpServerConfig],
+        timeout: Duration,
+    ) -> (McpTools, Vec<ServerStatus>) {
+        let mut tools = McpTools {
+            servers: Vec::new(),
+            specs: Vec::new(),
+            timeout,
+        };
+        let mut statuses = Vec::new();
+        for config in configs {
+            let name = if config.name.is_empty() {
+                config.command.clone()
+            } else {
+                config.name.clone()
+            };
+            let status = match start(config).await {
+                Ok((client, listed)) => {
+                    let index = tools.servers.len();
+                    let mut offered = Vec::new();
+                    for tool in listed {
+                        if !config.tools.is_empty() && !config.tools.iter().any(|t| *t == tool.name)
+                        {
+                            continue;
+                        }
+                        let mut exposed = tool.name.to_string();
+                        if tools.specs.iter().any(|(s, _)| s.name == exposed) {
+                            exposed = format!("{name}.{exposed}");
+                        }
+                        offered.push(exposed.clone());
+                        tools.specs.push((
+                            ToolSpec {
+                                name: exposed,
+                                description: tool
+                                    .description
+                                    .as_deref()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                                parameters: tool.schema_as_json_value(),
+                            },
+                            index,
+                        ));
+                    }
+                    let missing: Vec<&String> = config
+                        .tools
+                        .iter()
+                        .filter(|t| {
+                            !offered
+                                .iter()
+                                .any(|o| o == *t || o.ends_with(&format!(".{t}")))
+                        })
+                        .collect();
+                    if !missing.is_empty() {
+                        tracing::warn!(server = %name, ?missing, "allowed tools the server does not have");
+                    }
+                    tools.servers.push(Server {
+                        name: name.clone(),
+                        client,
+                    });
+                    tracing::info!(server = %name, tools = ?offered, "MCP server started");
+                    Ok(offered)
+                }
+                Err(why) => {
+                    tracing::warn!(server = %name, error = %why, "MCP server left out");
+                    Err(why)
+                }
+            };
+            statuses.push(ServerStatus {
+                name,
+                tools: status,
+            });
+        }
+        (tools, statuses)
+    }
+
+    /// No tool to offer.
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    /// Stops the servers (their processes end with their stdin).
+    pub async fn stop(self) {
+        for server in self.servers {
+            let _ = server.client.cancel().await;
+        }
+    }
+
+    async fn run(&self, call: &ToolCall) -> Result<String, String> {
+        let Some((spec, index)) = self.specs.iter().find(|(s, _)| s.name == call.name) else {
+            return Err(format!("there is no tool named {:?}", call.name));
+        };
+        let server = &self.servers[*index];
+        let tool = spec
+            .name
+            .strip_prefix(&format!("{}.", server.name))
+            .unwrap_or(&spec.name);
+        let mut params = CallToolRequestParams::new(tool.to_string());
+        match &call.arguments {
+            serde_json::Value::Object(map) => params = params.with_arguments(map.clone()),
+            serde_json::Value::Null => {}
+            other => return Err(format!("its arguments are not an object: {other}")),
+        }
+        let result = tokio::time::timeout(self.timeout, server.client.call_tool(params))
+            .await
+            .map_err(|_| {
+                format!(
+                    "{} did not answer within {}s",
+                    server.name,
+                    self.timeout.as_secs()
+                )
+            })?
+            .map_err(|e| format!("{}: {e}", server.name))?;
+        let text: Vec<String> = result
+            .content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect();
+        let text = if text.is_empty() {
+            result
+                .structured_content
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        } else {
+            text.join("\n")
+        };
+        if result.is_error == Some(true) {
+            return Err(if text.is_empty() {
+                "the tool reported an error".into()
+            } else {
+                text
+            });
+        }
+        Ok(text)
+    }
+}
+
+impl Tools for McpTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        self.specs.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    fn call<'a>(&'a self, call: &'a ToolCall) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(self.run(call))
+    }
+}
+
+/// `McpTools` as the agent holds it.
+pub fn shared(tools: McpTools) -> Option<Arc<dyn Tools>> {
+    (!tools.is_empty()).then(|| Arc::new(tools) as Arc<dyn Tools>)
+}

@@ -6,4 +6,5 @@
 pub mod client;
 pub mod server;
 
+pub use client::{McpTools, ServerStatus};
 pub use server::{Relay, RelaySettings, token_hash};

@@ -1,0 +1,218 @@
+//! The agent calling tools of real MCP servers (`[[mcp.servers]]`): the
+//! reference time server (`mcp-server-time` from PyPI) and a server of the
+//! official SDK that hangs. Ollama is a fake speaking its documented tool
+//! calling: a `tool_calls` message first, the final text once the request
+//! carries the tool's result.
+
+use convagent::adapters::store::{OpenMode, SqliteStore};
+use convagent::core::ports::all::*;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::support::{mcp_python, ollama_answer};
+use crate::{Env, stderr_of, stdout_of};
+
+/// Asks for `tool` with `arguments` until the request carries a `tool`
+/// message, then answers with what that message said.
+struct ToolCallingOllama {
+    tool: &'static str,
+    arguments: Value,
+}
+
+impl wiremock::Respond for ToolCallingOllama {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let messages = body["messages"].as_array().unwrap();
+        let answer = match messages.iter().find(|m| m["role"] == "tool") {
+            Some(result) => ollama_answer(&format!(
+                "Tool said: {}",
+                result["content"].as_str().unwrap()
+            )),
+            None => format!(
+                "{}\n",
+                json!({
+                    "model": "mistral:7b",
+                    "message": { "role": "assistant", "content": "", "tool_calls": [
+                        { "function": { "name": self.tool, "arguments": self.arguments } }
+                    ]},
+                    "done": true, "done_reason": "stop", "eval_count": 9
+                })
+            ),
+        };
+        ResponseTemplate::new(200).set_body_string(answer)
+    }
+}
+
+async fn ollama(tool: &'static str, arguments: Value) -> MockServer {
+    let ollama = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(ToolCallingOllama { tool, arguments })
+        .mount(&ollama)
+        .await;
+    ollama
+}
+
+fn server(name: &str, args: &[&str], tools: &[&str], timeout_secs: u64) -> String {
+    format!(
+        "{}[llm]\nchain = [\"ollama\"]\n[mcp]\ncall_timeout_secs = {timeout_secs}\n\
+         [[mcp.servers]]\nname = \"{name}\"\ncommand = {:?}\nargs = {}\ntools = {}\n",
+        crate::BASE_CONFIG,
+        mcp_python().display().to_string(),
+        json!(args),
+        json!(tools),
+    )
+}
+
+/// The traces of a turn, `stage outcome detail` each.
+fn stages(env: &Env, correlation: &str) -> Vec<String> {
+    let store = SqliteStore::open_with(&env.store(), OpenMode::ReadOnly).unwrap();
+    store
+        .trace(correlation)
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e.stage,
+                e.outcome,
+                e.detail.clone().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn chat(env: &Env, line: &str) -> (Value, String) {
+    let out = env
+        .cmd(&["chat", "--json"])
+        .write_stdin(format!("{line}\n"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let reply = serde_json::from_str(stdout_of(&out).lines().last().unwrap()).unwrap();
+    (reply, stderr_of(&out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_calls_the_time_server_and_answers_with_its_result() {
+    let ollama = ollama("get_current_time", json!({ "timezone": "UTC" })).await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    env.write_config(&server(
+        "time",
+        &["-m", "mcp_server_time", "--local-timezone", "UTC"],
+        &["get_current_time"],
+        15,
+    ));
+    let (reply, stderr) = tokio::task::block_in_place(|| chat(&env, "What time is it?"));
+    assert!(stderr.contains("MCP server time: 1 tool(s)"), "{stderr}");
+
+    // The tool really ran: the reply carries the server's answer, today's date.
+    let text = reply["reply"].as_str().unwrap();
+    let today = convagent_today();
+    assert!(text.starts_with("Tool said: "), "{text}");
+    assert!(
+        text.contains("\"timezone\"") && text.contains(&today),
+        "{text} ({today})"
+    );
+
+    // The model was offered only the allowed tool, then given its result.
+    let requests = ollama.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let first: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let offered: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(offered, ["get_current_time"], "convert_time is not allowed");
+    let second: Value = serde_json::from_slice(&requests[1].body).unwrap();
+    let messages = second["messages"].as_array().unwrap();
+    let n = messages.len();
+    assert_eq!(
+        messages[n - 2]["tool_calls"][0]["function"]["name"],
+        "get_current_time"
+    );
+    assert_eq!(messages[n - 1]["role"], "tool");
+    assert_eq!(messages[n - 1]["tool_name"], "get_current_time");
+
+    // The trace shows the call, its arguments and its result.
+    let correlation = reply["correlation_id"].as_str().unwrap();
+    let traced = stages(&env, correlation);
+    let call = traced
+        .iter()
+        .find(|s| s.starts_with("tool call ok"))
+        .unwrap_or_else(|| panic!("{traced:?}"));
+    assert!(
+        call.contains("get_current_time {\"timezone\":\"UTC\"}"),
+        "{call}"
+    );
+    assert!(call.contains(&today), "{call}");
+}
+
+/// Today's date in UTC, as the time server writes it (`2026-11-22`).
+fn convagent_today() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_tool_server_costs_the_call_not_the_message() {
+    let ollama = ollama("lookup_order", json!({ "order_id": "A-17" })).await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let script = env!("CARGO_MANIFEST_DIR").to_string() + "/tests/support/mcp_slow_server.py";
+    env.write_config(&server("orders", &[&script], &[], 1));
+    let began = std::time::Instant::now();
+    let (reply, _) = tokio::task::block_in_place(|| chat(&env, "Where is my order A-17?"));
+    assert!(
+        began.elapsed().as_secs() < 30,
+        "the turn waited for the hung tool"
+    );
+    let text = reply["reply"].as_str().unwrap();
+    assert!(
+        text.contains("did not answer within 1s"),
+        "the model was told: {text}"
+    );
+    assert_eq!(reply["kind"], "answer", "{reply}");
+    let traced = stages(&env, reply["correlation_id"].as_str().unwrap());
+    assert!(
+        traced
+            .iter()
+            .any(|s| s.starts_with("tool call failed lookup_order")
+                && s.contains("did not answer within 1s")),
+        "{traced:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_start_is_left_out_and_the_agent_answers() {
+    let ollama = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string(ollama_answer("Hello without tools.")),
+        )
+        .mount(&ollama)
+        .await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    env.write_config(&format!(
+        "{}[llm]\nchain = [\"ollama\"]\n[[mcp.servers]]\nname = \"ghost\"\ncommand = \"/nonexistent/mcp-server\"\n",
+        crate::BASE_CONFIG
+    ));
+    let (reply, stderr) = tokio::task::block_in_place(|| chat(&env, "Hi"));
+    assert!(
+        stderr.contains("MCP server ghost left out: cannot start"),
+        "{stderr}"
+    );
+    assert_eq!(reply["reply"], "Hello without tools.");
+    let requests = ollama.received_requests().await.unwrap();
+    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert!(body.get("tools").is_none(), "no tools offered: {body}");
+}
