@@ -1,9 +1,11 @@
-//! Machine checks: the serve port, the clock, disk space.
+//! Machine checks: the serve port, the clock, disk space, and the MCP
+//! servers the agent would start.
 
 use std::path::Path;
 use std::time::Duration;
 
-use convagent::config::Settings;
+use convagent::adapters::mcp::McpTools;
+use convagent::config::{AgentMode, Settings};
 
 use super::Check;
 use crate::output::{now_ms, utc};
@@ -92,4 +94,64 @@ pub fn disk_check(name: &str, dir: &Path) -> Check {
             "check the path",
         ),
     }
+}
+
+/// Each `[[mcp.servers]]` entry started as `serve` and `chat` would start
+/// it: whether it speaks MCP, and the tools the model would be offered.
+pub async fn mcp_checks(settings: &Settings) -> Vec<Check> {
+    let mcp = &settings.config.mcp;
+    if mcp.servers.is_empty() {
+        return Vec::new();
+    }
+    let timeout = Duration::from_secs(mcp.call_timeout_secs);
+    let (tools, statuses) = McpTools::start(&mcp.servers, timeout).await;
+    tools.stop().await;
+    let external = settings.config.agent.mode == AgentMode::External;
+    statuses
+        .into_iter()
+        .map(|status| match status.tools {
+            Err(why) => Check::fail(
+                "mcp",
+                format!("server {}: {why}", status.name),
+                format!(
+                    "check `command` and `args` of the [[mcp.servers]] entry named {:?}; \
+                     run them by hand: the server must speak MCP on stdin and stdout",
+                    status.name
+                ),
+            ),
+            Ok(_) if external => Check::warn(
+                "mcp",
+                format!(
+                    "server {} starts, but agent.mode = \"external\": its tools are not used",
+                    status.name
+                ),
+                "set agent.mode = \"agent\" for the built-in agent to use them",
+            ),
+            Ok(offered) if !status.missing.is_empty() => Check::warn(
+                "mcp",
+                format!(
+                    "server {}: {} tool(s) ({}); its allow-list names tools it does not have: {}",
+                    status.name,
+                    offered.len(),
+                    offered.join(", "),
+                    status.missing.join(", ")
+                ),
+                "fix the `tools` list of that [[mcp.servers]] entry",
+            ),
+            Ok(offered) if offered.is_empty() => Check::warn(
+                "mcp",
+                format!("server {} starts but offers no tool", status.name),
+                "its `tools` allow-list leaves none, or the server has none",
+            ),
+            Ok(offered) => Check::pass(
+                "mcp",
+                format!(
+                    "server {}: {} tool(s) offered to the model ({})",
+                    status.name,
+                    offered.len(),
+                    offered.join(", ")
+                ),
+            ),
+        })
+        .collect()
 }

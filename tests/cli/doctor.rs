@@ -560,3 +560,36 @@ async fn on_postgres_it_checks_the_schema_connections_and_lease_backlog() {
         "{text}"
     );
 }
+
+/// Each `[[mcp.servers]]` entry is started as the agent would start it: one
+/// that speaks MCP passes with its tools (a warning for allowed tools it
+/// lacks), one that does not start fails with a fix.
+#[test]
+fn it_starts_each_mcp_server_and_lists_its_tools() {
+    let env = Env::new();
+    let python = crate::support::mcp_python().display().to_string();
+    env.write_config(&format!(
+        "{}[[mcp.servers]]\nname = \"time\"\ncommand = {python:?}\n\
+         args = [\"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"]\n\
+         [[mcp.servers]]\nname = \"clock\"\ncommand = {python:?}\n\
+         args = [\"-m\", \"mcp_server_time\"]\ntools = [\"get_current_time\", \"nope\"]\n\
+         [[mcp.servers]]\nname = \"ghost\"\ncommand = \"/nonexistent/mcp\"\n",
+        crate::BASE_CONFIG
+    ));
+    let out = env.cmd(&["doctor"]).output().unwrap();
+    let text = stdout_of(&out);
+    assert!(!out.status.success(), "ghost fails the run: {text}");
+    assert!(
+        text.contains("✓ mcp        server time: 2 tool(s) offered to the model (get_current_time, convert_time)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("! mcp        server clock: 1 tool(s) (clock__get_current_time)")
+            && text.contains("does not have: nope"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✗ mcp        server ghost: cannot start `/nonexistent/mcp`"),
+        "{text}"
+    );
+}

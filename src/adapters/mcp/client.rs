@@ -27,6 +27,8 @@ pub struct ServerStatus {
     pub name: String,
     /// The tools offered to the model (after the allow-list), or why none.
     pub tools: Result<Vec<String>, String>,
+    /// Tools its allow-list names that it does not have.
+    pub missing: Vec<String>,
 }
 
 struct Server {
@@ -77,7 +79,8 @@ async fn start(
 impl McpTools {
     /// Starts every server of `configs` (one at a time; a few at most) and
     /// offers the allowed tools of those that started. A tool whose name
-    /// another server took first is offered as `server.tool`.
+    /// another server took first is offered as `server__tool` (function
+    /// names may not hold a dot).
     pub async fn start(
         configs: &[McpServerConfig],
         timeout: Duration,
@@ -94,6 +97,7 @@ impl McpTools {
             } else {
                 config.name.clone()
             };
+            let mut missing = Vec::new();
             let status = match start(config).await {
                 Ok((client, listed)) => {
                     let index = tools.servers.len();
@@ -105,7 +109,7 @@ impl McpTools {
                         }
                         let mut exposed = tool.name.to_string();
                         if tools.specs.iter().any(|(s, _)| s.name == exposed) {
-                            exposed = format!("{name}.{exposed}");
+                            exposed = format!("{name}__{exposed}");
                         }
                         offered.push(exposed.clone());
                         tools.specs.push((
@@ -121,14 +125,15 @@ impl McpTools {
                             index,
                         ));
                     }
-                    let missing: Vec<&String> = config
+                    missing = config
                         .tools
                         .iter()
                         .filter(|t| {
                             !offered
                                 .iter()
-                                .any(|o| o == *t || o.ends_with(&format!(".{t}")))
+                                .any(|o| o == *t || o.ends_with(&format!("__{t}")))
                         })
+                        .cloned()
                         .collect();
                     if !missing.is_empty() {
                         tracing::warn!(server = %name, ?missing, "allowed tools the server does not have");
@@ -148,6 +153,7 @@ impl McpTools {
             statuses.push(ServerStatus {
                 name,
                 tools: status,
+                missing,
             });
         }
         (tools, statuses)
@@ -172,7 +178,7 @@ impl McpTools {
         let server = &self.servers[*index];
         let tool = spec
             .name
-            .strip_prefix(&format!("{}.", server.name))
+            .strip_prefix(&format!("{}__", server.name))
             .unwrap_or(&spec.name);
         let mut params = CallToolRequestParams::new(tool.to_string());
         match &call.arguments {
