@@ -316,7 +316,7 @@ fn draw_trace(state: &State, frame: &mut Frame, area: Rect) {
         .borders(Borders::ALL)
         .title(format!(" trace {id} "));
     if state.trace.is_empty() {
-        let text = "No stages recorded for this message (traces are written by `convagent serve`).";
+        let text = "No stages recorded for this message (`serve` and `chat` write traces).";
         frame.render_widget(
             Paragraph::new(text).block(block).wrap(Wrap { trim: true }),
             area,
