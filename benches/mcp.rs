@@ -154,6 +154,8 @@ fn command(home: &std::path::Path, telegram: &str, args: &[&str]) -> Command {
     cmd
 }
 
+// The child is waited for by `Serve`'s drop, which clippy does not follow.
+#[allow(clippy::zombie_processes)]
 fn start_serve(home: &std::path::Path, telegram: &str) -> Serve {
     let log = home.join("serve.log");
     let mut child = command(home, telegram, &["serve", "--listen", "127.0.0.1:0"])
