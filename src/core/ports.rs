@@ -293,6 +293,33 @@ pub struct Outgoing {
     pub at: i64,
 }
 
+impl Outgoing {
+    /// How the message is stored: an answer of the outside agent.
+    pub fn reply(&self) -> NewReply {
+        NewReply {
+            kind: ReplyKind::Answer,
+            text: self.text.clone(),
+            provider: self.provider.clone(),
+            model: self.sender.clone(),
+            prompt_version: 0,
+            prompt_tokens: None,
+            completion_tokens: None,
+            latency_ms: 0,
+            created_at: self.at,
+        }
+    }
+
+    /// The record of it answering `pending` (ids in order), if any.
+    pub fn answering(&self, pending: &[i64]) -> Option<TurnRecord> {
+        pending.last().map(|&last| TurnRecord {
+            message_id: last,
+            covers: pending.to_vec(),
+            violations: Vec::new(),
+            reply: self.reply(),
+        })
+    }
+}
+
 /// Where an [`Outgoing`] message goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Destination {

@@ -8,25 +8,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path_regex};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
 use crate::Env;
-use crate::serve::{Daemon, post_update, sent, telegram_update};
+use crate::serve::{Daemon, accepting_telegram, post_update, sent, telegram_update};
 use crate::support::{mcp_client_script, mcp_python};
-
-async fn telegram() -> MockServer {
-    let telegram = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/bot[^/]+/(sendMessage|sendChatAction)$"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({ "ok": true, "result": { "message_id": 1 } })),
-        )
-        .mount(&telegram)
-        .await;
-    telegram
-}
 
 /// The SDK's client running `calls` against `target` (`["stdio", convagent,
 /// "mcp"]` or `["http", url, token]`), with the test environment's variables;
@@ -108,7 +94,7 @@ fn tool_names(line: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outside_agent_answers_telegram_through_convagent_mcp() {
-    let telegram = telegram().await;
+    let telegram = accepting_telegram().await;
     let env = Env::new();
     env.write_config(&format!(
         "{}[agent]\nmode = \"external\"\n",
@@ -229,7 +215,7 @@ fn post_mcp(url: &str, bearer: Option<&str>) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_over_http_needs_a_token_and_sends_through_the_outbox() {
-    let telegram = telegram().await;
+    let telegram = accepting_telegram().await;
     let env = Env::new();
     let good = token(&env, "ci");
     let revoked = token(&env, "old-laptop");
@@ -304,7 +290,14 @@ async fn mcp_over_http_needs_a_token_and_sends_through_the_outbox() {
     assert_eq!(sent_within(&telegram, 1, 10).await, ["A note for you"]);
     assert_eq!(sent(&telegram, "chat_id").await, ["808"]);
     let correlation = sent_view["correlation_id"].as_str().unwrap().to_string();
-    let traced = json!([["call", "get_trace", { "correlation_id": correlation }]]);
+    let conversation_uri = format!("convagent://conversations/{}", sent_view["conversation_id"]);
+    let traced = json!([
+        ["call", "get_trace", { "correlation_id": correlation }],
+        ["resources"],
+        ["read", conversation_uri.clone()],
+        ["read", "convagent://health"],
+        ["read", "convagent://nothing"],
+    ]);
     let mut client = Client::start(&env, &traced, &["http", &endpoint, &good]);
     client.next("initialize");
     let trace = client.next("the trace");
@@ -325,6 +318,31 @@ async fn mcp_over_http_needs_a_token_and_sends_through_the_outbox() {
             .iter()
             .any(|s| s.starts_with("send") && s.ends_with("ok")),
         "{stages:?}"
+    );
+    // Resources: the health summary and each conversation.
+    let resources = client.next("the resources");
+    let uris: Vec<&str> = resources["resources"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(uris, ["convagent://health", conversation_uri.as_str()]);
+    let read = client.next("the conversation resource");
+    let text = read["read"]["contents"][0]["text"].as_str().unwrap();
+    let resource: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(resource["messages"][0]["text"], "A note for you");
+    let health = client.next("the health resource");
+    let health: Value =
+        serde_json::from_str(health["read"]["contents"][0]["text"].as_str().unwrap()).unwrap();
+    assert!(health["outbox"]["queued"].is_u64(), "{health}");
+    let unknown = client.next("an unknown resource");
+    assert!(
+        unknown["error"]
+            .as_str()
+            .unwrap()
+            .contains("no resource convagent://nothing"),
+        "{unknown}"
     );
     tokio::task::block_in_place(|| client.finish());
     // The token's use was recorded.

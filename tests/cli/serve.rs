@@ -94,6 +94,20 @@ fn post_signed(url: &str, body: &serde_json::Value, secret: &str) -> u16 {
         .as_u16()
 }
 
+/// A Telegram Bot API that accepts every reply and typing signal.
+pub(crate) async fn accepting_telegram() -> MockServer {
+    let telegram = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/(sendMessage|sendChatAction)$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "ok": true, "result": { "message_id": 1 } })),
+        )
+        .mount(&telegram)
+        .await;
+    telegram
+}
+
 async fn fakes(llm_delay: Duration) -> (MockServer, MockServer) {
     let telegram = MockServer::start().await;
     Mock::given(method("POST"))

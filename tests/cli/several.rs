@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use convagent::adapters::store::PostgresStore;
 use convagent::core::ports::all::*;
-use wiremock::matchers::{method, path, path_regex};
+use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::Env;
@@ -19,15 +19,7 @@ use crate::support::postgres::Cluster;
 /// A Telegram that accepts every send, and an Ollama that echoes after
 /// `llm_delay`.
 async fn fakes(llm_delay: Duration) -> (MockServer, MockServer) {
-    let telegram = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path_regex(r"^/bot[^/]+/(sendMessage|sendChatAction)$"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({ "ok": true, "result": { "message_id": 1 } })),
-        )
-        .mount(&telegram)
-        .await;
+    let telegram = crate::serve::accepting_telegram().await;
     let ollama = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/api/chat"))

@@ -276,3 +276,123 @@ async fn a_turn_cut_by_a_limit_is_answered_as_the_messages_under_it() {
     assert_eq!(llm.requests.lock().unwrap().len(), 1, "no second LLM call");
     assert!(store.pending(conversation, 10).unwrap().is_empty());
 }
+
+/// A model that asks for a tool on every call while tools are offered, and
+/// answers with what it was told once they are not; every request kept.
+struct ToolHungryLlm {
+    requests: std::sync::Mutex<Vec<convagent::core::LlmRequest>>,
+}
+
+impl LlmProvider for ToolHungryLlm {
+    fn name(&self) -> &str {
+        "fake"
+    }
+    fn model(&self) -> &str {
+        "fake-model"
+    }
+    fn generate<'a>(
+        &'a self,
+        request: &'a convagent::core::LlmRequest,
+        _on_event: &'a mut convagent::core::llm::OnEvent<'_>,
+    ) -> convagent::core::llm::BoxFuture<
+        'a,
+        Result<convagent::core::LlmOutput, convagent::core::LlmError>,
+    > {
+        self.requests.lock().unwrap().push(request.clone());
+        let tool_calls = if request.tools.is_empty() {
+            Vec::new()
+        } else {
+            vec![convagent::core::tools::ToolCall {
+                id: None,
+                name: "lookup".into(),
+                arguments: serde_json::json!({ "key": "hunter2-secret", "n": request.exchanges.len() }),
+            }]
+        };
+        let said: Vec<String> = request
+            .exchanges
+            .iter()
+            .flat_map(|e| e.results.iter().map(|r| r.text.clone()))
+            .collect();
+        Box::pin(async move {
+            Ok(convagent::core::LlmOutput {
+                text: if tool_calls.is_empty() {
+                    said.join(" | ")
+                } else {
+                    String::new()
+                },
+                provider: "fake".into(),
+                model: "fake-model".into(),
+                prompt_tokens: Some(10),
+                completion_tokens: Some(1),
+                tool_calls,
+            })
+        })
+    }
+}
+
+/// A tool that echoes its arguments back with a configured secret in them.
+struct EchoTool {
+    calls: std::sync::Mutex<Vec<serde_json::Value>>,
+}
+
+impl convagent::core::tools::Tools for EchoTool {
+    fn specs(&self) -> Vec<convagent::core::tools::ToolSpec> {
+        vec![convagent::core::tools::ToolSpec {
+            name: "lookup".into(),
+            description: "Look a key up".into(),
+            parameters: serde_json::json!({ "type": "object" }),
+        }]
+    }
+    fn call<'a>(
+        &'a self,
+        call: &'a convagent::core::tools::ToolCall,
+    ) -> convagent::core::llm::BoxFuture<'a, Result<String, String>> {
+        self.calls.lock().unwrap().push(call.arguments.clone());
+        Box::pin(async move { Ok(format!("found hunter2-secret for {}", call.arguments["n"])) })
+    }
+}
+
+#[tokio::test]
+async fn tool_calls_stop_at_the_turns_limit_and_secrets_stay_out_of_them() {
+    let llm = Arc::new(ToolHungryLlm {
+        requests: Default::default(),
+    });
+    let tool = Arc::new(EchoTool {
+        calls: Default::default(),
+    });
+    let settings = AgentSettings {
+        max_tool_calls: 2,
+        secrets: vec!["hunter2-secret".into()],
+        ..AgentSettings::default()
+    };
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let agent = agent_over(store, llm.clone(), settings).with_tools(tool.clone());
+    let reply = agent
+        .handle(&cli::inbound(&key(), "look it up", 1_000), &mut |_| {})
+        .await
+        .unwrap();
+
+    // Two calls ran, then the model was asked without tools and answered.
+    let calls = tool.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    let requests = llm.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3);
+    assert!(!requests[1].tools.is_empty() && requests[2].tools.is_empty());
+    assert_eq!(requests[2].exchanges.len(), 2);
+    // The secret never reached the tool, nor came back to the model.
+    for args in &calls {
+        assert!(!args.to_string().contains("hunter2-secret"), "{args}");
+    }
+    assert!(
+        !reply.reply.text.contains("hunter2-secret"),
+        "{}",
+        reply.reply.text
+    );
+    assert!(
+        reply.reply.text.contains("found [redacted] for 0"),
+        "{}",
+        reply.reply.text
+    );
+    // Tokens of all three calls are counted.
+    assert_eq!(reply.reply.prompt_tokens, Some(30));
+}

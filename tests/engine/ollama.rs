@@ -320,3 +320,48 @@ async fn lines_and_characters_split_across_reads_come_out_whole() {
     assert_eq!(got.text(), out.text);
     assert_eq!(out.completion_tokens, Some(282));
 }
+
+/// Tool calling as Ollama's API documents it (streaming with tools): the
+/// tools offered in the request, a `message.tool_calls` entry with the
+/// arguments as an object, then `done`.
+#[tokio::test]
+async fn tool_calls_in_the_stream_are_returned_with_their_arguments() {
+    use convagent::core::tools::ToolSpec;
+    let call = json!({
+        "model": "mistral:7b",
+        "created_at": "2025-05-27T22:54:57.641643Z",
+        "message": { "role": "assistant", "content": "", "tool_calls": [
+            { "function": { "name": "get_current_weather",
+                "arguments": { "format": "celsius", "location": "Toronto" } } }
+        ]},
+        "done": false
+    });
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .and(body_partial_json(json!({
+            "tools": [{ "type": "function", "function": { "name": "get_current_weather" } }]
+        })))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string(ndjson(&[call.to_string(), final_chunk()])),
+        )
+        .mount(&server)
+        .await;
+    let mut request = request();
+    request.tools = vec![ToolSpec {
+        name: "get_current_weather".into(),
+        description: "Get the current weather for a location".into(),
+        parameters: json!({ "type": "object", "required": ["location"] }),
+    }];
+    let out = ollama(&server.uri(), timeouts(2_000, 1_000))
+        .generate(&request, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(out.text, "");
+    assert_eq!(out.tool_calls.len(), 1);
+    assert_eq!(out.tool_calls[0].name, "get_current_weather");
+    assert_eq!(
+        out.tool_calls[0].arguments,
+        json!({ "format": "celsius", "location": "Toronto" })
+    );
+}

@@ -209,3 +209,96 @@ async fn events_and_characters_split_across_reads_come_out_whole() {
     assert_eq!(out.text, "Grüße, über 🌍 — naïve café");
     assert_eq!(got.text(), out.text);
 }
+
+/// Native tool calling as the API reference documents it: the tools offered
+/// as `{"type": "function", "function": …}`, a call streamed in pieces under
+/// one `index` (its arguments a JSON string cut anywhere), `finish_reason`
+/// `tool_calls`; the next request carries the call and a `tool` message
+/// with its `tool_call_id`.
+#[tokio::test]
+async fn a_tool_call_streamed_in_pieces_is_put_together() {
+    use convagent::core::tools::{ToolCall, ToolExchange, ToolResult, ToolSpec};
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        json!({
+            "id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1694268190,
+            "model": "qwen2.5-0.5b",
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }]
+        })
+        .to_string()
+    };
+    let body = sse(&[
+        chunk(
+            json!({ "role": "assistant", "content": null, "tool_calls": [{ "index": 0,
+                "id": "call_abc", "type": "function",
+                "function": { "name": "get_current_time", "arguments": "" } }] }),
+            json!(null),
+        ),
+        chunk(
+            json!({ "tool_calls": [{ "index": 0, "function": { "arguments": "{\"timez" } }] }),
+            json!(null),
+        ),
+        chunk(
+            json!({ "tool_calls": [{ "index": 0, "function": { "arguments": "one\": \"UTC\"}" } }] }),
+            json!(null),
+        ),
+        chunk(json!({}), json!("tool_calls")),
+        "[DONE]".into(),
+    ]);
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_partial_json(json!({
+            "tools": [{ "type": "function", "function": {
+                "name": "get_current_time", "description": "The time now",
+                "parameters": { "type": "object" } } }]
+        })))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(body),
+        )
+        .mount(&server)
+        .await;
+    let mut request = request();
+    request.tools = vec![ToolSpec {
+        name: "get_current_time".into(),
+        description: "The time now".into(),
+        parameters: json!({ "type": "object" }),
+    }];
+    let out = provider(&server.uri())
+        .generate(&request, &mut |_| {})
+        .await
+        .unwrap();
+    let call = ToolCall {
+        id: Some("call_abc".into()),
+        name: "get_current_time".into(),
+        arguments: json!({ "timezone": "UTC" }),
+    };
+    assert_eq!(out.tool_calls, [call.clone()]);
+    assert_eq!(out.text, "");
+
+    // The next request: the call and its result, after the conversation.
+    request.exchanges.push(ToolExchange {
+        text: String::new(),
+        calls: vec![call],
+        results: vec![ToolResult {
+            text: "12:00".into(),
+            failed: false,
+        }],
+    });
+    let _ = provider(&server.uri())
+        .generate(&request, &mut |_| {})
+        .await;
+    let sent: serde_json::Value =
+        serde_json::from_slice(&server.received_requests().await.unwrap()[1].body).unwrap();
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages[1]["tool_calls"][0]["id"], "call_abc");
+    assert_eq!(
+        messages[1]["tool_calls"][0]["function"]["arguments"],
+        "{\"timezone\":\"UTC\"}"
+    );
+    assert_eq!(
+        messages[2],
+        json!({ "role": "tool", "tool_call_id": "call_abc", "content": "12:00" })
+    );
+}

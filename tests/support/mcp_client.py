@@ -5,7 +5,8 @@ prints one JSON line per result.
     mcp_client.py stdio CALLS COMMAND [ARG...]
     mcp_client.py http CALLS URL TOKEN
 
-CALLS is a JSON list of ["tools"] or ["call", NAME, ARGUMENTS]. An argument
+CALLS is a JSON list of ["tools"], ["resources"], ["read", URI] or
+["call", NAME, ARGUMENTS]. An argument
 "$prev:a.b" is field a.b of the previous call's structured result. The
 server command gets this process's whole environment.
 """
@@ -45,6 +46,14 @@ async def drive(read, write, calls):
         for call in calls:
             if call[0] == "tools":
                 out = await session.list_tools()
+            elif call[0] == "resources":
+                out = await session.list_resources()
+            elif call[0] == "read":
+                try:
+                    out = await session.read_resource(resolve({"uri": call[1]}, previous)["uri"])
+                except Exception as e:  # the server's error, for the test to check
+                    print(json.dumps({"error": str(e)}), flush=True)
+                    continue
             else:
                 out = await session.call_tool(call[1], resolve(call[2], previous))
                 previous = out.structured_content or {}

@@ -6,9 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rmcp::ErrorData;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
@@ -26,6 +31,9 @@ use crate::core::ports::{
 
 /// The provider name stored with what an outside agent sends.
 pub const PROVIDER: &str = "mcp";
+/// The resources: the health summary, and each conversation.
+const HEALTH_URI: &str = "convagent://health";
+const CONVERSATION_URI: &str = "convagent://conversations/";
 /// The longest `wait_for_message` waits.
 const MAX_WAIT_SECS: u64 = 300;
 /// How often a waiting consumer looks at the store (for messages another
@@ -292,6 +300,35 @@ impl Relay {
             .map_err(store_error)
     }
 
+    /// A conversation and its newest `keep` messages.
+    async fn conversation_with_messages(
+        &self,
+        id: i64,
+        keep: usize,
+    ) -> Result<ConversationWithMessages, String> {
+        let conversation = self.conversation(id).await?;
+        let mut messages = self.read(move |s| s.messages(id)).await?;
+        let skip = messages.len().saturating_sub(keep);
+        messages.drain(..skip);
+        Ok(ConversationWithMessages {
+            conversation: conversation_view(conversation),
+            messages: messages.into_iter().map(message_view).collect(),
+        })
+    }
+
+    /// What `convagent://health` says: the outbox and the LLM breakers.
+    async fn health(&self) -> Result<serde_json::Value, String> {
+        let (outbox, breakers) = self
+            .read(|s| Ok((s.outbox_stats()?, s.breakers()?)))
+            .await?;
+        Ok(serde_json::json!({
+            "outbox": outbox,
+            "breakers": breakers,
+            "external_agent": self.parts.settings.external,
+            "channels": self.parts.settings.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        }))
+    }
+
     async fn conversation(&self, id: i64) -> Result<ConversationSummary, String> {
         self.read(move |s| s.conversation(id))
             .await?
@@ -443,16 +480,11 @@ impl Relay {
         &self,
         Parameters(p): Parameters<GetParams>,
     ) -> Result<Json<ConversationWithMessages>, String> {
-        let conversation = self.conversation(p.conversation_id).await?;
-        let id = p.conversation_id;
-        let mut messages = self.read(move |s| s.messages(id)).await?;
         let keep = limit(p.limit, 50, 500);
-        let skip = messages.len().saturating_sub(keep);
-        messages.drain(..skip);
-        Ok(Json(ConversationWithMessages {
-            conversation: conversation_view(conversation),
-            messages: messages.into_iter().map(message_view).collect(),
-        }))
+        Ok(Json(
+            self.conversation_with_messages(p.conversation_id, keep)
+                .await?,
+        ))
     }
 
     #[tool(description = "Full-text search over every stored message, best matches first.")]
@@ -589,10 +621,82 @@ impl ServerHandler for Relay {
             "convagent's own agent answers inbound messages; you can read conversations \
              and send messages of your own."
         };
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("convagent", env!("CARGO_PKG_VERSION")))
-            .with_instructions(format!(
-                "convagent relays messages on WhatsApp, SMS, Telegram and Slack. {mode}"
-            ))
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new("convagent", env!("CARGO_PKG_VERSION")))
+        .with_instructions(format!(
+            "convagent relays messages on WhatsApp, SMS, Telegram and Slack. {mode}"
+        ))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let filter = ConversationFilter {
+            channel: None,
+            sender: None,
+            limit: 20,
+        };
+        let recent = self
+            .read(move |s| s.conversations(&filter))
+            .await
+            .map_err(|e| ErrorData::internal_error(e, None))?;
+        let mut resources = vec![
+            Resource::new(HEALTH_URI, "health")
+                .with_description("The outbox (queued, dead letters) and the LLM breakers")
+                .with_mime_type("application/json"),
+        ];
+        resources.extend(recent.into_iter().map(|c| {
+            let who = c.display_name.clone().unwrap_or_else(|| c.sender.clone());
+            Resource::new(
+                format!("{CONVERSATION_URI}{}", c.id),
+                format!("{} conversation with {who}", c.channel.as_str()),
+            )
+            .with_mime_type("application/json")
+        }));
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new(format!("{CONVERSATION_URI}{{id}}"), "conversation")
+                .with_description("A conversation and its newest 50 messages")
+                .with_mime_type("application/json"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let value = if uri == HEALTH_URI {
+            self.health().await
+        } else if let Some(id) = uri.strip_prefix(CONVERSATION_URI) {
+            let id: i64 = id.parse().map_err(|_| {
+                ErrorData::invalid_params(format!("{uri}: a conversation id is a number"), None)
+            })?;
+            self.conversation_with_messages(id, 50)
+                .await
+                .and_then(|c| serde_json::to_value(c).map_err(|e| e.to_string()))
+        } else {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {uri} (see resources/list)"),
+                None,
+            ));
+        };
+        let value = value.map_err(|e| ErrorData::resource_not_found(e, None))?;
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(value.to_string(), uri)]).into())
     }
 }

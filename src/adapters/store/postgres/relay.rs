@@ -8,8 +8,8 @@ use postgres::{Row, Transaction};
 use super::PostgresStore;
 use super::work::{message_by_id, turn};
 use crate::core::ports::{
-    AccessToken, Destination, NewReply, Outgoing, ReplyKind, Sent, StoreError, StoredMessage, Take,
-    TokenChange, TokenStore, TurnRecord,
+    AccessToken, Destination, Outgoing, Sent, StoreError, StoredMessage, Take, TokenChange,
+    TokenStore,
 };
 
 /// The conversation a message goes to, locked: the one named, or the
@@ -51,27 +51,8 @@ pub(super) fn send_in(tx: &mut Transaction<'_>, out: &Outgoing) -> Result<Sent, 
     } else {
         Vec::new()
     };
-    let message = match pending.last() {
-        Some(&last) => {
-            let reply = NewReply {
-                kind: ReplyKind::Answer,
-                text: out.text.clone(),
-                provider: out.provider.clone(),
-                model: out.sender.clone(),
-                prompt_version: 0,
-                prompt_tokens: None,
-                completion_tokens: None,
-                latency_ms: 0,
-                created_at: out.at,
-            };
-            let record = TurnRecord {
-                message_id: last,
-                covers: pending.clone(),
-                violations: Vec::new(),
-                reply,
-            };
-            turn(tx, &record)?
-        }
+    let message = match out.answering(&pending) {
+        Some(record) => turn(tx, &record)?,
         None => {
             let id: i64 = tx
                 .query_one(

@@ -7,8 +7,8 @@ use super::SqliteStore;
 use super::port::turn_in;
 use super::rows::message_by_id;
 use crate::core::ports::{
-    AccessToken, Destination, NewReply, Outgoing, ReplyKind, Sent, StoreError, StoredMessage, Take,
-    TokenChange, TokenStore, TurnRecord,
+    AccessToken, Destination, Outgoing, Sent, StoreError, StoredMessage, Take, TokenChange,
+    TokenStore,
 };
 
 /// The conversation a message goes to: the one named, or the person's
@@ -38,17 +38,6 @@ fn conversation_of(conn: &Connection, to: &Destination, at: i64) -> Result<i64, 
 
 pub(super) fn send_in(conn: &Connection, out: &Outgoing) -> Result<Sent, StoreError> {
     let conversation_id = conversation_of(conn, &out.to, out.at)?;
-    let reply = NewReply {
-        kind: ReplyKind::Answer,
-        text: out.text.clone(),
-        provider: out.provider.clone(),
-        model: out.sender.clone(),
-        prompt_version: 0,
-        prompt_tokens: None,
-        completion_tokens: None,
-        latency_ms: 0,
-        created_at: out.at,
-    };
     let pending: Vec<i64> = if out.answers_pending {
         conn.prepare_cached(
             "SELECT id FROM messages
@@ -59,16 +48,8 @@ pub(super) fn send_in(conn: &Connection, out: &Outgoing) -> Result<Sent, StoreEr
     } else {
         Vec::new()
     };
-    let message = match pending.last() {
-        Some(&last) => turn_in(
-            conn,
-            &TurnRecord {
-                message_id: last,
-                covers: pending.clone(),
-                violations: Vec::new(),
-                reply,
-            },
-        )?,
+    let message = match out.answering(&pending) {
+        Some(record) => turn_in(conn, &record)?,
         None => {
             let id: i64 = conn
                 .prepare_cached(
