@@ -274,7 +274,7 @@ async fn a_tool_call_streamed_in_pieces_is_put_together() {
         name: "get_current_time".into(),
         arguments: json!({ "timezone": "UTC" }),
     };
-    assert_eq!(out.tool_calls, [call.clone()]);
+    assert_eq!(out.tool_calls, std::slice::from_ref(&call));
     assert_eq!(out.text, "");
 
     // The next request: the call and its result, after the conversation.
