@@ -408,6 +408,24 @@ impl Config {
         .filter(|s| !s.trim().is_empty())
         .cloned()
         .chain(self.store.url.as_deref().and_then(url_password))
+        .chain(self.mcp.servers.iter().flat_map(|server| {
+            // A tool server's token, and what its environment names as one.
+            let secret_named = |k: &str| {
+                let k = k.to_ascii_uppercase();
+                ["TOKEN", "KEY", "SECRET", "PASSWORD"]
+                    .iter()
+                    .any(|w| k.contains(w))
+            };
+            std::iter::once(server.token.clone())
+                .chain(
+                    server
+                        .env
+                        .iter()
+                        .filter(move |(k, _)| secret_named(k))
+                        .map(|(_, v)| v.clone()),
+                )
+                .filter(|s| !s.trim().is_empty())
+        }))
         .collect()
     }
 }

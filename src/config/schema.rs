@@ -67,7 +67,7 @@ impl Default for McpConfig {
 }
 
 /// One MCP server the agent uses: a command convagent starts and speaks
-/// to on its stdin and stdout.
+/// to on its stdin and stdout, or a Streamable HTTP endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct McpServerConfig {
@@ -78,6 +78,10 @@ pub struct McpServerConfig {
     pub args: Vec<String>,
     /// Added to the command's environment (which is otherwise convagent's).
     pub env: std::collections::BTreeMap<String, String>,
+    /// A Streamable HTTP server instead of a command (`https://host/mcp`).
+    pub url: String,
+    /// Its bearer token (a secret: masked in logs and output).
+    pub token: String,
     /// The tools of this server offered to the model; empty: every one.
     pub tools: Vec<String>,
 }

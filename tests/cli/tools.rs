@@ -216,3 +216,53 @@ async fn a_server_that_does_not_start_is_left_out_and_the_agent_answers() {
     let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
     assert!(body.get("tools").is_none(), "no tools offered: {body}");
 }
+
+/// A tool server over Streamable HTTP with a bearer token: convagent's own
+/// `/mcp` on a running `serve` (a real MCP server of the official Rust SDK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_calls_tools_over_streamable_http_with_its_token() {
+    let ollama = ollama("list_conversations", json!({ "limit": 5 })).await;
+    let telegram = crate::serve::accepting_telegram().await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let out = env
+        .cmd(&["mcp", "token", "create", "agent"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let token = stdout_of(&out).trim().to_string();
+    let daemon =
+        tokio::task::block_in_place(|| crate::serve::Daemon::start(&env, &telegram.uri(), &[]));
+    let config = |token: &str| {
+        format!(
+            "{}[llm]\nchain = [\"ollama\"]\n[[mcp.servers]]\nname = \"relay\"\n\
+             url = \"{}/mcp\"\ntoken = \"{token}\"\ntools = [\"list_conversations\"]\n",
+            crate::BASE_CONFIG,
+            daemon.url
+        )
+    };
+    env.write_config(&config(&token));
+    let (reply, stderr) = tokio::task::block_in_place(|| chat(&env, "Who wrote lately?"));
+    assert!(stderr.contains("MCP server relay: 1 tool(s)"), "{stderr}");
+    let text = reply["reply"].as_str().unwrap();
+    // The tool saw this very chat's conversation in the shared store.
+    assert!(
+        text.starts_with("Tool said: ") && text.contains("\"channel\":\"cli\""),
+        "{text}"
+    );
+    assert!(
+        !stderr.contains(&token) && !text.contains(&token),
+        "the token stays secret"
+    );
+
+    // A wrong token: the server is left out, with the reason, and the agent
+    // still answers.
+    env.write_config(&config("cvg_wrong"));
+    let (reply, stderr) = tokio::task::block_in_place(|| chat(&env, "And now?"));
+    assert!(stderr.contains("MCP server relay left out"), "{stderr}");
+    assert!(stderr.contains("refused the token (HTTP 401)"), "{stderr}");
+    assert!(reply["reply"].as_str().is_some(), "{reply}");
+    crate::send_signal(daemon.child.id(), "-TERM");
+    let mut daemon = daemon;
+    assert!(daemon.child.wait().unwrap().success());
+}

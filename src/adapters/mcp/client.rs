@@ -12,7 +12,8 @@ use std::time::Duration;
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::{RoleClient, RunningService};
-use rmcp::transport::TokioChildProcess;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 
 use crate::config::McpServerConfig;
 use crate::core::llm::BoxFuture;
@@ -44,12 +45,26 @@ pub struct McpTools {
     timeout: Duration,
 }
 
-/// Starts `config`'s command and lists its tools, within [`START_TIMEOUT`].
+/// Connects to `config`'s server (its command, or its URL) and lists its
+/// tools, within [`START_TIMEOUT`].
 async fn start(
     config: &McpServerConfig,
 ) -> Result<(RunningService<RoleClient, ()>, Vec<rmcp::model::Tool>), String> {
-    if config.command.trim().is_empty() {
-        return Err("no `command` to start".into());
+    let has_url = !config.url.trim().is_empty();
+    let has_command = !config.command.trim().is_empty();
+    if has_url == has_command {
+        return Err("give either `command` (stdio) or `url` (Streamable HTTP)".into());
+    }
+    if has_url {
+        // reqwest's rustls takes the process's crypto provider: ring, as
+        // for every other TLS connection here.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut transport = StreamableHttpClientTransportConfig::with_uri(config.url.trim());
+        if !config.token.is_empty() {
+            transport = transport.auth_header(config.token.clone());
+        }
+        let transport = StreamableHttpClientTransport::from_config(transport);
+        return handshake(().serve(transport)).await;
     }
     let mut command = tokio::process::Command::new(&config.command);
     command.args(&config.args).envs(&config.env);
@@ -58,8 +73,22 @@ async fn start(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start `{}`: {e}", config.command))?;
+    handshake(().serve(process)).await
+}
+
+/// The handshake and the tool list, within [`START_TIMEOUT`].
+async fn handshake<E: std::fmt::Display>(
+    serving: impl std::future::Future<Output = Result<RunningService<RoleClient, ()>, E>>,
+) -> Result<(RunningService<RoleClient, ()>, Vec<rmcp::model::Tool>), String> {
     let started = tokio::time::timeout(START_TIMEOUT, async {
-        let client = ().serve(process).await.map_err(|e| format!("no MCP handshake: {e}"))?;
+        let client = serving.await.map_err(|e| {
+            let e = e.to_string();
+            if e.contains("Auth required") {
+                "the server refused the token (HTTP 401): check `token`".to_string()
+            } else {
+                format!("no MCP handshake: {e}")
+            }
+        })?;
         let tools = client
             .list_all_tools()
             .await
@@ -92,11 +121,11 @@ impl McpTools {
         };
         let mut statuses = Vec::new();
         for config in configs {
-            let name = if config.name.is_empty() {
-                config.command.clone()
-            } else {
-                config.name.clone()
-            };
+            let name = [&config.name, &config.url, &config.command]
+                .into_iter()
+                .find(|n| !n.is_empty())
+                .cloned()
+                .unwrap_or_default();
             let mut missing = Vec::new();
             let status = match start(config).await {
                 Ok((client, listed)) => {
