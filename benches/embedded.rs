@@ -80,12 +80,7 @@ fn request(system: &str, turns: &[(String, String)], next: &str, max_tokens: u32
         messages.push(ChatMessage::new(Role::Assistant, assistant.clone()));
     }
     messages.push(ChatMessage::new(Role::User, next));
-    LlmRequest {
-        messages,
-        max_tokens,
-        tools: Vec::new(),
-        exchanges: Vec::new(),
-    }
+    LlmRequest::new(messages, max_tokens)
 }
 
 fn ours(

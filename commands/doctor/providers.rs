@@ -119,15 +119,13 @@ pub async fn generation(check: &mut Check, provider: &Configured) {
     if check.status != Status::Pass {
         return;
     }
-    let request = LlmRequest {
-        messages: vec![ChatMessage::new(
+    let request = LlmRequest::new(
+        vec![ChatMessage::new(
             Role::User,
             "Reply with the single word OK.",
         )],
-        max_tokens: 8,
-        tools: Vec::new(),
-        exchanges: Vec::new(),
-    };
+        8,
+    );
     let p = provider.provider();
     let started = Instant::now();
     match tokio::time::timeout(GENERATION_TIMEOUT, p.generate(&request, &mut |_| {})).await {

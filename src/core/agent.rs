@@ -1048,15 +1048,13 @@ impl Agent {
             };
             transcript.push_str(&format!("{who}: {}\n", t.text));
         }
-        let request = LlmRequest {
-            messages: vec![
+        let request = LlmRequest::new(
+            vec![
                 ChatMessage::new(Role::System, SUMMARIZER_PROMPT),
                 ChatMessage::new(Role::User, transcript),
             ],
-            max_tokens: self.settings.reply_reserve.min(256) as u32,
-            tools: Vec::new(),
-            exchanges: Vec::new(),
-        };
+            self.settings.reply_reserve.min(256) as u32,
+        );
         let output = match self.llm.generate(&request, &mut |_| {}).await {
             Ok(o) => o,
             Err(e) => {

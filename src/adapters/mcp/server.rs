@@ -349,7 +349,9 @@ impl Relay {
                 .collect();
             return Err(format!(
                 "channel {} is not configured on this convagent (configured: {}); \
-                 `convagent doctor` says what it needs",
+                 `convagent mcp` reads the config and environment `serve` reads (give it \
+                 the same variables, or `--env-file`), and `convagent doctor` says what a \
+                 channel needs",
                 channel.as_str(),
                 if on.is_empty() {
                     "none".into()
