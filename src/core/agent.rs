@@ -582,7 +582,9 @@ impl Agent {
     ) -> Generated {
         let mut request =
             LlmRequest::new(window.messages.clone(), self.settings.reply_reserve as u32);
-        if let Some(tools) = &self.tools {
+        if let Some(tools) = &self.tools
+            && self.settings.max_tool_calls > 0
+        {
             request.tools = tools.specs();
         }
         let began = self.now();
@@ -612,8 +614,12 @@ impl Agent {
                 );
             }
             match (result, &self.tools) {
+                // Each round makes a call at least: the rounds are bounded
+                // even by a model that asks for tools it was not offered.
                 (Ok(output), Some(tools))
-                    if !output.tool_calls.is_empty() && !request.tools.is_empty() =>
+                    if !output.tool_calls.is_empty()
+                        && !request.tools.is_empty()
+                        && request.exchanges.len() < self.settings.max_tool_calls =>
                 {
                     let mut results = Vec::new();
                     for call in &output.tool_calls {
