@@ -322,3 +322,54 @@ fn tls_when_the_url_asks_for_it_with_the_certificate_checked() {
     let plain = PostgresStore::open(&cluster.tcp_url("tls", ""), 1).unwrap();
     assert!(!ssl(&plain));
 }
+
+/// MCP consumers of two daemons waiting for messages at once
+/// (`wait_for_message`): each message is taken by exactly one of them.
+#[test]
+fn consumers_of_two_daemons_take_each_message_once() {
+    use convagent::core::ports::{Take, Write};
+    let cluster = Cluster::start();
+    let url = cluster.database("takes");
+    let daemons = [
+        Arc::new(PostgresStore::open(&url, 4).unwrap()),
+        Arc::new(PostgresStore::open(&url, 4).unwrap()),
+    ];
+    let mut accepted = Vec::new();
+    for i in 0..30 {
+        let message = crate::support::inbound(
+            convagent::core::Channel::Telegram,
+            &format!("{}", i % 5),
+            &format!("take-{i}"),
+            "waiting for an outside agent",
+            1_000 + i,
+        );
+        accepted.push(daemons[0].accept(&message).unwrap().message_id);
+    }
+    let consumers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = daemons[i % 2].clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                loop {
+                    let take = Take {
+                        consumer: format!("consumer-{i}"),
+                        channel: None,
+                        conversation_id: None,
+                        until: i64::MAX,
+                        now: 5_000,
+                    };
+                    match store.write_now(Write::Take(take)).unwrap().taken().unwrap() {
+                        Some(m) => mine.push(m.id),
+                        None => return mine,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut taken: Vec<i64> = consumers
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    taken.sort();
+    assert_eq!(taken, accepted, "every message taken, none twice");
+}

@@ -91,32 +91,41 @@ pub(super) fn send_in(tx: &mut Transaction<'_>, out: &Outgoing) -> Result<Sent, 
     })
 }
 
-/// Two consumers asking at once take different messages: the candidate
-/// row is locked, and one another consumer holds is skipped.
+/// Two consumers asking at once take different messages. The take itself
+/// decides: an upsert that succeeds only where no live take exists, waiting
+/// for another consumer's uncommitted one (a snapshot's view of `takes`
+/// could be stale by then). Candidates another transaction holds are
+/// skipped, so consumers spread over different messages.
 pub(super) fn take_in(
     tx: &mut Transaction<'_>,
     take: &Take,
 ) -> Result<Option<StoredMessage>, StoreError> {
     let channel = take.channel.map(|c| c.as_str());
-    let found = tx.query_opt(
+    let candidates = tx.query(
         "SELECT m.id FROM messages m LEFT JOIN takes t ON t.message_id = m.id
          WHERE m.role = 'user' AND m.answered_at IS NULL AND m.channel <> 'cli'
            AND (t.message_id IS NULL OR t.until <= $1)
            AND ($2::text IS NULL OR m.channel = $2)
            AND ($3::bigint IS NULL OR m.conversation_id = $3)
-         ORDER BY m.id LIMIT 1
+         ORDER BY m.id LIMIT 16
          FOR UPDATE OF m SKIP LOCKED",
         &[&take.now, &channel, &take.conversation_id],
     )?;
-    let Some(row) = found else { return Ok(None) };
-    let id: i64 = row.get(0);
-    tx.execute(
-        "INSERT INTO takes (message_id, consumer, until) VALUES ($1, $2, $3)
-         ON CONFLICT (message_id) DO UPDATE SET consumer = excluded.consumer,
-             until = excluded.until",
-        &[&id, &take.consumer, &take.until],
-    )?;
-    Ok(Some(message_by_id(tx, id)?))
+    for row in candidates {
+        let id: i64 = row.get(0);
+        let won = tx.query_opt(
+            "INSERT INTO takes (message_id, consumer, until) VALUES ($1, $2, $3)
+             ON CONFLICT (message_id) DO UPDATE SET consumer = excluded.consumer,
+                 until = excluded.until
+             WHERE takes.until <= $4
+             RETURNING message_id",
+            &[&id, &take.consumer, &take.until, &take.now],
+        )?;
+        if won.is_some() {
+            return Ok(Some(message_by_id(tx, id)?));
+        }
+    }
+    Ok(None)
 }
 
 pub(super) fn token_in(tx: &mut Transaction<'_>, change: &TokenChange) -> Result<(), StoreError> {

@@ -112,12 +112,18 @@ pub(super) fn take_in(conn: &Connection, take: &Take) -> Result<Option<StoredMes
         )
         .optional()?;
     let Some(id) = found else { return Ok(None) };
-    conn.prepare_cached(
-        "INSERT INTO takes (message_id, consumer, until) VALUES (?1, ?2, ?3)
+    // As on Postgres, the upsert only replaces a take whose time ran out.
+    let won = conn
+        .prepare_cached(
+            "INSERT INTO takes (message_id, consumer, until) VALUES (?1, ?2, ?3)
          ON CONFLICT (message_id) DO UPDATE SET consumer = excluded.consumer,
-             until = excluded.until",
-    )?
-    .execute(params![id, take.consumer, take.until])?;
+             until = excluded.until
+         WHERE takes.until <= ?4",
+        )?
+        .execute(params![id, take.consumer, take.until, take.now])?;
+    if won == 0 {
+        return Ok(None);
+    }
     Ok(Some(message_by_id(conn, id)?))
 }
 
