@@ -4,7 +4,8 @@
 //!
 //! 1. The agent's tool calls: `McpTools` (what `serve` and `chat` use) calling
 //!    `get_current_time` of the reference time server (`mcp-server-time`, over
-//!    stdio), per call; and the server's start (spawn, handshake, tool list).
+//!    stdio), per call, and the server's start (spawn, handshake, tool list);
+//!    and calling `list_conversations` on a `serve`'s `/mcp` (Streamable HTTP).
 //! 2. convagent as an MCP server, seen by the official Python SDK's client:
 //!    a `list_conversations` round trip over stdio (`convagent mcp`) and over
 //!    Streamable HTTP (`/mcp` on the release `serve`), per call.
@@ -94,15 +95,7 @@ async fn agent_tools(calls: usize) {
         name: "get_current_time".into(),
         arguments: serde_json::json!({ "timezone": "UTC" }),
     };
-    for _ in 0..10 {
-        tools.call(&call).await.unwrap();
-    }
-    let mut us = Vec::new();
-    for _ in 0..calls {
-        let t = Instant::now();
-        tools.call(&call).await.unwrap();
-        us.push(t.elapsed().as_micros() as u64);
-    }
+    let us = timed(&tools, &call, calls).await;
     println!("1. agent → mcp-server-time (stdio)");
     println!(
         "   start (spawn, handshake, tools/list)  {:.0} ms",
@@ -110,6 +103,20 @@ async fn agent_tools(calls: usize) {
     );
     println!("   get_current_time                      {}", summary(us));
     tools.stop().await;
+}
+
+/// `calls` round trips of `call` (after 10 to warm up), in µs.
+async fn timed(tools: &McpTools, call: &ToolCall, calls: usize) -> Vec<u64> {
+    for _ in 0..10 {
+        tools.call(call).await.unwrap();
+    }
+    let mut us = Vec::new();
+    for _ in 0..calls {
+        let t = Instant::now();
+        tools.call(call).await.unwrap();
+        us.push(t.elapsed().as_micros() as u64);
+    }
+    us
 }
 
 /// The fake Telegram: when each `sendMessage` arrived (unix ns), by text.
@@ -245,6 +252,29 @@ async fn server(calls: usize, sends: usize) {
         .unwrap();
     let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mcp_client.py");
+
+    // The agent's tool calls over Streamable HTTP: `McpTools` on serve's /mcp.
+    let config = McpServerConfig {
+        name: "relay".into(),
+        url: format!("{}/mcp", serve.url),
+        token: token.clone(),
+        tools: vec!["list_conversations".into()],
+        ..McpServerConfig::default()
+    };
+    let (tools, statuses) = McpTools::start(&[config], Duration::from_secs(15)).await;
+    assert!(statuses[0].tools.is_ok(), "{statuses:?}");
+    let call = ToolCall {
+        id: None,
+        name: "list_conversations".into(),
+        arguments: serde_json::json!({ "limit": 5 }),
+    };
+    let agent_http = timed(&tools, &call, calls).await;
+    tools.stop().await;
+    println!("1. agent → convagent's /mcp (Streamable HTTP)");
+    println!(
+        "   list_conversations                    {}",
+        summary(agent_http)
+    );
 
     let mut http = Command::new(python());
     http.args([script, "http", &calls.to_string(), &sends.to_string()])
