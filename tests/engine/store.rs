@@ -1247,3 +1247,44 @@ fn no_statement_of_the_sqlite_adapter_binds_a_bare_limit() {
     }
     assert!(bare.is_empty(), "write LIMIT +?N:\n{}", bare.join("\n"));
 }
+
+/// Two processes writing one SQLite file (`serve` accepting while
+/// `convagent mcp` takes messages for an outside agent): every write of
+/// both succeeds, none is refused because the other committed first.
+#[test]
+fn two_writers_on_one_sqlite_file_both_succeed() {
+    use convagent::core::ports::Take;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let serve = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+    let relay = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+    let accepting = {
+        let serve = serve.clone();
+        std::thread::spawn(move || {
+            for i in 0..200 {
+                let key = ConversationKey::new(Channel::Telegram, format!("{}", i % 7), "");
+                serve
+                    .accept(&message(&key, &format!("busy-{i}"), "hello", 1_000 + i))
+                    .expect("an accept beside another writer");
+            }
+        })
+    };
+    let mut taken = 0;
+    let mut rounds = 0;
+    while taken < 200 {
+        rounds += 1;
+        assert!(rounds < 1_000_000, "took {taken} of 200");
+        let take = Take {
+            consumer: "relay".into(),
+            channel: None,
+            conversation_id: None,
+            until: i64::MAX,
+            now: 2_000,
+        };
+        match relay.write_now(Write::Take(take)) {
+            Ok(written) => taken += usize::from(written.taken().unwrap().is_some()),
+            Err(e) => panic!("a take beside another writer: {e}"),
+        }
+    }
+    accepting.join().unwrap();
+}

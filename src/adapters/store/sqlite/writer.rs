@@ -236,7 +236,7 @@ fn batch_at_once(
     conn: &mut Connection,
     writes: &[Write],
 ) -> Option<Vec<Result<Written, StoreError>>> {
-    let tx = conn.transaction().ok()?;
+    let tx = begin(conn).ok()?;
     let before = newest_message(&tx).ok()?;
     let mut results = Vec::with_capacity(writes.len());
     for write in writes {
@@ -245,6 +245,15 @@ fn batch_at_once(
     index_messages_after(&tx, before).ok()?;
     tx.commit().ok()?;
     Some(results)
+}
+
+/// A transaction holding the write lock from its start (waiting for it up to
+/// the busy timeout). Another process writing the same file (`chat`,
+/// `convagent mcp` beside `serve`) may commit between a deferred
+/// transaction's first read and its first write, and SQLite refuses that
+/// write at once (`SQLITE_BUSY_SNAPSHOT`) instead of waiting.
+fn begin(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 /// The id of the newest stored message (0: none).
@@ -273,7 +282,7 @@ fn batch_one_by_one(conn: &mut Connection, writes: &[Write]) -> Vec<Result<Writt
             .map(|_| Err(StoreError::Backend(e.clone())))
             .collect()
     };
-    let mut tx = match conn.transaction() {
+    let mut tx = match begin(conn) {
         Ok(tx) => tx,
         Err(e) => return all_failed(e),
     };
