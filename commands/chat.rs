@@ -65,8 +65,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
             .map_err(|m| UserError::new(format!("--chain: {m}"), "e.g. --chain ollama,embedded"))?;
     }
     let providers = convagent::adapters::llm::configured(&settings);
-    let statuses = ctx.start_tools().await?;
-    ctx.tell_tools("chat", &statuses);
+    ctx.start_tools("chat").await?;
     // Every stage of a turn (its tool calls too) is stored as the daemon
     // stores them: `history show` and the TUI see chat's turns the same way.
     let tracer = Tracer::start(ctx.store()?, Metrics::new());

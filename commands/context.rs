@@ -180,16 +180,18 @@ impl Context {
     }
 
     /// Starts the MCP servers of `[[mcp.servers]]` (once) for every agent
-    /// made after: what became of each, for the caller to tell.
-    pub async fn start_tools(&self) -> Result<Vec<ServerStatus>> {
+    /// made after, and says on stderr what became of each (`who`: the
+    /// command).
+    pub async fn start_tools(&self, who: &str) -> Result<()> {
         let config = &self.settings()?.config;
         if self.tools.get().is_some() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let timeout = std::time::Duration::from_secs(config.mcp.call_timeout_secs);
         let (tools, statuses) = McpTools::start(&config.mcp.servers, timeout).await;
         let _ = self.tools.set(client::shared(tools));
-        Ok(statuses)
+        tell_tools(who, &statuses);
+        Ok(())
     }
 
     /// The agent over the store and the configured LLM chain (or
@@ -237,24 +239,6 @@ impl Context {
         })
     }
 
-    /// Says on stderr what became of each MCP server (`who`: the command).
-    pub fn tell_tools(&self, who: &str, statuses: &[ServerStatus]) {
-        for status in statuses {
-            match &status.tools {
-                Ok(tools) => eprintln!(
-                    "convagent {who}: MCP server {}: {} tool(s) offered to the model ({})",
-                    status.name,
-                    tools.len(),
-                    tools.join(", ")
-                ),
-                Err(why) => eprintln!(
-                    "convagent {who}: MCP server {} left out: {why} (`convagent doctor` checks it)",
-                    status.name
-                ),
-            }
-        }
-    }
-
     /// Masks configured secrets; masks nothing if the config did not load.
     pub fn masker(&self) -> Masker {
         self.settings
@@ -284,4 +268,22 @@ fn config_error(e: ConfigError) -> anyhow::Error {
         ConfigError::NoHome => "set HOME (or the XDG_* variables)",
     };
     anyhow::Error::new(UserError::new(e.to_string(), hint))
+}
+
+/// Says on stderr what became of each MCP server (`who`: the command).
+fn tell_tools(who: &str, statuses: &[ServerStatus]) {
+    for status in statuses {
+        match &status.tools {
+            Ok(tools) => eprintln!(
+                "convagent {who}: MCP server {}: {} tool(s) offered to the model ({})",
+                status.name,
+                tools.len(),
+                tools.join(", ")
+            ),
+            Err(why) => eprintln!(
+                "convagent {who}: MCP server {} left out: {why} (`convagent doctor` checks it)",
+                status.name
+            ),
+        }
+    }
 }

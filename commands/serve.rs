@@ -45,8 +45,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
     let listen = args.listen.unwrap_or_else(|| config.server.listen.clone());
     let store = ctx.store()?;
     if config.agent.mode == AgentMode::Agent {
-        let statuses = ctx.start_tools().await?;
-        ctx.tell_tools("serve", &statuses);
+        ctx.start_tools("serve").await?;
     }
     let metrics = Metrics::new();
     let tracer = Tracer::start(store.clone(), metrics.clone());

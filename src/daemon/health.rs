@@ -10,6 +10,16 @@ use serde_json::json;
 
 use super::Daemon;
 
+/// The token of an `Authorization: Bearer <token>` header ("" without one).
+pub(super) fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
+}
+
 pub async fn live() -> &'static str {
     "ok\n"
 }
@@ -43,11 +53,7 @@ pub async fn ready(State(daemon): State<Arc<Daemon>>) -> Response {
 
 pub async fn metrics(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
     if let Some(token) = &daemon.settings.metrics_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
+        let given = bearer(&headers);
         let matches: bool =
             subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()).into();
         if !matches {

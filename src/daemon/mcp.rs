@@ -69,13 +69,7 @@ pub(super) async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
+    let given = super::health::bearer(request.headers());
     if given.is_empty() {
         return refuse(
             "/mcp needs `Authorization: Bearer <token>`; make one with `convagent mcp token create NAME`",
