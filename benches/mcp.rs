@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use convagent::adapters::mcp::McpTools;
-use convagent::config::McpServerConfig;
+use convagent::adapters::mcp::{McpTools, SandboxSettings};
+use convagent::config::{McpServerConfig, SandboxConfig};
 use convagent::core::tools::{ToolCall, Tools};
 
 #[path = "support/flags.rs"]
@@ -30,6 +30,14 @@ mod flags;
 use flags::flag;
 
 const TOKEN: &str = "1:bench";
+
+/// Tool servers' directories for the bench, with the default limits.
+fn sandbox() -> SandboxSettings {
+    SandboxSettings {
+        tools_dir: std::env::temp_dir().join("convagent-bench-tools"),
+        limits: SandboxConfig::default(),
+    }
+}
 
 fn python() -> PathBuf {
     std::env::var_os("CONVAGENT_TEST_PYTHON")
@@ -87,7 +95,7 @@ async fn agent_tools(calls: usize) {
         ..McpServerConfig::default()
     };
     let began = Instant::now();
-    let (tools, statuses) = McpTools::start(&[config], Duration::from_secs(15)).await;
+    let (tools, statuses) = McpTools::start(&[config], Duration::from_secs(15), &sandbox()).await;
     let start = began.elapsed();
     assert!(statuses[0].tools.is_ok(), "{statuses:?}");
     let call = ToolCall {
@@ -261,7 +269,7 @@ async fn server(calls: usize, sends: usize) {
         tools: vec!["list_conversations".into()],
         ..McpServerConfig::default()
     };
-    let (tools, statuses) = McpTools::start(&[config], Duration::from_secs(15)).await;
+    let (tools, statuses) = McpTools::start(&[config], Duration::from_secs(15), &sandbox()).await;
     assert!(statuses[0].tools.is_ok(), "{statuses:?}");
     let call = ToolCall {
         id: None,

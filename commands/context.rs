@@ -8,13 +8,21 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use convagent::adapters::clock::SystemClock;
 use convagent::adapters::llm::{self, Configured};
-use convagent::adapters::mcp::{McpTools, ServerStatus, client};
+use convagent::adapters::mcp::{McpTools, SandboxSettings, ServerStatus, client};
 use convagent::adapters::store::{OpenMode, PostgresStore, SqliteStore};
 use convagent::config::{ConfigError, Settings};
 use convagent::core::ports::AnyStore;
 use convagent::core::tools::Tools;
 use convagent::core::{Agent, AgentSettings};
 use convagent::telemetry::{self, Masker, TelemetryGuard, TelemetryOptions};
+
+/// Where `[[mcp.servers]]` commands get their directories, and their limits.
+pub fn tool_sandbox(settings: &Settings) -> SandboxSettings {
+    SandboxSettings {
+        tools_dir: settings.dirs.state.join("tools"),
+        limits: settings.config.mcp.sandbox.clone(),
+    }
+}
 
 /// An error with a hint for the user.
 #[derive(Debug)]
@@ -188,7 +196,8 @@ impl Context {
             return Ok(());
         }
         let timeout = std::time::Duration::from_secs(config.mcp.call_timeout_secs);
-        let (tools, statuses) = McpTools::start(&config.mcp.servers, timeout).await;
+        let sandbox = tool_sandbox(self.settings()?);
+        let (tools, statuses) = McpTools::start(&config.mcp.servers, timeout, &sandbox).await;
         let _ = self.tools.set(client::shared(tools));
         tell_tools(who, &statuses);
         Ok(())

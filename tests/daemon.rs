@@ -9,6 +9,8 @@ mod support;
 mod alerts;
 #[path = "daemon/delivery.rs"]
 mod delivery;
+#[path = "daemon/durability.rs"]
+mod durability;
 #[path = "daemon/ingress.rs"]
 mod ingress;
 #[path = "daemon/limits.rs"]

@@ -104,10 +104,27 @@ pub async fn mcp_checks(settings: &Settings) -> Vec<Check> {
         return Vec::new();
     }
     let timeout = Duration::from_secs(mcp.call_timeout_secs);
-    let (tools, statuses) = McpTools::start(&mcp.servers, timeout).await;
+    let sandbox = crate::context::tool_sandbox(settings);
+    let (tools, statuses) = McpTools::start(&mcp.servers, timeout, &sandbox).await;
     tools.stop().await;
     let external = settings.config.agent.mode == AgentMode::External;
-    statuses
+    let confinement: Vec<Check> = statuses
+        .iter()
+        .filter_map(|s| Some((&s.name, s.sandbox.as_ref()?)))
+        .map(|(name, sandbox)| {
+            let detail = format!("server {name} runs with {sandbox}");
+            if mcp.sandbox.landlock && sandbox.contains("no Landlock") {
+                Check::warn(
+                    "mcp sandbox",
+                    detail,
+                    "this kernel cannot confine the server's files: it can read what convagent's user can",
+                )
+            } else {
+                Check::pass("mcp sandbox", detail)
+            }
+        })
+        .collect();
+    let mut checks: Vec<Check> = statuses
         .into_iter()
         .map(|status| match status.tools {
             Err(why) => Check::fail(
@@ -153,5 +170,7 @@ pub async fn mcp_checks(settings: &Settings) -> Vec<Check> {
                 ),
             ),
         })
-        .collect()
+        .collect();
+    checks.extend(confinement);
+    checks
 }

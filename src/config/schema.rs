@@ -53,6 +53,14 @@ pub struct McpConfig {
     pub max_calls_per_turn: usize,
     /// MCP servers whose tools the agent may call.
     pub servers: Vec<McpServerConfig>,
+    /// How the servers' commands are confined.
+    pub sandbox: SandboxConfig,
+    /// Browser origins allowed to call `/mcp` (`https://app.example.com`,
+    /// with a port when it is not the scheme's default). A request with any
+    /// other `Origin` header gets 403, as the Streamable HTTP transport
+    /// requires (DNS rebinding); requests without one (agents, not
+    /// browsers) are served.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for McpConfig {
@@ -62,6 +70,8 @@ impl Default for McpConfig {
             call_timeout_secs: 15,
             max_calls_per_turn: 4,
             servers: Vec::new(),
+            sandbox: SandboxConfig::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -76,14 +86,54 @@ pub struct McpServerConfig {
     pub name: String,
     pub command: String,
     pub args: Vec<String>,
-    /// Added to the command's environment (which is otherwise convagent's).
+    /// Set in the command's environment. Nothing else of convagent's
+    /// environment reaches it but `PATH`, `LANG` and the names in
+    /// `env_passthrough` (`HOME` and `TMPDIR` are its own directory).
     pub env: std::collections::BTreeMap<String, String>,
+    /// Names of convagent's environment variables the command gets too.
+    pub env_passthrough: Vec<String>,
+    /// More paths the command may read (and run from) under Landlock, beyond
+    /// the system's (`/usr`, `/etc`, ...), the command's own install and the
+    /// files its `args` name by absolute path.
+    pub read_paths: Vec<std::path::PathBuf>,
     /// A Streamable HTTP server instead of a command (`https://host/mcp`).
     pub url: String,
     /// Its bearer token (a secret: masked in logs and output).
     pub token: String,
     /// The tools of this server offered to the model; empty: every one.
     pub tools: Vec<String>,
+}
+
+/// The confinement of `[[mcp.servers]]` commands: each runs in a directory of
+/// its own (under the state directory), with no new privileges, these
+/// resource limits, and (where the kernel has Landlock) a filesystem cut
+/// down to that directory and read-only system paths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// CPU seconds over the server's whole life (then the kernel stops it).
+    pub cpu_secs: u64,
+    /// Heap and other writable memory (RLIMIT_DATA), in MiB.
+    pub memory_mb: u64,
+    /// Open files at once.
+    pub open_files: u64,
+    /// Processes of the user at once (the kernel counts per user, and not
+    /// for root).
+    pub processes: u64,
+    /// Restrict the filesystem with Landlock where the kernel has it.
+    pub landlock: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            cpu_secs: 3600,
+            memory_mb: 1024,
+            open_files: 256,
+            processes: 512,
+            landlock: true,
+        }
+    }
 }
 
 /// How long the store keeps what it holds (durations such as `90d`, `12h`).

@@ -63,12 +63,55 @@ fn refuse(why: &str) -> Response {
         .into_response()
 }
 
-/// Lets a request through only with a token the store knows.
+/// Whether a request's `Origin` (if any) is one `/mcp` serves: the
+/// configured origins, compared without case and with the scheme's default
+/// port made explicit.
+fn origin_allowed(origin: Option<&header::HeaderValue>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let canonical = |o: &str| {
+        let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+        match o.split_once("://") {
+            Some(("https", host)) if !host.contains(':') => format!("https://{host}:443"),
+            Some(("http", host)) if !host.contains(':') => format!("http://{host}:80"),
+            _ => o,
+        }
+    };
+    let origin = canonical(origin);
+    allowed.iter().any(|a| canonical(a) == origin)
+}
+
+/// Lets a request through only from an allowed origin and with a token the
+/// store knows; a session's DELETE answers 204 (rmcp says 202, which
+/// clients take for a termination that did not happen).
 pub(super) async fn authorize(
     State(daemon): State<Arc<Daemon>>,
     request: Request,
     next: Next,
 ) -> Response {
+    if !origin_allowed(
+        request.headers().get(header::ORIGIN),
+        &daemon.settings.mcp_origins,
+    ) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this Origin may not call /mcp; allow it in mcp.allowed_origins\n",
+        )
+            .into_response();
+    }
+    let deleting = request.method() == axum::http::Method::DELETE;
+    let mut response = authorized(&daemon, request, next).await;
+    if deleting && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
+}
+
+async fn authorized(daemon: &Arc<Daemon>, request: Request, next: Next) -> Response {
     let given = super::health::bearer(request.headers());
     if given.is_empty() {
         return refuse(

@@ -71,6 +71,9 @@ pub struct DaemonSettings {
     pub external: bool,
     /// How long a message taken by an MCP consumer stays its own.
     pub mcp_take: Duration,
+    /// Browser origins `/mcp` serves (`mcp.allowed_origins`); a request
+    /// with any other `Origin` gets 403, one without an `Origin` is served.
+    pub mcp_origins: Vec<String>,
 }
 
 impl Default for DaemonSettings {
@@ -92,6 +95,7 @@ impl Default for DaemonSettings {
             lease: Duration::from_secs(15),
             external: false,
             mcp_take: Duration::from_secs(300),
+            mcp_origins: Vec::new(),
         }
     }
 }

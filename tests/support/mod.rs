@@ -7,6 +7,8 @@ use std::sync::Mutex;
 
 #[path = "postgres.rs"]
 pub mod postgres;
+#[path = "powercut.rs"]
+pub mod powercut;
 
 use convagent::config::Dirs;
 use convagent::core::llm::{BoxFuture, OnEvent};

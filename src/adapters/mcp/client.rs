@@ -15,6 +15,7 @@ use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 
+use super::sandbox::{Sandbox, SandboxSettings};
 use crate::config::McpServerConfig;
 use crate::core::llm::BoxFuture;
 use crate::core::tools::{ToolCall, ToolSpec, Tools};
@@ -30,6 +31,8 @@ pub struct ServerStatus {
     pub tools: Result<Vec<String>, String>,
     /// Tools its allow-list names that it does not have.
     pub missing: Vec<String>,
+    /// What its command runs with (`Sandbox::describe`; none for a URL).
+    pub sandbox: Option<String>,
 }
 
 struct Server {
@@ -45,10 +48,11 @@ pub struct McpTools {
     timeout: Duration,
 }
 
-/// Connects to `config`'s server (its command, or its URL) and lists its
-/// tools, within [`START_TIMEOUT`].
+/// Connects to `config`'s server (its command, confined in `sandbox`, or
+/// its URL) and lists its tools, within [`START_TIMEOUT`].
 async fn start(
     config: &McpServerConfig,
+    sandbox: &Sandbox,
 ) -> Result<(RunningService<RoleClient, ()>, Vec<rmcp::model::Tool>), String> {
     let has_url = !config.url.trim().is_empty();
     let has_command = !config.command.trim().is_empty();
@@ -66,8 +70,7 @@ async fn start(
         let transport = StreamableHttpClientTransport::from_config(transport);
         return handshake(().serve(transport)).await;
     }
-    let mut command = tokio::process::Command::new(&config.command);
-    command.args(&config.args).envs(&config.env);
+    let command = sandbox.command(&config.command, &config.args)?;
     let (process, _) = TokioChildProcess::builder(command)
         // Its log lines would land in the terminal of `chat` or the TUI.
         .stderr(Stdio::null())
@@ -113,6 +116,7 @@ impl McpTools {
     pub async fn start(
         configs: &[McpServerConfig],
         timeout: Duration,
+        sandbox: &SandboxSettings,
     ) -> (McpTools, Vec<ServerStatus>) {
         let mut tools = McpTools {
             servers: Vec::new(),
@@ -127,7 +131,8 @@ impl McpTools {
                 .cloned()
                 .unwrap_or_default();
             let mut missing = Vec::new();
-            let status = match start(config).await {
+            let confined = Sandbox::plan(config, &name, sandbox, |v| std::env::var(v).ok());
+            let status = match start(config, &confined).await {
                 Ok((client, listed)) => {
                     let index = tools.servers.len();
                     let mut offered = Vec::new();
@@ -183,6 +188,7 @@ impl McpTools {
                 name,
                 tools: status,
                 missing,
+                sandbox: config.url.trim().is_empty().then(|| confined.describe()),
             });
         }
         (tools, statuses)

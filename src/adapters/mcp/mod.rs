@@ -4,7 +4,9 @@
 //! - `client`: the MCP servers whose tools convagent's own agent calls.
 
 pub mod client;
+pub mod sandbox;
 pub mod server;
 
 pub use client::{McpTools, ServerStatus};
+pub use sandbox::{Sandbox, SandboxSettings};
 pub use server::{Relay, RelaySettings, token_hash};

@@ -3,6 +3,7 @@
 //! it never generates it. Sends go through the store's outbox like the
 //! agent's replies (ordering, 429 waits, dead letters, dry run).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +11,10 @@ use rmcp::ErrorData;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
-    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+    CustomRequest, CustomResult, ErrorCode, Implementation, ListResourceTemplatesResult,
+    ListResourcesResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
@@ -34,6 +36,28 @@ pub const PROVIDER: &str = "mcp";
 /// The resources: the health summary, and each conversation.
 const HEALTH_URI: &str = "convagent://health";
 const CONVERSATION_URI: &str = "convagent://conversations/";
+/// The one MIME type of every resource, listed and read.
+const RESOURCE_MIME: &str = "application/json";
+/// The protocol versions offered. Not 2025-03-26: that version requires
+/// JSON-RPC batches, which rmcp's transports do not take (the versions
+/// before and after it have none).
+const OFFERED_VERSIONS: &[ProtocolVersion] = &[
+    ProtocolVersion::V_2024_11_05,
+    ProtocolVersion::V_2025_06_18,
+    ProtocolVersion::V_2025_11_25,
+    ProtocolVersion::V_2026_07_28,
+];
+/// Methods of the protocol this server answers. A request for one of them
+/// reaches `on_custom_request` only when rmcp could not read its params.
+const SERVED_METHODS: &[&str] = &[
+    "tools/call",
+    "tools/list",
+    "resources/read",
+    "resources/list",
+    "resources/templates/list",
+    "initialize",
+    "ping",
+];
 /// The longest `wait_for_message` waits.
 const MAX_WAIT_SECS: u64 = 300;
 /// How often a waiting consumer looks at the store (for messages another
@@ -652,7 +676,7 @@ impl ServerHandler for Relay {
         let mut resources = vec![
             Resource::new(HEALTH_URI, "health")
                 .with_description("The outbox (queued, dead letters) and the LLM breakers")
-                .with_mime_type("application/json"),
+                .with_mime_type(RESOURCE_MIME),
         ];
         resources.extend(recent.into_iter().map(|c| {
             let who = c.display_name.clone().unwrap_or_else(|| c.sender.clone());
@@ -660,7 +684,7 @@ impl ServerHandler for Relay {
                 format!("{CONVERSATION_URI}{}", c.id),
                 format!("{} conversation with {who}", c.channel.as_str()),
             )
-            .with_mime_type("application/json")
+            .with_mime_type(RESOURCE_MIME)
         }));
         Ok(ListResourcesResult::with_all_items(resources))
     }
@@ -673,7 +697,7 @@ impl ServerHandler for Relay {
         Ok(ListResourceTemplatesResult::with_all_items(vec![
             ResourceTemplate::new(format!("{CONVERSATION_URI}{{id}}"), "conversation")
                 .with_description("A conversation and its newest 50 messages")
-                .with_mime_type("application/json"),
+                .with_mime_type(RESOURCE_MIME),
         ]))
     }
 
@@ -699,6 +723,40 @@ impl ServerHandler for Relay {
             ));
         };
         let value = value.map_err(|e| ErrorData::resource_not_found(e, None))?;
-        Ok(ReadResourceResult::new(vec![ResourceContents::text(value.to_string(), uri)]).into())
+        let contents = ResourceContents::text(value.to_string(), uri).with_mime_type(RESOURCE_MIME);
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(OFFERED_VERSIONS)
+    }
+
+    /// rmcp hands a request of a method it knows but whose params it could
+    /// not read here, as a custom one: that is invalid params (-32602), not
+    /// an unknown method.
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        let method = request.method;
+        if SERVED_METHODS.contains(&method.as_str()) {
+            let what = if request.params.is_some() {
+                "malformed"
+            } else {
+                "missing"
+            };
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "{method}: {what} params; see the method's schema in the MCP specification"
+                ),
+                None,
+            ));
+        }
+        Err(ErrorData::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!("no method {method} here"),
+            None,
+        ))
     }
 }

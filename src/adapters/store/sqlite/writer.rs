@@ -125,9 +125,6 @@ fn checkpointer(file: &Path) -> Option<Connection> {
 /// blocks of the file that the kernel first fills with zeros (a fifth of
 /// the writer's time).
 fn checkpoint(shared: &Shared, writer: &Mutex<Connection>, conn: &Connection) {
-    let wal = conn
-        .path()
-        .and_then(|db| std::fs::File::open(format!("{db}-wal")).ok());
     // Frames in the WAL not yet copied back, after one passive checkpoint.
     let passive = || {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -149,11 +146,6 @@ fn checkpoint(shared: &Shared, writer: &Mutex<Connection>, conn: &Connection) {
             if behind <= PAUSED_CHECKPOINT_FRAMES || rounds == 8 {
                 break;
             }
-        }
-        // The paused checkpoint syncs the WAL first: have the kernel write
-        // out what the writer added since the last sync before pausing it.
-        if let Some(wal) = &wal {
-            let _ = wal.sync_data();
         }
         let paused = writer.lock().unwrap_or_else(|p| p.into_inner());
         let _ = passive();
