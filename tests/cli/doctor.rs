@@ -592,4 +592,24 @@ fn it_starts_each_mcp_server_and_lists_its_tools() {
         text.contains("✗ mcp        server ghost: cannot start `/nonexistent/mcp`"),
         "{text}"
     );
+    // What each command runs with: its variables (names only), its own
+    // directory, the limits, and what Landlock lets it touch.
+    let dir = env.home.path().join("state/convagent/tools/time");
+    let line = text
+        .lines()
+        .find(|l| l.contains("server time runs with"))
+        .unwrap_or_else(|| panic!("no sandbox line for time: {text}"));
+    assert!(
+        line.contains("env HOME LANG PATH TMPDIR") || line.contains("env HOME PATH TMPDIR"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("dir {}", dir.display())), "{line}");
+    assert!(
+        line.contains("limits 3600 CPU s, 1024 MiB, 256 files, 512 processes; no new privileges"),
+        "{line}"
+    );
+    assert!(
+        line.contains("Landlock (ABI") || line.contains("no Landlock"),
+        "{line}"
+    );
 }

@@ -354,3 +354,173 @@ async fn mcp_over_http_needs_a_token_and_sends_through_the_outbox() {
     assert!(line["last_used_at"].is_i64(), "{line}");
     stop(daemon);
 }
+
+/// One JSON-RPC exchange with `/mcp`: (status, the JSON-RPC message of the
+/// answer, its session id). Answers come as JSON or as one SSE event.
+fn rpc(
+    url: &str,
+    token: &str,
+    origin: Option<&str>,
+    session: Option<&str>,
+    body: Value,
+) -> (u16, Value, Option<String>) {
+    let mut request = reqwest::blocking::Client::new()
+        .post(format!("{url}/mcp"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string());
+    if let Some(o) = origin {
+        request = request.header("origin", o);
+    }
+    if let Some(s) = session {
+        // After initialize, every request names the session and version.
+        request = request
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-06-18");
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = response.text().unwrap_or_default();
+    let message = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .chain(std::iter::once(text.trim()))
+        .find_map(|d| {
+            serde_json::from_str::<Value>(d)
+                .ok()
+                .filter(|v| v.is_object())
+        })
+        .unwrap_or(Value::String(text));
+    (status, message, session)
+}
+
+fn initialize(version: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {},
+        "clientInfo": {"name": "spec-check", "version": "1"}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_keeps_the_transport_s_musts() {
+    let telegram = accepting_telegram().await;
+    let env = Env::new();
+    env.write_config(&format!(
+        "{}[mcp]\nallowed_origins = [\"https://app.example.com\"]\n",
+        crate::BASE_CONFIG
+    ));
+    let good = token(&env, "ci");
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let url = daemon.url.clone();
+    tokio::task::block_in_place(|| {
+        // A foreign Origin is refused (DNS rebinding), even with a good
+        // token; an allowed one, with the default port spelled out, and a
+        // request without Origin are served.
+        let (status, body, _) = rpc(
+            &url,
+            &good,
+            Some("https://evil.example"),
+            None,
+            initialize("2025-06-18"),
+        );
+        assert_eq!(status, 403, "{body}");
+        assert!(body.to_string().contains("mcp.allowed_origins"), "{body}");
+        let (status, body, _) = rpc(
+            &url,
+            &good,
+            Some("https://app.example.com:443"),
+            None,
+            initialize("2025-06-18"),
+        );
+        assert_eq!(status, 200, "{body}");
+
+        // 2025-03-26 requires batches, which are not taken: it is not
+        // offered, the server answers with a version it keeps.
+        let (status, init, session) = rpc(&url, &good, None, None, initialize("2025-03-26"));
+        assert_eq!(status, 200, "{init}");
+        let version = init["result"]["protocolVersion"].as_str().unwrap();
+        assert_ne!(version, "2025-03-26", "{init}");
+        let session = session.expect("a session id");
+        let s = Some(session.as_str());
+        let (status, _, _) = rpc(
+            &url,
+            &good,
+            None,
+            s,
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        );
+        assert_eq!(status, 202);
+
+        // Malformed params are invalid params, not an unknown method.
+        for (method, id) in [("tools/call", 2), ("resources/read", 3)] {
+            let (_, answer, _) = rpc(
+                &url,
+                &good,
+                None,
+                s,
+                json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {}}),
+            );
+            assert_eq!(answer["error"]["code"], -32602, "{method}: {answer}");
+        }
+        let (_, answer, _) = rpc(
+            &url,
+            &good,
+            None,
+            s,
+            json!({"jsonrpc": "2.0", "id": 4, "method": "nothing/here", "params": {}}),
+        );
+        assert_eq!(answer["error"]["code"], -32601, "{answer}");
+
+        // A resource is read back with the MIME type it is listed with.
+        let (_, listed, _) = rpc(
+            &url,
+            &good,
+            None,
+            s,
+            json!({"jsonrpc": "2.0", "id": 5, "method": "resources/list"}),
+        );
+        let health = listed["result"]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["uri"] == "convagent://health")
+            .unwrap()
+            .clone();
+        let (_, read, _) = rpc(
+            &url,
+            &good,
+            None,
+            s,
+            json!({"jsonrpc": "2.0", "id": 6, "method": "resources/read",
+                   "params": {"uri": "convagent://health"}}),
+        );
+        assert_eq!(
+            read["result"]["contents"][0]["mimeType"], health["mimeType"],
+            "{read}"
+        );
+        assert_eq!(health["mimeType"], "application/json");
+
+        // Ending the session is answered as done.
+        let deleted = reqwest::blocking::Client::new()
+            .delete(format!("{url}/mcp"))
+            .bearer_auth(&good)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", version)
+            .send()
+            .unwrap();
+        assert_eq!(deleted.status().as_u16(), 204);
+        let (status, _, _) = rpc(
+            &url,
+            &good,
+            None,
+            s,
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}),
+        );
+        assert_eq!(status, 404, "the session is gone");
+    });
+}

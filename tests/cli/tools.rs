@@ -266,3 +266,109 @@ async fn the_agent_calls_tools_over_streamable_http_with_its_token() {
     let mut daemon = daemon;
     assert!(daemon.child.wait().unwrap().success());
 }
+
+/// `chat` with the probe server, a secret exported to convagent as it would
+/// be to `serve`, and the model asking for `tool` with `arguments`.
+async fn probe(env: &mut Env, tool: &'static str, arguments: Value, sandbox: &str) -> Value {
+    let ollama = ollama(tool, arguments).await;
+    env.ollama = ollama.uri();
+    let script = env!("CARGO_MANIFEST_DIR").to_string() + "/tests/support/mcp_probe_server.py";
+    env.write_config(&format!(
+        "{}[mcp.sandbox]\n{sandbox}\n",
+        server("probe", &[&script], &[], 15)
+    ));
+    let out = tokio::task::block_in_place(|| {
+        env.cmd(&["chat", "--json"])
+            .env("TELEGRAM_BOT_TOKEN", SECRET)
+            .env("CONVAGENT_TEST_NOT_PASSED", "kept-out")
+            .write_stdin("probe\n")
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    serde_json::from_str(stdout_of(&out).lines().last().unwrap()).unwrap()
+}
+
+const SECRET: &str = "987654:SECRET-bot-token-of-the-daemon";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_server_sees_no_secret_and_cannot_read_the_store() {
+    let mut env = Env::new();
+    let reply = probe(&mut env, "environment", json!({}), "").await;
+    assert_eq!(reply["kind"], "answer", "{reply}");
+    let text = reply["reply"].as_str().unwrap();
+    assert!(
+        text.contains("names: HOME LANG PATH TMPDIR") || text.contains("names: HOME PATH TMPDIR"),
+        "{text}"
+    );
+
+    // What the server really got, as it wrote it in its own directory.
+    let dir = env.home.path().join("state/convagent/tools/probe");
+    let seen: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(dir.join("seen_env.json")).unwrap()).unwrap();
+    assert!(!seen.contains_key("TELEGRAM_BOT_TOKEN"), "{seen:?}");
+    assert!(!seen.contains_key("CONVAGENT_TEST_NOT_PASSED"), "{seen:?}");
+    assert!(seen.values().all(|v| !v.contains(SECRET)), "{seen:?}");
+    assert_eq!(seen["HOME"], dir.display().to_string());
+
+    // The store is out of its reach; its own directory is not.
+    let store = env.store();
+    assert!(store.exists());
+    let reply = probe(
+        &mut env,
+        "read_file",
+        json!({ "path": store.display().to_string() }),
+        "",
+    )
+    .await;
+    let text = reply["reply"].as_str().unwrap();
+    assert!(text.contains("refused: Permission denied"), "{text}");
+    let reply = probe(
+        &mut env,
+        "read_file",
+        json!({ "path": dir.join("seen_env.json").display().to_string() }),
+        "",
+    )
+    .await;
+    let text = reply["reply"].as_str().unwrap();
+    assert!(text.contains("Tool said: read "), "{text}");
+
+    // Without Landlock the same read goes through: the refusal above is the
+    // sandbox's, not the file's.
+    let reply = probe(
+        &mut env,
+        "read_file",
+        json!({ "path": store.display().to_string() }),
+        "landlock = false",
+    )
+    .await;
+    let text = reply["reply"].as_str().unwrap();
+    assert!(text.contains("Tool said: read "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_server_that_allocates_without_end_is_stopped_and_the_turn_answered() {
+    let mut env = Env::new();
+    let limits = "memory_mb = 256\ncpu_secs = 120\nopen_files = 64\nprocesses = 100";
+    let reply = probe(&mut env, "limits", json!({}), limits).await;
+    let text = reply["reply"].as_str().unwrap();
+    let mib = 1024 * 1024;
+    assert!(
+        text.contains(&format!(
+            "CPU=120/120 DATA={}/{} NOFILE=64/64 NPROC=100/100",
+            256 * mib,
+            256 * mib
+        )),
+        "{text}"
+    );
+
+    let reply = probe(&mut env, "hog", json!({}), limits).await;
+    assert_eq!(reply["kind"], "answer", "{reply}");
+    let traced = stages(&env, reply["correlation_id"].as_str().unwrap());
+    assert!(
+        traced.iter().any(
+            |s| s.starts_with("tool call failed hog") && s.contains("Error executing tool hog")
+        ),
+        "{traced:?}"
+    );
+}
