@@ -1,3 +1,7 @@
+//! `convagent store backup PATH` / `restore PATH`: a consistent copy of the
+//! SQLite store while `serve` runs, and putting one back (only while no
+//! process uses the store). On Postgres, `pg_dump` is the tool.
+//!
 //! `convagent store migrate --to postgres://…`: copies the SQLite store
 //! (conversations, messages, summaries, prompts, traces, outbox, breakers,
 //! violations, erasures, token counts) into a Postgres database, ids and
@@ -8,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
+use convagent::adapters::store::sqlite::backup;
 use convagent::adapters::store::{PostgresStore, SqliteStore};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -21,6 +26,20 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Action {
+    /// Copy the store to PATH, consistent as of the start, while serve runs
+    /// (checked with integrity_check before it takes its name)
+    Backup {
+        /// Where the copy goes (a new file)
+        #[arg(value_name = "PATH")]
+        path: std::path::PathBuf,
+    },
+    /// Put the backup at PATH in place of the store (stop serve first; the
+    /// store it replaces is kept beside it)
+    Restore {
+        /// The backup to restore
+        #[arg(value_name = "PATH")]
+        path: std::path::PathBuf,
+    },
     /// Copy the SQLite store into Postgres (run it before starting daemons
     /// on Postgres; running it again copies only what is new)
     Migrate {
@@ -36,7 +55,95 @@ enum Action {
 pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     match args.action {
         Action::Migrate { to, from } => migrate(ctx, &to, from),
+        Action::Backup { path } => backup(ctx, &path),
+        Action::Restore { path } => restore(ctx, &path),
     }
+}
+
+/// The SQLite file, or a clear word that Postgres has its own tools.
+fn sqlite_path(ctx: &Context, what: &str) -> Result<std::path::PathBuf> {
+    let settings = ctx.settings()?;
+    if settings.config.store.url.is_some() {
+        return Err(UserError::new(
+            format!("the store is Postgres: convagent does not {what} it"),
+            "use Postgres's own tools: pg_dump -Fc DATABASE > convagent.dump, \
+             pg_restore -d DATABASE convagent.dump (`convagent doctor` says whether pg_dump is installed)",
+        )
+        .into());
+    }
+    Ok(settings.store_path())
+}
+
+fn backup(ctx: &Context, to: &std::path::Path) -> Result<ExitCode> {
+    let db = sqlite_path(ctx, "back up")?;
+    if !db.is_file() {
+        return Err(UserError::new(
+            format!("no store at {}", db.display()),
+            "nothing to back up yet; check `store.path`",
+        )
+        .into());
+    }
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("backing up [{bar:30}] {pos}/{len} pages")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let copied = backup::backup(&db, to, &mut progress);
+    bar.finish_and_clear();
+    let checked = copied.map_err(|e| {
+        UserError::new(
+            format!("no backup was made: {e}"),
+            "nothing was left at that path; fix what it names and run it again",
+        )
+    })?;
+    outln!(
+        "{} → {}: {} conversations, {} messages; integrity_check ok",
+        db.display(),
+        to.display(),
+        checked.conversations,
+        checked.messages
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore(ctx: &Context, from: &std::path::Path) -> Result<ExitCode> {
+    let db = sqlite_path(ctx, "restore")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let restored = backup::restore(from, &db, now).map_err(|e| match e {
+        convagent::core::ports::StoreError::Conflict(why) => UserError::new(
+            format!("not restored: {why}"),
+            "stop it first (`systemctl --user stop convagent`, or Ctrl-C on serve), then restore",
+        ),
+        other => UserError::new(
+            format!("not restored: {other}"),
+            "the store was left as it was; give a backup made by `convagent store backup`",
+        ),
+    })?;
+    // Brings an older backup's schema up to date.
+    drop(SqliteStore::open(&db).map_err(|e| {
+        UserError::new(
+            format!("restored, but it does not open: {e}"),
+            "the previous store is kept beside it: move it back",
+        )
+    })?);
+    if let Some(previous) = &restored.previous {
+        outln!("the store it replaced: {}", previous.display());
+    }
+    outln!(
+        "{} restored to {}: {} conversations, {} messages",
+        from.display(),
+        db.display(),
+        restored.checked.conversations,
+        restored.checked.messages
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn migrate(ctx: &Context, to: &str, from: Option<std::path::PathBuf>) -> Result<ExitCode> {

@@ -87,6 +87,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             checks.push(store::config_check(settings));
             checks.push(store::store_check(ctx));
             checks.extend(store::database_check(ctx));
+            checks.extend(store::durability_check(ctx));
+            checks.extend(store::backup_check(ctx));
             checks.extend(store::prompt_check(ctx));
             checks.extend(store::outbox_check(ctx));
             checks.extend(store::violation_checks(ctx));

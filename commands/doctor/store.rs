@@ -117,6 +117,52 @@ pub fn store_check(ctx: &Context) -> Check {
     }
 }
 
+/// On Postgres: whether a commit is on disk when it returns. With `fsync`
+/// or `synchronous_commit` off, a message the daemon acknowledged may be
+/// lost if the database's machine goes down.
+pub fn durability_check(ctx: &Context) -> Option<Check> {
+    let url = postgres(ctx)?;
+    let store = convagent::adapters::store::PostgresStore::connect(&url, 1).ok()?;
+    let (fsync, commit) = store.durability().ok()?;
+    let detail = format!("fsync = {fsync}, synchronous_commit = {commit}");
+    Some(if fsync == "off" || commit == "off" || commit == "local" {
+        Check::warn(
+            "durability",
+            format!(
+                "{detail}: an acknowledged message may be lost if the database's machine goes down"
+            ),
+            "set fsync = on and synchronous_commit = on (Postgres's defaults) in postgresql.conf",
+        )
+    } else {
+        Check::pass(
+            "durability",
+            format!("{detail}: a 200 means the message is on disk"),
+        )
+    })
+}
+
+/// On Postgres: whether `pg_dump` is here to back the database up
+/// (`convagent store backup` is for SQLite).
+pub fn backup_check(ctx: &Context) -> Option<Check> {
+    postgres(ctx)?;
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("pg_dump"))
+            .find(|p| p.is_file())
+    });
+    Some(match found {
+        Some(path) => Check::pass(
+            "backup",
+            format!("pg_dump at {} backs the database up", path.display()),
+        ),
+        None => Check::warn(
+            "backup",
+            "pg_dump is not installed: nothing here can back the database up",
+            "install Postgres's client tools (apt-get install postgresql-client)",
+        ),
+    })
+}
+
 /// The Postgres URL in use, if the store is on Postgres.
 fn postgres(ctx: &Context) -> Option<String> {
     ctx.settings().ok()?.config.store.url.clone()

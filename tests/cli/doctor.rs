@@ -546,6 +546,16 @@ async fn on_postgres_it_checks_the_schema_connections_and_lease_backlog() {
         text.contains("✓ database") && text.contains("0 claims held, none past its lease"),
         "{text}"
     );
+    // The test cluster trades durability for speed: doctor says so. And
+    // it names the tool that backs Postgres up.
+    assert!(
+        text.contains("! durability") && text.contains("fsync = off, synchronous_commit = off"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✓ backup") && text.contains("pg_dump at "),
+        "{text}"
+    );
     // A daemon that died holding a claim with a 1 ms lease.
     use convagent::core::ports::all::*;
     assert!(

@@ -198,3 +198,149 @@ fn migrate_says_what_is_wrong_and_changes_nothing() {
         "nothing copied"
     );
 }
+
+/// The provider ids of the user messages a store file holds.
+fn stored_ids(db: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT provider_message_id FROM messages WHERE role = 'user'")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_load_holds_every_acknowledged_message_and_restores() {
+    use crate::serve::{Daemon, accepting_telegram, post_update, telegram_update};
+    let telegram = accepting_telegram().await;
+    let env = Env::new();
+    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let url = daemon.url.clone();
+    let backup = env.home.path().join("backups/convagent-backup.db");
+    std::fs::create_dir_all(backup.parent().unwrap()).unwrap();
+
+    tokio::task::block_in_place(|| {
+        // 120 messages acknowledged before the backup begins.
+        let mut acknowledged = Vec::new();
+        for i in 0..120 {
+            let chat = 1000 + i % 40;
+            assert_eq!(
+                post_update(&url, &telegram_update(chat, 10_000 + i, "before")),
+                200
+            );
+            acknowledged.push(format!("{chat}:{}", 10_000 + i));
+        }
+        // More keep coming while it runs.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (url, stop) = (url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 2000 {
+                    assert_eq!(
+                        post_update(&url, &telegram_update(5000 + i % 50, 50_000 + i, "during")),
+                        200
+                    );
+                    i += 1;
+                }
+                i
+            })
+        };
+        let out = env
+            .cmd(&["store", "backup", backup.to_str().unwrap()])
+            .output()
+            .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let during = load.join().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(
+            stdout_of(&out).contains("integrity_check ok"),
+            "{}",
+            stdout_of(&out)
+        );
+        assert!(during > 0, "the load ran during the backup");
+        let held = stored_ids(&backup);
+        let missing: Vec<_> = acknowledged
+            .iter()
+            .filter(|id| !held.contains(*id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "acknowledged before the backup, not in it: {missing:?}"
+        );
+
+        // A second backup to the same path is refused, and leaves it alone.
+        let out = env
+            .cmd(&["store", "backup", backup.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("exists already"),
+            "{}",
+            stderr_of(&out)
+        );
+        assert_eq!(stored_ids(&backup), held);
+
+        // No restore while serve has the store open.
+        let out = env
+            .cmd(&["store", "restore", backup.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr_of(&out).contains("in use"), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("stop it first"),
+            "{}",
+            stderr_of(&out)
+        );
+
+        // Stopped, the restore puts the backup in place and keeps the store
+        // it replaced.
+        crate::send_signal(daemon.child.id(), "-TERM");
+        assert!(daemon.child.wait().unwrap().success());
+        let before_restore = stored_ids(&env.store());
+        let out = env
+            .cmd(&["store", "restore", backup.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(
+            stdout_of(&out).contains("the store it replaced"),
+            "{}",
+            stdout_of(&out)
+        );
+        assert_eq!(stored_ids(&env.store()), held);
+        let aside = std::fs::read_dir(env.store().parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains(".before-restore-"))
+            .expect("the replaced store is kept");
+        assert_eq!(stored_ids(&aside), before_restore);
+
+        // A damaged file is refused before anything is touched.
+        let garbage = env.home.path().join("backups/garbage.db");
+        std::fs::write(&garbage, b"not a database at all, just bytes").unwrap();
+        let out = env
+            .cmd(&["store", "restore", garbage.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr_of(&out).contains("not restored"),
+            "{}",
+            stderr_of(&out)
+        );
+        assert_eq!(stored_ids(&env.store()), held);
+    });
+
+    // And the restored store serves: the daemon starts on it and answers.
+    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let out = tokio::task::block_in_place(|| env.cmd(&["history", "--json"]).output().unwrap());
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("1000"), "{}", stdout_of(&out));
+    daemon.child.kill().unwrap();
+    let _ = daemon.child.wait();
+}

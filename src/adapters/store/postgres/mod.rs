@@ -359,6 +359,19 @@ impl PostgresStore {
         })
     }
 
+    /// The server's `fsync` and `synchronous_commit`: with either off, a
+    /// commit (and so an acknowledged message) may not survive a crash of
+    /// the server's machine.
+    pub fn durability(&self) -> Result<(String, String), StoreError> {
+        self.pool.run(|c| {
+            let r = c.query_one(
+                "SELECT current_setting('fsync'), current_setting('synchronous_commit')",
+                &[],
+            )?;
+            Ok((r.get::<_, String>(0), r.get::<_, String>(1)))
+        })
+    }
+
     /// Claims whose lease is over (their daemon stopped without giving
     /// them up), and claims held now: what `doctor` calls the lease
     /// backlog.

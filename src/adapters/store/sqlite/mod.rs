@@ -14,6 +14,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
+pub mod backup;
 mod limits;
 mod monitor;
 mod outbox;
@@ -69,6 +70,9 @@ pub struct SqliteStore {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     path: PathBuf,
+    /// This process's share of the store (`backup::share`): a restore
+    /// waits for every holder to close it.
+    _hold: Option<backup::Hold>,
 }
 
 /// How to open the store.
@@ -89,22 +93,37 @@ impl SqliteStore {
     }
 
     pub fn open_with(path: &Path, mode: OpenMode) -> Result<Self, StoreError> {
-        let mut conn = match mode {
-            OpenMode::ReadWrite => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
-                    })?;
-                }
-                Connection::open(path)
+        if mode == OpenMode::ReadWrite
+            && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        // A read-only open of a file in a read-only place goes without.
+        let hold = match backup::share(path) {
+            Ok(Some(hold)) => Some(hold),
+            Ok(None) => {
+                return Err(StoreError::Conflict(format!(
+                    "{} is being restored (`convagent store restore`); try again when it is done",
+                    path.display()
+                )));
             }
+            Err(e) if mode == OpenMode::ReadOnly => {
+                tracing::debug!(error = %e, "no hold on a store opened read-only");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+
+        let mut conn = match mode {
+            OpenMode::ReadWrite => Connection::open(path),
             OpenMode::ReadOnly => Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             ),
         }
         .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-
         conn.busy_timeout(Duration::from_secs(5))?;
         if mode == OpenMode::ReadWrite {
             conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -141,6 +160,7 @@ impl SqliteStore {
             readers,
             next_reader: AtomicUsize::new(0),
             path: path.to_path_buf(),
+            _hold: hold,
         })
     }
 
@@ -156,6 +176,7 @@ impl SqliteStore {
             readers: Vec::new(),
             next_reader: AtomicUsize::new(0),
             path: PathBuf::from(":memory:"),
+            _hold: None,
         })
     }
 
