@@ -1,13 +1,15 @@
 //! Acknowledged means on disk: every message that got its 200 is in what a
 //! power cut leaves of the store (`support::powercut` forgets every write
-//! that was not synced).
+//! that was not synced). And a store that cannot write (disk full, I/O
+//! errors, a lock held too long) refuses with 503, keeps nothing half
+//! written, and the daemon carries on once the fault clears.
 
 use std::path::Path;
 
 use serde_json::json;
 
 use crate::support::powercut::Disk;
-use crate::{Harness, Options, mount_success};
+use crate::{Harness, Options, bodies, mount_success};
 
 /// A Telegram text from chat `chat`, message `id`: stored as `chat:id`.
 fn telegram(h: &Harness, chat: i64, id: i64) -> convagent::golden::SignedRequest {
@@ -90,5 +92,80 @@ async fn every_acknowledged_message_survives_a_power_cut() {
             5000 + chat
         );
     }
+    h.stop().await;
+}
+
+/// Replies the fake Telegram was sent for `chat`.
+async fn replies_to(h: &Harness, chat: i64) -> usize {
+    bodies(&h.telegram)
+        .await
+        .iter()
+        .filter(|b| b["chat_id"] == json!(chat.to_string()) || b["chat_id"] == json!(chat))
+        .count()
+}
+
+/// Rows of the message `chat:id` (0 or 1), and whether it was answered.
+fn stored(h: &Harness, chat: i64, id: i64) -> (i64, bool) {
+    let conn = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
+    conn.query_row(
+        "SELECT count(*), coalesce(max(answered_at IS NOT NULL), 0) FROM messages \
+         WHERE provider_message_id = ?1",
+        [format!("{chat}:{id}")],
+        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? == 1)),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_gets_503s_and_the_daemon_carries_on_after() {
+    use rusqlite::ffi::{SQLITE_FULL, SQLITE_IOERR_WRITE};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::watch(dir.path());
+    let h = Harness::start_in(dir, Options::default()).await;
+    mount_success(&h).await;
+
+    for (chat, code, what) in [
+        (7001, SQLITE_FULL, "full"),
+        (7002, SQLITE_IOERR_WRITE, "disk I/O error"),
+    ] {
+        let (status, _, _) = h.post(&telegram(&h, chat, 1)).await;
+        assert_eq!(status, 200);
+        h.drained().await;
+
+        disk.fail(code);
+        let (status, body, _) = h.post(&telegram(&h, chat, 2)).await;
+        assert_eq!(status, 503, "{what}: the provider must retry: {body}");
+        assert!(body.contains("not stored") && body.contains(what), "{body}");
+        assert_eq!(
+            stored(&h, chat, 2),
+            (0, false),
+            "{what}: nothing of it is kept"
+        );
+
+        // The fault clears; the provider's retry is stored and answered once.
+        disk.heal();
+        let (status, body, _) = h.post(&telegram(&h, chat, 2)).await;
+        assert_eq!(status, 200, "{what}: {body}");
+        h.drained().await;
+        assert_eq!(stored(&h, chat, 2), (1, true), "{what}");
+        assert_eq!(
+            replies_to(&h, chat).await,
+            2,
+            "{what}: one reply per message"
+        );
+    }
+
+    // Another process holding the write lock past the busy timeout (5 s).
+    let holder = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (status, body, _) = h.post(&telegram(&h, 7003, 1)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("locked"), "{body}");
+    holder.execute_batch("ROLLBACK").unwrap();
+    let (status, _, _) = h.post(&telegram(&h, 7003, 1)).await;
+    assert_eq!(status, 200);
+    h.drained().await;
+    assert_eq!(stored(&h, 7003, 1), (1, true));
+    assert_eq!(replies_to(&h, 7003).await, 1);
     h.stop().await;
 }

@@ -1,4 +1,4 @@
-//! A power cut for SQLite files: a VFS shim over the operating system's
+//! A power cut for SQLite files, and a failing disk: a VFS shim over the operating system's
 //! (`unix`) that remembers, for each file under a watched directory, what a
 //! power cut would leave of it — the bytes as of that file's last `fsync`.
 //! Writes reach the real file as usual (so the process sees them, as it sees
@@ -54,6 +54,8 @@ impl FileState {
 struct Watched {
     dirs: Vec<PathBuf>,
     files: HashMap<PathBuf, Arc<Mutex<FileState>>>,
+    /// Watched directories whose writes and syncs fail, with the error.
+    failing: HashMap<PathBuf, c_int>,
 }
 
 fn watched() -> &'static Mutex<Watched> {
@@ -93,6 +95,17 @@ impl Disk {
                 (name, lock(state).durable.clone())
             })
             .collect()
+    }
+
+    /// From now on every write and sync of a file here fails with `code`
+    /// (`SQLITE_FULL`: the disk is full; `SQLITE_IOERR_WRITE`: an I/O
+    /// error), until [`Disk::heal`].
+    pub fn fail(&self, code: c_int) {
+        lock(watched()).failing.insert(self.dir.clone(), code);
+    }
+
+    pub fn heal(&self) {
+        lock(watched()).failing.remove(&self.dir);
     }
 
     /// The files a power cut now would leave, written into `into`.
@@ -148,6 +161,17 @@ struct ShimFile {
     real: *mut ffi::sqlite3_file,
     real_alloc: *mut Vec<u64>,
     state: *const Mutex<FileState>,
+    /// Its directory, for [`Disk::fail`].
+    dir: *const PathBuf,
+}
+
+/// The error writes in `dir` fail with now, if they do.
+fn failing(dir: &Path) -> Option<c_int> {
+    lock(watched()).failing.get(dir).copied()
+}
+
+unsafe fn dir_of<'a>(file: *mut ffi::sqlite3_file) -> &'a Path {
+    unsafe { &*(*(file as *mut ShimFile)).dir }
 }
 
 struct Vfs(*mut ffi::sqlite3_vfs);
@@ -227,7 +251,8 @@ unsafe extern "C" fn shim_open(
     out_flags: *mut c_int,
 ) -> c_int {
     let real = real_vfs();
-    let Some(state) = path_of(name).and_then(|p| state_of(&p)) else {
+    let path = path_of(name);
+    let Some(state) = path.as_deref().and_then(state_of) else {
         // Not watched: the unix VFS opens straight into SQLite's buffer.
         return unsafe { ((*real).xOpen.unwrap())(real, name, file, flags, out_flags) };
     };
@@ -247,6 +272,12 @@ unsafe extern "C" fn shim_open(
         (*shim).real = real_file;
         (*shim).real_alloc = alloc;
         (*shim).state = Arc::into_raw(state);
+        let dir = path
+            .as_deref()
+            .and_then(Path::parent)
+            .and_then(|d| d.canonicalize().ok())
+            .unwrap_or_default();
+        (*shim).dir = Box::into_raw(Box::new(dir));
         (*shim).base.pMethods = &METHODS;
     }
     ffi::SQLITE_OK
@@ -291,6 +322,7 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
         drop(Box::from_raw((*shim).real_alloc));
         drop(Arc::from_raw((*shim).state));
+        drop(Box::from_raw((*shim).dir as *mut PathBuf));
     }
     rc
 }
@@ -310,6 +342,9 @@ unsafe extern "C" fn write(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
+    if let Some(code) = failing(unsafe { dir_of(file) }) {
+        return code;
+    }
     let rc = forward!(file, xWrite, buf, amount, offset);
     if rc == ffi::SQLITE_OK {
         let (_, state) = unsafe { parts(file) };
@@ -330,6 +365,13 @@ unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_i
 }
 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    if let Some(code) = failing(unsafe { dir_of(file) }) {
+        return if code == ffi::SQLITE_FULL {
+            code
+        } else {
+            ffi::SQLITE_IOERR_FSYNC
+        };
+    }
     let rc = forward!(file, xSync, flags);
     if rc == ffi::SQLITE_OK {
         let (_, state) = unsafe { parts(file) };
