@@ -5,7 +5,9 @@ use convagent::core::ports::all::*;
 use std::collections::BTreeMap;
 
 use convagent::adapters::store::{OpenMode, SqliteStore};
-use convagent::core::ports::{AnyStore, Destination, Outgoing, StoreError, Take, TokenChange};
+use convagent::core::ports::{
+    AnyStore, Destination, OutboxUpdate, Outgoing, Prune, SenderRef, StoreError, Take, TokenChange,
+};
 use convagent::core::{
     Attachment, Breaker, BreakerPolicy, BreakerState, Channel, ConversationFilter, ConversationKey,
     CorrelationId, InboundMessage, NewReply, ReplyKind, Role, SearchOrder, Store, Summary, Write,
@@ -66,6 +68,161 @@ fn conformance(store: &dyn AnyStore) {
     an_outside_agent_sends_and_answers(store);
     a_message_is_taken_by_one_consumer_at_a_time(store);
     access_tokens_are_kept_hashed_by_name(store);
+    erasing_a_sender_leaves_nothing_of_them(store);
+    pruning_deletes_idle_conversations_and_nothing_still_owed(store);
+}
+
+fn sender(id: &str) -> SenderRef {
+    SenderRef {
+        channel: Channel::Telegram,
+        id: id.into(),
+    }
+}
+
+/// Accepts `id` from `key` at `at` and answers it at `at + 50`; the reply
+/// is sent when `sent`. Returns the conversation.
+fn answered(store: &dyn AnyStore, key: &ConversationKey, id: &str, at: i64, sent: bool) -> i64 {
+    let accepted = store
+        .accept(&message(key, id, "zanzibar quartz", at))
+        .unwrap();
+    store
+        .record_turn_reply(accepted.message_id, &[], &reply("noted", at + 50, 1))
+        .unwrap();
+    if sent {
+        let item = store.head(accepted.conversation_id).unwrap().unwrap();
+        store
+            .write_now(Write::Outbox {
+                id: item.id,
+                update: OutboxUpdate::Sent {
+                    provider_message_id: None,
+                    dry_run: true,
+                },
+                at: at + 60,
+            })
+            .unwrap();
+    }
+    accepted.conversation_id
+}
+
+fn erasing_a_sender_leaves_nothing_of_them(store: &dyn AnyStore) {
+    let erin = ConversationKey::new(Channel::Telegram, "erin-erase", "");
+    answered(store, &erin, "erin-1", 90_000, false);
+    let second = store
+        .accept(&message(&erin, "erin-2", "zanzibar again", 90_100))
+        .unwrap();
+    let correlation = store.messages(second.conversation_id).unwrap()[2]
+        .correlation_id
+        .clone()
+        .unwrap();
+    store
+        .record_traces(&[convagent::core::TraceEvent {
+            correlation_id: correlation,
+            stage: convagent::core::Stage::Received,
+            attempt: None,
+            started_at: 90_100,
+            duration_us: 5,
+            outcome: convagent::core::Outcome::Ok,
+            detail: None,
+        }])
+        .unwrap();
+    let other = ConversationKey::new(Channel::Telegram, "olga-kept", "");
+    answered(store, &other, "olga-1", 90_200, true);
+    let held = store.sender_data(&sender("erin-erase")).unwrap();
+    assert_eq!((held.messages.len(), held.outbox.len()), (3, 1));
+    assert!(!held.traces.is_empty());
+
+    let erased = store
+        .write_now(Write::Erase {
+            sender: sender("erin-erase"),
+            at: 91_000,
+        })
+        .unwrap()
+        .erased()
+        .unwrap();
+    assert_eq!(
+        (erased.conversations, erased.messages, erased.outbox),
+        (1, 3, 1)
+    );
+    assert!(erased.traces >= 1, "{erased:?}");
+    let left = store.sender_data(&sender("erin-erase")).unwrap();
+    assert!(
+        left.conversations.is_empty()
+            && left.messages.is_empty()
+            && left.outbox.is_empty()
+            && left.traces.is_empty(),
+        "{left:?}"
+    );
+    assert!(store.open_conversation(&erin).unwrap().is_none());
+    let found = store
+        .search("zanzibar", None, 10, SearchOrder::Newest)
+        .unwrap();
+    assert!(
+        found.iter().all(|h| h.sender != "erin-erase"),
+        "search still finds them: {found:?}"
+    );
+    // Someone else is untouched.
+    assert_eq!(
+        store
+            .sender_data(&sender("olga-kept"))
+            .unwrap()
+            .messages
+            .len(),
+        2
+    );
+}
+
+fn pruning_deletes_idle_conversations_and_nothing_still_owed(store: &dyn AnyStore) {
+    // Long idle, answered and sent; long idle but still owed an answer;
+    // long idle with its reply still queued.
+    let done = ConversationKey::new(Channel::Telegram, "pat-done", "");
+    let owed = ConversationKey::new(Channel::Telegram, "pat-owed", "");
+    let queued = ConversationKey::new(Channel::Telegram, "pat-queued", "");
+    answered(store, &done, "pat-1", 100, true);
+    store
+        .accept(&message(&owed, "pat-2", "hello?", 150))
+        .unwrap();
+    answered(store, &queued, "pat-3", 160, false);
+    let prune = |dry_run| {
+        Write::Prune(Prune {
+            messages_before: Some(1_000),
+            traces_before: None,
+            limit: 100,
+            dry_run,
+        })
+    };
+
+    let counted = store.write_now(prune(true)).unwrap().erased().unwrap();
+    assert!(counted.conversations >= 1, "{counted:?}");
+    assert!(
+        store.open_conversation(&done).unwrap().is_some(),
+        "a dry run keeps it"
+    );
+
+    let pruned = store.write_now(prune(false)).unwrap().erased().unwrap();
+    assert_eq!(pruned.conversations, counted.conversations);
+    assert!(
+        store
+            .sender_data(&sender("pat-done"))
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .sender_data(&sender("pat-owed"))
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .sender_data(&sender("pat-queued"))
+            .unwrap()
+            .messages
+            .len(),
+        2
+    );
 }
 
 fn send(to: Destination, text: &str, answers_pending: bool, at: i64) -> Write {
