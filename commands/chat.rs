@@ -68,7 +68,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
     ctx.start_tools("chat").await?;
     // Every stage of a turn (its tool calls too) is stored as the daemon
     // stores them: `history show` and the TUI see chat's turns the same way.
-    let tracer = Tracer::start(ctx.store()?, Metrics::new());
+    let tracer = Tracer::start(ctx.store()?, Metrics::new()).masking(ctx.log_masker());
     let agent = ctx
         .agent(&providers, false)?
         .with_stages(Arc::new(tracer.clone()));

@@ -132,6 +132,15 @@ impl Context {
         .map_err(config_error)
     }
 
+    /// The masker of the log (configured secrets, and those a reload adds),
+    /// for what else must not hold them: stored traces.
+    pub fn log_masker(&self) -> convagent::telemetry::Masker {
+        match self.telemetry.get() {
+            Some(Some(guard)) => guard.masker.clone(),
+            _ => self.masker(),
+        }
+    }
+
     /// Masks these secrets in every log line from now on, as well as the
     /// ones configured at start.
     pub fn mask_also(&self, secrets: &[String]) {

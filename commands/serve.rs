@@ -48,7 +48,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
         ctx.start_tools("serve").await?;
     }
     let metrics = Metrics::new();
-    let tracer = Tracer::start(store.clone(), metrics.clone());
+    let tracer = Tracer::start(store.clone(), metrics.clone()).masking(ctx.log_masker());
     let clock = Arc::new(SystemClock);
     let live = live(ctx, settings, &tracer, clock.now_ms())?;
     let daemon_settings = DaemonSettings {

@@ -163,7 +163,8 @@ impl Harness {
             None => Arc::new(SystemClock),
         };
         let metrics = Metrics::new();
-        let tracer = Tracer::start(store.clone(), metrics.clone());
+        let masker = convagent::telemetry::Masker::new(&config.secrets());
+        let tracer = Tracer::start(store.clone(), metrics.clone()).masking(masker);
         let agent = Agent::new(
             store.clone(),
             options.llm,

@@ -7,16 +7,29 @@ use std::time::Instant;
 
 use super::Metrics;
 use crate::core::{Outcome, Stage, StageSink, TraceEvent, Write, Writes};
+use crate::telemetry::Masker;
 
 #[derive(Clone)]
 pub struct Tracer {
     store: Arc<dyn Writes>,
     metrics: Metrics,
+    masker: Masker,
 }
 
 impl Tracer {
     pub fn start(store: Arc<dyn Writes>, metrics: Metrics) -> Self {
-        Tracer { store, metrics }
+        Tracer {
+            store,
+            metrics,
+            masker: Masker::default(),
+        }
+    }
+
+    /// Masks these secrets (the log's: a reload's new ones too) in every
+    /// detail it stores, besides what looks like a credential.
+    pub fn masking(mut self, masker: Masker) -> Self {
+        self.masker = masker;
+        self
     }
 
     /// Records that `stage` of message `correlation_id` began at
@@ -51,11 +64,9 @@ impl Tracer {
 /// the same way as the daemon's.
 impl StageSink for Tracer {
     fn record(&self, mut event: TraceEvent) {
-        // Details quote error bodies: what looks like a credential stays out
-        // of the store (and so out of the TUI).
-        event.detail = event
-            .detail
-            .map(|d| crate::telemetry::mask_credential_shapes(&d).into_owned());
+        // Details quote error bodies: configured secrets and what looks
+        // like a credential stay out of the store (and so out of the TUI).
+        event.detail = event.detail.map(|d| self.masker.mask(&d).into_owned());
         self.metrics.observe_stage(
             event.stage.as_str(),
             std::time::Duration::from_micros(event.duration_us),

@@ -714,6 +714,94 @@ async fn server_errors_back_off_1_2_4_8_16_seconds_then_dead_letter() {
     h.stop().await;
 }
 
+/// Walks one reply through the whole backoff: a try, then retries 1, 2,
+/// 4, 8 and 16 s apart, then a dead letter whose error names `error`.
+async fn backs_off_then_dead_letters(
+    h: &Harness,
+    api: Option<&wiremock::MockServer>,
+    dead: usize,
+    error: &str,
+) {
+    let tries = |n: usize| async move {
+        if let Some(api) = api {
+            assert_eq!(sends(api).await, n, "{error}: tries so far");
+        }
+    };
+    for (attempt, wait) in [1_000, 2_000, 4_000, 8_000, 16_000].into_iter().enumerate() {
+        assert!(
+            eventually(10, || next_try_in(h) == Some(wait)).await,
+            "{error}: after attempt {}: {:?}",
+            attempt + 1,
+            next_try_in(h)
+        );
+        tries(attempt + 1).await;
+        h.advance(wait);
+    }
+    assert!(
+        eventually(10, || h.store.outbox_stats().unwrap().dead == dead as u64).await,
+        "{error}: no dead letter"
+    );
+    tries(6).await;
+    let letters = dead_letters(h);
+    assert!(
+        letters
+            .iter()
+            .any(|(code, why)| code == "retries_exhausted" && why.contains(error)),
+        "{error}: {letters:?}"
+    );
+}
+
+#[tokio::test]
+async fn slack_and_twilio_server_errors_back_off_like_telegram_s() {
+    let h = on_a_fake_clock(|s| {
+        s.send_backoff = convagent::daemon::DaemonSettings::default().send_backoff
+    })
+    .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/chat\.postMessage$"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("Internal Server Error"))
+        .mount(&h.slack)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/2010-04-01/Accounts/[^/]+/Messages\.json$"))
+        .respond_with(ResponseTemplate::new(503).set_body_json(json!({
+            "code": 20503, "message": "Service Unavailable",
+            "more_info": "https://www.twilio.com/docs/errors/20503", "status": 503
+        })))
+        .mount(&h.twilio)
+        .await;
+    h.post(&h.sign(&h.golden("slack/message_im.json"))).await;
+    backs_off_then_dead_letters(&h, Some(&h.slack), 1, "500").await;
+    h.post(&h.sign(&h.golden("whatsapp/text.json"))).await;
+    backs_off_then_dead_letters(&h, Some(&h.twilio), 2, "503").await;
+    h.stop().await;
+}
+
+/// Where Telegram's API refuses connections: held bound, never listening.
+static REFUSED: std::sync::OnceLock<crate::support::ReservedPort> = std::sync::OnceLock::new();
+
+#[tokio::test]
+async fn a_refused_connection_backs_off_like_a_server_error() {
+    let refused = REFUSED.get_or_init(crate::support::ReservedPort::new);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut options = Options {
+        clock: Some(Arc::new(crate::support::FakeClock::at(now))),
+        configure: |c| {
+            c.channels.telegram.api_base = REFUSED.get().map(|p| p.url());
+        },
+        ..Options::default()
+    };
+    options.settings.send_backoff = convagent::daemon::DaemonSettings::default().send_backoff;
+    let h = Harness::start(options).await;
+    assert!(refused.port > 0);
+    h.post(&telegram_text(&h, 14, 140, "hello?")).await;
+    backs_off_then_dead_letters(&h, None, 1, "Connection refused").await;
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_later_reply_never_overtakes_one_waiting_to_retry() {
     let h = on_a_fake_clock(|s| {
@@ -1115,5 +1203,57 @@ async fn the_daemon_prunes_by_itself_and_never_what_is_still_owed() {
             .unwrap()
             .is_some()
     );
+    h.stop().await;
+}
+
+/// A provider's error body that quotes a configured secret and something
+/// shaped like a credential: neither reaches the stored trace.
+#[tokio::test]
+async fn stored_traces_never_hold_a_secret() {
+    let h = Harness::start(Options::default()).await;
+    let leaked = format!(
+        "Bad Request: chat not found (secret {}, key sk-live-ABCDEFGHIJKLMNOPQRSTUVWX)",
+        crate::TELEGRAM_SECRET
+    );
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/bot[^/]+/sendMessage$"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "ok": false, "error_code": 400, "description": leaked
+        })))
+        .mount(&h.telegram)
+        .await;
+    h.post(&telegram_text(&h, 15, 150, "hi")).await;
+    assert!(eventually(10, || h.store.outbox_stats().unwrap().dead == 1).await);
+    h.drained().await;
+    let conversation = h.store.conversations(&Default::default()).unwrap()[0].id;
+    let correlation = h.store.messages(conversation).unwrap()[0]
+        .correlation_id
+        .clone()
+        .unwrap();
+    assert!(
+        eventually(10, || h
+            .store
+            .trace(&correlation)
+            .unwrap()
+            .iter()
+            .any(|t| t.stage == convagent::core::Stage::Send))
+        .await
+    );
+    let details: Vec<String> = h
+        .store
+        .trace(&correlation)
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| t.detail)
+        .collect();
+    let send = details
+        .iter()
+        .find(|d| d.contains("chat not found"))
+        .unwrap_or_else(|| panic!("the send's failure is traced: {details:?}"));
+    assert!(send.contains(convagent::telemetry::MASK), "{send}");
+    for d in &details {
+        assert!(!d.contains(crate::TELEGRAM_SECRET), "{d}");
+        assert!(!d.contains("ABCDEFGHIJKLMNOPQRSTUVWX"), "{d}");
+    }
     h.stop().await;
 }

@@ -31,6 +31,21 @@ fn http_client() -> reqwest::Client {
 }
 
 /// `Retry-After: <seconds>` of a response, if any.
+/// A request that did not get an answer, said with its causes ("error
+/// sending request: client error (Connect): tcp connect error: Connection
+/// refused") and without its URL (Telegram's holds the bot token).
+fn unanswered(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut said = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        said.push_str(": ");
+        said.push_str(&c.to_string());
+        cause = c.source();
+    }
+    said
+}
+
 fn retry_after_header(response: &reqwest::Response) -> Option<Duration> {
     response
         .headers()

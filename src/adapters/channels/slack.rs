@@ -307,7 +307,7 @@ impl ChannelAdapter for Slack {
                 .json(&body)
                 .send()
                 .await
-                .map_err(|e| SendError::Transient(format!("Slack: {}", e.without_url())))?;
+                .map_err(|e| SendError::Transient(format!("Slack: {}", super::unanswered(e))))?;
             let status = response.status().as_u16();
             let retry_after = super::retry_after_header(&response);
             let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -350,7 +350,7 @@ impl Slack {
             .bearer_auth(&s.bot_token)
             .send()
             .await
-            .map_err(|e| format!("Slack auth.test: {}", e.without_url()))?
+            .map_err(|e| format!("Slack auth.test: {}", super::unanswered(e)))?
             .json()
             .await
             .map_err(|e| format!("Slack auth.test: unreadable answer: {}", e.without_url()))?;

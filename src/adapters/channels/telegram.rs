@@ -412,7 +412,7 @@ impl ChannelAdapter for Telegram {
                 .send()
                 .await
                 // The URL holds the bot token: never let it into an error.
-                .map_err(|e| SendError::Transient(format!("Telegram: {}", e.without_url())))?;
+                .map_err(|e| SendError::Transient(format!("Telegram: {}", super::unanswered(e))))?;
             let status = response.status().as_u16();
             let retry_after_header = super::retry_after_header(&response);
             let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -473,7 +473,7 @@ impl Telegram {
             .json(&body)
             .send()
             .await
-            .map_err(|e| format!("Telegram {method}: {}", e.without_url()))?;
+            .map_err(|e| format!("Telegram {method}: {}", super::unanswered(e)))?;
         let body: serde_json::Value = response
             .json()
             .await

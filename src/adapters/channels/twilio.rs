@@ -308,7 +308,7 @@ impl ChannelAdapter for Twilio {
                 .form(&[("messageId", sid.as_str()), ("channel", "whatsapp")])
                 .send()
                 .await
-                .map_err(|e| SendError::Transient(format!("Twilio: {}", e.without_url())))?;
+                .map_err(|e| SendError::Transient(format!("Twilio: {}", super::unanswered(e))))?;
             if response.status().is_success() {
                 Ok(())
             } else {
@@ -362,7 +362,7 @@ impl ChannelAdapter for Twilio {
                 ])
                 .send()
                 .await
-                .map_err(|e| SendError::Transient(format!("Twilio: {}", e.without_url())))?;
+                .map_err(|e| SendError::Transient(format!("Twilio: {}", super::unanswered(e))))?;
             let status = response.status();
             let retry_after = super::retry_after_header(&response);
             let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -410,7 +410,7 @@ impl Twilio {
         response: Result<reqwest::Response, reqwest::Error>,
         what: &str,
     ) -> Result<serde_json::Value, String> {
-        let response = response.map_err(|e| format!("Twilio {what}: {}", e.without_url()))?;
+        let response = response.map_err(|e| format!("Twilio {what}: {}", super::unanswered(e)))?;
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         if status.is_success() {
