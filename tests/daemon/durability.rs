@@ -169,3 +169,49 @@ async fn a_store_that_cannot_write_gets_503s_and_the_daemon_carries_on_after() {
     assert_eq!(replies_to(&h, 7003).await, 1);
     h.stop().await;
 }
+
+/// Story 26 of the original design: the store fails in the middle of the
+/// pipeline — after the accept, while the turn runs — and the message is
+/// still answered, once, when it heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_fault_while_a_turn_runs_costs_no_answer() {
+    use rusqlite::ffi::SQLITE_IOERR_WRITE;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::watch(dir.path());
+    let llm = std::sync::Arc::new(crate::support::EchoLlm {
+        delay: std::time::Duration::from_millis(800),
+        ..crate::support::EchoLlm::new()
+    });
+    let mut options = Options {
+        llm: llm.clone(),
+        ..Options::default()
+    };
+    // A turn that could not be stored is tried again after this.
+    options.settings.fallback_retry = std::time::Duration::from_millis(500);
+    let h = Harness::start_in(dir, options).await;
+    mount_success(&h).await;
+    let (status, _, _) = h.post(&telegram(&h, 7101, 1)).await;
+    assert_eq!(status, 200);
+    // The turn is with the LLM: its reply cannot be stored.
+    assert!(
+        crate::support::eventually(5, || llm.calls.load(std::sync::atomic::Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    disk.fail(SQLITE_IOERR_WRITE);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        stored(&h, 7101, 1),
+        (1, false),
+        "accepted, not yet answered"
+    );
+    assert_eq!(replies_to(&h, 7101).await, 0);
+    disk.heal();
+    h.drained().await;
+    assert_eq!(stored(&h, 7101, 1), (1, true));
+    assert_eq!(replies_to(&h, 7101).await, 1, "answered once");
+    // The reply generated during the fault was lost with its write; the
+    // retry generated it again.
+    assert!(llm.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    h.stop().await;
+}

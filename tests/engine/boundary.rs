@@ -113,3 +113,44 @@ fn only_the_registry_lists_the_channels() {
         }
     }
 }
+
+/// Each test binary (`tests/X.rs`) names its files by `#[path]`, and cargo
+/// compiles only what is named: a file left out of the list would never
+/// run, silently. Every `.rs` file under `tests/` is named by its binary
+/// (or, for `support/`, by `support/mod.rs`).
+#[test]
+fn no_test_file_is_forgotten() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut forgotten = Vec::new();
+    for entry in std::fs::read_dir(&tests).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let (lister, prefix) = if name == "support" {
+            (dir.join("mod.rs"), String::new())
+        } else {
+            (tests.join(format!("{name}.rs")), format!("{name}/"))
+        };
+        let Ok(listed) = std::fs::read_to_string(&lister) else {
+            continue; // golden payloads and other data
+        };
+        let mut files = Vec::new();
+        rust_files(&dir, &mut files);
+        for file in files {
+            let rel = file
+                .strip_prefix(&dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == "mod.rs" {
+                continue;
+            }
+            if !listed.contains(&format!("#[path = \"{prefix}{rel}\"]")) {
+                forgotten.push(format!("{} (not in {})", file.display(), lister.display()));
+            }
+        }
+    }
+    assert!(forgotten.is_empty(), "never compiled: {forgotten:#?}");
+}

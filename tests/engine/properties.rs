@@ -241,8 +241,21 @@ proptest! {
         ]).prop_map(str::to_string), ".{0,24}"), 0..5),
     ) {
         for spec in registry::ALL {
-            // Any outcome is fine but a panic; the types allow only 4xx refusals.
-            let _ = check(spec.channel, &headers, &body);
+            // No secret, no valid signature: refused (a 4xx with its reason),
+            // whatever the body and the other headers.
+            let unsigned = check(spec.channel, &headers, &body);
+            match &unsigned {
+                Err(e) => prop_assert!(!e.to_string().is_empty(), "{}: no reason", spec.channel),
+                Ok(inbound) => prop_assert!(false, "{}: let through unauthenticated: {inbound:?}", spec.channel),
+            }
+            // Signed as the provider signs, the same garbled body is read or
+            // refused as malformed, never taken for a bad signature.
+            let signed = check(spec.channel, &authenticated(spec.channel, &body), &body);
+            prop_assert!(
+                !matches!(signed, Err(WebhookError::Unauthorized(_))),
+                "{}: a signed request refused as unauthenticated: {signed:?}",
+                spec.channel
+            );
         }
     }
 

@@ -12,21 +12,14 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     as_postgres: bool,
-    /// The TCP port, for a cluster that listens on 127.0.0.1 (with TLS).
-    port: Option<u16>,
+    /// The TCP port, for a cluster that listens on 127.0.0.1 (with TLS):
+    /// held bound by the test for the cluster's life (Postgres binds it
+    /// beside, with SO_REUSEADDR), never released and hoped free.
+    port: Option<super::ReservedPort>,
 }
 
 /// Test clusters write nothing to disk that they do not have to.
 const FAST: &str = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off";
-
-/// A port nobody listens on now (Postgres cannot be told to take port 0).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A CA and a server certificate for IP 127.0.0.1 it signed, in `dir`,
 /// by Debian's `openssl`; the key readable by the server only.
@@ -190,7 +183,8 @@ impl Cluster {
         );
         let (listen, port) = if tls {
             make_certificates(dir.path(), as_postgres);
-            let port = free_port();
+            let reserved = super::ReservedPort::new();
+            let port = reserved.port;
             let key = dir.path().join("server.key");
             let crt = dir.path().join("server.crt");
             (
@@ -200,7 +194,7 @@ impl Cluster {
                     crt.display(),
                     key.display()
                 ),
-                Some(port),
+                Some(reserved),
             )
         } else {
             ("-c listen_addresses=''".to_string(), None)
@@ -233,7 +227,11 @@ impl Cluster {
 
     /// The TLS cluster's database over TCP, with `query` (`sslmode=…`).
     pub fn tcp_url(&self, database: &str, query: &str) -> String {
-        let port = self.port.expect("a cluster started with start_tls");
+        let port = self
+            .port
+            .as_ref()
+            .expect("a cluster started with start_tls")
+            .port;
         format!("postgres://postgres@127.0.0.1:{port}/{database}{query}")
     }
 
@@ -273,8 +271,11 @@ impl Cluster {
                 b => (b as char).to_string(),
             })
             .collect();
-        match self.port {
-            Some(port) => format!("postgres://postgres@{socket_dir}:{port}/{database}"),
+        match &self.port {
+            Some(reserved) => format!(
+                "postgres://postgres@{socket_dir}:{}/{database}",
+                reserved.port
+            ),
             None => format!("postgres://postgres@{socket_dir}/{database}"),
         }
     }
