@@ -36,6 +36,9 @@ const TOKEN: &str = "1:bench";
 
 #[path = "support/flags.rs"]
 mod flags;
+#[path = "../tests/support/ports.rs"]
+mod ports;
+use ports::ReservedPort;
 #[path = "../tests/support/postgres.rs"]
 #[allow(dead_code)]
 mod pg;
