@@ -72,6 +72,10 @@ need=""
 for pkg in cmake clang libclang-dev python3 python3-pip python3-venv tmux man-db prometheus systemd postgresql openssl; do
   have "$pkg" || need="$need $pkg"
 done
+# npm: the official MCP conformance suite comes from the npm registry. Any
+# npm serves (a nodejs from elsewhere ships its own, and conflicts with
+# Debian's npm package).
+command -v npm >/dev/null 2>&1 || need="$need npm"
 # A python3 with pip and venv from elsewhere (pyenv) serves as well.
 if python3 -m pip --version >/dev/null 2>&1 && python3 -m venv --help >/dev/null 2>&1; then
   need=$(printf '%s\n' $need | grep -v -e '^python3$' -e '^python3-pip$' -e '^python3-venv$' | tr '\n' ' ' || true)
@@ -122,9 +126,25 @@ else
   "$MCP_VENV/bin/python" -m pip install --quiet --disable-pip-version-check $MCP_PACKAGES
 fi
 
+# 4. The official MCP conformance suite, whose server scenarios the tests
+#    run against `serve`'s /mcp. It needs Node 22, which npm brings as a
+#    package of its own (Debian's nodejs may be older).
+CONFORMANCE_DIR="$DATA_HOME/convagent/mcp-conformance"
+CONFORMANCE_PACKAGES="@modelcontextprotocol/conformance@0.1.16 node@22.23.3"
+if [ -x "$CONFORMANCE_DIR/node_modules/.bin/node" ] \
+  && [ -f "$CONFORMANCE_DIR/node_modules/@modelcontextprotocol/conformance/dist/index.js" ]; then
+  say "MCP conformance suite present: $CONFORMANCE_DIR"
+else
+  say "installing the MCP conformance suite ($CONFORMANCE_PACKAGES) into $CONFORMANCE_DIR"
+  mkdir -p "$CONFORMANCE_DIR"
+  # shellcheck disable=SC2086
+  npm install --prefix "$CONFORMANCE_DIR" --no-audit --no-fund --loglevel=error $CONFORMANCE_PACKAGES \
+    || die "cannot install the MCP conformance suite from npm"
+fi
+
 [ "$deps_only" -eq 1 ] && exit 0
 
-# 4. Build and install the binary where rustup puts cargo (on PATH).
+# 5. Build and install the binary where rustup puts cargo (on PATH).
 say "building convagent (release; the first build compiles llama.cpp, a few minutes)"
 cargo build --release --locked --quiet
 mkdir -p "$bin_dir"
@@ -132,7 +152,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 install -m 755 "$target_dir/release/convagent" "$bin_dir/convagent"
 say "installed $bin_dir/convagent"
 
-# 5. Shell completions and the man page.
+# 6. Shell completions and the man page.
 install_docs
 
 case ":$PATH:" in

@@ -56,7 +56,8 @@ pub struct McpConfig {
     /// How the servers' commands are confined.
     pub sandbox: SandboxConfig,
     /// Browser origins allowed to call `/mcp` (`https://app.example.com`,
-    /// with a port when it is not the scheme's default). A request with any
+    /// with a port when it is not the scheme's default), besides pages of
+    /// this machine (`localhost`, `127.0.0.1`, `[::1]`). A request with any
     /// other `Origin` header gets 403, as the Streamable HTTP transport
     /// requires (DNS rebinding); requests without one (agents, not
     /// browsers) are served.

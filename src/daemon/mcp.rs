@@ -63,9 +63,9 @@ fn refuse(why: &str) -> Response {
         .into_response()
 }
 
-/// Whether a request's `Origin` (if any) is one `/mcp` serves: the
-/// configured origins, compared without case and with the scheme's default
-/// port made explicit.
+/// Whether a request's `Origin` (if any) is one `/mcp` serves: a page on
+/// this machine, or one of the configured origins, compared without case
+/// and with the scheme's default port made explicit.
 fn origin_allowed(origin: Option<&header::HeaderValue>, allowed: &[String]) -> bool {
     let Some(origin) = origin else {
         return true;
@@ -82,7 +82,21 @@ fn origin_allowed(origin: Option<&header::HeaderValue>, allowed: &[String]) -> b
         }
     };
     let origin = canonical(origin);
-    allowed.iter().any(|a| canonical(a) == origin)
+    loopback(&origin) || allowed.iter().any(|a| canonical(a) == origin)
+}
+
+/// A page of this machine (`http://localhost:3000`, `http://127.0.0.1`,
+/// `http://[::1]:8080`): what DNS rebinding cannot forge, since a browser
+/// sends the origin of the page, not the address a name resolved to.
+fn loopback(origin: &str) -> bool {
+    let Some((_, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => rest.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
 }
 
 /// Lets a request through only from an allowed origin and with a token the

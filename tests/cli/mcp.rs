@@ -430,14 +430,22 @@ async fn mcp_over_http_keeps_the_transport_s_musts() {
         );
         assert_eq!(status, 403, "{body}");
         assert!(body.to_string().contains("mcp.allowed_origins"), "{body}");
-        let (status, body, _) = rpc(
+        for allowed in [
+            "https://app.example.com:443",
+            "http://localhost:5173",
+            "http://[::1]",
+        ] {
+            let (status, body, _) = rpc(&url, &good, Some(allowed), None, initialize("2025-06-18"));
+            assert_eq!(status, 200, "{allowed}: {body}");
+        }
+        let (status, _, _) = rpc(
             &url,
             &good,
-            Some("https://app.example.com:443"),
+            Some("http://localhost.evil.example"),
             None,
             initialize("2025-06-18"),
         );
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(status, 403);
 
         // 2025-03-26 requires batches, which are not taken: it is not
         // offered, the server answers with a version it keeps.
@@ -523,4 +531,121 @@ async fn mcp_over_http_keeps_the_transport_s_musts() {
         );
         assert_eq!(status, 404, "the session is gone");
     });
+}
+
+/// A reverse proxy on loopback that adds `Authorization: Bearer <token>` to
+/// every request for `upstream`, streaming answers back (SSE included): the
+/// conformance suite's client has no way to send a token of its own.
+async fn bearer_proxy(upstream: String, token: String) -> String {
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (client, upstream, token) = (client.clone(), upstream.clone(), token.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut forward = client.request(parts.method, format!("{upstream}{target}"));
+            for (name, value) in &parts.headers {
+                if name != axum::http::header::HOST {
+                    forward = forward.header(name, value);
+                }
+            }
+            let answer = forward.bearer_auth(&token).body(body).send().await.unwrap();
+            let mut response = axum::http::Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                response = response.header(name, value);
+            }
+            response
+                .body(axum::body::Body::from_stream(answer.bytes_stream()))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+/// The server scenarios of the official suite that apply to convagent:
+/// the lifecycle, ping, listing its tools and resources, and the
+/// Streamable HTTP transport's own. The others exercise fixture tools,
+/// prompts and capabilities a test server of the suite's own offers
+/// (`test_simple_text`, sampling, elicitation, prompts, completion,
+/// logging, subscriptions), which convagent has no reason to have.
+const CONFORMANCE_SCENARIOS: &[&str] = &[
+    "server-initialize",
+    "ping",
+    "tools-list",
+    "resources-list",
+    "dns-rebinding-protection",
+    "server-sse-polling",
+    "server-sse-multiple-streams",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_conformance_suite_passes_the_scenarios_that_apply() {
+    let (node, suite) = crate::support::mcp_conformance();
+    let telegram = accepting_telegram().await;
+    let env = Env::new();
+    let good = token(&env, "conformance");
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let proxy = bearer_proxy(daemon.url.clone(), good).await;
+    let mut failed = Vec::new();
+    for scenario in CONFORMANCE_SCENARIOS {
+        let out = tokio::process::Command::new(&node)
+            .arg(&suite)
+            .args([
+                "server",
+                "--url",
+                &format!("{proxy}/mcp"),
+                "--scenario",
+                scenario,
+            ])
+            .current_dir(env.home.path())
+            .output()
+            .await
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            failed.push(format!("{scenario}:\n{said}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
+fn mcp_on_stdio_offers_no_batch_version_and_says_invalid_params() {
+    let env = Env::new();
+    let lines = [
+        initialize("2025-03-26"),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {}}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "resources/read", "params": {}}),
+    ]
+    .map(|l| l.to_string() + "\n")
+    .concat();
+    let out = env
+        .cmd(&["mcp"])
+        .write_stdin(lines)
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let answers: Vec<Value> = crate::stdout_of(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let by_id = |id: i64| {
+        answers
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("no answer {id}: {answers:?} {}", crate::stderr_of(&out)))
+    };
+    let version = by_id(1)["result"]["protocolVersion"].as_str().unwrap();
+    assert_ne!(version, "2025-03-26");
+    assert_eq!(by_id(2)["error"]["code"], -32602, "{answers:?}");
+    assert_eq!(by_id(3)["error"]["code"], -32602, "{answers:?}");
 }

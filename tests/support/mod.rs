@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-#[path = "postgres.rs"]
-pub mod postgres;
 #[path = "ports.rs"]
 mod ports;
+#[path = "postgres.rs"]
+pub mod postgres;
 #[path = "powercut.rs"]
 pub mod powercut;
 
@@ -104,6 +104,23 @@ pub fn model_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The official MCP conformance suite (npm) and the Node it runs on, as
+/// `install.sh --deps-only` installs them: (node, the suite's entry point).
+pub fn mcp_conformance() -> (PathBuf, PathBuf) {
+    let dir = Dirs::from_env()
+        .unwrap()
+        .data
+        .join("mcp-conformance/node_modules");
+    let node = dir.join(".bin/node");
+    let suite = dir.join("@modelcontextprotocol/conformance/dist/index.js");
+    assert!(
+        node.is_file() && suite.is_file(),
+        "the MCP conformance suite is missing at {}: run ./install.sh --deps-only first",
+        dir.display()
+    );
+    (node, suite)
 }
 
 /// The Python with the MCP test tools (`mcp`, `mcp-server-time` from PyPI)
