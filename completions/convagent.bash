@@ -142,8 +142,14 @@ _convagent() {
             convagent__subcmd__help__subcmd__service,uninstall)
                 cmd="convagent__subcmd__help__subcmd__service__subcmd__uninstall"
                 ;;
+            convagent__subcmd__help__subcmd__store,backup)
+                cmd="convagent__subcmd__help__subcmd__store__subcmd__backup"
+                ;;
             convagent__subcmd__help__subcmd__store,migrate)
                 cmd="convagent__subcmd__help__subcmd__store__subcmd__migrate"
+                ;;
+            convagent__subcmd__help__subcmd__store,restore)
+                cmd="convagent__subcmd__help__subcmd__store__subcmd__restore"
                 ;;
             convagent__subcmd__history,delete)
                 cmd="convagent__subcmd__history__subcmd__delete"
@@ -280,17 +286,29 @@ _convagent() {
             convagent__subcmd__service__subcmd__help,uninstall)
                 cmd="convagent__subcmd__service__subcmd__help__subcmd__uninstall"
                 ;;
+            convagent__subcmd__store,backup)
+                cmd="convagent__subcmd__store__subcmd__backup"
+                ;;
             convagent__subcmd__store,help)
                 cmd="convagent__subcmd__store__subcmd__help"
                 ;;
             convagent__subcmd__store,migrate)
                 cmd="convagent__subcmd__store__subcmd__migrate"
                 ;;
+            convagent__subcmd__store,restore)
+                cmd="convagent__subcmd__store__subcmd__restore"
+                ;;
+            convagent__subcmd__store__subcmd__help,backup)
+                cmd="convagent__subcmd__store__subcmd__help__subcmd__backup"
+                ;;
             convagent__subcmd__store__subcmd__help,help)
                 cmd="convagent__subcmd__store__subcmd__help__subcmd__help"
                 ;;
             convagent__subcmd__store__subcmd__help,migrate)
                 cmd="convagent__subcmd__store__subcmd__help__subcmd__migrate"
+                ;;
+            convagent__subcmd__store__subcmd__help,restore)
+                cmd="convagent__subcmd__store__subcmd__help__subcmd__restore"
                 ;;
             *)
                 ;;
@@ -773,7 +791,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help__subcmd__store)
-            opts="migrate"
+            opts="backup restore migrate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -786,7 +804,35 @@ _convagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        convagent__subcmd__help__subcmd__store__subcmd__backup)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         convagent__subcmd__help__subcmd__store__subcmd__migrate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__store__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1847,7 +1893,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__store)
-            opts="-v -h -V --config --env-file --verbose --help --version migrate help"
+            opts="-v -h -V --config --env-file --verbose --help --version backup restore migrate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1868,9 +1914,45 @@ _convagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        convagent__subcmd__store__subcmd__help)
-            opts="migrate help"
+        convagent__subcmd__store__subcmd__backup)
+            opts="-v -h -V --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__store__subcmd__help)
+            opts="backup restore migrate help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__store__subcmd__help__subcmd__backup)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1910,6 +1992,20 @@ _convagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        convagent__subcmd__store__subcmd__help__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         convagent__subcmd__store__subcmd__migrate)
             opts="-v -h -V --to --from --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1925,6 +2021,28 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__store__subcmd__restore)
+            opts="-v -h -V --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

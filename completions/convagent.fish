@@ -241,13 +241,25 @@ complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_
 complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "install" -d 'Write the systemd unit and the environment file for the secrets'
 complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "uninstall" -d 'Remove the unit and the environment file'
 complete -c convagent -n "__fish_convagent_using_subcommand service; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from migrate help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
-complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from migrate help" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
-complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from migrate help" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
-complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from migrate help" -s h -l help -d 'Print help'
-complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from migrate help" -s V -l version -d 'Print version'
-complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from migrate help" -f -a "migrate" -d 'Copy the SQLite store into Postgres (run it before starting daemons on Postgres; running it again copies only what is new)'
-complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from migrate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from backup restore migrate help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from backup restore migrate help" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from backup restore migrate help" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from backup restore migrate help" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from backup restore migrate help" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from backup restore migrate help" -f -a "backup" -d 'Copy the store to PATH, consistent as of the start, while serve runs (checked with integrity_check before it takes its name)'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from backup restore migrate help" -f -a "restore" -d 'Put the backup at PATH in place of the store (stop serve first; the store it replaces is kept beside it)'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from backup restore migrate help" -f -a "migrate" -d 'Copy the SQLite store into Postgres (run it before starting daemons on Postgres; running it again copies only what is new)'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and not __fish_seen_subcommand_from backup restore migrate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from backup" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from backup" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from backup" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from backup" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from backup" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from restore" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from restore" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from restore" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from restore" -s h -l help -d 'Print help'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from restore" -s V -l version -d 'Print version'
 complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from migrate" -l to -d 'The Postgres database: postgres://user:password@host/database' -r
 complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from migrate" -l from -d 'The SQLite file (default: `store.path`, or the usual place)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from migrate" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
@@ -255,6 +267,8 @@ complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_se
 complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from migrate" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from migrate" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from migrate" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from help" -f -a "backup" -d 'Copy the store to PATH, consistent as of the start, while serve runs (checked with integrity_check before it takes its name)'
+complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from help" -f -a "restore" -d 'Put the backup at PATH in place of the store (stop serve first; the store it replaces is kept beside it)'
 complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from help" -f -a "migrate" -d 'Copy the SQLite store into Postgres (run it before starting daemons on Postgres; running it again copies only what is new)'
 complete -c convagent -n "__fish_convagent_using_subcommand store; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c convagent -n "__fish_convagent_using_subcommand mcp; and not __fish_seen_subcommand_from stdio token help" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
@@ -312,6 +326,8 @@ complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_see
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from outbox" -f -a "discard" -d 'Give up on queued replies or dead letters for good (kept as the record of what was not sent)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from service" -f -a "install" -d 'Write the systemd unit and the environment file for the secrets'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from service" -f -a "uninstall" -d 'Remove the unit and the environment file'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from store" -f -a "backup" -d 'Copy the store to PATH, consistent as of the start, while serve runs (checked with integrity_check before it takes its name)'
+complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from store" -f -a "restore" -d 'Put the backup at PATH in place of the store (stop serve first; the store it replaces is kept beside it)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from store" -f -a "migrate" -d 'Copy the SQLite store into Postgres (run it before starting daemons on Postgres; running it again copies only what is new)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from mcp" -f -a "stdio" -d 'Serve MCP on stdin and stdout (what `convagent mcp` alone does)'
 complete -c convagent -n "__fish_convagent_using_subcommand help; and __fish_seen_subcommand_from mcp" -f -a "token" -d 'The bearer tokens `/mcp` on `serve` accepts'
