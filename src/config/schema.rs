@@ -118,8 +118,9 @@ pub struct SandboxConfig {
     pub memory_mb: u64,
     /// Open files at once.
     pub open_files: u64,
-    /// Processes of the user at once (the kernel counts per user, and not
-    /// for root).
+    /// Processes and threads of the user at once (the kernel counts them
+    /// for the whole user, everything else it runs included, and not for
+    /// root): a backstop against a fork bomb, set well above normal use.
     pub processes: u64,
     /// Restrict the filesystem with Landlock where the kernel has it.
     pub landlock: bool,
@@ -131,7 +132,7 @@ impl Default for SandboxConfig {
             cpu_secs: 3600,
             memory_mb: 1024,
             open_files: 256,
-            processes: 512,
+            processes: 4096,
             landlock: true,
         }
     }

@@ -212,6 +212,7 @@ async fn deliver(daemon: &Arc<Daemon>, item: OutboxItem) {
     let started_at = daemon.clock.now_ms();
     let began = Instant::now();
     let (update, outcome) = attempt_send(daemon, &item).await;
+    let update = masked(&daemon.tracer, update);
     let channel = item.key.channel.as_str();
     let attempt = |outcome: Outcome, detail: Option<String>| TraceEvent {
         correlation_id: correlation.clone(),
@@ -261,6 +262,28 @@ async fn deliver(daemon: &Arc<Daemon>, item: OutboxItem) {
     }
     if let Err(e) = record(daemon, item.id, update).await {
         tracing::error!(correlation_id = %correlation, error = %e, outcome, "cannot record a send");
+    }
+}
+
+/// A provider's error may quote a secret (an echoed token, a URL with
+/// one): the error kept with the item (`convagent outbox`, the TUI, the
+/// log) is masked as the trace is.
+fn masked(tracer: &super::Tracer, update: OutboxUpdate) -> OutboxUpdate {
+    match update {
+        OutboxUpdate::Retry {
+            next_attempt_at,
+            attempts,
+            error,
+        } => OutboxUpdate::Retry {
+            next_attempt_at,
+            attempts,
+            error: tracer.mask(&error),
+        },
+        OutboxUpdate::Dead { code, error } => OutboxUpdate::Dead {
+            code,
+            error: tracer.mask(&error),
+        },
+        other => other,
     }
 }
 

@@ -54,6 +54,11 @@ impl Tracer {
         });
     }
 
+    /// `text` with the secrets this tracer masks masked.
+    pub fn mask(&self, text: &str) -> String {
+        self.masker.mask(text).into_owned()
+    }
+
     /// Waits until everything recorded so far is in the store.
     pub async fn flush(&self) {
         self.store.flush().await;

@@ -615,7 +615,7 @@ fn it_starts_each_mcp_server_and_lists_its_tools() {
     );
     assert!(line.contains(&format!("dir {}", dir.display())), "{line}");
     assert!(
-        line.contains("limits 3600 CPU s, 1024 MiB, 256 files, 512 processes; no new privileges"),
+        line.contains("limits 3600 CPU s, 1024 MiB, 256 files, 4096 processes; no new privileges"),
         "{line}"
     );
     assert!(

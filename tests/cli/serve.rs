@@ -64,6 +64,17 @@ impl Daemon {
     }
 }
 
+/// A daemon a test forgot to stop (or that failed half way) does not
+/// outlive it.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub(crate) fn telegram_update(chat: i64, update: i64, text: &str) -> serde_json::Value {
     json!({
         "update_id": update,

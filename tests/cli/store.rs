@@ -337,10 +337,9 @@ async fn a_backup_under_load_holds_every_acknowledged_message_and_restores() {
     });
 
     // And the restored store serves: the daemon starts on it and answers.
-    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
     let out = tokio::task::block_in_place(|| env.cmd(&["history", "--json"]).output().unwrap());
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(stdout_of(&out).contains("1000"), "{}", stdout_of(&out));
-    daemon.child.kill().unwrap();
-    let _ = daemon.child.wait();
+    drop(daemon);
 }

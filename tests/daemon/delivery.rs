@@ -1209,7 +1209,7 @@ async fn the_daemon_prunes_by_itself_and_never_what_is_still_owed() {
 /// A provider's error body that quotes a configured secret and something
 /// shaped like a credential: neither reaches the stored trace.
 #[tokio::test]
-async fn stored_traces_never_hold_a_secret() {
+async fn stored_traces_and_dead_letters_never_hold_a_secret() {
     let h = Harness::start(Options::default()).await;
     let leaked = format!(
         "Bad Request: chat not found (secret {}, key sk-live-ABCDEFGHIJKLMNOPQRSTUVWX)",
@@ -1255,5 +1255,10 @@ async fn stored_traces_never_hold_a_secret() {
         assert!(!d.contains(crate::TELEGRAM_SECRET), "{d}");
         assert!(!d.contains("ABCDEFGHIJKLMNOPQRSTUVWX"), "{d}");
     }
+    // Nor the dead letter's error, which `convagent outbox` and the TUI show.
+    let dead = dead_letters(&h);
+    assert!(dead[0].1.contains("chat not found"), "{dead:?}");
+    assert!(!dead[0].1.contains(crate::TELEGRAM_SECRET), "{dead:?}");
+    assert!(!dead[0].1.contains("ABCDEFGHIJKLMNOPQRSTUVWX"), "{dead:?}");
     h.stop().await;
 }
