@@ -236,9 +236,10 @@ fn restrict_mode(dir: &Path) {
     }
 }
 
-/// The install a command runs from: the directory above the one holding it
-/// (`<venv>/bin/python` → `<venv>`, `/usr/bin/node` → `/usr`), as named and
-/// with its links followed (a virtualenv's interpreter lives elsewhere).
+/// The install a command runs from: the program, and for a program in a
+/// `bin` directory the directory above it (`<venv>/bin/python` → `<venv>`,
+/// `/usr/bin/node` → `/usr`), as named and with its links followed (a
+/// virtualenv's interpreter lives elsewhere).
 fn install_of(command: &str, path: &str) -> Vec<PathBuf> {
     let found = if command.contains('/') {
         Some(PathBuf::from(command))
@@ -255,7 +256,17 @@ fn install_of(command: &str, path: &str) -> Vec<PathBuf> {
         .into_iter()
         .flatten()
     {
-        if let Some(install) = program.parent().and_then(Path::parent)
+        // The program itself, wherever it lies (`/srv/server` has no
+        // install above it but `/`, which is never given).
+        installs.push(program.clone());
+        // Only a `bin` directory's parent is an install (`~/tools/server`
+        // must not open all of `~`, where the store lives).
+        let holder = program.parent();
+        let in_bin = holder
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "bin" || n == "sbin");
+        if let Some(install) = holder.and_then(Path::parent)
+            && in_bin
             && install.parent().is_some()
         {
             installs.push(install.to_path_buf());
@@ -368,5 +379,44 @@ mod tests {
         assert_eq!(sandbox.env["HOME"], "/state/tools/crm_tools");
         assert!(!sandbox.describe().contains("secret"));
         assert!(sandbox.read_only.contains(&PathBuf::from("/usr")));
+    }
+
+    #[test]
+    fn a_program_and_its_script_are_readable_wherever_they_lie() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("server");
+        let script = dir.path().join("tools.py");
+        std::fs::write(&program, "").unwrap();
+        std::fs::write(&script, "").unwrap();
+        let server = McpServerConfig {
+            command: program.display().to_string(),
+            args: vec![script.display().to_string(), "relative.py".into()],
+            ..McpServerConfig::default()
+        };
+        let settings = SandboxSettings {
+            tools_dir: dir.path().join("tools"),
+            limits: SandboxConfig::default(),
+        };
+        let sandbox = Sandbox::plan(&server, "s", &settings, parent);
+        assert!(
+            sandbox.read_only.contains(&program),
+            "{:?}",
+            sandbox.read_only
+        );
+        assert!(
+            sandbox.read_only.contains(&script),
+            "{:?}",
+            sandbox.read_only
+        );
+        // Not the directories holding them (where a store could lie too).
+        assert!(!sandbox.read_only.contains(&dir.path().to_path_buf()));
+        assert!(
+            !sandbox
+                .read_only
+                .iter()
+                .any(|p| dir.path().starts_with(p) && p != Path::new("/usr")),
+            "{:?}",
+            sandbox.read_only
+        );
     }
 }
