@@ -53,19 +53,8 @@ async fn one_message_gets_one_reply_with_the_right_text_and_recipient() {
 
     // Every stage of the message is traced under its correlation id.
     let correlation = correlation.unwrap();
-    assert!(
-        eventually(5, || h
-            .store
-            .trace(&correlation)
-            .unwrap()
-            .iter()
-            .any(|t| t.stage == convagent::core::Stage::Sent))
+    let stages: Vec<String> = traced_through(&h, &correlation, convagent::core::Stage::Sent)
         .await
-    );
-    let stages: Vec<String> = h
-        .store
-        .trace(&correlation)
-        .unwrap()
         .into_iter()
         .map(|t| t.label())
         .collect();
@@ -541,6 +530,27 @@ async fn on_a_fake_clock(settings: impl FnOnce(&mut convagent::daemon::DaemonSet
 /// Sends a fake received (typing signals left out).
 async fn sends(server: &wiremock::MockServer) -> usize {
     bodies(server).await.len()
+}
+
+/// The trace of `correlation` once it has reached `stage` (traces are
+/// stored with the writer's next batch, a moment after the stage).
+async fn traced_through(
+    h: &Harness,
+    correlation: &str,
+    stage: convagent::core::Stage,
+) -> Vec<convagent::core::TraceEvent> {
+    let reached = || {
+        h.store
+            .trace(correlation)
+            .unwrap()
+            .iter()
+            .any(|t| t.stage == stage)
+    };
+    assert!(
+        eventually(10, reached).await,
+        "{correlation} never reached {stage:?}"
+    );
+    h.store.trace(correlation).unwrap()
 }
 
 /// The moment the outbox will next try, relative to the fake clock.
@@ -1230,19 +1240,8 @@ async fn stored_traces_and_dead_letters_never_hold_a_secret() {
         .correlation_id
         .clone()
         .unwrap();
-    assert!(
-        eventually(10, || h
-            .store
-            .trace(&correlation)
-            .unwrap()
-            .iter()
-            .any(|t| t.stage == convagent::core::Stage::Send))
+    let details: Vec<String> = traced_through(&h, &correlation, convagent::core::Stage::Send)
         .await
-    );
-    let details: Vec<String> = h
-        .store
-        .trace(&correlation)
-        .unwrap()
         .into_iter()
         .filter_map(|t| t.detail)
         .collect();
