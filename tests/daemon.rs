@@ -15,6 +15,8 @@ mod durability;
 mod ingress;
 #[path = "daemon/limits.rs"]
 mod limits;
+#[path = "daemon/media.rs"]
+mod media;
 #[path = "daemon/rotation.rs"]
 mod rotation;
 

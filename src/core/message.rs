@@ -130,12 +130,7 @@ impl ConversationKey {
     }
 }
 
-/// Media or files that came with a message; kept as pass-through metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    pub url: String,
-    pub content_type: Option<String>,
-}
+pub use super::media::{Attachment, AttachmentKind};
 
 /// The metadata key under which an adapter puts the name the provider
 /// shows for the sender (Telegram's first name, Twilio's ProfileName, a

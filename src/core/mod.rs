@@ -9,6 +9,7 @@ pub mod context;
 pub mod guardrails;
 pub mod limits;
 pub mod llm;
+pub mod media;
 pub mod message;
 pub mod ports;
 pub mod tools;
@@ -21,7 +22,7 @@ pub use guardrails::{Guardrails, SecretFilter, Violation};
 pub use limits::Limits;
 pub use llm::{ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, StreamEvent};
 pub use message::{
-    Attachment, Channel, ConversationKey, CorrelationId, InboundMessage, Role, Turn,
+    Attachment, AttachmentKind, Channel, ConversationKey, CorrelationId, InboundMessage, Role, Turn,
 };
 pub use ports::{
     Accepted, ActivityBucket, ClaimKind, Clock, ConversationFilter, ConversationOverview,

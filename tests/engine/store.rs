@@ -21,10 +21,7 @@ fn message(key: &ConversationKey, id: &str, text: &str, at: i64) -> InboundMessa
         provider_message_id: id.into(),
         provider_ts: Some(at - 5),
         received_at: at,
-        attachments: vec![Attachment {
-            url: "https://example.com/a.jpg".into(),
-            content_type: Some("image/jpeg".into()),
-        }],
+        attachments: Vec::new(),
         metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
         correlation_id: CorrelationId::generate(),
     }
@@ -781,16 +778,31 @@ fn fallbacks_leave_messages_pending(store: &dyn Store) {
     assert!(store.pending(a.conversation_id, 10).unwrap().is_empty());
 
     // The pending message comes back whole, ready to be handled again.
+    let photo = Attachment {
+        url: "https://example.com/a.jpg".into(),
+        content_type: Some("image/jpeg".into()),
+        width: Some(640),
+        height: Some(480),
+        ..Attachment::new(convagent::core::AttachmentKind::Photo)
+    };
     let c = store
-        .accept(&message(&key, "SM-f3", "third", 60_400))
+        .accept(&InboundMessage {
+            attachments: vec![photo.clone()],
+            ..message(&key, "SM-f3", "third", 60_400)
+        })
         .unwrap();
+    // The model reads the photo's stand-in before the text.
+    let turns = store
+        .recent_turns(c.conversation_id, c.message_id, 1)
+        .unwrap();
+    assert_eq!(turns[0].text, "[photo 640×480, image/jpeg]\nthird");
     let back = store.pending(c.conversation_id, 10).unwrap().remove(0);
     assert_eq!(back.conversation_id, c.conversation_id);
     assert_eq!(back.message_id, c.message_id);
     let back = back.message;
     assert_eq!(back.key, key);
     assert_eq!(back.provider_message_id, "SM-f3");
-    assert_eq!(back.attachments.len(), 1);
+    assert_eq!(back.attachments, [photo]);
     assert_eq!(back.metadata.get("k").map(String::as_str), Some("v"));
     assert_eq!(back.correlation_id.0.len(), 32);
     store

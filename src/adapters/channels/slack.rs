@@ -20,7 +20,10 @@ use crate::core::channel::{
     ChannelAdapter, Inbound, Registration, SendError, Sent, WebhookError, WebhookRequest,
 };
 use crate::core::llm::BoxFuture;
-use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME};
+use crate::core::message::{
+    Attachment, AttachmentKind, Channel, ConversationKey, CorrelationId, InboundMessage,
+    SENDER_NAME,
+};
 
 pub const DEFAULT_API_BASE: &str = "https://slack.com/api";
 /// Slack truncates messages past about 4,000 characters.
@@ -76,6 +79,43 @@ struct Event {
     subtype: Option<String>,
     channel_type: Option<String>,
     user_profile: Option<UserProfile>,
+    /// Files shared with the message (read leniently: `files`).
+    files: Option<serde_json::Value>,
+}
+
+/// The files of a `file_share` message as attachments, each fetched later
+/// from its `url_private_download` (or `url_private`) with the bot token.
+fn files(list: Option<&serde_json::Value>) -> Vec<Attachment> {
+    let text = |f: &serde_json::Value, k: &str| {
+        f.get(k)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let small = |f: &serde_json::Value, k: &str| {
+        f.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    list.and_then(|l| l.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            let url = text(f, "url_private_download").or_else(|| text(f, "url_private"))?;
+            let mime = text(f, "mimetype");
+            Some(Attachment {
+                url,
+                file_id: text(f, "id"),
+                size: f.get("size").and_then(serde_json::Value::as_u64),
+                name: text(f, "name").or_else(|| text(f, "title")),
+                width: small(f, "original_w"),
+                height: small(f, "original_h"),
+                duration_secs: small(f, "duration_ms").map(|ms| ms.div_ceil(1000)),
+                ..Attachment::new(AttachmentKind::of_mime(mime.as_deref().unwrap_or_default()))
+                    .with_content_type(mime)
+            })
+        })
+        .collect()
 }
 
 /// Message events from Slack's own clients carry the author's profile.
@@ -189,7 +229,7 @@ impl ChannelAdapter for Slack {
         if event.bot_id.is_some() || event.subtype.as_deref() == Some("bot_message") {
             return Ok(Inbound::Ignore("bot message"));
         }
-        if event.subtype.is_some() {
+        if event.subtype.as_deref().is_some_and(|s| s != "file_share") {
             return Ok(Inbound::Ignore("message edit, deletion or other subtype"));
         }
         let direct = event.kind == "message" && event.channel_type.as_deref() == Some("im");
@@ -220,7 +260,8 @@ impl ChannelAdapter for Slack {
             }
         };
         let text = event.text.unwrap_or_default();
-        if text.trim().is_empty() {
+        let attachments = files(event.files.as_ref());
+        if text.trim().is_empty() && attachments.is_empty() {
             return Ok(Inbound::Ignore("no text"));
         }
         // Mentions are answered in their thread; a direct message chat is
@@ -240,7 +281,7 @@ impl ChannelAdapter for Slack {
             provider_message_id: event_id,
             provider_ts: envelope.event_time.map(|t| t * 1000),
             received_at: request.now_ms,
-            attachments: Vec::new(),
+            attachments,
             metadata,
             correlation_id: CorrelationId::generate(),
         }))

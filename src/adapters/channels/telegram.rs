@@ -1,6 +1,7 @@
 //! Telegram Bot API. Inbound: JSON `Update`s, authenticated by the
 //! `X-Telegram-Bot-Api-Secret-Token` header set with `setWebhook`. Text,
-//! captions and callback queries are messages; edits are acknowledged and
+//! captions, media (voice, photos, files, places, contacts: `media.rs`) and
+//! callback queries are messages; edits are acknowledged and
 //! ignored; in groups the bot answers only when addressed. Outbound:
 //! `sendMessage`, whose 429 carries `parameters.retry_after`.
 
@@ -19,6 +20,8 @@ use crate::core::channel::{
 };
 use crate::core::llm::BoxFuture;
 use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME};
+
+mod media;
 
 pub const DEFAULT_API_BASE: &str = "https://api.telegram.org";
 /// Telegram's limit for one message's text.
@@ -71,6 +74,35 @@ struct Message {
     #[serde(default)]
     entities: Vec<Entity>,
     reply_to_message: Option<Box<Message>>,
+    // Media, read leniently from their JSON (`media.rs`). Named one by one:
+    // `#[serde(flatten)]` would buffer every field of every update.
+    voice: Option<serde_json::Value>,
+    audio: Option<serde_json::Value>,
+    video_note: Option<serde_json::Value>,
+    video: Option<serde_json::Value>,
+    photo: Option<serde_json::Value>,
+    document: Option<serde_json::Value>,
+    sticker: Option<serde_json::Value>,
+    location: Option<serde_json::Value>,
+    venue: Option<serde_json::Value>,
+    contact: Option<serde_json::Value>,
+}
+
+impl Message {
+    fn media(&self) -> media::Media<'_> {
+        media::Media {
+            voice: self.voice.as_ref(),
+            audio: self.audio.as_ref(),
+            video_note: self.video_note.as_ref(),
+            video: self.video.as_ref(),
+            photo: self.photo.as_ref(),
+            document: self.document.as_ref(),
+            sticker: self.sticker.as_ref(),
+            location: self.location.as_ref(),
+            venue: self.venue.as_ref(),
+            contact: self.contact.as_ref(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -162,7 +194,8 @@ impl Telegram {
             (None, None) => return Inbound::Ignore("message without an id"),
         };
         let text = m.text.clone().or(m.caption.clone()).unwrap_or_default();
-        if text.trim().is_empty() {
+        let attachments = m.media().attachments(m.caption.as_ref());
+        if text.trim().is_empty() && attachments.is_empty() {
             return Inbound::Ignore("no text");
         }
         let group = matches!(chat.kind.as_str(), "group" | "supergroup");
@@ -188,7 +221,7 @@ impl Telegram {
             provider_message_id,
             provider_ts: m.date.map(|d| d * 1000),
             received_at: now,
-            attachments: Vec::new(),
+            attachments,
             metadata,
             correlation_id: CorrelationId::generate(),
         })

@@ -20,7 +20,8 @@ use crate::core::channel::{
 };
 use crate::core::llm::BoxFuture;
 use crate::core::message::{
-    Attachment, Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME,
+    Attachment, AttachmentKind, Channel, ConversationKey, CorrelationId, InboundMessage,
+    SENDER_NAME,
 };
 
 pub const DEFAULT_API_BASE: &str = "https://api.twilio.com";
@@ -194,14 +195,32 @@ impl ChannelAdapter for Twilio {
             return Ok(Inbound::Ignore("message without `From`"));
         };
         // NumMedia says how many MediaUrlN follow; count what is there.
-        let attachments: Vec<Attachment> = (0..10)
+        // The kind is the MIME type's (a WhatsApp voice note is audio/ogg).
+        let mut attachments: Vec<Attachment> = (0..10)
             .map_while(|i| {
+                let content_type = get(&format!("MediaContentType{i}")).map(str::to_string);
                 Some(Attachment {
                     url: get(&format!("MediaUrl{i}"))?.to_string(),
-                    content_type: get(&format!("MediaContentType{i}")).map(str::to_string),
+                    ..Attachment::new(AttachmentKind::of_mime(
+                        content_type.as_deref().unwrap_or_default(),
+                    ))
+                    .with_content_type(content_type)
                 })
             })
             .collect();
+        // A shared location (WhatsApp): coordinates, and for a place its
+        // address and label.
+        let coordinate = |k: &str| get(k).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(latitude), Some(longitude)) = (coordinate("Latitude"), coordinate("Longitude"))
+        {
+            attachments.push(Attachment {
+                latitude: Some(latitude),
+                longitude: Some(longitude),
+                address: get("Address").map(str::to_string),
+                name: get("Label").map(str::to_string),
+                ..Attachment::new(AttachmentKind::Location)
+            });
+        }
         let text = get("Body").unwrap_or_default().to_string();
         if text.trim().is_empty() && attachments.is_empty() {
             return Ok(Inbound::Ignore("no text"));

@@ -160,7 +160,7 @@ impl ConversationReads for PostgresStore {
         let limit = limit as i64;
         let mut turns = self.read(move |c| {
             let found = c.query(
-                "SELECT id, role, text FROM messages
+                "SELECT id, role, text, attachments FROM messages
                  WHERE conversation_id = $1 AND id <= $2
                  ORDER BY id DESC LIMIT $3",
                 &[&conversation_id, &up_to_message_id, &limit],
@@ -182,9 +182,9 @@ impl ConversationReads for PostgresStore {
             // One statement, one snapshot; the outer join keeps the count
             // when nothing came after.
             let found = c.query(
-                "SELECT c.message_count, m.id, m.role, m.text
+                "SELECT c.message_count, m.id, m.role, m.text, m.attachments
                  FROM conversations c
-                 LEFT JOIN LATERAL (SELECT id, role, text FROM messages
+                 LEFT JOIN LATERAL (SELECT id, role, text, attachments FROM messages
                                     WHERE conversation_id = c.id AND id > $2
                                     ORDER BY id LIMIT $3) m ON true
                  WHERE c.id = $1

@@ -115,11 +115,14 @@ pub(super) fn summary(r: &Row) -> Result<Summary, StoreError> {
     })
 }
 
+/// A turn from `id, role, text, attachments` at column `at`: the text as
+/// the model reads it.
 pub(super) fn turn(r: &Row, at: usize) -> Result<Turn, StoreError> {
+    let attachments: String = r.try_get(at + 3)?;
     Ok(Turn {
         message_id: r.try_get(at)?,
         role: role(r.try_get(at + 1)?)?,
-        text: r.try_get(at + 2)?,
+        text: crate::core::media::stored_for_model(r.try_get(at + 2)?, &attachments),
     })
 }
 

@@ -255,7 +255,7 @@ impl Writes for SqliteStore {
 
 /// The newest turns of a conversation up to a message: a backwards range
 /// scan of `messages_by_conversation`, bounded by the limit.
-pub const RECENT_TURNS_SQL: &str = "SELECT id, role, text FROM messages
+pub const RECENT_TURNS_SQL: &str = "SELECT id, role, text, attachments FROM messages
      WHERE conversation_id = ?1 AND id <= ?2
      ORDER BY id DESC LIMIT +?3";
 

@@ -7,6 +7,7 @@ use super::rows::*;
 use super::{MIGRATIONS, RECENT_TURNS_SQL, SqliteStore, fts_phrase_query};
 use crate::core::breaker::{Breaker, Transition};
 use crate::core::limits::{Usage, UsageQuery};
+use crate::core::media;
 use crate::core::message::{
     Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME, Turn,
 };
@@ -372,10 +373,11 @@ impl ConversationReads for SqliteStore {
                 params![conversation_id, up_to_message_id, limit as i64],
                 |r| {
                     let role: String = r.get(1)?;
+                    let attachments: String = r.get(3)?;
                     Ok(Turn {
                         message_id: r.get(0)?,
                         role: parse_role(&role, 1)?,
-                        text: r.get(2)?,
+                        text: media::stored_for_model(r.get(2)?, &attachments),
                     })
                 },
             )?
@@ -394,7 +396,7 @@ impl ConversationReads for SqliteStore {
         // One statement, one snapshot. The outer join keeps the count when
         // nothing came after.
         let mut stmt = conn.prepare_cached(
-            "SELECT c.message_count, m.id, m.role, m.text
+            "SELECT c.message_count, m.id, m.role, m.text, m.attachments
              FROM conversations c
              LEFT JOIN messages m ON m.conversation_id = c.id AND m.id > ?2
              WHERE c.id = ?1
@@ -406,10 +408,11 @@ impl ConversationReads for SqliteStore {
             after.message_count = r.get(0)?;
             if let Some(message_id) = r.get::<_, Option<i64>>(1)? {
                 let role: String = r.get(2)?;
+                let attachments: String = r.get(4)?;
                 after.turns.push(Turn {
                     message_id,
                     role: parse_role(&role, 2)?,
-                    text: r.get(3)?,
+                    text: media::stored_for_model(r.get(3)?, &attachments),
                 });
             }
         }

@@ -1,0 +1,268 @@
+//! What comes with a message besides its text: voice notes, photos, files,
+//! places and contacts, in one canonical form whatever the channel. The
+//! model sees each as a short text stand-in (`[voice note, 4 s]`), so a
+//! message that is nothing but a photo is still a message the agent
+//! answers, and failover to a provider that cannot see or hear still works.
+
+use serde::{Deserialize, Serialize};
+
+/// What an attachment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachmentKind {
+    /// A recorded voice message (Telegram `voice`, a WhatsApp voice note).
+    Voice,
+    /// A music or audio file.
+    Audio,
+    /// Telegram's round video message.
+    VideoNote,
+    Video,
+    Photo,
+    /// A file sent as a file.
+    Document,
+    Sticker,
+    /// A place: coordinates, with a name and address for a venue.
+    Location,
+    /// A shared contact card.
+    Contact,
+    /// Media whose kind the provider did not say (rows stored before kinds).
+    #[default]
+    File,
+}
+
+impl AttachmentKind {
+    /// The kind of media of a MIME type (Twilio and Slack say only that).
+    pub fn of_mime(mime: &str) -> AttachmentKind {
+        let mime = mime.to_ascii_lowercase();
+        match mime.split('/').next().unwrap_or_default() {
+            "image" if mime == "image/webp" => AttachmentKind::Sticker,
+            "image" => AttachmentKind::Photo,
+            "audio" if mime.contains("ogg") || mime.contains("opus") || mime.contains("amr") => {
+                AttachmentKind::Voice
+            }
+            "audio" => AttachmentKind::Audio,
+            "video" => AttachmentKind::Video,
+            "text" if mime.contains("vcard") => AttachmentKind::Contact,
+            "" => AttachmentKind::File,
+            _ => AttachmentKind::Document,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachmentKind::Voice => "voice note",
+            AttachmentKind::Audio => "audio",
+            AttachmentKind::VideoNote => "video note",
+            AttachmentKind::Video => "video",
+            AttachmentKind::Photo => "photo",
+            AttachmentKind::Document => "document",
+            AttachmentKind::Sticker => "sticker",
+            AttachmentKind::Location => "location",
+            AttachmentKind::Contact => "contact",
+            AttachmentKind::File => "file",
+        }
+    }
+}
+
+/// One attachment, as the provider described it. Only what the provider
+/// said is set; the file itself is fetched later (by `url`, or by
+/// `file_id` where the provider serves files by id).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Attachment {
+    pub kind: AttachmentKind,
+    /// Where the provider serves the file (Twilio, Slack); empty where it
+    /// is fetched by `file_id` (Telegram) or there is no file.
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Bytes, as the provider reports them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<u32>,
+    /// The provider's id of the file (Telegram `file_id`, Slack file id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    /// A file's name, a venue's title, a contact's name, a sticker's emoji.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+impl Attachment {
+    pub fn new(kind: AttachmentKind) -> Self {
+        Attachment {
+            kind,
+            ..Attachment::default()
+        }
+    }
+
+    pub fn with_content_type(mut self, content_type: Option<String>) -> Self {
+        self.content_type = content_type;
+        self
+    }
+
+    /// What the model reads in its place: the kind and what the provider
+    /// said of it (`[photo 1280×960, image/jpeg]`, `[voice note, 4 s]`,
+    /// `[location 52.52, 13.405: Unter den Linden 1 (Office)]`). A caption
+    /// is not repeated: it is the message's text.
+    pub fn stand_in(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut head = self.kind.as_str().to_string();
+        match self.kind {
+            AttachmentKind::Location => {
+                if let (Some(lat), Some(lon)) = (self.latitude, self.longitude) {
+                    head.push_str(&format!(" {lat}, {lon}"));
+                }
+                let mut place = self.address.clone().unwrap_or_default();
+                if let Some(name) = &self.name {
+                    place = if place.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{place} ({name})")
+                    };
+                }
+                if !place.is_empty() {
+                    head.push_str(&format!(": {place}"));
+                }
+                return format!("[{head}]");
+            }
+            AttachmentKind::Contact => {
+                for part in [&self.name, &self.phone].into_iter().flatten() {
+                    head.push(' ');
+                    head.push_str(part);
+                }
+                return format!("[{head}]");
+            }
+            _ => {}
+        }
+        if let (Some(w), Some(h)) = (self.width, self.height) {
+            head.push_str(&format!(" {w}×{h}"));
+        }
+        parts.push(head);
+        if let Some(name) = &self.name {
+            parts.push(name.clone());
+        }
+        if let Some(mime) = &self.content_type {
+            parts.push(mime.clone());
+        }
+        if let Some(secs) = self.duration_secs {
+            parts.push(format!("{secs} s"));
+        }
+        if let Some(size) = self.size {
+            parts.push(human_size(size));
+        }
+        format!("[{}]", parts.join(", "))
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{} KB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// [`for_model`] from the stored form of the attachments (a JSON array;
+/// `[]` for nearly every message, read without parsing).
+pub fn stored_for_model(text: String, attachments: &str) -> String {
+    if attachments.len() <= 2 {
+        return text;
+    }
+    match serde_json::from_str::<Vec<Attachment>>(attachments) {
+        Ok(list) => for_model(&text, &list),
+        Err(_) => text,
+    }
+}
+
+/// A user message's text as the model reads it: the stand-ins of what came
+/// with it, then what the person wrote.
+pub fn for_model(text: &str, attachments: &[Attachment]) -> String {
+    if attachments.is_empty() {
+        return text.to_string();
+    }
+    let mut out: Vec<String> = attachments.iter().map(Attachment::stand_in).collect();
+    if !text.trim().is_empty() {
+        out.push(text.to_string());
+    }
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_has_a_stand_in_the_model_can_use() {
+        let voice = Attachment {
+            duration_secs: Some(4),
+            content_type: Some("audio/ogg".into()),
+            ..Attachment::new(AttachmentKind::Voice)
+        };
+        assert_eq!(voice.stand_in(), "[voice note, audio/ogg, 4 s]");
+        let photo = Attachment {
+            width: Some(1280),
+            height: Some(960),
+            size: Some(150_000),
+            ..Attachment::new(AttachmentKind::Photo)
+        };
+        assert_eq!(photo.stand_in(), "[photo 1280×960, 146 KB]");
+        let place = Attachment {
+            latitude: Some(52.52),
+            longitude: Some(13.405),
+            address: Some("Unter den Linden 1".into()),
+            name: Some("Office".into()),
+            ..Attachment::new(AttachmentKind::Location)
+        };
+        assert_eq!(
+            place.stand_in(),
+            "[location 52.52, 13.405: Unter den Linden 1 (Office)]"
+        );
+        let card = Attachment {
+            name: Some("Ada Lovelace".into()),
+            phone: Some("+441234567".into()),
+            ..Attachment::new(AttachmentKind::Contact)
+        };
+        assert_eq!(card.stand_in(), "[contact Ada Lovelace +441234567]");
+        assert_eq!(
+            for_model("look at this", std::slice::from_ref(&photo)),
+            "[photo 1280×960, 146 KB]\nlook at this"
+        );
+        assert_eq!(for_model("", &[voice]), "[voice note, audio/ogg, 4 s]");
+        assert_eq!(for_model("plain", &[]), "plain");
+    }
+
+    #[test]
+    fn rows_stored_before_kinds_still_read() {
+        let old: Vec<Attachment> =
+            serde_json::from_str(r#"[{"url":"https://x/y.jpg","content_type":"image/jpeg"}]"#)
+                .unwrap();
+        assert_eq!(old[0].kind, AttachmentKind::File);
+        assert_eq!(old[0].content_type.as_deref(), Some("image/jpeg"));
+        assert_eq!(AttachmentKind::of_mime("audio/ogg"), AttachmentKind::Voice);
+        assert_eq!(AttachmentKind::of_mime("image/jpeg"), AttachmentKind::Photo);
+        assert_eq!(
+            AttachmentKind::of_mime("application/pdf"),
+            AttachmentKind::Document
+        );
+        assert_eq!(
+            AttachmentKind::of_mime("text/vcard"),
+            AttachmentKind::Contact
+        );
+    }
+}
