@@ -241,6 +241,7 @@ impl Context {
             max_input_chars: config.agent.max_input_chars,
             limits: config.limits.clone(),
             max_tool_calls: config.mcp.max_calls_per_turn,
+            media: config.media.clone(),
             ..AgentSettings::default()
         };
         // A prompt edited in the config since it was last taken becomes

@@ -27,6 +27,9 @@ pub struct Config {
     /// The Model Context Protocol: what outside agents get from
     /// `convagent mcp` and `/mcp`, and the tool servers the agent uses.
     pub mcp: McpConfig,
+    /// Voice notes, photos and files (`core::media`): what a person is told
+    /// for what the agent cannot take in.
+    pub media: crate::core::media::MediaConfig,
 }
 
 /// Who answers inbound messages.

@@ -18,6 +18,7 @@ use super::context::{self, ContextWindow};
 use super::guardrails::{Guardrails, SecretFilter, Violation};
 use super::limits::{self, Limits, Rule, Verdict};
 use super::llm::{ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent};
+use super::media::{self, MediaConfig};
 use super::message::{InboundMessage, Role, Turn};
 use super::ports::{
     Clock, Held, NewReply, Pending, PromptVersion, ReplyKind, StageSink, Store, StoreError,
@@ -51,6 +52,8 @@ pub struct AgentSettings {
     pub limits: Limits,
     /// Tool calls one turn may make (`mcp.max_calls_per_turn`).
     pub max_tool_calls: usize,
+    /// What a person is told for media the agent cannot take in (`[media]`).
+    pub media: MediaConfig,
 }
 
 /// How a conversation's worker answers messages that queued up while its
@@ -79,6 +82,7 @@ impl Default for AgentSettings {
             max_input_chars: DEFAULT_MAX_INPUT_CHARS,
             limits: Limits::default(),
             max_tool_calls: 4,
+            media: MediaConfig::default(),
         }
     }
 }
@@ -400,6 +404,9 @@ impl Agent {
             burst = turn.len(),
             "answering"
         );
+        if let Some(notice) = self.media_notice(turn, &prompt, on_event).await? {
+            return Ok(notice);
+        }
         if let Some(refusal) = self.guard(turn, &prompt, on_event).await? {
             return Ok(refusal);
         }
@@ -514,6 +521,60 @@ impl Agent {
             limited: Some(rule),
             ..self.reply(held, reply, false, 0, None)
         }))
+    }
+
+    /// Step 4b: a turn that is nothing but media the agent cannot take in
+    /// (a voice note with no speech-to-text) gets its sense's notice, once
+    /// per conversation, sense and hour; after that the model answers such
+    /// a turn from its stand-ins. Never silence, never a guess at what a
+    /// voice note said.
+    async fn media_notice(
+        &self,
+        turn: &[Pending],
+        prompt: &PromptVersion,
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<Option<Reply>, AgentError> {
+        let Some(sense) = media::unmet(turn.iter().map(|p| &p.message)) else {
+            return Ok(None);
+        };
+        let last = &turn[turn.len() - 1];
+        let began = self.now();
+        let told = self.store.last_reply_by(
+            last.conversation_id,
+            media::NOTICE_PROVIDER,
+            sense.as_str(),
+        )?;
+        if told.is_some_and(|at| began.0 - at < media::NOTICE_EVERY_MS) {
+            return Ok(None);
+        }
+        info!(
+            sense = sense.as_str(),
+            "media the agent cannot take in: notice"
+        );
+        let reply = self
+            .record(
+                turn,
+                Recorded {
+                    kind: ReplyKind::Refusal,
+                    text: self.settings.media.notice(sense).to_string(),
+                    provider: media::NOTICE_PROVIDER,
+                    model: sense.as_str().to_string(),
+                    prompt_version: prompt.version,
+                    tokens: (None, None),
+                    latency_ms: 0,
+                },
+                Vec::new(),
+            )
+            .await?;
+        on_event(StreamEvent::Token(&reply.text));
+        self.stage(
+            &last.message,
+            Stage::ReplyStored,
+            began,
+            Outcome::Refusal,
+            Some(format!("{} notice {}", sense.as_str(), reply.id)),
+        );
+        Ok(Some(self.reply(turn, reply, false, 0, None)))
     }
 
     /// Step 4: every message of the turn through the guardrails. A refusal

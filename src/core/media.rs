@@ -6,6 +6,89 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::message::InboundMessage;
+
+/// The provider recorded with a media notice (its model is the sense).
+pub const NOTICE_PROVIDER: &str = "media";
+/// A conversation gets one notice per sense in this long at most.
+pub const NOTICE_EVERY_MS: i64 = 3_600_000;
+
+/// What the agent would need to take an attachment in, and does not have
+/// yet: places and contacts are text already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sense {
+    /// Voice notes and audio: speech to text.
+    Hearing,
+    /// Photos, videos, stickers: a model that sees.
+    Sight,
+    /// Documents and other files: reading their contents.
+    Reading,
+}
+
+impl Sense {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sense::Hearing => "voice",
+            Sense::Sight => "image",
+            Sense::Reading => "file",
+        }
+    }
+}
+
+/// `[media]`: what a person is told when they send something convagent
+/// cannot take in, instead of silence or a guess.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// For voice notes and audio.
+    pub voice_notice: String,
+    /// For photos, videos and stickers.
+    pub image_notice: String,
+    /// For documents and other files.
+    pub file_notice: String,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            voice_notice: "I can't listen to voice notes here yet. Could you type it?".into(),
+            image_notice: "I can't see images here yet. Could you tell me in words what it shows?"
+                .into(),
+            file_notice: "I can't open files here yet. Could you paste the part that matters?"
+                .into(),
+        }
+    }
+}
+
+impl MediaConfig {
+    pub fn notice(&self, sense: Sense) -> &str {
+        match sense {
+            Sense::Hearing => &self.voice_notice,
+            Sense::Sight => &self.image_notice,
+            Sense::Reading => &self.file_notice,
+        }
+    }
+}
+
+/// The sense a turn needs that the agent lacks, when the turn is nothing
+/// but such media: no message of it has text, and none of its attachments
+/// is one the agent takes in (a place, a contact). Such a turn gets the
+/// sense's notice; one with any text is answered by the model, which
+/// reads the stand-ins.
+pub fn unmet<'a>(turn: impl IntoIterator<Item = &'a InboundMessage>) -> Option<Sense> {
+    let mut needed = None;
+    for message in turn {
+        if !message.text.trim().is_empty() || message.attachments.is_empty() {
+            return None;
+        }
+        for attachment in &message.attachments {
+            let sense = attachment.kind.sense()?;
+            needed.get_or_insert(sense);
+        }
+    }
+    needed
+}
+
 /// What an attachment is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,6 +128,19 @@ impl AttachmentKind {
             "text" if mime.contains("vcard") => AttachmentKind::Contact,
             "" => AttachmentKind::File,
             _ => AttachmentKind::Document,
+        }
+    }
+
+    /// What the agent needs to take this kind in (none: it is text).
+    pub fn sense(self) -> Option<Sense> {
+        match self {
+            AttachmentKind::Voice | AttachmentKind::Audio => Some(Sense::Hearing),
+            AttachmentKind::VideoNote
+            | AttachmentKind::Video
+            | AttachmentKind::Photo
+            | AttachmentKind::Sticker => Some(Sense::Sight),
+            AttachmentKind::Document | AttachmentKind::File => Some(Sense::Reading),
+            AttachmentKind::Location | AttachmentKind::Contact => None,
         }
     }
 

@@ -602,6 +602,15 @@ pub trait WorkQueue: Send + Sync {
     /// there means the conversation already has one since its last answer.
     fn latest_reply(&self, conversation_id: i64) -> Result<Option<StoredMessage>, StoreError>;
 
+    /// When a conversation last got a reply from `provider` with `model`
+    /// (a notice: `media` and its sense), if it ever did.
+    fn last_reply_by(
+        &self,
+        conversation_id: i64,
+        provider: &str,
+        model: &str,
+    ) -> Result<Option<i64>, StoreError>;
+
     /// Whether other processes may work from this store at the same time
     /// (then a daemon claims what it works on, and sweeps for work nobody
     /// holds). A store only one process opens for writing says no, and

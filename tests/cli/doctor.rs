@@ -73,6 +73,11 @@ async fn all_green_with_ollama_serving_the_model() {
         text.contains("✓ embedded") && text.contains("sha256 verified"),
         "{text}"
     );
+    assert!(
+        text.contains("✓ media")
+            && text.contains("voice notes, audio: notice (no speech-to-text yet)"),
+        "{text}"
+    );
     assert!(text.contains("All checks passed."), "{text}");
 
     let out = env.cmd(&["doctor", "--json"]).output().unwrap();

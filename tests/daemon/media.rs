@@ -1,76 +1,104 @@
 //! What a person sends besides text — voice notes, photos, files, places,
 //! contacts — is a message the agent answers, never an `Ignore`: each kind
 //! from each channel's documented payload reaches the model as a stand-in
-//! it can read, and the attachment is stored with the message.
+//! it can read, or (media the agent cannot take in, with no text) gets the
+//! notice that says what to do, once per conversation, kind and hour; the
+//! attachment is stored with the message.
 
 use std::sync::Arc;
 
 use convagent::core::AttachmentKind;
+use convagent::core::media::MediaConfig;
 
 use crate::support::EchoLlm;
 use crate::{Harness, Options, mount_success};
 
-/// (golden payload, what the model reads for it, the stored kind)
-const CASES: &[(&str, &str, AttachmentKind)] = &[
+/// What becomes of a message: the model reads it (as this), or it gets
+/// the notice of what the agent cannot take in.
+#[derive(Debug)]
+enum Then {
+    Model(&'static str),
+    Notice(&'static str),
+}
+
+/// (golden payload, what becomes of it, the stored kind), in order: the
+/// Telegram payloads share one chat, so its second image within the hour
+/// (the sticker) is the model's to answer.
+const CASES: &[(&str, Then, AttachmentKind)] = &[
     (
         "telegram/voice.json",
-        "[voice note, audio/ogg, 4 s, 7 KB]",
+        Then::Notice("voice"),
         AttachmentKind::Voice,
     ),
     (
         "telegram/photo_no_caption.json",
-        "[photo 1280×960, 146 KB]",
+        Then::Notice("image"),
         AttachmentKind::Photo,
     ),
     (
         "telegram/location.json",
-        "[location 52.520008, 13.404954]",
+        Then::Model("[location 52.520008, 13.404954]"),
         AttachmentKind::Location,
     ),
     (
         "telegram/venue.json",
-        "[location 48.858093, 2.294694: Champ de Mars, 5 Av. Anatole France (Eiffel Tower)]",
+        Then::Model(
+            "[location 48.858093, 2.294694: Champ de Mars, 5 Av. Anatole France (Eiffel Tower)]",
+        ),
         AttachmentKind::Location,
     ),
     (
         "telegram/contact.json",
-        "[contact Grace Hopper +441234567890]",
+        Then::Model("[contact Grace Hopper +441234567890]"),
         AttachmentKind::Contact,
     ),
     (
         "telegram/document.json",
-        "[document, invoice-1042.pdf, application/pdf, 47 KB]\nIs this invoice right?",
+        Then::Model("[document, invoice-1042.pdf, application/pdf, 47 KB]\nIs this invoice right?"),
         AttachmentKind::Document,
     ),
     (
         "telegram/sticker.json",
-        "[sticker 512×512, 👍, 22 KB]",
+        Then::Model("[sticker 512×512, 👍, 22 KB]"),
         AttachmentKind::Sticker,
     ),
     (
         "whatsapp/voice_note.json",
-        "[voice note, audio/ogg]",
+        Then::Notice("voice"),
         AttachmentKind::Voice,
     ),
     (
         "whatsapp/location.json",
-        "[location 37.7879277, -122.4075722: 375 Beale St, San Francisco, CA 94105 (Twilio HQ)]",
+        Then::Model(
+            "[location 37.7879277, -122.4075722: 375 Beale St, San Francisco, CA 94105 (Twilio HQ)]",
+        ),
         AttachmentKind::Location,
     ),
     (
         "whatsapp/media_with_caption.json",
-        "[photo, image/jpeg]\nIs this the right charger?",
+        Then::Model("[photo, image/jpeg]\nIs this the right charger?"),
         AttachmentKind::Photo,
     ),
     (
         "slack/file_share.json",
-        "[photo 1600×1200, whiteboard.png, image/png, 200 KB]",
+        Then::Notice("image"),
         AttachmentKind::Photo,
     ),
 ];
 
+/// The newest reply stored: (provider, model, text).
+fn newest_reply(h: &Harness) -> (String, String, String) {
+    let conn = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
+    conn.query_row(
+        "SELECT provider, model, text FROM messages WHERE role = 'assistant' ORDER BY id DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_media_kind_is_answered_and_reaches_the_model_as_a_stand_in() {
+async fn every_media_kind_is_answered_by_the_model_or_a_notice() {
     let llm = Arc::new(EchoLlm::new());
     let h = Harness::start(Options {
         llm: llm.clone(),
@@ -78,18 +106,37 @@ async fn every_media_kind_is_answered_and_reaches_the_model_as_a_stand_in() {
     })
     .await;
     mount_success(&h).await;
-    for (golden, model_reads, _) in CASES {
+    let notices = MediaConfig::default();
+    for (golden, then, _) in CASES {
         let before = llm.seen.lock().unwrap().len();
         let (status, body, _) = h.post(&h.sign(&h.golden(golden))).await;
         assert_eq!((status, body.as_str()), (200, "ok\n"), "{golden}");
         h.drained().await;
         let seen = llm.seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), before + 1, "{golden}: one turn");
-        assert_eq!(
-            seen[before].last().map(String::as_str),
-            Some(*model_reads),
-            "{golden}"
-        );
+        match then {
+            Then::Model(reads) => {
+                assert_eq!(seen.len(), before + 1, "{golden}: one turn");
+                assert_eq!(
+                    seen[before].last().map(String::as_str),
+                    Some(*reads),
+                    "{golden}"
+                );
+            }
+            Then::Notice(sense) => {
+                assert_eq!(seen.len(), before, "{golden}: the model is not asked");
+                let (provider, model, text) = newest_reply(&h);
+                assert_eq!(
+                    (provider.as_str(), model.as_str()),
+                    ("media", *sense),
+                    "{golden}"
+                );
+                let wanted = match *sense {
+                    "voice" => &notices.voice_notice,
+                    _ => &notices.image_notice,
+                };
+                assert_eq!(&text, wanted, "{golden}");
+            }
+        }
     }
     // Each stored with its message, its kind and what the provider said.
     let conn = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
@@ -119,5 +166,46 @@ async fn every_media_kind_is_answered_and_reaches_the_model_as_a_stand_in() {
     );
     let slack = &stored[10][0];
     assert!(slack.url.contains("/download/whiteboard.png"), "{slack:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_is_sent_once_per_conversation_kind_and_hour() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let clock = Arc::new(crate::support::FakeClock::at(now));
+    let llm = Arc::new(EchoLlm::new());
+    let h = Harness::start(Options {
+        llm: llm.clone(),
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    let voice = |n: i64| {
+        let mut golden = h.golden("telegram/voice.json");
+        let json = golden.json.as_mut().unwrap();
+        json["update_id"] = serde_json::json!(910_000 + n);
+        json["message"]["message_id"] = serde_json::json!(10_000 + n);
+        h.sign(&golden)
+    };
+    let mut outcomes = Vec::new();
+    for (n, wait_ms) in [(1, 0), (2, 60_000), (3, 3_600_000)] {
+        h.advance(wait_ms);
+        let calls = llm.seen.lock().unwrap().len();
+        assert_eq!(h.post(&voice(n)).await.0, 200);
+        h.drained().await;
+        let asked = llm.seen.lock().unwrap().len() > calls;
+        outcomes.push(if asked {
+            "model".to_string()
+        } else {
+            newest_reply(&h).0
+        });
+    }
+    // Told at once; a minute later the model answers from the stand-in
+    // (a voice note it cannot hear); an hour on, told again.
+    assert_eq!(outcomes, ["media", "model", "media"]);
     h.stop().await;
 }

@@ -67,6 +67,41 @@ fn conformance(store: &dyn AnyStore) {
     access_tokens_are_kept_hashed_by_name(store);
     erasing_a_sender_leaves_nothing_of_them(store);
     pruning_deletes_idle_conversations_and_nothing_still_owed(store);
+    the_last_notice_of_a_kind_is_found(store);
+}
+
+fn the_last_notice_of_a_kind_is_found(store: &dyn AnyStore) {
+    let key = ConversationKey::new(Channel::Telegram, "nina-notice", "");
+    let voice = store.accept(&message(&key, "n-1", "", 95_000)).unwrap();
+    let c = voice.conversation_id;
+    assert_eq!(store.last_reply_by(c, "media", "voice").unwrap(), None);
+    let notice = NewReply {
+        kind: ReplyKind::Refusal,
+        provider: "media".into(),
+        model: "voice".into(),
+        ..reply("I can't listen to voice notes here yet.", 95_010, 1)
+    };
+    store.record_reply(voice.message_id, &notice).unwrap();
+    assert_eq!(
+        store.last_reply_by(c, "media", "voice").unwrap(),
+        Some(95_010)
+    );
+    assert_eq!(store.last_reply_by(c, "media", "image").unwrap(), None);
+    let other = store
+        .accept(&message(
+            &ConversationKey::new(Channel::Telegram, "otto", ""),
+            "o-1",
+            "",
+            95_020,
+        ))
+        .unwrap();
+    assert_eq!(
+        store
+            .last_reply_by(other.conversation_id, "media", "voice")
+            .unwrap(),
+        None,
+        "per conversation"
+    );
 }
 
 fn sender(id: &str) -> SenderRef {

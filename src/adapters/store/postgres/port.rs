@@ -61,6 +61,24 @@ impl WorkQueue for PostgresStore {
         })
     }
 
+    fn last_reply_by(
+        &self,
+        conversation_id: i64,
+        provider: &str,
+        model: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let (provider, model) = (provider.to_string(), model.to_string());
+        self.read(move |c| {
+            let r = c.query_one(
+                "SELECT max(created_at) FROM messages
+                 WHERE conversation_id = $1 AND role = 'assistant'
+                   AND provider = $2 AND model = $3",
+                &[&conversation_id, &provider, &model],
+            )?;
+            Ok(r.try_get::<_, Option<i64>>(0)?)
+        })
+    }
+
     fn latest_reply(&self, conversation_id: i64) -> Result<Option<StoredMessage>, StoreError> {
         self.read(move |c| {
             c.query_opt(

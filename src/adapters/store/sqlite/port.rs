@@ -312,6 +312,22 @@ impl WorkQueue for SqliteStore {
             .optional()?)
     }
 
+    fn last_reply_by(
+        &self,
+        conversation_id: i64,
+        provider: &str,
+        model: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .reader()
+            .prepare_cached(
+                "SELECT max(created_at) FROM messages
+                 WHERE conversation_id = ?1 AND role = 'assistant'
+                   AND provider = ?2 AND model = ?3",
+            )?
+            .query_row(params![conversation_id, provider, model], |r| r.get(0))?)
+    }
+
     fn latest_reply(&self, conversation_id: i64) -> Result<Option<StoredMessage>, StoreError> {
         let conn = self.reader();
         let sql = format!(
