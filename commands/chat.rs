@@ -38,6 +38,7 @@ const HELP: &str = "\
 /prompt             show the system prompt
 /prompt set TEXT    save TEXT as a new system prompt version
 /model              show the LLM providers and models in use
+/attach PATH [TEXT] send a local file as a channel would (a voice note, a photo)
 /help               this list
 /quit               leave (Ctrl-D works too)";
 
@@ -108,6 +109,9 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
             continue;
         }
         let outcome = match line.strip_prefix('/') {
+            Some(command) if command == "attach" || command.starts_with("attach ") => {
+                attach(&mut s, command["attach".len()..].trim()).await
+            }
             Some(command) => match slash(&mut s, command, &providers) {
                 Ok(true) => Ok(true),
                 Ok(false) => break,
@@ -139,6 +143,42 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
 /// Answers one typed line (after any earlier message still waiting for
 /// its answer); returns false when the reply was the canned fallback.
 async fn turn(s: &mut Session, text: &str) -> Result<bool> {
+    turn_with(s, text, Vec::new()).await
+}
+
+/// `/attach PATH [TEXT]`: the file as the attachment of a message, through
+/// the same turn as any message (a voice note gets what it would get on
+/// Telegram).
+async fn attach(s: &mut Session, rest: &str) -> Result<bool> {
+    let (path, text) = rest
+        .split_once(char::is_whitespace)
+        .map_or((rest, ""), |(p, t)| (p, t.trim()));
+    if path.is_empty() {
+        anyhow::bail!(UserError::new(
+            "/attach needs a file",
+            "e.g. /attach ~/voice.ogg or /attach photo.jpg what is this?"
+        ));
+    }
+    let path = match path.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(|h| std::path::PathBuf::from(h).join(rest))
+            .unwrap_or_else(|| path.into()),
+        None => path.into(),
+    };
+    let attachment = cli::attachment_of(&path).map_err(|why| {
+        UserError::new(
+            format!("cannot attach {why}"),
+            "give the path of a file you can read",
+        )
+    })?;
+    turn_with(s, text, vec![attachment]).await
+}
+
+async fn turn_with(
+    s: &mut Session,
+    text: &str,
+    attachments: Vec<convagent::core::Attachment>,
+) -> Result<bool> {
     if let Some(conversation) = s.agent.store().open_conversation(&s.key)? {
         for earlier in s.agent.store().pending(conversation, 5)? {
             let reply = s
@@ -156,7 +196,10 @@ async fn turn(s: &mut Session, text: &str) -> Result<bool> {
             }
         }
     }
-    let message = cli::inbound(&s.key, text, now_ms());
+    let message = convagent::core::InboundMessage {
+        attachments,
+        ..cli::inbound(&s.key, text, now_ms())
+    };
     let stream = s.interactive && !s.json;
     // A person watching sees that something happens until the first token
     // (a cold model load can take minutes); it goes away as text arrives.

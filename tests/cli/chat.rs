@@ -274,3 +274,65 @@ fn secrets_never_reach_the_log_and_every_event_carries_its_correlation_id() {
         );
     }
 }
+
+/// `/attach PATH [TEXT]` sends a local file through the same turn as a
+/// channel's media: a voice note gets the voice notice, a photo with text
+/// is answered by the model reading its stand-in, and a missing file is an
+/// error with a hint.
+#[test]
+fn attach_sends_a_local_file_as_a_channel_would() {
+    let env = Env::new();
+    // Nothing reads the audio yet (no speech-to-text): the kind comes from
+    // the file's extension, as a channel says it in its payload.
+    let note = env.path("note.ogg");
+    std::fs::write(&note, b"OggS\0a voice note").unwrap();
+    let photo = env.path("charger.jpg");
+    std::fs::write(&photo, [0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10]).unwrap();
+    let out = env
+        .cmd(&["chat", "--json", "--chain", "embedded"])
+        .write_stdin(format!(
+            "/attach {}\n/attach {} is this the right charger?\n/attach {}\n",
+            note.display(),
+            photo.display(),
+            env.path("nowhere.ogg").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the missing file fails the run");
+    let replies: Vec<serde_json::Value> = stdout_of(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 2, "{}", stdout_of(&out));
+    assert_eq!(replies[0]["provider"], "media");
+    assert_eq!(replies[0]["model"], "voice");
+    assert!(
+        replies[0]["reply"]
+            .as_str()
+            .unwrap()
+            .contains("can't listen to voice notes"),
+        "{}",
+        replies[0]
+    );
+    assert_eq!(replies[1]["provider"], "embedded", "{}", replies[1]);
+    assert_eq!(replies[1]["kind"], "answer");
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("cannot attach") && stderr.contains("nowhere.ogg"),
+        "{stderr}"
+    );
+
+    // Stored with the message, as the channels store theirs.
+    let conn = rusqlite::Connection::open(env.store()).unwrap();
+    let kinds: Vec<String> = conn
+        .prepare("SELECT attachments FROM messages WHERE role = 'user' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|j| {
+            let list: Vec<convagent::core::Attachment> = serde_json::from_str(&j.unwrap()).unwrap();
+            list[0].kind.as_str().to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["voice note", "photo"]);
+}
