@@ -333,7 +333,9 @@ fn show(store: &dyn Store, id: i64, json: bool) -> Result<()> {
     );
     for m in &messages {
         outln!("\n{}", message_header(m, &messages));
-        outln!("{}", m.text.trim_end());
+        // What came with it first, as the model reads it ([voice note, 4 s]).
+        let said = convagent::core::media::for_model(&m.text, &m.attachments);
+        outln!("{}", said.trim_end());
     }
     Ok(())
 }

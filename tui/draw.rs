@@ -296,7 +296,8 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
             Style::new()
         };
         lines.push(Line::from(head).style(style));
-        for text in m.text.lines().take(6) {
+        let said = convagent::core::media::for_model(&m.text, &m.attachments);
+        for text in said.lines().take(6) {
             lines.push(Line::from(format!("  {text}")).style(style));
         }
     }

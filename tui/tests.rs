@@ -63,6 +63,7 @@ fn message(id: i64, role: Role, text: &str, kind: Option<ReplyKind>) -> StoredMe
         prompt_tokens: assistant.then_some(120),
         completion_tokens: assistant.then_some(18),
         latency_ms: assistant.then_some(840),
+        attachments: Vec::new(),
         kind,
     }
 }

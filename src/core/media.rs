@@ -274,6 +274,16 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// The stored form of the attachments (a JSON array) read back; `[]`, for
+/// nearly every message, without parsing. A row that does not parse reads
+/// as none: what a message said is never lost for its attachments.
+pub fn stored(attachments: &str) -> Vec<Attachment> {
+    if attachments.len() <= 2 {
+        return Vec::new();
+    }
+    serde_json::from_str(attachments).unwrap_or_default()
+}
+
 /// [`for_model`] from the stored form of the attachments (a JSON array;
 /// `[]` for nearly every message, read without parsing).
 pub fn stored_for_model(text: String, attachments: &str) -> String {

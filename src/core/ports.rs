@@ -112,6 +112,9 @@ pub struct StoredMessage {
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
     pub latency_ms: Option<u64>,
+    /// What came with a user message (voice notes, photos, places...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::core::message::Attachment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -580,3 +580,54 @@ fn a_retention_that_is_not_a_duration_is_explained() {
         "{err}"
     );
 }
+
+/// A voice note and a shared place are shown with the message, as the
+/// model reads them, in `history show` and in the export.
+#[test]
+fn history_shows_and_exports_what_came_with_a_message() {
+    use convagent::core::{Attachment, AttachmentKind, Channel};
+    let env = Env::new();
+    {
+        let store = SqliteStore::open(&env.store()).unwrap();
+        let voice = Attachment {
+            content_type: Some("audio/ogg".into()),
+            duration_secs: Some(4),
+            file_id: Some("AwACAgIAAxkBvoice".into()),
+            ..Attachment::new(AttachmentKind::Voice)
+        };
+        let place = Attachment {
+            latitude: Some(52.52),
+            longitude: Some(13.405),
+            name: Some("Office".into()),
+            ..Attachment::new(AttachmentKind::Location)
+        };
+        let mut message = crate::support::inbound(Channel::Telegram, "777", "v-1", "", 1_000);
+        message.attachments = vec![voice];
+        store.accept(&message).unwrap();
+        let mut message =
+            crate::support::inbound(Channel::Telegram, "777", "v-2", "meet here?", 2_000);
+        message.attachments = vec![place];
+        store.accept(&message).unwrap();
+    }
+    let out = env.cmd(&["history", "show", "1"]).output().unwrap();
+    let text = stdout_of(&out);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(text.contains("[voice note, audio/ogg, 4 s]"), "{text}");
+    assert!(
+        text.contains("[location 52.52, 13.405: Office]\nmeet here?"),
+        "{text}"
+    );
+
+    let file = env.path("person.json");
+    let out = env
+        .cmd(&["history", "export", "--sender", "telegram:777", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let text = exported.to_string();
+    assert!(text.contains("\"kind\":\"voice\""), "{text}");
+    assert!(text.contains("AwACAgIAAxkBvoice"), "{text}");
+}

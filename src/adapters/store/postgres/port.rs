@@ -314,9 +314,9 @@ impl ConversationReads for PostgresStore {
             rows::all(found, |r| {
                 Ok(SearchHit {
                     message: rows::message(r)?,
-                    channel: rows::channel(r.try_get(16)?)?,
-                    sender: r.try_get(17)?,
-                    snippet: r.try_get(18)?,
+                    channel: rows::channel(r.try_get(17)?)?,
+                    sender: r.try_get(18)?,
+                    snippet: r.try_get(19)?,
                 })
             })
         })

@@ -12,7 +12,7 @@ use crate::core::trace::{Outcome, Stage};
 
 pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.role, m.text, m.created_at, \
      m.correlation_id, m.provider_message_id, m.reply_to, m.provider, m.model, \
-     m.prompt_version, m.prompt_tokens, m.completion_tokens, m.latency_ms, m.kind, m.answered_by";
+     m.prompt_version, m.prompt_tokens, m.completion_tokens, m.latency_ms, m.kind, m.answered_by, m.attachments";
 
 fn bad(what: String) -> StoreError {
     StoreError::Backend(format!("unexpected value in the store: {what}"))
@@ -52,6 +52,7 @@ pub(super) fn message(r: &Row) -> Result<StoredMessage, StoreError> {
             .map(|k| ReplyKind::parse(&k).ok_or_else(|| bad(format!("reply kind `{k}`"))))
             .transpose()?,
         answered_by: r.try_get(15)?,
+        attachments: crate::core::media::stored(&r.try_get::<_, String>(16)?),
     })
 }
 

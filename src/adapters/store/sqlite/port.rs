@@ -521,12 +521,12 @@ impl ConversationReads for SqliteStore {
         let rows = stmt.query_map(
             params![fts_query, channel.map(Channel::as_str), limit.max(1) as i64],
             |r| {
-                let channel: String = r.get(16)?;
+                let channel: String = r.get(17)?;
                 Ok(SearchHit {
                     message: message_from_row(r)?,
-                    channel: parse_channel(&channel, 16)?,
-                    sender: r.get(17)?,
-                    snippet: r.get(18)?,
+                    channel: parse_channel(&channel, 17)?,
+                    sender: r.get(18)?,
+                    snippet: r.get(19)?,
                 })
             },
         )?;

@@ -10,7 +10,7 @@ use crate::core::ports::{
 
 pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.role, m.text, m.created_at, \
      m.correlation_id, m.provider_message_id, m.reply_to, m.provider, m.model, \
-     m.prompt_version, m.prompt_tokens, m.completion_tokens, m.latency_ms, m.kind, m.answered_by";
+     m.prompt_version, m.prompt_tokens, m.completion_tokens, m.latency_ms, m.kind, m.answered_by, m.attachments";
 
 pub(super) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     let role: String = row.get(2)?;
@@ -36,6 +36,7 @@ pub(super) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage>
             })
             .transpose()?,
         answered_by: row.get(15)?,
+        attachments: crate::core::media::stored(&row.get::<_, String>(16)?),
     })
 }
 
