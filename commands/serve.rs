@@ -159,7 +159,14 @@ fn live(ctx: &Context, settings: &Settings, tracer: &Tracer, now: i64) -> Result
         .iter()
         .map(|p| p.provider().name().to_string())
         .collect();
-    Ok(Live::new(Arc::new(agent), channels::enabled(config), names).rotating(config, now))
+    let live = Live::new(Arc::new(agent), channels::enabled(config), names).rotating(config, now);
+    // Voice notes are heard when `[stt]` names a server.
+    Ok(
+        match convagent::adapters::stt::OpenAiStt::from_config(&config.stt) {
+            Some(stt) => live.hearing(Arc::new(stt), config.stt.max_bytes),
+            None => live,
+        },
+    )
 }
 
 /// SIGHUP: reads the configuration and the environment file again and

@@ -190,6 +190,11 @@ impl Harness {
             vec!["echo".into()],
         )
         .rotating(&config, clock.now_ms());
+        // As `serve` does: voice notes heard where `[stt]` names a server.
+        let live = match convagent::adapters::stt::OpenAiStt::from_config(&config.stt) {
+            Some(stt) => live.hearing(Arc::new(stt), config.stt.max_bytes),
+            None => live,
+        };
         let daemon = Daemon::new(store.clone(), live, clock, settings, metrics, tracer);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(daemon::serve(listener, daemon.clone(), async {

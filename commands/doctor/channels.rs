@@ -149,14 +149,23 @@ async fn reachable(url: &str) -> Check {
     }
 }
 
-/// What becomes of each kind of media a person sends: read as text, or
-/// answered with its `[media]` notice, and why. Every kind is answered, so
-/// this passes; the detail says which are not taken in yet.
-pub fn media_check() -> Check {
+/// What becomes of each kind of media a person sends: read as text, heard,
+/// or answered with its `[media]` notice, and why. Every kind is answered,
+/// so this passes; the detail says which are not taken in yet.
+pub fn media_check(settings: &Settings) -> Check {
+    let voice = match convagent::adapters::stt::OpenAiStt::from_config(&settings.config.stt) {
+        Some(stt) => {
+            use convagent::core::stt::SpeechToText;
+            format!("voice notes, audio: transcribed by {}", stt.describe())
+        }
+        None => "voice notes, audio: notice (no speech-to-text: set [stt] base_url)".into(),
+    };
     Check::pass(
         "media",
-        "places, contacts: read as text; voice notes, audio: notice (no speech-to-text yet); \
-         photos, videos, stickers: notice (no image input yet); documents: notice (files are \
-         not read yet); each notice once per conversation and hour ([media])",
+        format!(
+            "places, contacts: read as text; {voice}; photos, videos, stickers: notice (no \
+             image input yet); documents: notice (files are not read yet); each notice once \
+             per conversation and hour ([media])"
+        ),
     )
 }

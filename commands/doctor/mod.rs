@@ -110,7 +110,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
                 providers::add_breakers(&mut llm, &configured, &breakers, now_ms());
                 let mut all = llm;
                 all.extend(channels::channel_checks(settings, args.live).await);
-                all.push(channels::media_check());
+                all.push(channels::media_check(settings));
                 all.extend(system::mcp_checks(settings).await);
                 all.push(system::port_check(settings).await);
                 all.push(system::clock_check());

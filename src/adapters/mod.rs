@@ -6,3 +6,4 @@ pub mod clock;
 pub mod llm;
 pub mod mcp;
 pub mod store;
+pub mod stt;

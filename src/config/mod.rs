@@ -330,6 +330,11 @@ impl Config {
             self.server.listen = v;
         }
         set(&mut self.store.url, "CONVAGENT_DATABASE_URL");
+        set(&mut self.stt.base_url, "CONVAGENT_STT_BASE_URL");
+        set(&mut self.stt.api_key, "CONVAGENT_STT_API_KEY");
+        if let Some(v) = get("CONVAGENT_STT_MODEL") {
+            self.stt.model = v;
+        }
         set(&mut self.server.public_url, "CONVAGENT_PUBLIC_URL");
         set(&mut self.server.metrics_token, "CONVAGENT_METRICS_TOKEN");
         if let Some(v) = env("CONVAGENT_DRY_RUN") {
@@ -393,6 +398,7 @@ impl Config {
         let c = &self.channels;
         [
             &self.llm.openai.api_key,
+            &self.stt.api_key,
             &self.server.metrics_token,
             &c.twilio.auth_token,
             &c.twilio.auth_token_previous,

@@ -30,6 +30,38 @@ pub struct Config {
     /// Voice notes, photos and files (`core::media`): what a person is told
     /// for what the agent cannot take in.
     pub media: crate::core::media::MediaConfig,
+    /// Speech to text for voice notes: an OpenAI-compatible
+    /// `/v1/audio/transcriptions` (whisper.cpp's server, faster-whisper-server,
+    /// OpenAI). Unset: voice notes get the `[media]` voice notice.
+    pub stt: SttConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SttConfig {
+    /// `http://127.0.0.1:8080` (the path `/v1/audio/transcriptions` is
+    /// added); env `CONVAGENT_STT_BASE_URL`.
+    pub base_url: Option<String>,
+    /// Env `CONVAGENT_STT_MODEL`.
+    pub model: String,
+    /// A secret: masked in logs and output; env `CONVAGENT_STT_API_KEY`.
+    pub api_key: Option<String>,
+    /// The largest voice note fetched, in bytes (more is not fetched).
+    pub max_bytes: u64,
+    /// The longest one fetch and transcription may take together.
+    pub timeout_secs: u64,
+}
+
+impl Default for SttConfig {
+    fn default() -> Self {
+        SttConfig {
+            base_url: None,
+            model: "whisper-1".into(),
+            api_key: None,
+            max_bytes: 20 * 1024 * 1024,
+            timeout_secs: 60,
+        }
+    }
 }
 
 /// Who answers inbound messages.

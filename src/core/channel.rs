@@ -173,6 +173,17 @@ pub trait ChannelAdapter: Send + Sync {
         None
     }
 
+    /// Downloads an attachment's file with the provider's own auth, at most
+    /// `max_bytes` of it (more is an error, and no more is read); `None`
+    /// where this channel serves no files.
+    fn fetch<'a>(
+        &'a self,
+        _attachment: &'a crate::core::message::Attachment,
+        _max_bytes: u64,
+    ) -> Option<BoxFuture<'a, Result<Vec<u8>, String>>> {
+        None
+    }
+
     /// Which number or account replies go from, for `doctor`.
     fn replies_from(&self) -> Option<String> {
         None

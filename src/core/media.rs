@@ -82,6 +82,9 @@ pub fn unmet<'a>(turn: impl IntoIterator<Item = &'a InboundMessage>) -> Option<S
             return None;
         }
         for attachment in &message.attachments {
+            if attachment.transcript.is_some() {
+                return None;
+            }
             let sense = attachment.kind.sense()?;
             needed.get_or_insert(sense);
         }
@@ -197,6 +200,9 @@ pub struct Attachment {
     pub address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
+    /// What a voice note or audio said, as speech-to-text heard it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
 }
 
 impl Attachment {
@@ -302,7 +308,14 @@ pub fn for_model(text: &str, attachments: &[Attachment]) -> String {
     if attachments.is_empty() {
         return text.to_string();
     }
-    let mut out: Vec<String> = attachments.iter().map(Attachment::stand_in).collect();
+    let mut out: Vec<String> = attachments
+        .iter()
+        .map(|a| match &a.transcript {
+            // The person's words, marked as heard from a voice note.
+            Some(heard) => format!("{} transcript: {heard}", a.stand_in()),
+            None => a.stand_in(),
+        })
+        .collect();
     if !text.trim().is_empty() {
         out.push(text.to_string());
     }

@@ -12,6 +12,7 @@ pub mod llm;
 pub mod media;
 pub mod message;
 pub mod ports;
+pub mod stt;
 pub mod tools;
 pub mod trace;
 

@@ -274,6 +274,12 @@ pub enum Write {
     Take(Take),
     /// Add or remove an access token of `/mcp`.
     Token(TokenChange),
+    /// What was learnt of a stored message's attachments since its accept
+    /// (a voice note's transcript); the message's text stays as sent.
+    Attachments {
+        message_id: i64,
+        attachments: Vec<crate::core::message::Attachment>,
+    },
 }
 
 /// A message an outside agent (an MCP client) sends on a channel. It is

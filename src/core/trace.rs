@@ -59,6 +59,9 @@ names! {
         Stored = "stored",
         /// Answered together with a later message of its burst.
         Grouped = "grouped",
+        /// A voice note fetched from the provider and turned into text (the
+        /// detail says how long it was, or why not).
+        Transcribed = "transcribed",
         Guarded = "guarded",
         ContextBuilt = "context built",
         LlmCall = "llm call",

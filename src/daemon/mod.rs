@@ -3,6 +3,7 @@
 //! `serve` take their parts injected, so tests bind 127.0.0.1:0 with fakes.
 
 mod health;
+mod hearing;
 mod leases;
 pub mod mcp;
 pub mod metrics;
@@ -113,6 +114,8 @@ pub struct Live {
     /// refuses is verified with these until `previous_until` (unix ms).
     pub previous: Vec<Arc<dyn ChannelAdapter>>,
     pub previous_until: i64,
+    /// Speech to text for voice notes (`[stt]`), and the largest fetched.
+    pub hearing: Option<(Arc<dyn crate::core::stt::SpeechToText>, u64)>,
 }
 
 impl Live {
@@ -128,7 +131,15 @@ impl Live {
             providers,
             previous: Vec::new(),
             previous_until: 0,
+            hearing: None,
         }
+    }
+
+    /// Voice notes are fetched (at most `max_bytes`) and transcribed by
+    /// `stt` before their turn.
+    pub fn hearing(mut self, stt: Arc<dyn crate::core::stt::SpeechToText>, max_bytes: u64) -> Self {
+        self.hearing = Some((stt, max_bytes));
+        self
     }
 }
 

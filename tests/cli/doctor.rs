@@ -75,7 +75,7 @@ async fn all_green_with_ollama_serving_the_model() {
     );
     assert!(
         text.contains("✓ media")
-            && text.contains("voice notes, audio: notice (no speech-to-text yet)"),
+            && text.contains("voice notes, audio: notice (no speech-to-text: set [stt] base_url)"),
         "{text}"
     );
     assert!(text.contains("All checks passed."), "{text}");

@@ -209,3 +209,141 @@ async fn a_notice_is_sent_once_per_conversation_kind_and_hour() {
     assert_eq!(outcomes, ["media", "model", "media"]);
     h.stop().await;
 }
+
+/// Where the fake speech-to-text server listens, for `Options::configure`
+/// (a plain function) to read; `STARTING` keeps two tests from setting it
+/// at once.
+static STT: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
+static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The bytes the fake Telegram serves as the voice note's file.
+const VOICE_FILE: &[u8] = b"OggS\x00\x02 a voice note as Telegram stores it";
+
+/// A daemon with `[stt]` at a fake of the documented transcription API
+/// (multipart in, `{"text": ...}` out), and a fake Telegram that serves the
+/// voice note through `getFile` and the file path (`file` answering with
+/// `status`).
+async fn hearing_daemon(
+    max_bytes: u64,
+    status: u16,
+) -> (Harness, Arc<EchoLlm>, wiremock::MockServer) {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let stt = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "text": "please call me back tomorrow" })),
+        )
+        .mount(&stt)
+        .await;
+    let starting = STARTING.lock().await;
+    *STT.lock().unwrap() = Some((stt.uri(), max_bytes));
+    let llm = Arc::new(EchoLlm::new());
+    let h = Harness::start(Options {
+        llm: llm.clone(),
+        configure: |c| {
+            let (url, max) = STT.lock().unwrap().clone().unwrap();
+            c.stt.base_url = Some(url);
+            c.stt.max_bytes = max;
+        },
+        ..Options::default()
+    })
+    .await;
+    drop(starting);
+    mount_success(&h).await;
+    let token = crate::TELEGRAM_TOKEN;
+    Mock::given(method("POST"))
+        .and(path(format!("/bot{token}/getFile")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "ok": true,
+            "result": { "file_id": "AwACAgIAAxkBAAIBQ2VoiceFileId", "file_unique_id": "AgADvoice01",
+                        "file_size": VOICE_FILE.len(), "file_path": "voice/file_7.oga" }
+        })))
+        .mount(&h.telegram)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/file/bot{token}/voice/file_7.oga")))
+        .respond_with(ResponseTemplate::new(status).set_body_bytes(VOICE_FILE))
+        .mount(&h.telegram)
+        .await;
+    (h, llm, stt)
+}
+
+/// The trace of the one voice note sent: its `transcribed` stage's detail.
+fn transcribed(h: &Harness) -> Option<(String, String)> {
+    let conn = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
+    conn.query_row(
+        "SELECT outcome, detail FROM traces WHERE stage = 'transcribed'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_note_is_fetched_transcribed_and_the_model_reads_the_words() {
+    let (h, llm, stt) = hearing_daemon(1 << 20, 200).await;
+    let (status, _, _) = h.post(&h.sign(&h.golden("telegram/voice.json"))).await;
+    assert_eq!(status, 200);
+    h.drained().await;
+    let seen = llm.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.last().and_then(|t| t.last()).map(String::as_str),
+        Some("[voice note, audio/ogg, 4 s, 7 KB] transcript: please call me back tomorrow")
+    );
+    // The transcription server got the served bytes, as its API documents.
+    let requests = stt.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let body = &requests[0].body;
+    let multipart = String::from_utf8_lossy(body);
+    assert!(
+        body.windows(VOICE_FILE.len()).any(|w| w == VOICE_FILE),
+        "{multipart}"
+    );
+    assert!(multipart.contains("name=\"model\"") && multipart.contains("whisper-1"));
+    assert!(
+        requests[0].headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("multipart/form-data"),
+    );
+    // Stored with the attachment; the message's text stays as sent.
+    let conn = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
+    let (text, attachments): (String, String) = conn
+        .query_row(
+            "SELECT text, attachments FROM messages WHERE role = 'user'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(text, "");
+    assert!(attachments.contains("\"transcript\":\"please call me back tomorrow\""));
+    let (outcome, detail) = transcribed(&h).expect("traced");
+    assert_eq!(outcome, "ok", "{detail}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_note_that_cannot_be_fetched_is_still_answered_and_the_trace_says_why() {
+    for (max_bytes, status, why) in [
+        (1 << 20, 404, "HTTP 404"),
+        (16, 200, "over the cap of 16 bytes"),
+    ] {
+        let (h, llm, stt) = hearing_daemon(max_bytes, status).await;
+        let (code, _, _) = h.post(&h.sign(&h.golden("telegram/voice.json"))).await;
+        assert_eq!(code, 200);
+        h.drained().await;
+        assert!(
+            llm.seen.lock().unwrap().is_empty(),
+            "{why}: the notice answers"
+        );
+        assert_eq!(newest_reply(&h).1, "voice", "{why}");
+        assert!(stt.received_requests().await.unwrap().is_empty(), "{why}");
+        let (outcome, detail) = transcribed(&h).expect("traced");
+        assert_eq!(outcome, "failed");
+        assert!(detail.contains(why), "{detail}");
+        h.stop().await;
+    }
+}

@@ -46,6 +46,31 @@ fn unanswered(e: reqwest::Error) -> String {
     said
 }
 
+/// The body of `request`, at most `max_bytes` of it: a file over the cap is
+/// refused by its `Content-Length` before a byte is read, or as soon as the
+/// bytes read pass the cap (a server may not say how long it is).
+async fn download(request: reqwest::RequestBuilder, max_bytes: u64) -> Result<Vec<u8>, String> {
+    use futures_util::StreamExt;
+    let response = request.send().await.map_err(unanswered)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("HTTP {}", status.as_u16()));
+    }
+    if response.content_length().is_some_and(|n| n > max_bytes) {
+        return Err(format!("over the cap of {max_bytes} bytes"));
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(unanswered)?;
+        if body.len() as u64 + chunk.len() as u64 > max_bytes {
+            return Err(format!("over the cap of {max_bytes} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn retry_after_header(response: &reqwest::Response) -> Option<Duration> {
     response
         .headers()

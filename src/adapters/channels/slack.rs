@@ -319,6 +319,26 @@ impl ChannelAdapter for Slack {
         self.settings.max_body_bytes
     }
 
+    /// A shared file's `url_private_download`, with the bot's token.
+    fn fetch<'a>(
+        &'a self,
+        attachment: &'a Attachment,
+        max_bytes: u64,
+    ) -> Option<BoxFuture<'a, Result<Vec<u8>, String>>> {
+        if attachment.url.is_empty() {
+            return None;
+        }
+        let request = self
+            .client
+            .get(&attachment.url)
+            .bearer_auth(&self.settings.bot_token);
+        Some(Box::pin(async move {
+            super::download(request, max_bytes)
+                .await
+                .map_err(|e| format!("Slack file: {e}"))
+        }))
+    }
+
     fn max_message_len(&self) -> usize {
         MAX_TEXT
     }

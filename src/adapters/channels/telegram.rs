@@ -422,6 +422,30 @@ impl ChannelAdapter for Telegram {
         self.settings.max_body_bytes
     }
 
+    /// `getFile` for the file's path, then the file from
+    /// `/file/bot<token>/<path>`.
+    fn fetch<'a>(
+        &'a self,
+        attachment: &'a crate::core::message::Attachment,
+        max_bytes: u64,
+    ) -> Option<BoxFuture<'a, Result<Vec<u8>, String>>> {
+        let file_id = attachment.file_id.clone()?;
+        Some(Box::pin(async move {
+            let file = self.call("getFile", json!({ "file_id": file_id })).await?;
+            let path = file["file_path"]
+                .as_str()
+                .ok_or("Telegram getFile: no file_path (the file may be over 20 MB)")?;
+            let url = format!(
+                "{}/file/bot{}/{path}",
+                self.settings.api_base.trim_end_matches('/'),
+                self.settings.bot_token
+            );
+            super::download(self.client.get(url), max_bytes)
+                .await
+                .map_err(|e| format!("Telegram file: {e}"))
+        }))
+    }
+
     fn max_message_len(&self) -> usize {
         MAX_TEXT
     }

@@ -286,6 +286,29 @@ impl ChannelAdapter for Twilio {
         Box::pin(async move { self.fetch_account().await.map(|a| format!("account {a}")) })
     }
 
+    /// A `MediaUrlN` with the account's Basic auth; Twilio answers with a
+    /// redirect to the file, which is followed (reqwest drops the auth on
+    /// the way to another host).
+    fn fetch<'a>(
+        &'a self,
+        attachment: &'a crate::core::message::Attachment,
+        max_bytes: u64,
+    ) -> Option<BoxFuture<'a, Result<Vec<u8>, String>>> {
+        if attachment.url.is_empty() {
+            return None;
+        }
+        let s = &self.settings;
+        let request = self
+            .client
+            .get(&attachment.url)
+            .basic_auth(&s.account_sid, Some(&s.auth_token));
+        Some(Box::pin(async move {
+            super::download(request, max_bytes)
+                .await
+                .map_err(|e| format!("Twilio media: {e}"))
+        }))
+    }
+
     fn replies_from(&self) -> Option<String> {
         let s = &self.settings;
         Some(match &s.from {

@@ -48,6 +48,18 @@ pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Writte
             super::relay::token_in(tx, change)?;
             Written::Done
         }
+        Write::Attachments {
+            message_id,
+            attachments,
+        } => {
+            let json = serde_json::to_string(attachments)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            tx.execute(
+                "UPDATE messages SET attachments = $2 WHERE id = $1",
+                &[message_id, &json],
+            )?;
+            Written::Done
+        }
     })
 }
 

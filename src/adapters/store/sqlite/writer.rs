@@ -329,5 +329,15 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
             relay::token_in(conn, change)?;
             Written::Done
         }
+        Write::Attachments {
+            message_id,
+            attachments,
+        } => {
+            let json = serde_json::to_string(attachments)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            conn.prepare_cached("UPDATE messages SET attachments = ?2 WHERE id = ?1")?
+                .execute(rusqlite::params![message_id, json])?;
+            Written::Done
+        }
     })
 }
