@@ -57,6 +57,8 @@ struct Session {
     json: bool,
     last_answer: Option<(String, String)>,
     first_provider: Option<String>,
+    /// Speech to text for `/attach`ed voice notes (`[stt]`), as `serve` has.
+    hearing: Option<convagent::adapters::stt::OpenAiStt>,
 }
 
 async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
@@ -86,6 +88,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
         json: args.json,
         last_answer: None,
         first_provider: providers.first().map(|p| p.provider().name().to_string()),
+        hearing: convagent::adapters::stt::OpenAiStt::from_config(&settings.config.stt),
     };
     if interactive {
         outln!(
@@ -165,12 +168,25 @@ async fn attach(s: &mut Session, rest: &str) -> Result<bool> {
             .unwrap_or_else(|| path.into()),
         None => path.into(),
     };
-    let attachment = cli::attachment_of(&path).map_err(|why| {
+    let mut attachment = cli::attachment_of(&path).map_err(|why| {
         UserError::new(
             format!("cannot attach {why}"),
             "give the path of a file you can read",
         )
     })?;
+    // A voice note is heard here as `serve` hears one from a channel.
+    if let Some(stt) = &s.hearing
+        && attachment.kind.sense() == Some(convagent::core::media::Sense::Hearing)
+    {
+        use convagent::core::stt::SpeechToText;
+        let audio = std::fs::read(&path)?;
+        let mime = attachment.content_type.clone().unwrap_or_default();
+        let name = attachment.name.clone().unwrap_or_default();
+        match stt.transcribe(audio, &mime, &name).await {
+            Ok(words) => attachment.transcript = Some(words),
+            Err(why) => eprintln!("  [not heard: {why}]"),
+        }
+    }
     turn_with(s, text, vec![attachment]).await
 }
 

@@ -336,3 +336,53 @@ fn attach_sends_a_local_file_as_a_channel_would() {
         .collect();
     assert_eq!(kinds, ["voice note", "photo"]);
 }
+
+/// With `[stt]` set, an `/attach`ed voice note is heard as `serve` hears
+/// one: the transcription server (a fake speaking the documented API) gets
+/// the file, and the model reads the words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_voice_note_is_transcribed_when_stt_is_configured() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let stt = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "text": "what are your opening hours" })),
+        )
+        .mount(&stt)
+        .await;
+    let env = Env::new();
+    let note = env.path("question.ogg");
+    std::fs::write(&note, b"OggS\0a question, spoken").unwrap();
+    let out = tokio::task::block_in_place(|| {
+        env.cmd(&["chat", "--json", "--chain", "embedded"])
+            .env("CONVAGENT_STT_BASE_URL", stt.uri())
+            .write_stdin(format!("/attach {}\n", note.display()))
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let reply: serde_json::Value =
+        serde_json::from_str(stdout_of(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(reply["provider"], "embedded", "the model answers: {reply}");
+    let requests = stt.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert!(
+        String::from_utf8_lossy(&requests[0].body).contains("a question, spoken"),
+        "the file went to the server"
+    );
+    let conn = rusqlite::Connection::open(env.store()).unwrap();
+    let attachments: String = conn
+        .query_row(
+            "SELECT attachments FROM messages WHERE role = 'user'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        attachments.contains("\"transcript\":\"what are your opening hours\""),
+        "{attachments}"
+    );
+}
