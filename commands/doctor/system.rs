@@ -113,7 +113,7 @@ pub async fn mcp_checks(settings: &Settings) -> Vec<Check> {
         .filter_map(|s| Some((&s.name, s.sandbox.as_ref()?)))
         .map(|(name, sandbox)| {
             let detail = format!("server {name} runs with {sandbox}");
-            if mcp.sandbox.landlock && sandbox.contains("no Landlock") {
+            if mcp.sandbox.landlock && convagent::adapters::mcp::sandbox::landlock_abi().is_none() {
                 Check::warn(
                     "mcp sandbox",
                     detail,

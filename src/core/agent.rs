@@ -551,30 +551,15 @@ impl Agent {
             sense = sense.as_str(),
             "media the agent cannot take in: notice"
         );
-        let reply = self
-            .record(
-                turn,
-                Recorded {
-                    kind: ReplyKind::Refusal,
-                    text: self.settings.media.notice(sense).to_string(),
-                    provider: media::NOTICE_PROVIDER,
-                    model: sense.as_str().to_string(),
-                    prompt_version: prompt.version,
-                    tokens: (None, None),
-                    latency_ms: 0,
-                },
-                Vec::new(),
-            )
-            .await?;
-        on_event(StreamEvent::Token(&reply.text));
-        self.stage(
-            &last.message,
-            Stage::ReplyStored,
-            began,
-            Outcome::Refusal,
-            Some(format!("{} notice {}", sense.as_str(), reply.id)),
+        let notice = (
+            self.settings.media.notice(sense).to_string(),
+            media::NOTICE_PROVIDER,
+            sense.as_str().to_string(),
         );
-        Ok(Some(self.reply(turn, reply, false, 0, None)))
+        let what = format!("{} notice", sense.as_str());
+        self.refuse(turn, prompt, began, notice, Vec::new(), &what, on_event)
+            .await
+            .map(Some)
     }
 
     /// Step 4: every message of the turn through the guardrails. A refusal
@@ -603,33 +588,54 @@ impl Agent {
             Some(first.rule.clone()),
         );
         info!(rule = %first.rule, "guardrail refused the message");
+        let violations = violations
+            .iter()
+            .map(|(id, v)| (*id, v.rule.clone()))
+            .collect();
+        let refusal = (first.refusal.clone(), "guardrail", first.rule.clone());
+        self.refuse(turn, prompt, began, refusal, violations, "reply", on_event)
+            .await
+            .map(Some)
+    }
+
+    /// A canned refusal (a guardrail's, a media notice): `(text, provider,
+    /// model)` recorded as the turn's reply with its `violations`, streamed,
+    /// and traced as stored (`what` and the reply's id).
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse(
+        &self,
+        turn: &[Pending],
+        prompt: &PromptVersion,
+        began: (i64, Instant),
+        (text, provider, model): (String, &str, String),
+        violations: Vec<(i64, String)>,
+        what: &str,
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<Reply, AgentError> {
         let reply = self
             .record(
                 turn,
                 Recorded {
                     kind: ReplyKind::Refusal,
-                    text: first.refusal.clone(),
-                    provider: "guardrail",
-                    model: first.rule.clone(),
+                    text,
+                    provider,
+                    model,
                     prompt_version: prompt.version,
                     tokens: (None, None),
                     latency_ms: 0,
                 },
-                violations
-                    .iter()
-                    .map(|(id, v)| (*id, v.rule.clone()))
-                    .collect(),
+                violations,
             )
             .await?;
         on_event(StreamEvent::Token(&reply.text));
         self.stage(
-            &last.message,
+            &turn[turn.len() - 1].message,
             Stage::ReplyStored,
             began,
             Outcome::Refusal,
-            Some(format!("reply {}", reply.id)),
+            Some(format!("{what} {}", reply.id)),
         );
-        Ok(Some(self.reply(turn, reply, false, 0, None)))
+        Ok(self.reply(turn, reply, false, 0, None))
     }
 
     /// Step 6: the LLM chain, streamed through the secret filter; the tools

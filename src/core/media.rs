@@ -293,13 +293,18 @@ pub fn stored(attachments: &str) -> Vec<Attachment> {
 /// [`for_model`] from the stored form of the attachments (a JSON array;
 /// `[]` for nearly every message, read without parsing).
 pub fn stored_for_model(text: String, attachments: &str) -> String {
-    if attachments.len() <= 2 {
+    let list = stored(attachments);
+    if list.is_empty() {
         return text;
     }
-    match serde_json::from_str::<Vec<Attachment>>(attachments) {
-        Ok(list) => for_model(&text, &list),
-        Err(_) => text,
-    }
+    for_model(&text, &list)
+}
+
+/// The stored form of attachments, which [`stored`] reads back. Nothing in
+/// an attachment can fail to serialise (serde_json writes a non-finite
+/// coordinate as `null`).
+pub fn to_stored(attachments: &[Attachment]) -> String {
+    serde_json::to_string(attachments).unwrap_or_else(|_| "[]".into())
 }
 
 /// A user message's text as the model reads it: the stand-ins of what came

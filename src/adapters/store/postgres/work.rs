@@ -52,11 +52,9 @@ pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Writte
             message_id,
             attachments,
         } => {
-            let json = serde_json::to_string(attachments)
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
             tx.execute(
                 "UPDATE messages SET attachments = $2 WHERE id = $1",
-                &[message_id, &json],
+                &[message_id, &crate::core::media::to_stored(attachments)],
             )?;
             Written::Done
         }
@@ -80,8 +78,7 @@ pub(super) fn accept(
     if message.provider_message_id.is_empty() {
         return Err(StoreError::Invalid("provider message id is empty".into()));
     }
-    let attachments = serde_json::to_string(&message.attachments)
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let attachments = crate::core::media::to_stored(&message.attachments);
     let metadata =
         serde_json::to_string(&message.metadata).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let key = &message.key;

@@ -68,8 +68,7 @@ pub(super) fn accept_in(
         )?
         .execute(params![conversation_id, name])?;
     }
-    let attachments = serde_json::to_string(&message.attachments)
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let attachments = crate::core::media::to_stored(&message.attachments);
     let metadata =
         serde_json::to_string(&message.metadata).map_err(|e| StoreError::Invalid(e.to_string()))?;
     conn.prepare_cached(

@@ -333,8 +333,7 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
             message_id,
             attachments,
         } => {
-            let json = serde_json::to_string(attachments)
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let json = crate::core::media::to_stored(attachments);
             conn.prepare_cached("UPDATE messages SET attachments = ?2 WHERE id = ?1")?
                 .execute(rusqlite::params![message_id, json])?;
             Written::Done
