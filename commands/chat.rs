@@ -279,7 +279,10 @@ fn report(s: &mut Session, reply: &Reply) {
         }
         match kind {
             ReplyKind::Refusal => {
-                eprintln!("  [refused by guardrail `{model}`; the LLM was not asked]")
+                eprintln!(
+                    "  [{}; the LLM was not asked]",
+                    crate::output::refusal(&provider, &model)
+                )
             }
             ReplyKind::Fallback => eprintln!(
                 "  [no LLM provider answered ({}); this message will be answered once one recovers — see `convagent doctor`]",

@@ -352,9 +352,9 @@ fn message_header(m: &StoredMessage, all: &[StoredMessage]) -> String {
         _ => {
             let mut parts = vec![format!("── {when} UTC · {}", m.role.as_str())];
             match (m.kind, &m.provider, &m.model) {
-                (Some(ReplyKind::Refusal), _, Some(rule)) => {
-                    parts.push(format!("refused by guardrail `{rule}`"))
-                }
+                (Some(ReplyKind::Refusal), provider, Some(rule)) => parts.push(
+                    crate::output::refusal(provider.as_deref().unwrap_or_default(), rule),
+                ),
                 (Some(ReplyKind::Fallback), _, _) => {
                     parts.push("fallback (no LLM answered)".into())
                 }

@@ -104,3 +104,13 @@ mod tests {
         assert_eq!(preview("hi", 10), "hi");
     }
 }
+
+/// What a refusal was, by who made it: a guardrail's rule, a limit's
+/// notice, or the notice for media the agent cannot take in.
+pub fn refusal(provider: &str, model: &str) -> String {
+    match provider {
+        convagent::core::limits::NOTICE_PROVIDER => format!("limit notice `{model}`"),
+        convagent::core::media::NOTICE_PROVIDER => format!("{model} notice (media not taken in)"),
+        _ => format!("refused by guardrail `{model}`"),
+    }
+}

@@ -603,7 +603,19 @@ fn history_shows_and_exports_what_came_with_a_message() {
         };
         let mut message = crate::support::inbound(Channel::Telegram, "777", "v-1", "", 1_000);
         message.attachments = vec![voice];
-        store.accept(&message).unwrap();
+        let accepted = store.accept(&message).unwrap();
+        let prompt = store.ensure_prompt("be nice", 1_000).unwrap();
+        let notice = convagent::core::NewReply {
+            kind: convagent::core::ReplyKind::Refusal,
+            provider: "media".into(),
+            model: "voice".into(),
+            ..crate::support::answer(
+                "I can't listen to voice notes here yet.",
+                prompt.version,
+                1_100,
+            )
+        };
+        store.record_reply(accepted.message_id, &notice).unwrap();
         let mut message =
             crate::support::inbound(Channel::Telegram, "777", "v-2", "meet here?", 2_000);
         message.attachments = vec![place];
@@ -613,6 +625,10 @@ fn history_shows_and_exports_what_came_with_a_message() {
     let text = stdout_of(&out);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(text.contains("[voice note, audio/ogg, 4 s]"), "{text}");
+    assert!(
+        text.contains("voice notice (media not taken in)") && !text.contains("guardrail"),
+        "{text}"
+    );
     assert!(
         text.contains("[location 52.52, 13.405: Office]\nmeet here?"),
         "{text}"
