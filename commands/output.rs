@@ -89,6 +89,16 @@ pub fn preview(text: &str, max: usize) -> String {
     out
 }
 
+/// What a refusal was, by who made it: a guardrail's rule, a limit's
+/// notice, or the notice for media the agent cannot take in.
+pub fn refusal(provider: &str, model: &str) -> String {
+    match provider {
+        convagent::core::limits::NOTICE_PROVIDER => format!("limit notice `{model}`"),
+        convagent::core::media::NOTICE_PROVIDER => format!("{model} notice (media not taken in)"),
+        _ => format!("refused by guardrail `{model}`"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,15 +112,5 @@ mod tests {
         assert_eq!(age(0, 7_200_000), "2h ago");
         assert_eq!(preview("hello\nworld", 10), "hello…");
         assert_eq!(preview("hi", 10), "hi");
-    }
-}
-
-/// What a refusal was, by who made it: a guardrail's rule, a limit's
-/// notice, or the notice for media the agent cannot take in.
-pub fn refusal(provider: &str, model: &str) -> String {
-    match provider {
-        convagent::core::limits::NOTICE_PROVIDER => format!("limit notice `{model}`"),
-        convagent::core::media::NOTICE_PROVIDER => format!("{model} notice (media not taken in)"),
-        _ => format!("refused by guardrail `{model}`"),
     }
 }

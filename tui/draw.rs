@@ -261,7 +261,15 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
                     Some(ReplyKind::Fallback) => info.push("FALLBACK".to_string()),
                     Some(ReplyKind::Refusal) => info.push(format!(
                         "{} {}",
-                        if is_notice(m) { "LIMIT" } else { "REFUSED" },
+                        if is_notice(m) {
+                            "LIMIT"
+                        } else if m.provider.as_deref()
+                            == Some(convagent::core::media::NOTICE_PROVIDER)
+                        {
+                            "MEDIA"
+                        } else {
+                            "REFUSED"
+                        },
                         m.model.as_deref().unwrap_or("")
                     )),
                     _ => {
