@@ -10,7 +10,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use convagent::adapters::channels::cli;
 use convagent::config::parse_chain;
-use convagent::core::{Agent, ConversationKey, Reply, ReplyKind, Store, StreamEvent};
+use convagent::core::{
+    Agent, ConversationKey, Outcome, Reply, ReplyKind, Stage, Store, StreamEvent,
+};
 use convagent::daemon::{Metrics, Tracer};
 use tokio::io::AsyncBufReadExt;
 
@@ -57,8 +59,9 @@ struct Session {
     json: bool,
     last_answer: Option<(String, String)>,
     first_provider: Option<String>,
-    /// Speech to text for `/attach`ed voice notes (`[stt]`), as `serve` has.
-    hearing: Option<convagent::adapters::stt::OpenAiStt>,
+    /// The media stage for `/attach`ed files (kept, heard with `[stt]`,
+    /// read), as `serve` has it for a channel's.
+    media: convagent::daemon::Media,
 }
 
 async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
@@ -88,7 +91,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
         json: args.json,
         last_answer: None,
         first_provider: providers.first().map(|p| p.provider().name().to_string()),
-        hearing: convagent::adapters::stt::OpenAiStt::from_config(&settings.config.stt),
+        media: convagent::daemon::Media::from_settings(&settings),
     };
     if interactive {
         outln!(
@@ -174,19 +177,15 @@ async fn attach(s: &mut Session, rest: &str) -> Result<bool> {
             "give the path of a file you can read",
         )
     })?;
-    // A voice note is heard here as `serve` hears one from a channel.
-    if let Some(stt) = &s.hearing
-        && attachment.kind.sense() == Some(convagent::core::media::Sense::Hearing)
-    {
-        use convagent::core::stt::SpeechToText;
-        let audio = std::fs::read(&path)?;
-        let mime = attachment.content_type.clone().unwrap_or_default();
-        let name = attachment.name.clone().unwrap_or_default();
-        match stt.transcribe(audio, &mime, &name).await {
-            Ok(words) => attachment.transcript = Some(words),
-            Err(why) => eprintln!("  [not heard: {why}]"),
+    // Through the media stage, as `serve` takes in a channel's file: kept,
+    // a voice note heard, a document read.
+    let source = convagent::daemon::Source::Local;
+    let mut said = |stage: Stage, outcome: Outcome, detail: String| {
+        if outcome == Outcome::Failed {
+            eprintln!("  [{stage} failed: {detail}]");
         }
-    }
+    };
+    s.media.take_in(source, &mut attachment, &mut said).await;
     turn_with(s, text, vec![attachment]).await
 }
 

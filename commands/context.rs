@@ -251,7 +251,9 @@ impl Context {
             .context("storing the configured system prompt")?;
         // Patterns were checked when the config loaded.
         let guardrails = config.guardrails()?;
-        let agent = Agent::new(store, Arc::new(chain), clock, guardrails, agent_settings);
+        let files = convagent::adapters::media_files::DiskFiles::new(settings.media_dir());
+        let agent = Agent::new(store, Arc::new(chain), clock, guardrails, agent_settings)
+            .with_files(Arc::new(files));
         Ok(match self.tools.get().cloned().flatten() {
             Some(tools) => agent.with_tools(tools),
             None => agent,

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
+use convagent::adapters::media_files::DiskFiles;
+use convagent::core::media::MediaFiles as _;
 use convagent::core::{
     Channel, ConversationFilter, Erased, Prune, ReplyKind, Role, SearchOrder, SenderData,
     SenderRef, Store, StoredMessage, Write,
@@ -142,6 +144,27 @@ fn export(
         Some(store) => store.sender_data(sender)?,
         None => SenderData::default(),
     };
+    // The fetched files of the messages, where they are kept (the store
+    // holds only their names).
+    let kept = DiskFiles::new(ctx.settings()?.media_dir());
+    let files: Vec<serde_json::Value> = data
+        .messages
+        .iter()
+        .flat_map(|m| m.attachments.iter().map(move |a| (m.id, a)))
+        .filter_map(|(message_id, a)| {
+            let file = a.file.as_deref()?;
+            let path = kept.locate(file);
+            Some(serde_json::json!({
+                "message_id": message_id,
+                "kind": a.kind,
+                "content_type": a.content_type,
+                "size": a.size,
+                "file": file,
+                "path": path,
+                "present": std::path::Path::new(&path).is_file(),
+            }))
+        })
+        .collect();
     let text = if jsonl {
         let mut lines = String::new();
         let mut push = |kind: &str, items: Vec<serde_json::Value>| {
@@ -161,9 +184,12 @@ fn export(
         push("trace", values(serde_json::to_value(&data.traces)?));
         push("outbox", values(serde_json::to_value(&data.outbox)?));
         push("violation", values(serde_json::to_value(&data.violations)?));
+        push("file", files);
         lines
     } else {
-        serde_json::to_string_pretty(&data)? + "\n"
+        let mut all = serde_json::to_value(&data)?;
+        all["files"] = files.into();
+        serde_json::to_string_pretty(&all)? + "\n"
     };
     match out {
         Some(path) => std::fs::write(&path, text).map_err(|e| {
@@ -195,15 +221,18 @@ fn prune(ctx: &Context, dry_run: bool) -> Result<ExitCode> {
     loop {
         let prune = Prune::at(now, (messages, traces), limit, dry_run);
         let erased = store.write_now(Write::Prune(prune))?.erased()?;
-        total.conversations += erased.conversations;
-        total.messages += erased.messages;
-        total.traces += erased.traces;
-        if dry_run || erased == Erased::default() {
+        let done = dry_run || erased == Erased::default();
+        total.add(erased);
+        if done {
             break;
         }
     }
+    let files = match dry_run {
+        true => total.files.len(),
+        false => remove_files(ctx, &total.files)?,
+    };
     outln!(
-        "{} {} conversations ({} messages) and {} trace events.",
+        "{} {} conversations ({} messages) and {} trace events; {files} media files.",
         if dry_run { "Would remove" } else { "Removed" },
         total.conversations,
         total.messages,
@@ -250,8 +279,9 @@ fn delete(ctx: &Context, sender: &SenderRef, yes: bool) -> Result<ExitCode> {
             at: now_ms(),
         })?
         .erased()?;
+    let files = remove_files(ctx, &erased.files)?;
     outln!(
-        "Deleted everything held about {who}: {} conversations, {} messages, {} summaries, {} trace events, {} outbox items, {} violations.",
+        "Deleted everything held about {who}: {} conversations, {} messages, {} summaries, {} trace events, {} outbox items, {} violations, {files} media files.",
         erased.conversations,
         erased.messages,
         erased.summaries,
@@ -260,6 +290,26 @@ fn delete(ctx: &Context, sender: &SenderRef, yes: bool) -> Result<ExitCode> {
         erased.violations
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the media files of removed messages from this machine's media
+/// directory; says how many were there.
+fn remove_files(ctx: &Context, files: &[String]) -> Result<usize> {
+    let kept = DiskFiles::new(ctx.settings()?.media_dir());
+    let mut removed = 0;
+    for file in files {
+        match kept.remove(file) {
+            Ok(was) => removed += usize::from(was),
+            Err(why) => {
+                return Err(UserError::new(
+                    format!("the messages are deleted, but not their file: {why}"),
+                    "check the permissions of [media] dir, then remove the file by hand",
+                )
+                .into());
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn list(
@@ -334,7 +384,7 @@ fn show(store: &dyn Store, id: i64, json: bool) -> Result<()> {
     for m in &messages {
         outln!("\n{}", message_header(m, &messages));
         // What came with it first, as the model reads it ([voice note, 4 s]).
-        let said = convagent::core::media::for_model(&m.text, &m.attachments);
+        let said = convagent::core::media::for_people(&m.text, &m.attachments);
         outln!("{}", said.trim_end());
     }
     Ok(())

@@ -159,14 +159,12 @@ fn live(ctx: &Context, settings: &Settings, tracer: &Tracer, now: i64) -> Result
         .iter()
         .map(|p| p.provider().name().to_string())
         .collect();
-    let live = Live::new(Arc::new(agent), channels::enabled(config), names).rotating(config, now);
-    // Voice notes are heard when `[stt]` names a server.
-    Ok(
-        match convagent::adapters::stt::OpenAiStt::from_config(&config.stt) {
-            Some(stt) => live.hearing(Arc::new(stt), config.stt.max_bytes),
-            None => live,
-        },
-    )
+    // Attachments are fetched and kept; voice notes heard when `[stt]`
+    // names a server.
+    let media = Arc::new(daemon::Media::from_settings(settings));
+    Ok(Live::new(Arc::new(agent), channels::enabled(config), names)
+        .rotating(config, now)
+        .media(media))
 }
 
 /// SIGHUP: reads the configuration and the environment file again and

@@ -14,6 +14,8 @@ mod doctor;
 mod history;
 #[path = "cli/mcp.rs"]
 mod mcp;
+#[path = "cli/media.rs"]
+mod media;
 #[path = "cli/outbox.rs"]
 mod outbox;
 #[path = "cli/serve.rs"]

@@ -133,6 +133,21 @@ pub async fn mount_success(h: &Harness) {
         .await;
 }
 
+/// The settings of a daemon whose XDG directories are all in `dir`.
+pub fn settings_in(dir: &std::path::Path, config: &Config) -> convagent::config::Settings {
+    convagent::config::Settings {
+        config: config.clone(),
+        source: convagent::config::ConfigSource::Defaults {
+            looked_at: dir.join("config/config.toml"),
+        },
+        dirs: convagent::config::Dirs {
+            config: dir.join("config"),
+            data: dir.join("data"),
+            state: dir.join("state"),
+        },
+    }
+}
+
 impl Harness {
     pub async fn start(options: Options) -> Harness {
         let dir = tempfile::tempdir().unwrap();
@@ -174,9 +189,13 @@ impl Harness {
             Guardrails::new(&[]).unwrap(),
             AgentSettings {
                 limits: config.limits.clone(),
+                media: config.media.clone(),
                 ..AgentSettings::default()
             },
         )
+        .with_files(Arc::new(convagent::adapters::media_files::DiskFiles::new(
+            settings_in(dir.path(), &config).media_dir(),
+        )))
         .with_stages(Arc::new(tracer.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -190,11 +209,11 @@ impl Harness {
             vec!["echo".into()],
         )
         .rotating(&config, clock.now_ms());
-        // As `serve` does: voice notes heard where `[stt]` names a server.
-        let live = match convagent::adapters::stt::OpenAiStt::from_config(&config.stt) {
-            Some(stt) => live.hearing(Arc::new(stt), config.stt.max_bytes),
-            None => live,
-        };
+        // As `serve` does: attachments fetched and kept in the data
+        // directory's media/, voice notes heard where `[stt]` names a server.
+        let live = live.media(Arc::new(convagent::daemon::Media::from_settings(
+            &settings_in(dir.path(), &config),
+        )));
         let daemon = Daemon::new(store.clone(), live, clock, settings, metrics, tracer);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(daemon::serve(listener, daemon.clone(), async {
@@ -215,13 +234,29 @@ impl Harness {
         }
     }
 
+    /// A golden payload, its media URLs moved from the providers' hosts to
+    /// this harness's fakes: a test never reaches the internet, and the
+    /// media stage fetches from the fakes.
     pub fn golden(&self, rel: &str) -> Golden {
-        Golden::load(
+        let mut golden = Golden::load(
             &Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/golden")
                 .join(rel),
         )
-        .unwrap()
+        .unwrap();
+        let local = |text: &str| {
+            text.replace("https://api.twilio.com", &self.twilio.uri())
+                .replace("https://files.slack.com", &self.slack.uri())
+        };
+        if let Some(json) = &mut golden.json {
+            *json = serde_json::from_str(&local(&json.to_string())).unwrap();
+        }
+        if let Some(form) = &mut golden.form {
+            for (_, value) in form.0.iter_mut() {
+                *value = local(value);
+            }
+        }
+        golden
     }
 
     /// The request as its provider would send it to this daemon, signed

@@ -304,7 +304,7 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
             Style::new()
         };
         lines.push(Line::from(head).style(style));
-        let said = convagent::core::media::for_model(&m.text, &m.attachments);
+        let said = convagent::core::media::for_people(&m.text, &m.attachments);
         for text in said.lines().take(6) {
             lines.push(Line::from(format!("  {text}")).style(style));
         }

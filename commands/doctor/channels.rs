@@ -150,22 +150,56 @@ async fn reachable(url: &str) -> Check {
 }
 
 /// What becomes of each kind of media a person sends: read as text, heard,
-/// or answered with its `[media]` notice, and why. Every kind is answered,
-/// so this passes; the detail says which are not taken in yet.
+/// seen, or answered with its `[media]` notice, and why; where the files
+/// are kept. Every kind is answered, so this passes; the detail says which
+/// are not taken in.
 pub fn media_check(settings: &Settings) -> Check {
-    let voice = match convagent::adapters::stt::OpenAiStt::from_config(&settings.config.stt) {
+    use convagent::config::ProviderKind;
+    let config = &settings.config;
+    let voice = match convagent::adapters::stt::OpenAiStt::from_config(&config.stt) {
         Some(stt) => {
             use convagent::core::stt::SpeechToText;
             format!("voice notes, audio: transcribed by {}", stt.describe())
         }
         None => "voice notes, audio: notice (no speech-to-text: set [stt] base_url)".into(),
     };
+    let seers: Vec<&str> = config
+        .llm
+        .chain
+        .iter()
+        .filter_map(|kind| match kind {
+            ProviderKind::Ollama => match config.llm.ollama.vision {
+                Some(false) => None,
+                Some(true) => Some("ollama"),
+                None => Some("ollama if its /api/show lists \"vision\""),
+            },
+            ProviderKind::Openai => config.llm.openai.vision.then_some("openai"),
+            ProviderKind::Embedded => None,
+        })
+        .collect();
+    let images = match seers.is_empty() {
+        true => "photos, stickers: notice (no model in the chain sees: set vision = true for \
+                 a provider whose model does)"
+            .to_string(),
+        false => format!(
+            "photos, stickers: shown to {} (the others read a stand-in)",
+            seers.join(", ")
+        ),
+    };
+    let m = &config.media;
     Check::pass(
         "media",
         format!(
-            "places, contacts: read as text; {voice}; photos, videos, stickers: notice (no \
-             image input yet); documents: notice (files are not read yet); each notice once \
-             per conversation and hour ([media])"
+            "places, contacts: read as text; {voice}; {images}; videos: notice (not taken in); \
+             documents: text, Markdown, CSV, JSON and PDF read (at most {} characters), other \
+             files: notice; each notice once per conversation and hour; files kept in {} \
+             (at most {} MB voice, {} MB image, {} MB video, {} MB file)",
+            m.document_chars,
+            settings.media_dir().display(),
+            m.voice_max_bytes >> 20,
+            m.image_max_bytes >> 20,
+            m.video_max_bytes >> 20,
+            m.file_max_bytes >> 20,
         ),
     )
 }

@@ -3,7 +3,9 @@
 
 pub mod channels;
 pub mod clock;
+pub mod documents;
 pub mod llm;
 pub mod mcp;
+pub mod media_files;
 pub mod store;
 pub mod stt;

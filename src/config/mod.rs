@@ -133,6 +133,15 @@ impl Settings {
             .unwrap_or_else(|| self.dirs.state.join("logs"))
     }
 
+    /// Where fetched media files are kept: `[media] dir`, else the data
+    /// directory's `media/`.
+    pub fn media_dir(&self) -> PathBuf {
+        match self.config.media.dir.trim() {
+            "" => self.dirs.data.join("media"),
+            dir => PathBuf::from(dir),
+        }
+    }
+
     pub fn model_path(&self) -> PathBuf {
         self.config
             .llm

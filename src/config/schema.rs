@@ -46,9 +46,7 @@ pub struct SttConfig {
     pub model: String,
     /// A secret: masked in logs and output; env `CONVAGENT_STT_API_KEY`.
     pub api_key: Option<String>,
-    /// The largest voice note fetched, in bytes (more is not fetched).
-    pub max_bytes: u64,
-    /// The longest one fetch and transcription may take together.
+    /// The longest one transcription may take.
     pub timeout_secs: u64,
 }
 
@@ -58,7 +56,6 @@ impl Default for SttConfig {
             base_url: None,
             model: "whisper-1".into(),
             api_key: None,
-            max_bytes: 20 * 1024 * 1024,
             timeout_secs: 60,
         }
     }
@@ -374,6 +371,9 @@ pub struct OllamaConfig {
     /// Cold model loads can take minutes before the first byte.
     pub first_chunk_timeout_secs: u64,
     pub chunk_timeout_secs: u64,
+    /// Whether the model takes images; unset: what Ollama's `/api/show`
+    /// reports of it (`"vision"` among its capabilities).
+    pub vision: Option<bool>,
 }
 
 impl Default for OllamaConfig {
@@ -385,6 +385,7 @@ impl Default for OllamaConfig {
             keep_alive: "5m".into(),
             first_chunk_timeout_secs: 300,
             chunk_timeout_secs: 30,
+            vision: None,
         }
     }
 }
@@ -398,6 +399,8 @@ pub struct OpenAiConfig {
     pub model: String,
     pub first_chunk_timeout_secs: u64,
     pub chunk_timeout_secs: u64,
+    /// Whether the model takes images (as `image_url` content parts).
+    pub vision: bool,
 }
 
 impl Default for OpenAiConfig {
@@ -408,6 +411,7 @@ impl Default for OpenAiConfig {
             model: "gpt-4o-mini".into(),
             first_chunk_timeout_secs: 120,
             chunk_timeout_secs: 30,
+            vision: false,
         }
     }
 }

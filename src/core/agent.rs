@@ -17,8 +17,10 @@ use tracing::{Instrument, info, info_span, warn};
 use super::context::{self, ContextWindow};
 use super::guardrails::{Guardrails, SecretFilter, Violation};
 use super::limits::{self, Limits, Rule, Verdict};
-use super::llm::{ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent};
-use super::media::{self, MediaConfig};
+use super::llm::{
+    ChatMessage, Image, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
+};
+use super::media::{self, MediaConfig, MediaFiles};
 use super::message::{InboundMessage, Role, Turn};
 use super::ports::{
     Clock, Held, NewReply, Pending, PromptVersion, ReplyKind, StageSink, Store, StoreError,
@@ -211,6 +213,8 @@ pub struct Agent {
     turns: context::TurnCache,
     /// Tools the model may call (`[[mcp.servers]]`).
     tools: Option<Arc<dyn Tools>>,
+    /// The fetched files of attachments, for a model that sees.
+    files: Option<Arc<dyn MediaFiles>>,
 }
 
 impl Agent {
@@ -231,7 +235,20 @@ impl Agent {
             prompt: std::sync::Mutex::new(None),
             turns: context::TurnCache::default(),
             tools: None,
+            files: None,
         }
+    }
+
+    /// Gives the model that sees the images kept in `files`.
+    pub fn with_files(mut self, files: Arc<dyn MediaFiles>) -> Self {
+        self.files = Some(files);
+        self
+    }
+
+    /// Whether the images of a turn reach the model: the chain sees, and
+    /// the fetched files are at hand.
+    async fn sees(&self) -> bool {
+        self.files.is_some() && self.llm.sees().await
     }
 
     /// Offers `tools` to the model on every turn.
@@ -534,9 +551,15 @@ impl Agent {
         prompt: &PromptVersion,
         on_event: &mut OnEvent<'_>,
     ) -> Result<Option<Reply>, AgentError> {
-        let Some(sense) = media::unmet(turn.iter().map(|p| &p.message)) else {
+        let messages = || turn.iter().map(|p| &p.message);
+        let Some(sense) = media::unmet(messages(), false) else {
             return Ok(None);
         };
+        // Whether the model sees is asked only when it decides: a turn whose
+        // fetched images a model that sees would take in.
+        if media::unmet(messages(), true).is_none() && self.sees().await {
+            return Ok(None);
+        }
         let last = &turn[turn.len() - 1];
         let began = self.now();
         let told = self.store.last_reply_by(
@@ -1045,7 +1068,38 @@ impl Agent {
                 );
             }
         }
+        self.show_images(&mut window, &recent).await;
         Ok(window)
+    }
+
+    /// Puts the newest images of the turns in the window on their messages,
+    /// for a model that sees: at most `[media] max_images`; a file no longer
+    /// kept here is read by its stand-in only (the text has it anyway).
+    async fn show_images(&self, window: &mut ContextWindow, recent: &[Turn]) {
+        let Some(files) = &self.files else { return };
+        let kept = &recent[window.dropped_turns.min(recent.len())..];
+        if kept.iter().all(|t| t.images.is_empty()) || !self.llm.sees().await {
+            return;
+        }
+        let first = window.messages.len() - kept.len();
+        let mut left = self.settings.media.max_images;
+        for (message, turn) in window.messages[first..].iter_mut().zip(kept).rev() {
+            for image in turn.images.iter().rev() {
+                if left == 0 {
+                    return;
+                }
+                if let Some(bytes) = files.get(&image.file) {
+                    message.images.insert(
+                        0,
+                        Image {
+                            mime: image.mime.clone(),
+                            bytes: bytes.into(),
+                        },
+                    );
+                    left -= 1;
+                }
+            }
+        }
     }
 
     fn should_summarize(

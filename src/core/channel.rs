@@ -180,13 +180,53 @@ pub trait ChannelAdapter: Send + Sync {
         &'a self,
         _attachment: &'a crate::core::message::Attachment,
         _max_bytes: u64,
-    ) -> Option<BoxFuture<'a, Result<Vec<u8>, String>>> {
+    ) -> Option<BoxFuture<'a, Result<Vec<u8>, FetchError>>> {
         None
     }
 
     /// Which number or account replies go from, for `doctor`.
     fn replies_from(&self) -> Option<String> {
         None
+    }
+}
+
+/// Why a file could not be fetched, and whether asking again may help (a
+/// 5xx, a connection that failed) or not (a 404, a file over the cap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError {
+    pub why: String,
+    pub retry: bool,
+}
+
+impl FetchError {
+    /// Worth another try.
+    pub fn transient(why: impl Into<String>) -> Self {
+        FetchError {
+            why: why.into(),
+            retry: true,
+        }
+    }
+
+    /// Asking again gets the same answer.
+    pub fn permanent(why: impl Into<String>) -> Self {
+        FetchError {
+            why: why.into(),
+            retry: false,
+        }
+    }
+
+    /// The same error, said with `prefix` ("Telegram file: HTTP 404").
+    pub fn context(self, prefix: &str) -> Self {
+        FetchError {
+            why: format!("{prefix}: {}", self.why),
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
     }
 }
 

@@ -300,6 +300,7 @@ mod tests {
 
     fn turn(id: i64, role: Role, text: &str) -> Turn {
         Turn {
+            images: Vec::new(),
             message_id: id,
             role,
             text: text.to_string(),

@@ -17,7 +17,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
+    /// What was said; an image is also here, as its stand-in, for the
+    /// providers that cannot see.
     pub content: String,
+    /// Images for a provider that sees; the others leave them out (each
+    /// provider writes them in its API's own shape).
+    #[serde(skip)]
+    pub images: Vec<Image>,
 }
 
 impl ChatMessage {
@@ -25,8 +31,16 @@ impl ChatMessage {
         ChatMessage {
             role,
             content: content.into(),
+            images: Vec::new(),
         }
     }
+}
+
+/// An image's bytes for a model that sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub mime: String,
+    pub bytes: std::sync::Arc<[u8]>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +180,12 @@ pub trait LlmProvider: Send + Sync {
     /// an abandoned generation would only hold up the next one (embedded).
     fn finish_when_abandoned(&self) -> bool {
         true
+    }
+    /// Whether the model takes images (`vision = true` in its section, or
+    /// what its API reports): a chain sees when any provider in it does,
+    /// and one that cannot reads the images' stand-ins.
+    fn sees(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { false })
     }
     /// Generates a reply, streaming pieces of it to `on_event` as they come.
     fn generate<'a>(

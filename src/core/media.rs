@@ -35,8 +35,11 @@ impl Sense {
     }
 }
 
-/// `[media]`: what a person is told when they send something convagent
-/// cannot take in, instead of silence or a guess.
+const MIB: u64 = 1024 * 1024;
+
+/// `[media]`: how attachments' files are fetched and kept, and what a
+/// person is told when they send something convagent cannot take in,
+/// instead of silence or a guess.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
@@ -46,6 +49,27 @@ pub struct MediaConfig {
     pub image_notice: String,
     /// For documents and other files.
     pub file_notice: String,
+    /// Where fetched files are kept, named by their SHA-256; empty: the
+    /// data directory's `media/`.
+    pub dir: String,
+    /// The most fetched of a voice note or audio; a larger one is refused
+    /// unread and the person gets the notice.
+    pub voice_max_bytes: u64,
+    /// The most fetched of a photo or sticker.
+    pub image_max_bytes: u64,
+    /// The most fetched of a video or video note.
+    pub video_max_bytes: u64,
+    /// The most fetched of a document or other file.
+    pub file_max_bytes: u64,
+    /// One fetch (every attempt of it) gives up after this long.
+    pub fetch_timeout_secs: u64,
+    /// Attempts at a fetch that failed with a 5xx or a lost connection.
+    pub fetch_attempts: u32,
+    /// The most characters of a document's text the model reads.
+    pub document_chars: usize,
+    /// The newest images of a conversation given to a model that can see
+    /// (older ones it reads by their stand-in).
+    pub max_images: usize,
 }
 
 impl Default for MediaConfig {
@@ -56,6 +80,15 @@ impl Default for MediaConfig {
                 .into(),
             file_notice: "I can't open files here yet. Could you paste the part that matters?"
                 .into(),
+            dir: String::new(),
+            voice_max_bytes: 20 * MIB,
+            image_max_bytes: 10 * MIB,
+            video_max_bytes: 20 * MIB,
+            file_max_bytes: 20 * MIB,
+            fetch_timeout_secs: 60,
+            fetch_attempts: 3,
+            document_chars: 20_000,
+            max_images: 4,
         }
     }
 }
@@ -68,28 +101,106 @@ impl MediaConfig {
             Sense::Reading => &self.file_notice,
         }
     }
+
+    /// The most fetched of a file of `kind` (none: it has no file).
+    pub fn max_bytes(&self, kind: AttachmentKind) -> Option<u64> {
+        Some(match kind {
+            AttachmentKind::Voice | AttachmentKind::Audio => self.voice_max_bytes,
+            AttachmentKind::Photo | AttachmentKind::Sticker => self.image_max_bytes,
+            AttachmentKind::Video | AttachmentKind::VideoNote => self.video_max_bytes,
+            AttachmentKind::Document | AttachmentKind::File => self.file_max_bytes,
+            AttachmentKind::Location | AttachmentKind::Contact => return None,
+        })
+    }
 }
 
 /// The sense a turn needs that the agent lacks, when the turn is nothing
 /// but such media: no message of it has text, and none of its attachments
-/// is one the agent takes in (a place, a contact). Such a turn gets the
-/// sense's notice; one with any text is answered by the model, which
-/// reads the stand-ins.
-pub fn unmet<'a>(turn: impl IntoIterator<Item = &'a InboundMessage>) -> Option<Sense> {
+/// is one the agent takes in (a place, a contact, a voice note it heard, a
+/// document it read, a photo when the model `sees`). Such a turn gets the
+/// sense's notice; one with any text is answered by the model, which reads
+/// the stand-ins.
+pub fn unmet<'a>(turn: impl IntoIterator<Item = &'a InboundMessage>, sees: bool) -> Option<Sense> {
     let mut needed = None;
     for message in turn {
         if !message.text.trim().is_empty() || message.attachments.is_empty() {
             return None;
         }
         for attachment in &message.attachments {
-            if attachment.transcript.is_some() {
+            if attachment.taken_in(sees) {
                 return None;
             }
-            let sense = attachment.kind.sense()?;
-            needed.get_or_insert(sense);
+            if let Some(sense) = attachment.kind.sense() {
+                needed.get_or_insert(sense);
+            }
         }
     }
     needed
+}
+
+/// A fetched image kept under the media directory, as a turn carries it for
+/// a model that can see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The file's SHA-256 (hex), its name in the media directory.
+    pub file: String,
+    pub mime: String,
+}
+
+/// The image types the providers that see take (JPEG, PNG, WebP, GIF).
+fn viewable(mime: &str) -> bool {
+    matches!(
+        mime,
+        "image/jpeg" | "image/png" | "image/webp" | "image/gif"
+    )
+}
+
+/// The fetched, viewable images among `attachments`.
+pub fn images(attachments: &[Attachment]) -> Vec<ImageRef> {
+    attachments.iter().filter_map(Attachment::image).collect()
+}
+
+/// The MIME type of a file by its first bytes, for the kinds the agent
+/// takes in (Telegram says none for a photo).
+pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
+    Some(match bytes {
+        [0xFF, 0xD8, 0xFF, ..] => "image/jpeg",
+        [0x89, b'P', b'N', b'G', ..] => "image/png",
+        [b'G', b'I', b'F', b'8', ..] => "image/gif",
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => "image/webp",
+        [b'%', b'P', b'D', b'F', ..] => "application/pdf",
+        [b'O', b'g', b'g', b'S', ..] => "audio/ogg",
+        _ => return None,
+    })
+}
+
+/// Where fetched files are kept: content-addressed, so the same file sent
+/// twice is kept once and a file's name says what it holds. Synchronous
+/// (the daemon calls it off its async threads).
+pub trait MediaFiles: Send + Sync {
+    /// Keeps `bytes` (on disk before it returns) and gives their name, the
+    /// SHA-256 in hex.
+    fn put(&self, bytes: &[u8]) -> Result<String, String>;
+    /// The file named `file`, if it is kept here.
+    fn get(&self, file: &str) -> Option<Vec<u8>>;
+    /// Removes the file named `file`; `false` if it was not here.
+    fn remove(&self, file: &str) -> Result<bool, String>;
+    /// Where the file named `file` is (or would be) kept, for the export.
+    fn locate(&self, file: &str) -> String;
 }
 
 /// What an attachment is.
@@ -203,6 +314,15 @@ pub struct Attachment {
     /// What a voice note or audio said, as speech-to-text heard it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcript: Option<String>,
+    /// The fetched file's SHA-256 (hex): its name under `[media] dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Why the file could not be fetched (it is not asked for again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_error: Option<String>,
+    /// A document's text, as far as the model reads it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 impl Attachment {
@@ -216,6 +336,37 @@ impl Attachment {
     pub fn with_content_type(mut self, content_type: Option<String>) -> Self {
         self.content_type = content_type;
         self
+    }
+
+    /// Whether the agent takes this in as it is: a place or a contact (text
+    /// already), a voice note with its transcript, a document with its
+    /// text, or an image it fetched when the model `sees`.
+    pub fn taken_in(&self, sees: bool) -> bool {
+        match self.kind.sense() {
+            None => true,
+            Some(_) if self.transcript.is_some() || self.text.is_some() => true,
+            Some(Sense::Sight) => sees && self.image().is_some(),
+            Some(_) => false,
+        }
+    }
+
+    /// This attachment as an image for a model that sees: a photo or sticker
+    /// fetched, of a type the providers take.
+    pub fn image(&self) -> Option<ImageRef> {
+        if !matches!(self.kind, AttachmentKind::Photo | AttachmentKind::Sticker) {
+            return None;
+        }
+        let mime = self.content_type.as_deref()?.to_ascii_lowercase();
+        let file = self.file.clone()?;
+        viewable(&mime).then_some(ImageRef { file, mime })
+    }
+
+    /// Whether the media stage still has this one's file to fetch.
+    pub fn wants_file(&self) -> bool {
+        self.kind.sense().is_some()
+            && self.file.is_none()
+            && self.fetch_error.is_none()
+            && (!self.url.is_empty() || self.file_id.is_some())
     }
 
     /// What the model reads in its place: the kind and what the provider
@@ -290,14 +441,20 @@ pub fn stored(attachments: &str) -> Vec<Attachment> {
     serde_json::from_str(attachments).unwrap_or_default()
 }
 
-/// [`for_model`] from the stored form of the attachments (a JSON array;
-/// `[]` for nearly every message, read without parsing).
-pub fn stored_for_model(text: String, attachments: &str) -> String {
+/// [`for_model`] and the fetched [`images`] from the stored form of the
+/// attachments (a JSON array; `[]` for nearly every message, read without
+/// parsing).
+pub fn stored_for_model(text: String, attachments: &str) -> (String, Vec<ImageRef>) {
     let list = stored(attachments);
     if list.is_empty() {
-        return text;
+        return (text, Vec::new());
     }
-    for_model(&text, &list)
+    (for_model(&text, &list), images(&list))
+}
+
+/// The names of the fetched files in the stored form of attachments.
+pub fn stored_files(attachments: &str) -> impl Iterator<Item = String> {
+    stored(attachments).into_iter().filter_map(|a| a.file)
 }
 
 /// The stored form of attachments, which [`stored`] reads back. Nothing in
@@ -315,10 +472,39 @@ pub fn for_model(text: &str, attachments: &[Attachment]) -> String {
     }
     let mut out: Vec<String> = attachments
         .iter()
-        .map(|a| match &a.transcript {
+        .map(|a| match (&a.transcript, &a.text) {
             // The person's words, marked as heard from a voice note.
-            Some(heard) => format!("{} transcript: {heard}", a.stand_in()),
-            None => a.stand_in(),
+            (Some(heard), _) => format!("{} transcript: {heard}", a.stand_in()),
+            (None, Some(read)) => format!("{} contents:\n{read}", a.stand_in()),
+            (None, None) => a.stand_in(),
+        })
+        .collect();
+    if !text.trim().is_empty() {
+        out.push(text.to_string());
+    }
+    out.join("\n")
+}
+
+/// A message as people read it (`history show`, the TUI): each stand-in
+/// with what was heard, how much of a document was read (not the text
+/// itself), or why its file could not be fetched; then what was written.
+pub fn for_people(text: &str, attachments: &[Attachment]) -> String {
+    if attachments.is_empty() {
+        return text.to_string();
+    }
+    let mut out: Vec<String> = attachments
+        .iter()
+        .map(|a| match (&a.transcript, &a.text, &a.fetch_error) {
+            (Some(heard), _, _) => format!("{} transcript: {heard}", a.stand_in()),
+            (None, Some(read), _) => {
+                format!(
+                    "{} ({} characters read)",
+                    a.stand_in(),
+                    read.chars().count()
+                )
+            }
+            (None, None, Some(why)) => format!("{} (not fetched: {why})", a.stand_in()),
+            (None, None, None) => a.stand_in(),
         })
         .collect();
     if !text.trim().is_empty() {
@@ -330,6 +516,51 @@ pub fn for_model(text: &str, attachments: &[Attachment]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn people_read_what_was_learnt_of_each_attachment_and_the_model_its_contents() {
+        let document = Attachment {
+            name: Some("notes.md".into()),
+            text: Some("# Hours\n9 to 5".into()),
+            ..Attachment::new(AttachmentKind::Document)
+        };
+        let lost = Attachment {
+            fetch_error: Some("HTTP 404".into()),
+            ..Attachment::new(AttachmentKind::Photo)
+        };
+        let both = [document, lost];
+        assert_eq!(
+            for_people("when?", &both),
+            "[document, notes.md] (14 characters read)\n[photo] (not fetched: HTTP 404)\nwhen?"
+        );
+        assert_eq!(
+            for_model("when?", &both),
+            "[document, notes.md] contents:\n# Hours\n9 to 5\n[photo]\nwhen?"
+        );
+    }
+
+    #[test]
+    fn an_image_is_taken_in_only_when_fetched_viewable_and_seen() {
+        let mut photo = Attachment {
+            content_type: Some("image/jpeg".into()),
+            ..Attachment::new(AttachmentKind::Photo)
+        };
+        assert!(!photo.taken_in(true), "not fetched");
+        photo.file = Some("ab".repeat(32));
+        assert!(photo.taken_in(true));
+        assert!(!photo.taken_in(false), "no model sees");
+        photo.content_type = Some("image/heic".into());
+        assert!(!photo.taken_in(true), "not a type the providers take");
+        let video = Attachment {
+            file: Some("cd".repeat(32)),
+            content_type: Some("video/mp4".into()),
+            ..Attachment::new(AttachmentKind::Video)
+        };
+        assert!(!video.taken_in(true));
+        assert_eq!(sniff(b"\x89PNG\r\n"), Some("image/png"));
+        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
+        assert_eq!(sniff(b"hello"), None);
+    }
 
     #[test]
     fn each_kind_has_a_stand_in_the_model_can_use() {

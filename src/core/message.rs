@@ -160,6 +160,8 @@ pub struct Turn {
     pub message_id: i64,
     pub role: Role,
     pub text: String,
+    /// The fetched images that came with it, for a model that can see.
+    pub images: Vec<super::media::ImageRef>,
 }
 
 #[cfg(test)]

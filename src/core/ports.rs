@@ -463,7 +463,7 @@ impl std::str::FromStr for SenderRef {
 }
 
 /// Rows removed by a [`Write::Erase`], by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Erased {
     pub conversations: u64,
     pub messages: u64,
@@ -471,6 +471,24 @@ pub struct Erased {
     pub traces: u64,
     pub outbox: u64,
     pub violations: u64,
+    /// The media files (names under `[media] dir`) of the removed messages,
+    /// for the caller to remove: the store holds only their names. Never
+    /// recorded with the erasure.
+    #[serde(skip)]
+    pub files: Vec<String>,
+}
+
+impl Erased {
+    /// Adds `other`'s counts and files to these.
+    pub fn add(&mut self, other: Erased) {
+        self.conversations += other.conversations;
+        self.messages += other.messages;
+        self.summaries += other.summaries;
+        self.traces += other.traces;
+        self.outbox += other.outbox;
+        self.violations += other.violations;
+        self.files.extend(other.files);
+    }
 }
 
 /// A guardrail rule a stored message broke.

@@ -59,8 +59,12 @@ names! {
         Stored = "stored",
         /// Answered together with a later message of its burst.
         Grouped = "grouped",
-        /// A voice note fetched from the provider and turned into text (the
-        /// detail says how long it was, or why not).
+        /// An attachment's file fetched from the provider with its auth and
+        /// kept (the detail says its size and what was read of it, or why
+        /// not).
+        Fetched = "fetched",
+        /// A voice note turned into text (the detail says how long it was,
+        /// or why not).
         Transcribed = "transcribed",
         Guarded = "guarded",
         ContextBuilt = "context built",

@@ -3,9 +3,9 @@
 //! `serve` take their parts injected, so tests bind 127.0.0.1:0 with fakes.
 
 mod health;
-mod hearing;
 mod leases;
 pub mod mcp;
+mod media;
 pub mod metrics;
 mod outbox;
 pub mod public_url;
@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use crate::core::channel::ChannelAdapter;
 use crate::core::{Agent, Burst, Clock};
 
+pub use media::{Media, Source};
 pub use metrics::Metrics;
 pub use tracer::Tracer;
 
@@ -114,8 +115,8 @@ pub struct Live {
     /// refuses is verified with these until `previous_until` (unix ms).
     pub previous: Vec<Arc<dyn ChannelAdapter>>,
     pub previous_until: i64,
-    /// Speech to text for voice notes (`[stt]`), and the largest fetched.
-    pub hearing: Option<(Arc<dyn crate::core::stt::SpeechToText>, u64)>,
+    /// The media stage: fetched files, speech to text (`[media]`, `[stt]`).
+    pub media: Option<Arc<Media>>,
 }
 
 impl Live {
@@ -131,14 +132,14 @@ impl Live {
             providers,
             previous: Vec::new(),
             previous_until: 0,
-            hearing: None,
+            media: None,
         }
     }
 
-    /// Voice notes are fetched (at most `max_bytes`) and transcribed by
-    /// `stt` before their turn.
-    pub fn hearing(mut self, stt: Arc<dyn crate::core::stt::SpeechToText>, max_bytes: u64) -> Self {
-        self.hearing = Some((stt, max_bytes));
+    /// Attachments' files are fetched, kept and read by `media` before
+    /// their turn.
+    pub fn media(mut self, media: Arc<Media>) -> Self {
+        self.media = Some(media);
         self
     }
 }

@@ -37,12 +37,16 @@ pub async fn run(daemon: Arc<Daemon>) {
                 .and_then(|w| w.erased())
             {
                 Ok(erased) if erased == Default::default() => break,
-                Ok(erased) => tracing::info!(
-                    conversations = erased.conversations,
-                    messages = erased.messages,
-                    traces = erased.traces,
-                    "retention: pruned"
-                ),
+                Ok(erased) => {
+                    let files = remove_files(&daemon, erased.files).await;
+                    tracing::info!(
+                        conversations = erased.conversations,
+                        messages = erased.messages,
+                        traces = erased.traces,
+                        files,
+                        "retention: pruned"
+                    )
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "retention: pruning failed; trying again later");
                     break;
@@ -51,4 +55,26 @@ pub async fn run(daemon: Arc<Daemon>) {
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// Removes the media files of pruned messages; how many were here.
+async fn remove_files(daemon: &Daemon, files: Vec<String>) -> usize {
+    let Some(media) = daemon.live().media.clone() else {
+        return 0;
+    };
+    if files.is_empty() {
+        return 0;
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut removed = 0;
+        for file in &files {
+            match media.files.remove(file) {
+                Ok(was) => removed += usize::from(was),
+                Err(why) => tracing::warn!(error = %why, "retention: a media file stays"),
+            }
+        }
+        removed
+    })
+    .await
+    .unwrap_or(0)
 }

@@ -156,7 +156,7 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
             }
         };
         let mut pending = pending;
-        super::hearing::hear(daemon, &mut pending).await;
+        super::media::take_in(daemon, &mut pending).await;
         let turns: Vec<&[Pending]> = match daemon.settings.burst {
             Burst::Collect if !pending.is_empty() => vec![&pending[..]],
             Burst::Collect => Vec::new(),

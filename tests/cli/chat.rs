@@ -275,10 +275,11 @@ fn secrets_never_reach_the_log_and_every_event_carries_its_correlation_id() {
     }
 }
 
-/// `/attach PATH [TEXT]` sends a local file through the same turn as a
-/// channel's media: a voice note gets the voice notice, a photo with text
-/// is answered by the model reading its stand-in, and a missing file is an
-/// error with a hint.
+/// `/attach PATH [TEXT]` sends a local file through the same media stage
+/// and turn as a channel's media: a voice note gets the voice notice, a
+/// photo with text is answered by the model reading its stand-in, a
+/// Markdown file is read, each file is kept in the data directory under
+/// its SHA-256, and a missing file is an error with a hint.
 #[test]
 fn attach_sends_a_local_file_as_a_channel_would() {
     let env = Env::new();
@@ -288,12 +289,15 @@ fn attach_sends_a_local_file_as_a_channel_would() {
     std::fs::write(&note, b"OggS\0a voice note").unwrap();
     let photo = env.path("charger.jpg");
     std::fs::write(&photo, [0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10]).unwrap();
+    let notes = env.path("notes.md");
+    std::fs::write(&notes, "# Opening hours\nMonday to Friday, 9 to 5.\n").unwrap();
     let out = env
         .cmd(&["chat", "--json", "--chain", "embedded"])
         .write_stdin(format!(
-            "/attach {}\n/attach {} is this the right charger?\n/attach {}\n",
+            "/attach {}\n/attach {} is this the right charger?\n/attach {} when are you open?\n/attach {}\n",
             note.display(),
             photo.display(),
+            notes.display(),
             env.path("nowhere.ogg").display()
         ))
         .output()
@@ -303,7 +307,7 @@ fn attach_sends_a_local_file_as_a_channel_would() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(replies.len(), 2, "{}", stdout_of(&out));
+    assert_eq!(replies.len(), 3, "{}", stdout_of(&out));
     assert_eq!(replies[0]["provider"], "media");
     assert_eq!(replies[0]["model"], "voice");
     assert!(
@@ -324,17 +328,28 @@ fn attach_sends_a_local_file_as_a_channel_would() {
 
     // Stored with the message, as the channels store theirs.
     let conn = rusqlite::Connection::open(env.store()).unwrap();
-    let kinds: Vec<String> = conn
+    let stored: Vec<convagent::core::Attachment> = conn
         .prepare("SELECT attachments FROM messages WHERE role = 'user' ORDER BY id")
         .unwrap()
         .query_map([], |r| r.get::<_, String>(0))
         .unwrap()
         .map(|j| {
             let list: Vec<convagent::core::Attachment> = serde_json::from_str(&j.unwrap()).unwrap();
-            list[0].kind.as_str().to_string()
+            list[0].clone()
         })
         .collect();
-    assert_eq!(kinds, ["voice note", "photo"]);
+    let kinds: Vec<&str> = stored.iter().map(|a| a.kind.as_str()).collect();
+    assert_eq!(kinds, ["voice note", "photo", "document"]);
+    assert_eq!(
+        stored[2].text.as_deref(),
+        Some("# Opening hours\nMonday to Friday, 9 to 5.")
+    );
+    // Each file kept, under its SHA-256, in the data directory.
+    for (attachment, path) in stored.iter().zip([&note, &photo, &notes]) {
+        let file = attachment.file.as_deref().expect("kept");
+        let kept = env.path("data/convagent/media").join(&file[..2]).join(file);
+        assert_eq!(std::fs::read(kept).unwrap(), std::fs::read(path).unwrap());
+    }
 }
 
 /// With `[stt]` set, an `/attach`ed voice note is heard as `serve` hears

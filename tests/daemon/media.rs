@@ -86,6 +86,13 @@ const CASES: &[(&str, Then, AttachmentKind)] = &[
     ),
 ];
 
+/// Posts `golden` as its provider would (accepted) and waits until the
+/// daemon has done all it will with it.
+async fn deliver(h: &Harness, golden: &convagent::golden::Golden) {
+    assert_eq!(h.post(&h.sign(golden)).await.0, 200, "{}", golden.name);
+    h.drained().await;
+}
+
 /// The newest reply stored: (provider, model, text).
 fn newest_reply(h: &Harness) -> (String, String, String) {
     let conn = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
@@ -218,6 +225,31 @@ static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The bytes the fake Telegram serves as the voice note's file.
 const VOICE_FILE: &[u8] = b"OggS\x00\x02 a voice note as Telegram stores it";
+/// A fetch gives up after this long in these tests.
+const FETCH_TIMEOUT_SECS: u64 = 3;
+
+/// Serves `bytes` as the Telegram file `file_id`, through `getFile` and the
+/// file path, as the Bot API documents; the file's answer is `file`.
+async fn serve_file(h: &Harness, file_id: &str, file: wiremock::ResponseTemplate) {
+    use wiremock::matchers::{body_partial_json, method, path};
+    use wiremock::{Mock, ResponseTemplate};
+    let token = crate::TELEGRAM_TOKEN;
+    Mock::given(method("POST"))
+        .and(path(format!("/bot{token}/getFile")))
+        .and(body_partial_json(serde_json::json!({ "file_id": file_id })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "ok": true,
+            "result": { "file_id": file_id, "file_unique_id": "AgADunique",
+                        "file_path": format!("files/{file_id}") }
+        })))
+        .mount(&h.telegram)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/file/bot{token}/files/{file_id}")))
+        .respond_with(file)
+        .mount(&h.telegram)
+        .await;
+}
 
 /// A daemon with `[stt]` at a fake of the documented transcription API
 /// (multipart in, `{"text": ...}` out), and a fake Telegram that serves the
@@ -246,48 +278,58 @@ async fn hearing_daemon(
         configure: |c| {
             let (url, max) = STT.lock().unwrap().clone().unwrap();
             c.stt.base_url = Some(url);
-            c.stt.max_bytes = max;
+            c.media.voice_max_bytes = max;
+            c.media.fetch_timeout_secs = FETCH_TIMEOUT_SECS;
         },
         ..Options::default()
     })
     .await;
     drop(starting);
     mount_success(&h).await;
-    let token = crate::TELEGRAM_TOKEN;
-    Mock::given(method("POST"))
-        .and(path(format!("/bot{token}/getFile")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "ok": true,
-            "result": { "file_id": "AwACAgIAAxkBAAIBQ2VoiceFileId", "file_unique_id": "AgADvoice01",
-                        "file_size": VOICE_FILE.len(), "file_path": "voice/file_7.oga" }
-        })))
-        .mount(&h.telegram)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(format!("/file/bot{token}/voice/file_7.oga")))
-        .respond_with(ResponseTemplate::new(status).set_body_bytes(VOICE_FILE))
-        .mount(&h.telegram)
-        .await;
+    let file = ResponseTemplate::new(status).set_body_bytes(VOICE_FILE);
+    serve_file(&h, "AwACAgIAAxkBAAIBQ2VoiceFileId", file).await;
     (h, llm, stt)
 }
 
-/// The trace of the one voice note sent: its `transcribed` stage's detail.
-fn transcribed(h: &Harness) -> Option<(String, String)> {
+/// The one trace event of `stage` (the voice note's): outcome and detail.
+fn stage(h: &Harness, stage: &str) -> Option<(String, String)> {
     let conn = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
     conn.query_row(
-        "SELECT outcome, detail FROM traces WHERE stage = 'transcribed'",
-        [],
+        "SELECT outcome, detail FROM traces WHERE stage = ?1",
+        [stage],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .ok()
 }
 
+/// The attachments stored with the newest user message.
+fn stored_attachments(h: &Harness) -> Vec<convagent::core::Attachment> {
+    let conn = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
+    let json: String = conn
+        .query_row(
+            "SELECT attachments FROM messages WHERE role = 'user' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    serde_json::from_str(&json).unwrap()
+}
+
+/// How many times the fake Telegram was asked for the file `file_id`.
+async fn file_requests(h: &Harness, file_id: &str) -> usize {
+    h.telegram
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().ends_with(&format!("/files/{file_id}")))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voice_note_is_fetched_transcribed_and_the_model_reads_the_words() {
     let (h, llm, stt) = hearing_daemon(1 << 20, 200).await;
-    let (status, _, _) = h.post(&h.sign(&h.golden("telegram/voice.json"))).await;
-    assert_eq!(status, 200);
-    h.drained().await;
+    deliver(&h, &h.golden("telegram/voice.json")).await;
     let seen = llm.seen.lock().unwrap().clone();
     assert_eq!(
         seen.last().and_then(|t| t.last()).map(String::as_str),
@@ -311,39 +353,332 @@ async fn a_voice_note_is_fetched_transcribed_and_the_model_reads_the_words() {
     );
     // Stored with the attachment; the message's text stays as sent.
     let conn = rusqlite::Connection::open(h.dir.path().join("convagent.db")).unwrap();
-    let (text, attachments): (String, String) = conn
-        .query_row(
-            "SELECT text, attachments FROM messages WHERE role = 'user'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+    let text: String = conn
+        .query_row("SELECT text FROM messages WHERE role = 'user'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(text, "");
-    assert!(attachments.contains("\"transcript\":\"please call me back tomorrow\""));
-    let (outcome, detail) = transcribed(&h).expect("traced");
-    assert_eq!(outcome, "ok", "{detail}");
+    let voice = &stored_attachments(&h)[0];
+    assert_eq!(
+        voice.transcript.as_deref(),
+        Some("please call me back tomorrow")
+    );
+    // The file is kept under the data directory, named by its SHA-256.
+    let file = voice.file.clone().expect("kept");
+    use sha2::Digest as _;
+    assert_eq!(file, hex::encode(sha2::Sha256::digest(VOICE_FILE)));
+    let kept = h.dir.path().join("data/media").join(&file[..2]).join(&file);
+    assert_eq!(std::fs::read(&kept).unwrap(), VOICE_FILE);
+    assert_eq!(stage(&h, "fetched").unwrap().0, "ok");
+    let (outcome, detail) = stage(&h, "transcribed").expect("traced");
+    assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "5 words"));
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voice_note_that_cannot_be_fetched_is_still_answered_and_the_trace_says_why() {
-    for (max_bytes, status, why) in [
-        (1 << 20, 404, "HTTP 404"),
-        (16, 200, "over the cap of 16 bytes"),
-    ] {
-        let (h, llm, stt) = hearing_daemon(max_bytes, status).await;
-        let (code, _, _) = h.post(&h.sign(&h.golden("telegram/voice.json"))).await;
-        assert_eq!(code, 200);
-        h.drained().await;
+    use wiremock::ResponseTemplate;
+    let voice = "AwACAgIAAxkBAAIBQ2VoiceFileId";
+    // (cap, the file's answer ahead of the served one, how many times it
+    // answers so, the file requests made, what the trace says)
+    let slow = ResponseTemplate::new(200)
+        .set_body_bytes(VOICE_FILE)
+        .set_delay(std::time::Duration::from_secs(FETCH_TIMEOUT_SECS * 3));
+    let cases = [
+        (
+            1 << 20,
+            Some(ResponseTemplate::new(404)),
+            None,
+            1,
+            "Telegram file: HTTP 404".to_string(),
+        ),
+        (
+            1 << 20,
+            Some(ResponseTemplate::new(500)),
+            None,
+            3,
+            "Telegram file: HTTP 500 (after 3 attempts)".into(),
+        ),
+        (
+            1 << 20,
+            Some(slow),
+            None,
+            1,
+            format!("timed out after {FETCH_TIMEOUT_SECS} s"),
+        ),
+        // Over the cap the provider said: not asked for at all.
+        (16, None, None, 0, "over the cap of 16 bytes".into()),
+    ];
+    for (max_bytes, ahead, times, requests, why) in cases {
+        let (h, llm, stt) = hearing_daemon(max_bytes, 200).await;
+        if let Some(ahead) = ahead {
+            let mock =
+                wiremock::Mock::given(wiremock::matchers::path_regex(format!("/files/{voice}$")))
+                    .respond_with(ahead)
+                    .with_priority(1);
+            match times {
+                Some(n) => mock.up_to_n_times(n).mount(&h.telegram).await,
+                None => mock.mount(&h.telegram).await,
+            }
+        }
+        deliver(&h, &h.golden("telegram/voice.json")).await;
         assert!(
             llm.seen.lock().unwrap().is_empty(),
             "{why}: the notice answers"
         );
         assert_eq!(newest_reply(&h).1, "voice", "{why}");
         assert!(stt.received_requests().await.unwrap().is_empty(), "{why}");
-        let (outcome, detail) = transcribed(&h).expect("traced");
-        assert_eq!(outcome, "failed");
-        assert!(detail.contains(why), "{detail}");
+        let (outcome, detail) = stage(&h, "fetched").expect("traced");
+        assert_eq!(
+            (outcome.as_str(), detail.as_str()),
+            ("failed", why.as_str())
+        );
+        assert_eq!(file_requests(&h, voice).await, requests, "{why}");
+        // Recorded, so a later turn does not fetch it again.
+        assert_eq!(
+            stored_attachments(&h)[0].fetch_error.as_deref(),
+            Some(why.as_str())
+        );
         h.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_is_tried_again_and_a_file_over_the_cap_is_refused_by_its_length() {
+    use wiremock::ResponseTemplate;
+    let voice = "AwACAgIAAxkBAAIBQ2VoiceFileId";
+    // Telegram answers 502 once; the second attempt gets the file.
+    let (h, llm, _stt) = hearing_daemon(1 << 20, 200).await;
+    wiremock::Mock::given(wiremock::matchers::path_regex(format!("/files/{voice}$")))
+        .respond_with(ResponseTemplate::new(502))
+        .with_priority(1)
+        .up_to_n_times(1)
+        .mount(&h.telegram)
+        .await;
+    deliver(&h, &h.golden("telegram/voice.json")).await;
+    assert_eq!(file_requests(&h, voice).await, 2);
+    assert_eq!(stage(&h, "transcribed").unwrap().0, "ok");
+    assert_eq!(
+        llm.seen.lock().unwrap().len(),
+        1,
+        "the model read the words"
+    );
+    h.stop().await;
+
+    // A provider that does not say the size: the file's Content-Length is
+    // over the cap, so none of it is read, and the person gets the notice.
+    let (h, llm, stt) = hearing_daemon(16, 200).await;
+    let mut golden = h.golden("telegram/voice.json");
+    golden.json.as_mut().unwrap()["message"]["voice"]
+        .as_object_mut()
+        .unwrap()
+        .remove("file_size");
+    deliver(&h, &golden).await;
+    let (outcome, detail) = stage(&h, "fetched").unwrap();
+    assert_eq!(
+        (outcome.as_str(), detail.as_str()),
+        ("failed", "Telegram file: over the cap of 16 bytes")
+    );
+    assert!(llm.seen.lock().unwrap().is_empty());
+    assert!(stt.received_requests().await.unwrap().is_empty());
+    assert_eq!(newest_reply(&h).1, "voice");
+    h.stop().await;
+}
+
+/// What the fake Telegram serves as the large photo: a JPEG's first bytes.
+const PHOTO: &[u8] = b"\xFF\xD8\xFF\xE0\x00\x10JFIF a photo of a dog";
+const PHOTO_ID: &str = "AgACAgIAAxkBAAIBphotoLarge";
+
+/// The provider the vision tests give the daemon, built once its fake
+/// listens (`Options::configure` is a plain function, the provider is not).
+async fn photo_daemon(llm: Arc<dyn convagent::core::LlmProvider>) -> Harness {
+    let h = Harness::start(Options {
+        llm,
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    serve_file(
+        &h,
+        PHOTO_ID,
+        wiremock::ResponseTemplate::new(200).set_body_bytes(PHOTO),
+    )
+    .await;
+    h
+}
+
+/// A fake Ollama whose `/api/show` lists `capabilities`, answering chats.
+async fn ollama_with(
+    capabilities: &[&str],
+) -> (wiremock::MockServer, Arc<dyn convagent::core::LlmProvider>) {
+    use convagent::adapters::llm::http::Timeouts;
+    use convagent::adapters::llm::ollama::{Ollama, OllamaSettings};
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/show"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "modelfile": "", "details": { "family": "gemma3" }, "capabilities": capabilities
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string(crate::support::ollama_answer("A dog.")),
+        )
+        .mount(&server)
+        .await;
+    let ollama = Ollama::new(OllamaSettings {
+        host: server.uri(),
+        model: "gemma3:4b".into(),
+        num_ctx: 4096,
+        keep_alive: "5m".into(),
+        timeouts: Timeouts {
+            first_chunk: std::time::Duration::from_secs(10),
+            between_chunks: std::time::Duration::from_secs(10),
+        },
+        vision: None,
+    });
+    (server, Arc::new(ollama))
+}
+
+/// The messages of the last `/api/chat` (or chat completions) request.
+async fn last_chat(server: &wiremock::MockServer, suffix: &str) -> Vec<serde_json::Value> {
+    let requests = server.received_requests().await.unwrap();
+    let chat = requests
+        .iter()
+        .rev()
+        .find(|r| r.url.path().ends_with(suffix))
+        .expect("the model was asked");
+    let body: serde_json::Value = serde_json::from_slice(&chat.body).unwrap();
+    body["messages"].as_array().unwrap().clone()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_reaches_an_ollama_model_that_sees_as_its_images() {
+    let (ollama, llm) = ollama_with(&["completion", "vision"]).await;
+    let h = photo_daemon(llm).await;
+    deliver(&h, &h.golden("telegram/photo_no_caption.json")).await;
+    // Not the notice: the model saw it, with exactly the served bytes.
+    assert_eq!(newest_reply(&h).2, "A dog.");
+    let messages = last_chat(&ollama, "/api/chat").await;
+    let user = messages.last().unwrap();
+    assert_eq!(user["images"], serde_json::json!([base64(PHOTO)]));
+    assert_eq!(user["content"], "[photo 1280×960, image/jpeg, 146 KB]");
+    // Ollama was asked what the model can do, as its API documents.
+    let show = ollama.received_requests().await.unwrap();
+    let show = show.iter().find(|r| r.url.path() == "/api/show").unwrap();
+    let asked: serde_json::Value = serde_json::from_slice(&show.body).unwrap();
+    assert_eq!(asked, serde_json::json!({ "model": "gemma3:4b" }));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_cannot_see_reads_the_stand_in_and_a_bare_photo_gets_the_notice() {
+    let (ollama, llm) = ollama_with(&["completion", "tools"]).await;
+    let h = photo_daemon(llm).await;
+    let caption = "AgACAgQAAxkBAAIBZ2Sn";
+    serve_file(
+        &h,
+        caption,
+        wiremock::ResponseTemplate::new(200).set_body_bytes(PHOTO),
+    )
+    .await;
+    deliver(&h, &h.golden("telegram/photo_with_caption.json")).await;
+    let messages = last_chat(&ollama, "/api/chat").await;
+    let user = messages.last().unwrap();
+    assert!(user.get("images").is_none(), "{user}");
+    let content = user["content"].as_str().unwrap();
+    assert!(content.starts_with("[photo "), "{content}");
+    assert!(content.ends_with("What breed is this dog?"), "{content}");
+    // Fetched all the same (kept for a model that sees later).
+    assert!(stored_attachments(&h)[0].file.is_some());
+    // Nothing but a photo, and no model that sees: the notice.
+    deliver(&h, &h.golden("telegram/photo_no_caption.json")).await;
+    let (provider, model, _) = newest_reply(&h);
+    assert_eq!((provider.as_str(), model.as_str()), ("media", "image"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_reaches_an_openai_model_that_sees_as_a_content_part() {
+    use convagent::adapters::llm::http::Timeouts;
+    use convagent::adapters::llm::openai::{OpenAi, OpenAiSettings};
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    let sse = concat!(
+        "data: {\"choices\":[{\"delta\":{\"content\":\"A dog.\"}}]}\n\n",
+        "data: [DONE]\n\n"
+    );
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(sse),
+        )
+        .mount(&server)
+        .await;
+    let openai = OpenAi::new(OpenAiSettings {
+        base_url: format!("{}/v1", server.uri()),
+        api_key: Some("sk-test".into()),
+        model: "gpt-4o-mini".into(),
+        timeouts: Timeouts {
+            first_chunk: std::time::Duration::from_secs(10),
+            between_chunks: std::time::Duration::from_secs(10),
+        },
+        vision: true,
+    });
+    let h = photo_daemon(Arc::new(openai)).await;
+    deliver(&h, &h.golden("telegram/photo_no_caption.json")).await;
+    assert_eq!(newest_reply(&h).2, "A dog.");
+    let messages = last_chat(&server, "/chat/completions").await;
+    assert_eq!(
+        messages.last().unwrap()["content"],
+        serde_json::json!([
+            { "type": "text", "text": "[photo 1280×960, image/jpeg, 146 KB]" },
+            { "type": "image_url", "image_url": { "url": format!("data:image/jpeg;base64,{}", base64(PHOTO)) } }
+        ])
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pdf_is_read_and_the_model_gets_its_text() {
+    let llm = Arc::new(EchoLlm::new());
+    let h = Harness::start(Options {
+        llm: llm.clone(),
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    let pdf = crate::support::pdf_with_text("Invoice 1042: total due 99.50 EUR");
+    serve_file(
+        &h,
+        "BQACAgIAAxkBAAIBdocumentId",
+        wiremock::ResponseTemplate::new(200).set_body_bytes(pdf),
+    )
+    .await;
+    deliver(&h, &h.golden("telegram/document.json")).await;
+    let seen = llm.seen.lock().unwrap().clone();
+    let read = seen.last().and_then(|t| t.last()).unwrap();
+    assert!(
+        read.starts_with("[document, invoice-1042.pdf, application/pdf, 47 KB] contents:\n"),
+        "{read}"
+    );
+    assert!(read.contains("Invoice 1042: total due 99.50 EUR"), "{read}");
+    assert!(read.ends_with("\nIs this invoice right?"), "{read}");
+    let (outcome, detail) = stage(&h, "fetched").unwrap();
+    assert_eq!(outcome, "ok");
+    assert!(detail.contains("characters read"), "{detail}");
+    h.stop().await;
 }

@@ -40,6 +40,7 @@ async fn an_unreachable_ollama_falls_through_at_once() {
             first_chunk: Duration::from_secs(300),
             between_chunks: Duration::from_secs(30),
         },
+        vision: None,
     }));
     let backup = Arc::new(FakeLlm {
         name: "embedded".into(),

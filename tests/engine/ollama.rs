@@ -19,6 +19,7 @@ fn ollama(host: &str, timeouts: Timeouts) -> Ollama {
         num_ctx: 4096,
         keep_alive: "5m".into(),
         timeouts,
+        vision: None,
     })
 }
 

@@ -21,6 +21,7 @@ fn provider(base: &str) -> OpenAi {
             first_chunk: Duration::from_secs(2),
             between_chunks: Duration::from_millis(300),
         },
+        vision: false,
     })
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 
-use crate::core::channel::SendError;
+use crate::core::channel::{FetchError, SendError};
 
 /// Compares secrets without leaking, through timing, how much matched.
 pub fn secure_eq(a: &str, b: &str) -> bool {
@@ -48,23 +48,33 @@ fn unanswered(e: reqwest::Error) -> String {
 
 /// The body of `request`, at most `max_bytes` of it: a file over the cap is
 /// refused by its `Content-Length` before a byte is read, or as soon as the
-/// bytes read pass the cap (a server may not say how long it is).
-async fn download(request: reqwest::RequestBuilder, max_bytes: u64) -> Result<Vec<u8>, String> {
+/// bytes read pass the cap (a server may not say how long it is). A 5xx or
+/// a connection that failed is worth another try; a 4xx or the cap is not.
+async fn download(request: reqwest::RequestBuilder, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
     use futures_util::StreamExt;
-    let response = request.send().await.map_err(unanswered)?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| FetchError::transient(unanswered(e)))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("HTTP {}", status.as_u16()));
+        let why = format!("HTTP {}", status.as_u16());
+        return Err(if status.is_server_error() || status.as_u16() == 429 {
+            FetchError::transient(why)
+        } else {
+            FetchError::permanent(why)
+        });
     }
+    let over = || FetchError::permanent(format!("over the cap of {max_bytes} bytes"));
     if response.content_length().is_some_and(|n| n > max_bytes) {
-        return Err(format!("over the cap of {max_bytes} bytes"));
+        return Err(over());
     }
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(unanswered)?;
+        let chunk = chunk.map_err(|e| FetchError::transient(unanswered(e)))?;
         if body.len() as u64 + chunk.len() as u64 > max_bytes {
-            return Err(format!("over the cap of {max_bytes} bytes"));
+            return Err(over());
         }
         body.extend_from_slice(&chunk);
     }

@@ -324,7 +324,7 @@ impl ChannelAdapter for Slack {
         &'a self,
         attachment: &'a Attachment,
         max_bytes: u64,
-    ) -> Option<BoxFuture<'a, Result<Vec<u8>, String>>> {
+    ) -> Option<BoxFuture<'a, Result<Vec<u8>, crate::core::channel::FetchError>>> {
         if attachment.url.is_empty() {
             return None;
         }
@@ -335,7 +335,7 @@ impl ChannelAdapter for Slack {
         Some(Box::pin(async move {
             super::download(request, max_bytes)
                 .await
-                .map_err(|e| format!("Slack file: {e}"))
+                .map_err(|e| e.context("Slack file"))
         }))
     }
 

@@ -16,7 +16,8 @@ use super::registry::ChannelSpec;
 use super::{http_client, secure_eq, send_error};
 use crate::config::Config;
 use crate::core::channel::{
-    ChannelAdapter, Inbound, Registration, SendError, Sent, WebhookError, WebhookRequest,
+    ChannelAdapter, FetchError, Inbound, Registration, SendError, Sent, WebhookError,
+    WebhookRequest,
 };
 use crate::core::llm::BoxFuture;
 use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage, SENDER_NAME};
@@ -428,13 +429,15 @@ impl ChannelAdapter for Telegram {
         &'a self,
         attachment: &'a crate::core::message::Attachment,
         max_bytes: u64,
-    ) -> Option<BoxFuture<'a, Result<Vec<u8>, String>>> {
+    ) -> Option<BoxFuture<'a, Result<Vec<u8>, FetchError>>> {
         let file_id = attachment.file_id.clone()?;
         Some(Box::pin(async move {
-            let file = self.call("getFile", json!({ "file_id": file_id })).await?;
-            let path = file["file_path"]
-                .as_str()
-                .ok_or("Telegram getFile: no file_path (the file may be over 20 MB)")?;
+            let file = self
+                .call_classified("getFile", json!({ "file_id": file_id }))
+                .await?;
+            let path = file["file_path"].as_str().ok_or_else(|| {
+                FetchError::permanent("Telegram getFile: no file_path (the file may be over 20 MB)")
+            })?;
             let url = format!(
                 "{}/file/bot{}/{path}",
                 self.settings.api_base.trim_end_matches('/'),
@@ -442,7 +445,7 @@ impl ChannelAdapter for Telegram {
             );
             super::download(self.client.get(url), max_bytes)
                 .await
-                .map_err(|e| format!("Telegram file: {e}"))
+                .map_err(|e| e.context("Telegram file"))
         }))
     }
 
@@ -518,6 +521,16 @@ impl Telegram {
         method: &str,
         body: serde_json::Value,
     ) -> Result<serde_json::Value, String> {
+        self.call_classified(method, body).await.map_err(|e| e.why)
+    }
+
+    /// [`Self::call`], saying whether asking again may help: a connection
+    /// that failed, or Telegram's `error_code` of 5xx or 429.
+    async fn call_classified(
+        &self,
+        method: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, FetchError> {
         let s = &self.settings;
         let url = format!(
             "{}/bot{}/{method}",
@@ -530,21 +543,33 @@ impl Telegram {
             .json(&body)
             .send()
             .await
-            .map_err(|e| format!("Telegram {method}: {}", super::unanswered(e)))?;
-        let body: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| format!("Telegram {method}: unreadable answer: {}", e.without_url()))?;
+            .map_err(|e| {
+                FetchError::transient(format!("Telegram {method}: {}", super::unanswered(e)))
+            })?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.map_err(|e| {
+            let why = format!("Telegram {method}: unreadable answer: {}", e.without_url());
+            match status.is_server_error() {
+                true => FetchError::transient(why),
+                false => FetchError::permanent(why),
+            }
+        })?;
         if body["ok"].as_bool() == Some(true) {
-            Ok(body["result"].clone())
-        } else {
-            Err(format!(
-                "Telegram {method}: {}",
-                body["description"]
-                    .as_str()
-                    .unwrap_or("failed without a description")
-            ))
+            return Ok(body["result"].clone());
         }
+        let why = format!(
+            "Telegram {method}: {}",
+            body["description"]
+                .as_str()
+                .unwrap_or("failed without a description")
+        );
+        let code = body["error_code"]
+            .as_u64()
+            .unwrap_or(u64::from(status.as_u16()));
+        Err(match code {
+            429 | 500..=599 => FetchError::transient(why),
+            _ => FetchError::permanent(why),
+        })
     }
 
     /// `setWebhook` with our secret token and the updates we handle.

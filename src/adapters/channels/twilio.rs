@@ -293,7 +293,7 @@ impl ChannelAdapter for Twilio {
         &'a self,
         attachment: &'a crate::core::message::Attachment,
         max_bytes: u64,
-    ) -> Option<BoxFuture<'a, Result<Vec<u8>, String>>> {
+    ) -> Option<BoxFuture<'a, Result<Vec<u8>, crate::core::channel::FetchError>>> {
         if attachment.url.is_empty() {
             return None;
         }
@@ -305,7 +305,7 @@ impl ChannelAdapter for Twilio {
         Some(Box::pin(async move {
             super::download(request, max_bytes)
                 .await
-                .map_err(|e| format!("Twilio media: {e}"))
+                .map_err(|e| e.context("Twilio media"))
         }))
     }
 

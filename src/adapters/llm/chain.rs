@@ -340,6 +340,19 @@ impl LlmProvider for Chain {
         self.providers.first().map_or("", |p| p.model())
     }
 
+    /// Any provider that sees makes the chain see: the images go to it, and
+    /// one failed over to that cannot reads their stand-ins.
+    fn sees(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            for p in &self.providers {
+                if p.sees().await {
+                    return true;
+                }
+            }
+            false
+        })
+    }
+
     fn generate<'a>(
         &'a self,
         request: &'a LlmRequest,

@@ -43,6 +43,7 @@ impl Configured {
                     first_chunk: secs(llm.ollama.first_chunk_timeout_secs),
                     between_chunks: secs(llm.ollama.chunk_timeout_secs),
                 },
+                vision: llm.ollama.vision,
             }))),
             ProviderKind::Openai => Configured::OpenAi(Arc::new(OpenAi::new(OpenAiSettings {
                 base_url: llm.openai.base_url.clone(),
@@ -52,6 +53,7 @@ impl Configured {
                     first_chunk: secs(llm.openai.first_chunk_timeout_secs),
                     between_chunks: secs(llm.openai.chunk_timeout_secs),
                 },
+                vision: llm.openai.vision,
             }))),
             ProviderKind::Embedded => {
                 let threads = match llm.embedded.threads {

@@ -24,11 +24,21 @@ pub struct OllamaSettings {
     pub num_ctx: u32,
     pub keep_alive: String,
     pub timeouts: Timeouts,
+    /// Whether the model takes images; `None`: ask `/api/show`.
+    pub vision: Option<bool>,
 }
 
 pub struct Ollama {
     client: reqwest::Client,
     settings: OllamaSettings,
+    /// What `/api/show` said the model can do, once it answered.
+    shown_vision: tokio::sync::OnceCell<bool>,
+}
+
+#[derive(Deserialize)]
+struct Show {
+    #[serde(default)]
+    capabilities: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +93,35 @@ impl Ollama {
         Ollama {
             client: http::client(),
             settings,
+            shown_vision: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Whether the model takes images: as configured, else whether
+    /// `POST /api/show` lists `"vision"` among its capabilities (asked once
+    /// it answers; until then, and for an Ollama too old to say, no).
+    pub async fn vision(&self) -> bool {
+        if let Some(v) = self.settings.vision {
+            return v;
+        }
+        let url = http::join(&self.settings.host, "/api/show");
+        let asked = self
+            .shown_vision
+            .get_or_try_init(|| async {
+                let request = self
+                    .client
+                    .post(&url)
+                    .json(&serde_json::json!({ "model": self.settings.model }));
+                let show: Show = http::fetch_json(NAME, &url, request, LIST_TIMEOUT).await?;
+                Ok::<_, LlmError>(show.capabilities.iter().any(|c| c == "vision"))
+            })
+            .await;
+        match asked {
+            Ok(v) => *v,
+            Err(e) => {
+                tracing::debug!(error = %e, "ollama: /api/show did not say whether the model sees");
+                false
+            }
         }
     }
 
@@ -116,6 +155,7 @@ impl Ollama {
     ) -> Result<LlmOutput, LlmError> {
         let s = &self.settings;
         let url = http::join(&s.host, "/api/chat");
+        let sees = request.messages.iter().any(|m| !m.images.is_empty()) && self.vision().await;
         // Written straight from the request: a `json!` value would copy the
         // whole conversation into a tree first.
         #[derive(serde::Serialize)]
@@ -135,7 +175,7 @@ impl Ollama {
         }
         let body = Body {
             model: &s.model,
-            messages: tools::Messages(request, tools::Dialect::Ollama),
+            messages: tools::Messages(request, tools::Dialect::Ollama, sees),
             tools: tools::Tools(&request.tools),
             stream: true,
             keep_alive: &s.keep_alive,
@@ -218,6 +258,10 @@ impl LlmProvider for Ollama {
 
     fn model(&self) -> &str {
         &self.settings.model
+    }
+
+    fn sees(&self) -> BoxFuture<'_, bool> {
+        Box::pin(self.vision())
     }
 
     fn generate<'a>(

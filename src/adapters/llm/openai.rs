@@ -26,6 +26,8 @@ pub struct OpenAiSettings {
     pub api_key: Option<String>,
     pub model: String,
     pub timeouts: Timeouts,
+    /// Whether the model takes images (as `image_url` content parts).
+    pub vision: bool,
 }
 
 pub struct OpenAi {
@@ -153,7 +155,7 @@ impl OpenAi {
         }
         let body = Body {
             model: &s.model,
-            messages: tools::Messages(request, tools::Dialect::OpenAi),
+            messages: tools::Messages(request, tools::Dialect::OpenAi, s.vision),
             tools: tools::Tools(&request.tools),
             stream: true,
             max_tokens: request.max_tokens,
@@ -252,6 +254,11 @@ impl LlmProvider for OpenAi {
 
     fn model(&self) -> &str {
         &self.settings.model
+    }
+
+    fn sees(&self) -> BoxFuture<'_, bool> {
+        let vision = self.settings.vision;
+        Box::pin(async move { vision })
     }
 
     fn generate<'a>(

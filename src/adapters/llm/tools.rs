@@ -6,7 +6,7 @@
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::{Value, json};
 
-use crate::core::llm::LlmRequest;
+use crate::core::llm::{ChatMessage, LlmRequest};
 use crate::core::tools::{ToolCall, ToolSpec};
 
 /// `{"type": "function", "function": {name, description, parameters}}` each.
@@ -38,8 +38,40 @@ pub enum Dialect {
 }
 
 /// The request's messages, then each tool round: the assistant's calls and
-/// one `tool` message per result. Written straight from the request.
-pub struct Messages<'a>(pub &'a LlmRequest, pub Dialect);
+/// one `tool` message per result. Written straight from the request; the
+/// messages' images only for a model that sees (the last field), in the
+/// API's shape: Ollama's `images` (base64) beside the content, OpenAI's
+/// content parts (`text`, then an `image_url` with a data URL each).
+pub struct Messages<'a>(pub &'a LlmRequest, pub Dialect, pub bool);
+
+/// One message with its images, in `dialect`'s shape.
+struct Seen<'a>(&'a ChatMessage, Dialect);
+
+impl Serialize for Seen<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        let Seen(m, dialect) = self;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let value = match dialect {
+            Dialect::Ollama => json!({
+                "role": m.role,
+                "content": m.content,
+                "images": m.images.iter().map(|i| encode(&i.bytes)).collect::<Vec<_>>(),
+            }),
+            Dialect::OpenAi => {
+                let mut parts = vec![json!({ "type": "text", "text": m.content })];
+                parts.extend(m.images.iter().map(|i| {
+                    json!({
+                        "type": "image_url",
+                        "image_url": { "url": format!("data:{};base64,{}", i.mime, encode(&i.bytes)) }
+                    })
+                }));
+                json!({ "role": m.role, "content": parts })
+            }
+        };
+        value.serialize(s)
+    }
+}
 
 /// The id a call goes by: the provider's, or one made from its position.
 fn call_id(call: &ToolCall, round: usize, i: usize) -> String {
@@ -50,10 +82,14 @@ fn call_id(call: &ToolCall, round: usize, i: usize) -> String {
 
 impl Serialize for Messages<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let Messages(request, dialect) = self;
+        let Messages(request, dialect, sees) = self;
         let mut seq = s.serialize_seq(None)?;
         for m in &request.messages {
-            seq.serialize_element(m)?;
+            if *sees && !m.images.is_empty() {
+                seq.serialize_element(&Seen(m, *dialect))?;
+            } else {
+                seq.serialize_element(m)?;
+            }
         }
         for (round, exchange) in request.exchanges.iter().enumerate() {
             let calls: Vec<Value> = exchange
@@ -107,7 +143,6 @@ pub fn arguments(value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::llm::ChatMessage;
     use crate::core::message::Role;
     use crate::core::tools::{ToolExchange, ToolResult};
 
@@ -128,9 +163,40 @@ mod tests {
         r
     }
 
+    fn with_photo() -> LlmRequest {
+        let mut m = ChatMessage::new(Role::User, "[photo, image/png]\nwhat is it?");
+        m.images.push(crate::core::llm::Image {
+            mime: "image/png".into(),
+            bytes: std::sync::Arc::from(&b"\x89PNG"[..]),
+        });
+        LlmRequest::new(vec![m], 64)
+    }
+
+    #[test]
+    fn images_go_in_each_apis_shape_to_a_model_that_sees_and_not_otherwise() {
+        let ollama = serde_json::to_value(Messages(&with_photo(), Dialect::Ollama, true)).unwrap();
+        assert_eq!(ollama[0]["images"], json!(["iVBORw=="]));
+        assert_eq!(ollama[0]["content"], "[photo, image/png]\nwhat is it?");
+        let openai = serde_json::to_value(Messages(&with_photo(), Dialect::OpenAi, true)).unwrap();
+        assert_eq!(
+            openai[0]["content"],
+            json!([
+                { "type": "text", "text": "[photo, image/png]\nwhat is it?" },
+                { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBORw==" } }
+            ])
+        );
+        for dialect in [Dialect::Ollama, Dialect::OpenAi] {
+            let blind = serde_json::to_value(Messages(&with_photo(), dialect, false)).unwrap();
+            assert_eq!(
+                blind[0],
+                json!({ "role": "user", "content": "[photo, image/png]\nwhat is it?" })
+            );
+        }
+    }
+
     #[test]
     fn ollama_rounds_carry_objects_and_tool_names() {
-        let v = serde_json::to_value(Messages(&request(), Dialect::Ollama)).unwrap();
+        let v = serde_json::to_value(Messages(&request(), Dialect::Ollama, false)).unwrap();
         assert_eq!(
             v[1]["tool_calls"][0]["function"]["arguments"]["timezone"],
             "UTC"
@@ -143,7 +209,7 @@ mod tests {
 
     #[test]
     fn openai_rounds_carry_strings_and_call_ids() {
-        let v = serde_json::to_value(Messages(&request(), Dialect::OpenAi)).unwrap();
+        let v = serde_json::to_value(Messages(&request(), Dialect::OpenAi, false)).unwrap();
         let call = &v[1]["tool_calls"][0];
         assert_eq!(call["function"]["arguments"], r#"{"timezone":"UTC"}"#);
         assert_eq!(v[2]["tool_call_id"], call["id"]);

@@ -100,6 +100,13 @@ fn erase_conversations_in(tx: &mut Transaction<'_>, ids: &[i64]) -> Result<Erase
         return Ok(Erased::default());
     }
     let ids = ids.to_vec();
+    let mut files = Vec::new();
+    for row in tx.query(
+        "SELECT attachments FROM messages WHERE conversation_id = ANY($1) AND attachments <> '[]'",
+        &[&ids],
+    )? {
+        files.extend(crate::core::media::stored_files(row.try_get(0)?));
+    }
     let mut run = |sql: &str| -> Result<u64, StoreError> { Ok(tx.execute(sql, &[&ids])?) };
     // Children first: every reference points into what is deleted next.
     run("DELETE FROM token_usage WHERE conversation_id = ANY($1)")?;
@@ -122,6 +129,7 @@ fn erase_conversations_in(tx: &mut Transaction<'_>, ids: &[i64]) -> Result<Erase
         traces,
         outbox,
         violations,
+        files,
     })
 }
 

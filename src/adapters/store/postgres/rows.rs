@@ -120,10 +120,12 @@ pub(super) fn summary(r: &Row) -> Result<Summary, StoreError> {
 /// the model reads it.
 pub(super) fn turn(r: &Row, at: usize) -> Result<Turn, StoreError> {
     let attachments: String = r.try_get(at + 3)?;
+    let (text, images) = crate::core::media::stored_for_model(r.try_get(at + 2)?, &attachments);
     Ok(Turn {
         message_id: r.try_get(at)?,
         role: role(r.try_get(at + 1)?)?,
-        text: crate::core::media::stored_for_model(r.try_get(at + 2)?, &attachments),
+        text,
+        images,
     })
 }
 

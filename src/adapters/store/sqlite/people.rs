@@ -91,7 +91,17 @@ pub(super) fn erase_conversations_in(conn: &Connection, ids: &[i64]) -> Result<E
     // Children first: every reference points into what is deleted next.
     // Tokens used per day are counts, not reported apart.
     run("DELETE FROM token_usage WHERE conversation_id IN (SELECT value FROM json_each(?1))")?;
+    let mut files = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT attachments FROM messages
+         WHERE conversation_id IN (SELECT value FROM json_each(?1)) AND attachments <> '[]'",
+    )?;
+    let mut rows = stmt.query(params![ids])?;
+    while let Some(row) = rows.next()? {
+        files.extend(crate::core::media::stored_files(&row.get::<_, String>(0)?));
+    }
     let erased = Erased {
+        files,
         violations: run("DELETE FROM guardrail_violations WHERE message_id IN
                  (SELECT id FROM messages WHERE conversation_id IN (SELECT value FROM json_each(?1)))")?,
         traces: run("DELETE FROM traces WHERE correlation_id IN

@@ -389,10 +389,12 @@ impl ConversationReads for SqliteStore {
                 |r| {
                     let role: String = r.get(1)?;
                     let attachments: String = r.get(3)?;
+                    let (text, images) = media::stored_for_model(r.get(2)?, &attachments);
                     Ok(Turn {
                         message_id: r.get(0)?,
                         role: parse_role(&role, 1)?,
-                        text: media::stored_for_model(r.get(2)?, &attachments),
+                        text,
+                        images,
                     })
                 },
             )?
@@ -424,10 +426,12 @@ impl ConversationReads for SqliteStore {
             if let Some(message_id) = r.get::<_, Option<i64>>(1)? {
                 let role: String = r.get(2)?;
                 let attachments: String = r.get(4)?;
+                let (text, images) = media::stored_for_model(r.get(3)?, &attachments);
                 after.turns.push(Turn {
                     message_id,
                     role: parse_role(&role, 2)?,
-                    text: media::stored_for_model(r.get(3)?, &attachments),
+                    text,
+                    images,
                 });
             }
         }
