@@ -60,6 +60,7 @@ have() {
       prometheus) command -v promtool >/dev/null 2>&1 ;;
       systemd) command -v systemd-analyze >/dev/null 2>&1 ;;
       postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ;;
+      opus-tools) command -v opusenc >/dev/null 2>&1 ;;
       *) command -v "$1" >/dev/null 2>&1 ;;
     esac
   fi
@@ -68,8 +69,10 @@ need=""
 # prometheus: its promtool checks the alerting rules we ship (deploy/prometheus);
 # systemd: systemd-analyze verifies the units `convagent service install` writes;
 # postgresql: the tests start throwaway clusters of it (initdb, pg_ctl);
-# openssl: the TLS test makes its cluster's certificates with it.
-for pkg in cmake clang libclang-dev python3 python3-pip python3-venv tmux man-db prometheus systemd postgresql openssl; do
+# openssl: the TLS test makes its cluster's certificates with it;
+# espeak-ng and opus-tools: the voice-note tests speak a sentence and encode
+# it to OGG/Opus as Telegram and WhatsApp send voice notes.
+for pkg in cmake clang libclang-dev python3 python3-pip python3-venv tmux man-db prometheus systemd postgresql openssl espeak-ng opus-tools; do
   have "$pkg" || need="$need $pkg"
 done
 # npm: the official MCP conformance suite comes from the npm registry. Any

@@ -1,6 +1,7 @@
 //! Adapters: the concrete stores, LLM providers and channels behind the
 //! core's ports.
 
+pub mod audio;
 pub mod channels;
 pub mod clock;
 pub mod documents;

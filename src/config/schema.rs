@@ -48,6 +48,9 @@ pub struct SttConfig {
     pub api_key: Option<String>,
     /// The longest one transcription may take.
     pub timeout_secs: u64,
+    /// Decode voice notes and audio to 16 kHz mono WAV before sending them
+    /// (what whisper.cpp's server takes); false: send them as they came.
+    pub convert: bool,
 }
 
 impl Default for SttConfig {
@@ -57,6 +60,7 @@ impl Default for SttConfig {
             model: "whisper-1".into(),
             api_key: None,
             timeout_secs: 60,
+            convert: true,
         }
     }
 }

@@ -27,7 +27,12 @@ pub struct Media {
     pub config: MediaConfig,
     /// Speech to text (`[stt]`), if configured.
     pub stt: Option<Arc<dyn SpeechToText>>,
+    /// Decode audio to 16 kHz WAV for speech to text (`[stt] convert`).
+    pub convert: bool,
 }
+
+/// The longest recording decoded for speech to text.
+const MAX_HEARD_SECS: u32 = 30 * 60;
 
 impl Media {
     /// The media directory of `settings`, and speech to text where `[stt]`
@@ -41,6 +46,7 @@ impl Media {
             config: config.media.clone(),
             stt: crate::adapters::stt::OpenAiStt::from_config(&config.stt)
                 .map(|s| Arc::new(s) as Arc<dyn SpeechToText>),
+            convert: config.stt.convert,
         }
     }
 
@@ -95,21 +101,64 @@ impl Media {
         if attachment.kind.sense() == Some(Sense::Hearing)
             && let Some(stt) = &self.stt
         {
-            let mime = attachment.content_type.as_deref().unwrap_or("audio/ogg");
-            let name = attachment
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("voice.{}", extension(mime)));
-            match stt.transcribe(bytes, mime, &name).await {
+            let (audio, mime, name, said) = self.for_hearing(attachment, bytes).await;
+            match stt.transcribe(audio, &mime, &name).await {
                 Ok(text) => {
                     let words = text.split_whitespace().count();
-                    trace(Stage::Transcribed, Outcome::Ok, format!("{words} words"));
+                    trace(
+                        Stage::Transcribed,
+                        Outcome::Ok,
+                        format!("{words} words{said}"),
+                    );
                     attachment.transcript = Some(text);
                 }
-                Err(why) => trace(Stage::Transcribed, Outcome::Failed, why),
+                Err(why) => trace(Stage::Transcribed, Outcome::Failed, format!("{why}{said}")),
             }
         }
         true
+    }
+
+    /// What goes to speech to text: with `convert`, the recording decoded
+    /// to 16 kHz WAV (its length kept where the provider said none), else,
+    /// or where it cannot be decoded, the file as it came; and what the
+    /// trace says of that.
+    async fn for_hearing(
+        &self,
+        attachment: &mut Attachment,
+        bytes: Vec<u8>,
+    ) -> (Vec<u8>, String, String, String) {
+        let mime = attachment
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "audio/ogg".into());
+        let name = attachment
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("voice.{}", extension(&mime)));
+        if !self.convert {
+            return (bytes, mime, name, String::new());
+        }
+        let (decoded, bytes) = tokio::task::spawn_blocking(move || {
+            // A decoder that panics on a damaged file has met an unreadable
+            // recording, not ended the turn.
+            let decoded =
+                std::panic::catch_unwind(|| crate::adapters::audio::to_wav(&bytes, MAX_HEARD_SECS))
+                    .unwrap_or_else(|_| Err("an unreadable recording".into()));
+            (decoded, bytes)
+        })
+        .await
+        .unwrap_or_else(|e| (Err(e.to_string()), Vec::new()));
+        match decoded {
+            Ok(decoded) => {
+                let secs = decoded.secs;
+                attachment
+                    .duration_secs
+                    .get_or_insert(secs.round().max(1.0) as u32);
+                let said = format!(", from {secs:.1} s decoded to 16 kHz WAV");
+                (decoded.wav, "audio/wav".into(), "voice.wav".into(), said)
+            }
+            Err(why) => (bytes, mime, name, format!(", sent as it came ({why})")),
+        }
     }
 
     /// The file, at most `cap` bytes, asking again after a 5xx or a lost

@@ -3,7 +3,8 @@
 //! and its redelivery reaching two daemons get one reply, one
 //! conversation's messages posted alternately to two daemons are answered
 //! once each and in order, and `kill -9` of one daemon under load loses
-//! nothing.
+//! nothing; a conversation's media notice goes once an hour whichever
+//! daemon takes its turns.
 
 use std::time::{Duration, Instant};
 
@@ -226,5 +227,56 @@ async fn killing_one_daemon_under_load_loses_nothing() {
         .sum();
     assert_eq!(answers, chats as usize);
     assert!(chats_sent.len() <= chats as usize + 1, "{chats_sent:?}");
+    tokio::task::block_in_place(|| stop(running));
+}
+
+/// A voice note from `chat` as Telegram sends it (no speech-to-text is
+/// configured, so nothing hears it).
+fn voice_update(chat: i64, update: i64) -> serde_json::Value {
+    serde_json::json!({
+        "update_id": update,
+        "message": {
+            "message_id": update,
+            "from": { "id": chat, "is_bot": false, "first_name": "V" },
+            "chat": { "id": chat, "type": "private" },
+            "date": 1763712000,
+            "voice": { "file_id": format!("voice-{update}"), "file_unique_id": format!("u{update}"),
+                       "duration": 3, "mime_type": "audio/ogg", "file_size": 4000 }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_send_a_conversations_media_notice_once_an_hour() {
+    let cluster = Cluster::start();
+    let url = cluster.database("notice");
+    let (telegram, ollama) = fakes(Duration::from_millis(20)).await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    configure(&env, "each");
+    let running = tokio::task::block_in_place(|| daemons(&env, &telegram.uri(), &url, 2));
+    // Voice notes of one conversation, posted alternately to each daemon.
+    for i in 1..=6 {
+        let url = running[i % 2].url.clone();
+        let status =
+            tokio::task::block_in_place(|| post_update(&url, &voice_update(11, 1_100 + i as i64)));
+        assert_eq!(status, 200);
+    }
+    let store = tokio::task::block_in_place(|| PostgresStore::connect(&url, 1).unwrap());
+    wait_drained(&store, 60).await;
+    let texts = sent(&telegram, "text").await;
+    let notice = convagent::core::media::MediaConfig::default().voice_notice;
+    assert_eq!(texts.len(), 6, "each answered: {texts:?}");
+    assert_eq!(texts[0], notice, "told first");
+    assert_eq!(
+        texts.iter().filter(|t| **t == notice).count(),
+        1,
+        "told once across both daemons: {texts:?}"
+    );
+    // The others the model answered from the stand-in.
+    assert!(
+        texts[1..].iter().all(|t| t.starts_with("re: [voice note")),
+        "{texts:?}"
+    );
     tokio::task::block_in_place(|| stop(running));
 }
