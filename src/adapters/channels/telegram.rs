@@ -34,6 +34,8 @@ pub struct TelegramSettings {
     pub webhook_secret: String,
     pub api_base: String,
     pub max_body_bytes: usize,
+    /// `[media] image_max_bytes`: of a photo's sizes, the largest under it.
+    pub image_max_bytes: u64,
 }
 
 pub const SPEC: ChannelSpec = ChannelSpec {
@@ -167,6 +169,7 @@ impl Telegram {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_API_BASE.into()),
             max_body_bytes: t.max_body_bytes,
+            image_max_bytes: config.media.image_max_bytes,
         }))
     }
 
@@ -195,7 +198,9 @@ impl Telegram {
             (None, None) => return Inbound::Ignore("message without an id"),
         };
         let text = m.text.clone().or(m.caption.clone()).unwrap_or_default();
-        let attachments = m.media().attachments(m.caption.as_ref());
+        let attachments = m
+            .media()
+            .attachments(m.caption.as_ref(), self.settings.image_max_bytes);
         if text.trim().is_empty() && attachments.is_empty() {
             return Inbound::Ignore("no text");
         }
@@ -613,6 +618,7 @@ mod tests {
             webhook_secret: "s".into(),
             api_base: DEFAULT_API_BASE.into(),
             max_body_bytes: 1 << 20,
+            image_max_bytes: 100_000,
         })
     }
 
@@ -649,6 +655,32 @@ mod tests {
             let parsed = t.parse(&request(&headers, body.as_bytes()));
             assert!(parsed.is_ok(), "without `{dropped}`: {parsed:?}");
         }
+    }
+
+    #[test]
+    fn of_a_photos_sizes_the_largest_under_the_cap_is_taken() {
+        let headers = json_headers();
+        let chosen = |sizes: serde_json::Value| {
+            let body = json!({ "update_id": 8, "message": {
+                "message_id": 4, "chat": { "id": 42 }, "from": { "id": 42 }, "photo": sizes } })
+            .to_string();
+            let Ok(Inbound::Message(m)) = telegram().parse(&request(&headers, body.as_bytes()))
+            else {
+                panic!("a photo is a message");
+            };
+            m.attachments[0].file_id.clone().unwrap()
+        };
+        let size = |id: &str, side: u64, bytes: u64| json!({ "file_id": id, "file_unique_id": id, "width": side, "height": side, "file_size": bytes });
+        // The cap is 100,000 bytes: the 150 KB size is passed over.
+        let sizes = json!([
+            size("s", 90, 1_320),
+            size("l", 1280, 150_112),
+            size("m", 320, 15_844)
+        ]);
+        assert_eq!(chosen(sizes), "m");
+        // None fits: the largest, which the media stage then refuses.
+        let sizes = json!([size("l", 1280, 250_000), size("m", 320, 150_000)]);
+        assert_eq!(chosen(sizes), "l");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Telegram's media fields of a `Message` as canonical attachments: `voice`,
-//! `audio`, `video_note`, `video`, `photo` (the largest size), `document`,
+//! `audio`, `video_note`, `video`, `photo` (the largest size under the cap), `document`,
 //! `sticker`, `location`, `venue` and `contact`. Read leniently, each from
 //! its JSON value: a field of an unexpected shape is left out, never a
 //! reason to refuse the update.
@@ -89,7 +89,14 @@ fn contact(v: &Value) -> Option<Attachment> {
 
 impl Media<'_> {
     /// The attachments, in a fixed order; `caption` is the message's.
-    pub(super) fn attachments(&self, caption: Option<&String>) -> Vec<Attachment> {
+    /// What came with the message; of a photo's sizes, the largest of at
+    /// most `image_max_bytes` (the largest of all if none is: the media
+    /// stage then refuses it and the person is told).
+    pub(super) fn attachments(
+        &self,
+        caption: Option<&String>,
+        image_max_bytes: u64,
+    ) -> Vec<Attachment> {
         let mut out = Vec::new();
         let files = [
             (AttachmentKind::Voice, &self.voice),
@@ -102,13 +109,23 @@ impl Media<'_> {
         for (kind, field) in files {
             out.extend(field.and_then(|v| file(kind, v, caption)));
         }
-        // Photos come in several sizes: the largest (the last, as Telegram
-        // orders them; by area should the order differ).
+        // Photos come in several sizes: the largest under the cap (by area,
+        // whatever order Telegram gives them in; a size that does not say
+        // its bytes is taken to fit).
         if let Some(sizes) = self.photo.and_then(Value::as_array) {
-            let largest = sizes
+            let area =
+                |s: &&Value| number(s, "width").unwrap_or(0) * number(s, "height").unwrap_or(0);
+            let fits = |s: &&Value| {
+                s.get("file_size")
+                    .and_then(Value::as_u64)
+                    .is_none_or(|bytes| bytes <= image_max_bytes)
+            };
+            let chosen = sizes
                 .iter()
-                .max_by_key(|s| number(s, "width").unwrap_or(0) * number(s, "height").unwrap_or(0));
-            out.extend(largest.and_then(|s| file(AttachmentKind::Photo, s, caption)));
+                .filter(fits)
+                .max_by_key(area)
+                .or_else(|| sizes.iter().max_by_key(area));
+            out.extend(chosen.and_then(|s| file(AttachmentKind::Photo, s, caption)));
         }
         // A venue carries its location too: one place, not two.
         match (self.venue, self.location) {
