@@ -788,3 +788,58 @@ async fn a_spoken_ogg_opus_voice_note_reaches_the_transcriber_as_16k_wav_of_its_
     assert!(detail.contains("decoded to 16 kHz WAV"), "{detail}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_media_is_fetched_with_basic_auth_through_its_redirect_and_slack_files_with_the_bot_token()
+ {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let h = Harness::start(Options::default()).await;
+    mount_success(&h).await;
+    // Twilio answers a media URL with a redirect to where the file is kept
+    // (another host, which must not get the account's credentials).
+    let cdn = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/media/charger.jpg"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(PHOTO))
+        .mount(&cdn)
+        .await;
+    let media = "/2010-04-01/Accounts/ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX/Messages/MM0000000000000000000000000000002/Media/ME0000000000000000000000000000002";
+    Mock::given(method("GET"))
+        .and(path(media))
+        .and(header("authorization", crate::twilio_basic_auth().as_str()))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("location", format!("{}/media/charger.jpg", cdn.uri())),
+        )
+        .mount(&h.twilio)
+        .await;
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n a whiteboard";
+    Mock::given(method("GET"))
+        .and(path("/files-pri/T0001-F0S43PZDF/download/whiteboard.png"))
+        .and(header("authorization", "Bearer xoxb-test"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(PNG))
+        .mount(&h.slack)
+        .await;
+
+    for (golden, bytes) in [
+        ("whatsapp/media_with_caption.json", PHOTO),
+        ("slack/file_share.json", PNG),
+    ] {
+        deliver(&h, &h.golden(golden)).await;
+        let attachment = &stored_attachments(&h)[0];
+        let file = attachment
+            .file
+            .as_deref()
+            .unwrap_or_else(|| panic!("{golden}: {attachment:?}"));
+        let kept = h.dir.path().join("data/media").join(&file[..2]).join(file);
+        assert_eq!(std::fs::read(kept).unwrap(), bytes, "{golden}");
+    }
+    let fetched = cdn.received_requests().await.unwrap();
+    assert_eq!(fetched.len(), 1);
+    assert!(
+        !fetched[0].headers.contains_key("authorization"),
+        "the credentials stay with Twilio"
+    );
+    h.stop().await;
+}
