@@ -242,6 +242,7 @@ impl Context {
             limits: config.limits.clone(),
             max_tool_calls: config.mcp.max_calls_per_turn,
             media: config.media.clone(),
+            handoff: config.handoff.clone(),
             ..AgentSettings::default()
         };
         // A prompt edited in the config since it was last taken becomes

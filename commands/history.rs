@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 use convagent::adapters::media_files::DiskFiles;
+use convagent::core::handoff::Mode;
 use convagent::core::media::MediaFiles as _;
 use convagent::core::{
     Channel, ConversationFilter, Erased, Prune, ReplyKind, Role, SearchOrder, SenderData,
@@ -348,7 +349,14 @@ fn list(
         } else {
             format!("{} #{}", c.who(), c.thread)
         };
-        let state = if c.closed { "  (closed)" } else { "" };
+        let state = match (c.closed, c.mode) {
+            (true, _) => "  (closed)".to_string(),
+            (false, Mode::Human) => format!(
+                "  (human: {})",
+                c.mode_by.as_deref().unwrap_or("an operator")
+            ),
+            (false, Mode::Agent) => String::new(),
+        };
         outln!(
             "{:>6}  {:<9} {:<24} {:>8}  {:<10}{state}",
             c.id,
@@ -381,6 +389,17 @@ fn show(store: &dyn Store, id: i64, json: bool) -> Result<()> {
         conversation.who(),
         conversation.message_count
     );
+    if conversation.mode == Mode::Human {
+        outln!(
+            "A person answers here: taken over by {} {}; the agent is silent (`convagent release {}` gives it back).",
+            conversation.mode_by.as_deref().unwrap_or("an operator"),
+            conversation
+                .mode_at
+                .map(|at| format!("at {} UTC", utc(at)))
+                .unwrap_or_default(),
+            conversation.id
+        );
+    }
     for m in &messages {
         outln!("\n{}", message_header(m, &messages));
         // What came with it first, as the model reads it ([voice note, 4 s]).

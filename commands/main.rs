@@ -10,11 +10,14 @@ mod doctor;
 mod history;
 mod mcp;
 mod outbox;
+mod release;
 mod replay;
+mod reply;
 mod serve;
 mod service;
 mod signals;
 mod store;
+mod takeover;
 #[path = "../tui/mod.rs"]
 mod tui;
 mod tunnel;
@@ -61,6 +64,12 @@ enum Command {
     History(history::Args),
     /// Replies still to be sent and dead letters: list, retry, discard
     Outbox(outbox::Args),
+    /// Take a conversation over: the agent is silent there until released
+    Takeover(takeover::Args),
+    /// Answer a conversation as an operator (takes it over)
+    Reply(reply::Args),
+    /// Give a conversation back to the agent
+    Release(release::Args),
     /// Check config, store and LLM providers, with a fix for each problem
     Doctor(doctor::Args),
     /// Sign golden webhook payloads and post them to a daemon (or load-test it)
@@ -88,6 +97,9 @@ fn main() -> ExitCode {
         Command::Chat(args) => chat::run(&ctx, args),
         Command::History(args) => history::run(&ctx, args),
         Command::Outbox(args) => outbox::run(&ctx, args),
+        Command::Takeover(args) => takeover::run(&ctx, args),
+        Command::Reply(args) => reply::run(&ctx, args),
+        Command::Release(args) => release::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Replay(args) => replay::run(&ctx, args),
         Command::Tui(args) => tui::run(&ctx, args),

@@ -37,8 +37,14 @@ _convagent() {
             convagent,outbox)
                 cmd="convagent__subcmd__outbox"
                 ;;
+            convagent,release)
+                cmd="convagent__subcmd__release"
+                ;;
             convagent,replay)
                 cmd="convagent__subcmd__replay"
+                ;;
+            convagent,reply)
+                cmd="convagent__subcmd__reply"
                 ;;
             convagent,serve)
                 cmd="convagent__subcmd__serve"
@@ -48,6 +54,9 @@ _convagent() {
                 ;;
             convagent,store)
                 cmd="convagent__subcmd__store"
+                ;;
+            convagent,takeover)
+                cmd="convagent__subcmd__takeover"
                 ;;
             convagent,tui)
                 cmd="convagent__subcmd__tui"
@@ -76,8 +85,14 @@ _convagent() {
             convagent__subcmd__help,outbox)
                 cmd="convagent__subcmd__help__subcmd__outbox"
                 ;;
+            convagent__subcmd__help,release)
+                cmd="convagent__subcmd__help__subcmd__release"
+                ;;
             convagent__subcmd__help,replay)
                 cmd="convagent__subcmd__help__subcmd__replay"
+                ;;
+            convagent__subcmd__help,reply)
+                cmd="convagent__subcmd__help__subcmd__reply"
                 ;;
             convagent__subcmd__help,serve)
                 cmd="convagent__subcmd__help__subcmd__serve"
@@ -87,6 +102,9 @@ _convagent() {
                 ;;
             convagent__subcmd__help,store)
                 cmd="convagent__subcmd__help__subcmd__store"
+                ;;
+            convagent__subcmd__help,takeover)
+                cmd="convagent__subcmd__help__subcmd__takeover"
                 ;;
             convagent__subcmd__help,tui)
                 cmd="convagent__subcmd__help__subcmd__tui"
@@ -317,7 +335,7 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox doctor replay tunnel tui service store mcp completions help"
+            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox takeover reply release doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -413,7 +431,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history outbox doctor replay tunnel tui service store mcp completions help"
+            opts="serve chat history outbox takeover reply release doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -720,7 +738,35 @@ _convagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        convagent__subcmd__help__subcmd__release)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         convagent__subcmd__help__subcmd__replay)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__reply)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -835,6 +881,20 @@ _convagent() {
         convagent__subcmd__help__subcmd__store__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__takeover)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1686,6 +1746,32 @@ _convagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        convagent__subcmd__release)
+            opts="-v -h -V --as --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         convagent__subcmd__replay)
             opts="-v -h -V --to --public-url --expect --rate --duration --concurrency --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1714,6 +1800,32 @@ _convagent() {
                     return 0
                     ;;
                 --concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__reply)
+            opts="-v -h -V --as --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --as)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2043,6 +2155,32 @@ _convagent() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__takeover)
+            opts="-v -h -V --as --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

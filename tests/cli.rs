@@ -10,6 +10,8 @@ mod chat;
 mod completions;
 #[path = "cli/doctor.rs"]
 mod doctor;
+#[path = "cli/handoff.rs"]
+mod handoff;
 #[path = "cli/history.rs"]
 mod history;
 #[path = "cli/mcp.rs"]

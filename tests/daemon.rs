@@ -11,6 +11,8 @@ mod alerts;
 mod delivery;
 #[path = "daemon/durability.rs"]
 mod durability;
+#[path = "daemon/handoff.rs"]
+mod handoff;
 #[path = "daemon/ingress.rs"]
 mod ingress;
 #[path = "daemon/limits.rs"]
@@ -190,6 +192,7 @@ impl Harness {
             AgentSettings {
                 limits: config.limits.clone(),
                 media: config.media.clone(),
+                handoff: config.handoff.clone(),
                 ..AgentSettings::default()
             },
         )

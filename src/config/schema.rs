@@ -30,6 +30,8 @@ pub struct Config {
     /// Voice notes, photos and files (`core::media`): what a person is told
     /// for what the agent cannot take in.
     pub media: crate::core::media::MediaConfig,
+    /// When a person takes over a conversation, or is asked for.
+    pub handoff: crate::core::handoff::HandoffConfig,
     /// Speech to text for voice notes: an OpenAI-compatible
     /// `/v1/audio/transcriptions` (whisper.cpp's server, faster-whisper-server,
     /// OpenAI). Unset: voice notes get the `[media]` voice notice.

@@ -16,6 +16,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::context::{self, ContextWindow};
 use super::guardrails::{Guardrails, SecretFilter, Violation};
+use super::handoff::{self, Handoff, HandoffConfig, Mode};
 use super::limits::{self, Limits, Rule, Verdict};
 use super::llm::{
     ChatMessage, Image, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
@@ -56,6 +57,8 @@ pub struct AgentSettings {
     pub max_tool_calls: usize,
     /// What a person is told for media the agent cannot take in (`[media]`).
     pub media: MediaConfig,
+    /// When a person asks for a person, and how long a takeover lasts.
+    pub handoff: HandoffConfig,
 }
 
 /// How a conversation's worker answers messages that queued up while its
@@ -85,6 +88,7 @@ impl Default for AgentSettings {
             limits: Limits::default(),
             max_tool_calls: 4,
             media: MediaConfig::default(),
+            handoff: HandoffConfig::default(),
         }
     }
 }
@@ -243,6 +247,12 @@ impl Agent {
     pub fn with_files(mut self, files: Arc<dyn MediaFiles>) -> Self {
         self.files = Some(files);
         self
+    }
+
+    /// `[handoff]`: the daemon's workers hold a conversation a person took
+    /// over until it runs out.
+    pub fn handoff(&self) -> &HandoffConfig {
+        &self.settings.handoff
     }
 
     /// Whether the images of a turn reach the model: the chain sees, and
@@ -410,6 +420,9 @@ impl Agent {
         on_event: &mut OnEvent<'_>,
     ) -> Result<Reply, AgentError> {
         let prompt = self.prompt()?;
+        if let Some(asked) = self.person_asked(turn, &prompt, on_event).await? {
+            return Ok(asked);
+        }
         let turn = match self.limit(turn, &prompt, on_event).await? {
             Ok(answerable) => &turn[..answerable],
             Err(held) => return Ok(held),
@@ -538,6 +551,56 @@ impl Agent {
             limited: Some(rule),
             ..self.reply(held, reply, false, 0, None)
         }))
+    }
+
+    /// Before all else: a turn in which the person asks for a person
+    /// (`/human`, a `[handoff]` trigger) hands the conversation to a person
+    /// (`human` mode, in the store, so every daemon holds it) and tells
+    /// them one will answer (a `refusal` reply, provider `handoff`).
+    async fn person_asked(
+        &self,
+        turn: &[Pending],
+        prompt: &PromptVersion,
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<Option<Reply>, AgentError> {
+        let config = &self.settings.handoff;
+        if !turn.iter().any(|p| config.asks_for_person(&p.message.text)) {
+            return Ok(None);
+        }
+        let last = &turn[turn.len() - 1];
+        let began = self.now();
+        self.store
+            .write(Write::Handoff(Handoff {
+                conversation_id: last.conversation_id,
+                mode: Mode::Human,
+                by: handoff::ASKED_BY_PERSON.into(),
+                at: began.0,
+            }))
+            .await?;
+        self.stage(
+            &last.message,
+            Stage::Handoff,
+            began,
+            Outcome::Ok,
+            Some(format!("human, asked by {}", handoff::ASKED_BY_PERSON)),
+        );
+        info!("the person asked for a person: handed over");
+        let notice = (
+            config.notice.clone(),
+            handoff::NOTICE_PROVIDER,
+            Mode::Human.as_str().to_string(),
+        );
+        self.refuse(
+            turn,
+            prompt,
+            began,
+            notice,
+            Vec::new(),
+            "handoff notice",
+            on_event,
+        )
+        .await
+        .map(Some)
     }
 
     /// Step 4b: a turn that is nothing but media the agent cannot take in

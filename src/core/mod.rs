@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod channel;
 pub mod context;
 pub mod guardrails;
+pub mod handoff;
 pub mod limits;
 pub mod llm;
 pub mod media;

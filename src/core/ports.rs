@@ -130,6 +130,10 @@ pub struct ConversationSummary {
     pub closed: bool,
     /// The name the provider shows for the sender, if it sends one.
     pub display_name: Option<String>,
+    /// Who answers it, since when (unix ms) and by whose doing.
+    pub mode: super::handoff::Mode,
+    pub mode_at: Option<i64>,
+    pub mode_by: Option<String>,
 }
 
 impl ConversationSummary {
@@ -262,6 +266,9 @@ pub enum Write {
     /// conversation, message, summary, trace, outbox item and violation,
     /// the full-text index too), recording only that it happened.
     Erase { sender: SenderRef, at: i64 },
+    /// Who answers a conversation now (`Written::Done`; `NotFound` for a
+    /// conversation that is not there).
+    Handoff(super::handoff::Handoff),
     /// One batch of retention (`Written::Erased` says what went).
     Prune(Prune),
     /// Messages held back by a limit, answered by the notice already sent

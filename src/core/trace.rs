@@ -63,6 +63,9 @@ names! {
         /// kept (the detail says its size and what was read of it, or why
         /// not).
         Fetched = "fetched",
+        /// Who answers the conversation changed: taken over, released, asked
+        /// for by the person, or run out (the detail says which and who).
+        Handoff = "handoff",
         /// A voice note turned into text (the detail says how long it was,
         /// or why not).
         Transcribed = "transcribed",

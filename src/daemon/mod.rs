@@ -2,6 +2,7 @@
 //! conversation workers, the outbox out, health and metrics. `router` and
 //! `serve` take their parts injected, so tests bind 127.0.0.1:0 with fakes.
 
+mod handoff;
 mod health;
 mod leases;
 pub mod mcp;

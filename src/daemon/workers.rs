@@ -15,6 +15,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::Daemon;
 use super::leases::Lease;
+use crate::core::handoff;
 use crate::core::{Burst, ClaimKind, Pending, ReplyKind};
 
 /// Messages read per round of a conversation (and so at most in one
@@ -155,6 +156,21 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
                 return true;
             }
         };
+        if pending.is_empty() {
+            return false;
+        }
+        // A person answers it now: the messages wait for them, and the
+        // worker comes back when the takeover runs out.
+        if let Some(wait) = super::handoff::held(daemon, conversation).await {
+            let daemon = daemon.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if !daemon.stopping() {
+                    start(&daemon, conversation);
+                }
+            });
+            return false;
+        }
         let mut pending = pending;
         super::media::take_in(daemon, &mut pending).await;
         let turns: Vec<&[Pending]> = match daemon.settings.burst {
@@ -184,6 +200,10 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
                     daemon.outbox.ready(conversation);
                     if reply.kind() == ReplyKind::Fallback {
                         return true;
+                    }
+                    // The person asked for a person: what follows waits for one.
+                    if reply.reply.provider.as_deref() == Some(handoff::NOTICE_PROVIDER) {
+                        continue 'read;
                     }
                     // A limit split the turn: the rest is a turn of its own.
                     if turn

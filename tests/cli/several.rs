@@ -280,3 +280,44 @@ async fn two_daemons_send_a_conversations_media_notice_once_an_hour() {
     );
     tokio::task::block_in_place(|| stop(running));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_through_the_store_silences_the_agent_on_every_daemon() {
+    let cluster = Cluster::start();
+    let url = cluster.database("takeover");
+    let (telegram, ollama) = fakes(Duration::from_millis(20)).await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    configure(&env, "each");
+    let running = tokio::task::block_in_place(|| daemons(&env, &telegram.uri(), &url, 2));
+    let post = |d: usize, n: i64, text: &str| {
+        let at = running[d].url.clone();
+        let update = telegram_update(21, n, text);
+        tokio::task::block_in_place(move || post_update(&at, &update))
+    };
+    assert_eq!(post(0, 1, "first"), 200);
+    let store = tokio::task::block_in_place(|| PostgresStore::connect(&url, 1).unwrap());
+    wait_drained(&store, 30).await;
+    let id = store.conversations(&Default::default()).unwrap()[0]
+        .id
+        .to_string();
+    let out = tokio::task::block_in_place(|| {
+        env.cmd(&["takeover", &id, "--as", "ana"])
+            .env("CONVAGENT_DATABASE_URL", &url)
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", crate::stderr_of(&out));
+    for (n, d) in [(2, 0), (3, 1), (4, 0), (5, 1)] {
+        assert_eq!(post(d, n, &format!("m{n}")), 200);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sent(&telegram, "text").await,
+        ["re: first"],
+        "neither daemon answers"
+    );
+    let waiting = store.conversations_with_pending(10).unwrap();
+    assert_eq!(waiting.len(), 1, "the messages wait for a person");
+    tokio::task::block_in_place(|| stop(running));
+}

@@ -52,6 +52,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../../../migrations/postgres/0004_mcp.sql"),
     ),
+    (
+        5,
+        include_str!("../../../../migrations/postgres/0005_handoff.sql"),
+    ),
 ];
 
 /// Any number, the same in every convagent: the lock migrations hold.

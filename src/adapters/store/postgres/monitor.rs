@@ -3,7 +3,7 @@
 
 use super::PostgresStore;
 use super::port::search_words;
-use super::rows::{self, CONVERSATION_COLUMNS};
+use super::rows::{self, CONVERSATION_COLUMNS, CONVERSATION_WIDTH};
 use crate::core::message::Channel;
 use crate::core::ports::{
     ActivityBucket, ConversationFilter, ConversationOverview, MonitorStore, ProviderActivity,
@@ -93,9 +93,11 @@ impl MonitorStore for PostgresStore {
             rows::all(found, |r| {
                 Ok(ConversationOverview {
                     summary: rows::conversation(r)?,
-                    last_text: r.try_get::<_, Option<String>>(9)?.unwrap_or_default(),
-                    pending: r.try_get::<_, i64>(10)?.max(0) as u64,
-                    failed: r.try_get::<_, i64>(11)?.max(0) as u64,
+                    last_text: r
+                        .try_get::<_, Option<String>>(CONVERSATION_WIDTH)?
+                        .unwrap_or_default(),
+                    pending: r.try_get::<_, i64>(CONVERSATION_WIDTH + 1)?.max(0) as u64,
+                    failed: r.try_get::<_, i64>(CONVERSATION_WIDTH + 2)?.max(0) as u64,
                 })
             })
         })

@@ -182,3 +182,26 @@ impl TokenStore for PostgresStore {
         row.as_ref().map(token).transpose()
     }
 }
+
+/// Who answers a conversation now ([`Write::Handoff`]).
+pub(super) fn handoff_in(
+    tx: &mut Transaction<'_>,
+    handoff: &crate::core::handoff::Handoff,
+) -> Result<(), StoreError> {
+    let changed = tx.execute(
+        "UPDATE conversations SET mode = $2, mode_at = $3, mode_by = $4 WHERE id = $1",
+        &[
+            &handoff.conversation_id,
+            &handoff.mode.as_str(),
+            &handoff.at,
+            &handoff.by,
+        ],
+    )?;
+    match changed {
+        0 => Err(StoreError::NotFound(format!(
+            "conversation {}",
+            handoff.conversation_id
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -57,7 +57,11 @@ pub(super) fn message(r: &Row) -> Result<StoredMessage, StoreError> {
 }
 
 pub(super) const CONVERSATION_COLUMNS: &str = "c.id, c.channel, c.sender, c.thread, \
-     c.message_count, c.started_at, c.last_activity_at, c.closed_at, c.display_name";
+     c.message_count, c.started_at, c.last_activity_at, c.closed_at, c.display_name, c.mode, \
+     c.mode_at, c.mode_by";
+/// How many columns [`CONVERSATION_COLUMNS`] are: a query's own columns
+/// after them start here.
+pub(super) const CONVERSATION_WIDTH: usize = 12;
 
 pub(super) fn conversation(r: &Row) -> Result<ConversationSummary, StoreError> {
     Ok(ConversationSummary {
@@ -70,6 +74,9 @@ pub(super) fn conversation(r: &Row) -> Result<ConversationSummary, StoreError> {
         last_activity_at: r.try_get(6)?,
         closed: r.try_get::<_, Option<i64>>(7)?.is_some(),
         display_name: r.try_get(8)?,
+        mode: crate::core::handoff::Mode::parse(r.try_get(9)?).unwrap_or_default(),
+        mode_at: r.try_get(10)?,
+        mode_by: r.try_get(11)?,
     })
 }
 

@@ -40,6 +40,10 @@ pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Writte
         }
         Write::Summary(summary) => Written::Summary(summary_in(tx, summary)?),
         Write::Erase { sender, at } => Written::Erased(super::people::erase_in(tx, sender, *at)?),
+        Write::Handoff(handoff) => {
+            super::relay::handoff_in(tx, handoff)?;
+            Written::Done
+        }
         Write::Prune(prune) => Written::Erased(super::people::prune_in(tx, prune)?),
         Write::Hold(held) => Written::Reply(hold_in(tx, held)?),
         Write::Send(out) => Written::Sent(super::relay::send_in(tx, out)?),

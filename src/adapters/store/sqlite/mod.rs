@@ -49,6 +49,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../../migrations/0007_erasures.sql")),
     M::up(include_str!("../../../../migrations/0008_limits.sql")),
     M::up(include_str!("../../../../migrations/0009_mcp.sql")),
+    M::up(include_str!("../../../../migrations/0010_handoff.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::rows::{CONVERSATION_COLUMNS, conversation_from_row};
+use super::rows::{CONVERSATION_COLUMNS, CONVERSATION_WIDTH, conversation_from_row};
 use super::{SqliteStore, fts_phrase_query};
 use crate::core::message::Channel;
 use crate::core::ports::{
@@ -127,9 +127,11 @@ impl MonitorStore for SqliteStore {
             |r| {
                 Ok(ConversationOverview {
                     summary: conversation_from_row(r)?,
-                    last_text: r.get::<_, Option<String>>(9)?.unwrap_or_default(),
-                    pending: r.get::<_, i64>(10)?.max(0) as u64,
-                    failed: r.get::<_, i64>(11)?.max(0) as u64,
+                    last_text: r
+                        .get::<_, Option<String>>(CONVERSATION_WIDTH)?
+                        .unwrap_or_default(),
+                    pending: r.get::<_, i64>(CONVERSATION_WIDTH + 1)?.max(0) as u64,
+                    failed: r.get::<_, i64>(CONVERSATION_WIDTH + 2)?.max(0) as u64,
                 })
             },
         )?;

@@ -183,3 +183,27 @@ impl TokenStore for SqliteStore {
         Ok(stmt.query_row(params![sha256], token_from_row).optional()?)
     }
 }
+
+/// Who answers a conversation now ([`Write::Handoff`]).
+pub(super) fn handoff_in(
+    conn: &Connection,
+    handoff: &crate::core::handoff::Handoff,
+) -> Result<(), StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE conversations SET mode = ?2, mode_at = ?3, mode_by = ?4 WHERE id = ?1",
+        )?
+        .execute(params![
+            handoff.conversation_id,
+            handoff.mode.as_str(),
+            handoff.at,
+            handoff.by
+        ])?;
+    match changed {
+        0 => Err(StoreError::NotFound(format!(
+            "conversation {}",
+            handoff.conversation_id
+        ))),
+        _ => Ok(()),
+    }
+}

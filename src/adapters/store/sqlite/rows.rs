@@ -88,7 +88,10 @@ pub(super) fn message_by_id(conn: &Connection, id: i64) -> Result<StoredMessage,
 }
 
 pub(super) const CONVERSATION_COLUMNS: &str = "id, channel, sender, thread, message_count, started_at, last_activity_at, closed_at, \
-     display_name";
+     display_name, mode, mode_at, mode_by";
+/// How many columns [`CONVERSATION_COLUMNS`] are: a query's own columns
+/// after them start here.
+pub(super) const CONVERSATION_WIDTH: usize = 12;
 
 pub(super) fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<ConversationSummary> {
     let channel: String = row.get(1)?;
@@ -103,6 +106,9 @@ pub(super) fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversat
         last_activity_at: row.get(6)?,
         closed: closed_at.is_some(),
         display_name: row.get(8)?,
+        mode: crate::core::handoff::Mode::parse(&row.get::<_, String>(9)?).unwrap_or_default(),
+        mode_at: row.get(10)?,
+        mode_by: row.get(11)?,
     })
 }
 

@@ -321,6 +321,10 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
         }
         Write::Summary(summary) => Written::Summary(port::summary_in(conn, summary)?),
         Write::Erase { sender, at } => Written::Erased(people::erase_in(conn, sender, *at)?),
+        Write::Handoff(handoff) => {
+            relay::handoff_in(conn, handoff)?;
+            Written::Done
+        }
         Write::Prune(prune) => Written::Erased(people::prune_in(conn, prune)?),
         Write::Hold(held) => Written::Reply(limits::hold_in(conn, held)?),
         Write::Send(out) => Written::Sent(relay::send_in(conn, out)?),

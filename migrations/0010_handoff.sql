@@ -1,0 +1,5 @@
+-- A person can step in (issue 25): who answers each conversation, since
+-- when and by whose doing. 'agent' (the default) or 'human'.
+ALTER TABLE conversations ADD COLUMN mode TEXT NOT NULL DEFAULT 'agent';
+ALTER TABLE conversations ADD COLUMN mode_at INTEGER;
+ALTER TABLE conversations ADD COLUMN mode_by TEXT;

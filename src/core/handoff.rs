@@ -1,0 +1,142 @@
+//! Who answers a conversation: the agent (the default), or a person who
+//! took it over. In `human` mode the agent is silent: the person's messages
+//! are stored and wait for an operator's reply; the mode ends on release,
+//! or by itself `[handoff] resume_after_secs` after it began or the
+//! operator last replied. The person can ask for a person (`/human`, or a
+//! phrase of `[handoff] triggers`) and is told one will answer.
+
+use serde::{Deserialize, Serialize};
+
+/// The provider recorded with the notice a person gets on asking for one.
+pub const NOTICE_PROVIDER: &str = "handoff";
+/// Who is recorded as ending a takeover that ran out.
+pub const AUTO_RESUME: &str = "auto-resume";
+/// Who is recorded as asking for a person through the chat.
+pub const ASKED_BY_PERSON: &str = "the person";
+
+/// Who answers a conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The agent answers.
+    #[default]
+    Agent,
+    /// A person answers; the agent is silent.
+    Human,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Agent => "agent",
+            Mode::Human => "human",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "agent" => Some(Mode::Agent),
+            "human" => Some(Mode::Human),
+            _ => None,
+        }
+    }
+}
+
+/// A change of who answers a conversation (`Write::Handoff`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    pub conversation_id: i64,
+    pub mode: Mode,
+    /// The operator's name, [`ASKED_BY_PERSON`] or [`AUTO_RESUME`].
+    pub by: String,
+    /// Unix ms.
+    pub at: i64,
+}
+
+/// `[handoff]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandoffConfig {
+    /// A takeover ends by itself this long after it began or the operator
+    /// last replied.
+    pub resume_after_secs: u64,
+    /// Phrases that ask for a person, matched as whole words, in any case.
+    pub triggers: Vec<String>,
+    /// What the person is told when the conversation goes to a person.
+    pub notice: String,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        HandoffConfig {
+            resume_after_secs: 30 * 60,
+            triggers: [
+                "talk to a human",
+                "speak to a human",
+                "talk to a person",
+                "speak to a person",
+                "real person",
+                "human agent",
+                "hablar con una persona",
+                "persona real",
+                "parler à un humain",
+                "vraie personne",
+                "mit einem menschen sprechen",
+                "echter mensch",
+            ]
+            .map(String::from)
+            .to_vec(),
+            notice: "A person will answer here soon.".into(),
+        }
+    }
+}
+
+impl HandoffConfig {
+    /// Whether `text` asks for a person: the `/human` command (Telegram
+    /// may add `@botname`), or a trigger phrase as whole words.
+    pub fn asks_for_person(&self, text: &str) -> bool {
+        let text = text.trim();
+        let command = text.split_whitespace().next().unwrap_or_default();
+        if command.split('@').next() == Some("/human") {
+            return true;
+        }
+        let words = words_of(text);
+        self.triggers.iter().any(|t| {
+            let phrase = words_of(t);
+            !phrase.is_empty() && words.windows(phrase.len()).any(|w| w == phrase.as_slice())
+        })
+    }
+
+    /// When a takeover that began or was last replied in at `since` ends.
+    pub fn resumes_at(&self, since: i64) -> i64 {
+        let after = i64::try_from(self.resume_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        since.saturating_add(after)
+    }
+}
+
+/// The words of `text`, lowercased, without punctuation.
+fn words_of(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_person_is_asked_for_by_command_or_whole_phrase_in_any_case() {
+        let c = HandoffConfig::default();
+        assert!(c.asks_for_person("/human"));
+        assert!(c.asks_for_person("/human@convagent_bot please"));
+        assert!(c.asks_for_person("I want to talk to a REAL person!"));
+        assert!(c.asks_for_person("¿Puedo hablar con una persona?"));
+        assert!(c.asks_for_person("Je veux parler à un humain"));
+        assert!(!c.asks_for_person("is this surreal personality test real?"));
+        assert!(!c.asks_for_person("/humans are great"));
+        assert!(!c.asks_for_person("human"));
+        assert_eq!(c.resumes_at(1_000), 1_000 + 1_800_000);
+    }
+}

@@ -1,0 +1,61 @@
+//! A conversation a person took over (`human` mode, in the store): its
+//! worker leaves its messages waiting for the operator, and comes back when
+//! the takeover runs out (`[handoff] resume_after_secs` after it began or
+//! the operator last replied), ends it (recorded and traced as
+//! `auto-resume`), and lets the agent answer what waits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Daemon;
+use crate::core::handoff::{self, Handoff, Mode};
+use crate::core::{CorrelationId, Outcome, Stage, Write};
+
+/// How long a person still answers `conversation`; `None`: the agent does
+/// (a takeover that ran out ends here). A store that cannot say lets the
+/// agent answer: a message is never left waiting for a mode unknown.
+pub(super) async fn held(daemon: &Arc<Daemon>, conversation: i64) -> Option<Duration> {
+    let summary = match daemon.store.conversation(conversation) {
+        Ok(Some(summary)) => summary,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(conversation, error = %e, "cannot read who answers a conversation");
+            return None;
+        }
+    };
+    if summary.mode != Mode::Human {
+        return None;
+    }
+    let now = daemon.clock.now_ms();
+    let resumes_at = daemon
+        .live()
+        .agent
+        .handoff()
+        .resumes_at(summary.mode_at.unwrap_or(0));
+    if now < resumes_at {
+        return Some(Duration::from_millis((resumes_at - now) as u64));
+    }
+    let write = Write::Handoff(Handoff {
+        conversation_id: conversation,
+        mode: Mode::Agent,
+        by: handoff::AUTO_RESUME.into(),
+        at: now,
+    });
+    if let Err(e) = daemon.store.write(write).await {
+        tracing::error!(conversation, error = %e, "cannot end a takeover that ran out");
+    }
+    tracing::info!(conversation, "a takeover ran out: the agent answers again");
+    let started = std::time::Instant::now();
+    daemon.tracer.stage(
+        &CorrelationId::generate().0,
+        Stage::Handoff,
+        now,
+        started,
+        Outcome::Ok,
+        Some(format!(
+            "agent, by {} (conversation {conversation})",
+            handoff::AUTO_RESUME
+        )),
+    );
+    None
+}

@@ -1,0 +1,184 @@
+//! A person can step in: `/human` (or a trigger phrase) hands the
+//! conversation to a person and tells them one will answer; while a person
+//! answers, the agent is silent and the messages wait; an operator's reply
+//! goes out through the outbox with provider `human`; the takeover runs out
+//! by itself (on the fake clock) and the agent answers again.
+
+use std::sync::Arc;
+
+use convagent::core::handoff::{self, Handoff, HandoffConfig, Mode};
+use convagent::core::ports::all::*;
+use convagent::core::ports::{Destination, Outgoing};
+use convagent::core::{Burst, CorrelationId, Write};
+use serde_json::json;
+
+use crate::support::{EchoLlm, FakeClock};
+use crate::{Harness, Options, bodies, mount_success};
+
+const NOON: i64 = 1_763_726_400_000;
+
+fn text_from(h: &Harness, update: i64, text: &str) -> convagent::golden::SignedRequest {
+    let mut golden = h.golden("telegram/text.json");
+    let json = golden.json.as_mut().unwrap();
+    json["update_id"] = json!(update);
+    json["message"]["message_id"] = json!(update);
+    json["message"]["text"] = json!(text);
+    h.sign(&golden)
+}
+
+async fn start(llm: Arc<EchoLlm>, clock: Arc<FakeClock>) -> Harness {
+    let mut options = Options {
+        llm,
+        clock: Some(clock),
+        ..Options::default()
+    };
+    options.settings.burst = Burst::Each;
+    let h = Harness::start(options).await;
+    mount_success(&h).await;
+    h
+}
+
+/// The texts Telegram was asked to send, in order.
+async fn sent(h: &Harness) -> Vec<String> {
+    bodies(&h.telegram)
+        .await
+        .iter()
+        .filter_map(|b| b["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn the_conversation(h: &Harness) -> convagent::core::ConversationSummary {
+    h.store.conversations(&Default::default()).unwrap()[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_asked_for_answers_while_the_agent_is_silent_until_it_runs_out() {
+    let clock = Arc::new(FakeClock::at(NOON));
+    let llm = Arc::new(EchoLlm::new());
+    let h = start(llm.clone(), clock.clone()).await;
+    let notice = HandoffConfig::default().notice;
+
+    assert_eq!(h.post(&text_from(&h, 1, "/human")).await.0, 200);
+    h.drained().await;
+    assert!(
+        llm.seen.lock().unwrap().is_empty(),
+        "the agent is not asked"
+    );
+    let conversation = the_conversation(&h);
+    assert_eq!(conversation.mode, Mode::Human);
+    assert_eq!(
+        conversation.mode_by.as_deref(),
+        Some(handoff::ASKED_BY_PERSON)
+    );
+
+    // Three more messages: stored, waiting, the agent silent.
+    for (n, text) in [(2, "hello?"), (3, "anyone there?"), (4, "my order is late")] {
+        h.advance(60_000);
+        assert_eq!(h.post(&text_from(&h, n, text)).await.0, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        llm.seen.lock().unwrap().is_empty(),
+        "the agent stays silent"
+    );
+    let waiting = h.store.pending(conversation.id, 10).unwrap();
+    assert_eq!(waiting.len(), 3, "the messages wait for a person");
+
+    // The operator answers (as `convagent reply` does): through the outbox.
+    let at = convagent::core::Clock::now_ms(clock.as_ref());
+    h.store
+        .write_now(Write::Handoff(Handoff {
+            conversation_id: conversation.id,
+            mode: Mode::Human,
+            by: "ana".into(),
+            at,
+        }))
+        .unwrap();
+    let reply = h
+        .store
+        .write_now(Write::Send(Outgoing {
+            to: Destination::Conversation(conversation.id),
+            text: "Hi, Ana here: your order ships today.".into(),
+            provider: "human".into(),
+            sender: "ana".into(),
+            correlation_id: CorrelationId::generate().0,
+            answers_pending: true,
+            at,
+        }))
+        .unwrap()
+        .sent()
+        .unwrap();
+    assert_eq!(reply.answered.len(), 3);
+    h.daemon.wake_outbox();
+    assert!(
+        crate::support::eventually(10, || h.store.outbox_stats().is_ok_and(|s| s.queued == 0))
+            .await
+    );
+    assert_eq!(
+        sent(&h).await,
+        [notice.as_str(), "Hi, Ana here: your order ships today."]
+    );
+
+    // Still taken over a minute later: silent.
+    h.advance(60_000);
+    assert_eq!(h.post(&text_from(&h, 5, "thanks!")).await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(llm.seen.lock().unwrap().is_empty());
+
+    // Half an hour after the operator's last reply the takeover runs out:
+    // the next message wakes the agent, which answers what waits.
+    h.advance(30 * 60_000);
+    assert_eq!(h.post(&text_from(&h, 6, "bye")).await.0, 200);
+    h.drained().await;
+    assert_eq!(
+        llm.seen.lock().unwrap().len(),
+        2,
+        "both waiting messages, one turn each"
+    );
+    let conversation = the_conversation(&h);
+    assert_eq!(conversation.mode, Mode::Agent);
+    assert_eq!(conversation.mode_by.as_deref(), Some(handoff::AUTO_RESUME));
+    let traced: Vec<(String, String)> = crate::support::pairs(
+        &h.dir.path().join("convagent.db"),
+        "SELECT outcome, detail FROM traces WHERE stage = 'handoff' ORDER BY id",
+    );
+    let details: Vec<&str> = traced.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(details.len(), 2, "{details:?}");
+    assert!(
+        details[0].starts_with("human, asked by the person"),
+        "{details:?}"
+    );
+    assert!(
+        details[1].starts_with("agent, by auto-resume"),
+        "{details:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_phrase_on_whatsapp_asks_for_a_person() {
+    let clock = Arc::new(FakeClock::at(NOON));
+    let llm = Arc::new(EchoLlm::new());
+    let h = start(llm.clone(), clock).await;
+    let mut golden = h.golden("whatsapp/text.json");
+    *golden.form.as_mut().unwrap().get_mut("Body").unwrap() =
+        "Please, I want to talk to a REAL person".into();
+    assert_eq!(h.post(&h.sign(&golden)).await.0, 200);
+    h.drained().await;
+    assert!(llm.seen.lock().unwrap().is_empty());
+    assert_eq!(the_conversation(&h).mode, Mode::Human);
+    let sent: Vec<String> = h
+        .twilio
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().ends_with("/Messages.json"))
+        .map(|r| {
+            let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&r.body).unwrap();
+            form.into_iter().find(|(k, _)| k == "Body").unwrap().1
+        })
+        .collect();
+    assert_eq!(sent, [HandoffConfig::default().notice]);
+    h.stop().await;
+}
