@@ -3,3 +3,5 @@
 ALTER TABLE conversations ADD COLUMN mode TEXT NOT NULL DEFAULT 'agent';
 ALTER TABLE conversations ADD COLUMN mode_at INTEGER;
 ALTER TABLE conversations ADD COLUMN mode_by TEXT;
+-- The few conversations a person answers, for /metrics' waiting gauge.
+CREATE INDEX conversations_human ON conversations (id) WHERE mode = 'human';

@@ -1165,6 +1165,10 @@ pub trait MonitorStore: Send + Sync {
     /// Violations recorded since `since`, per rule: guardrails' and limits'
     /// (`doctor`, as the alerting rules see them).
     fn violations_since(&self, since: i64) -> Result<Vec<RuleCount>, StoreError>;
+
+    /// Conversations a person answers with messages waiting for them, and
+    /// when the oldest of those arrived (unix ms): `/metrics` and its alert.
+    fn waiting_for_person(&self) -> Result<(u64, Option<i64>), StoreError>;
 }
 
 /// Messages that broke one rule, and from how many senders.

@@ -65,7 +65,9 @@ pub async fn metrics(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> R
                 .into_response();
         }
     }
-    let text = daemon.metrics.render(daemon.store.as_ref());
+    let text = daemon
+        .metrics
+        .render(daemon.store.as_ref(), daemon.clock.now_ms());
     (
         [(
             header::CONTENT_TYPE,

@@ -63,6 +63,8 @@ pub struct Metrics {
     breakers: Family<BreakerLabel, Gauge>,
     outbox_depth: Gauge,
     dead_letters: Gauge,
+    waiting_for_human: Gauge,
+    waiting_for_human_oldest: Gauge,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,8 @@ impl Metrics {
             breakers: Family::default(),
             outbox_depth: Gauge::default(),
             dead_letters: Gauge::default(),
+            waiting_for_human: Gauge::default(),
+            waiting_for_human_oldest: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,6 +125,16 @@ impl Metrics {
                 "convagent_dead_letters",
                 "Replies given up on",
                 m.dead_letters.clone(),
+            );
+            r.register(
+                "convagent_waiting_for_human",
+                "Conversations a person took over with messages waiting for them",
+                m.waiting_for_human.clone(),
+            );
+            r.register(
+                "convagent_waiting_for_human_oldest_seconds",
+                "How long the oldest message waiting for a person has waited (0: none)",
+                m.waiting_for_human_oldest.clone(),
             );
         }
         m
@@ -173,7 +187,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the store-held gauges fresh.
-    pub fn render(&self, store: &dyn DaemonStore) -> String {
+    pub fn render(&self, store: &dyn DaemonStore, now_ms: i64) -> String {
+        if let Ok((waiting, oldest)) = store.waiting_for_person() {
+            self.waiting_for_human.set(waiting as i64);
+            self.waiting_for_human_oldest
+                .set(oldest.map_or(0, |at| (now_ms - at).max(0) / 1000));
+        }
         if let Ok(stats) = store.outbox_stats() {
             self.outbox_depth.set(stats.queued as i64);
             self.dead_letters.set(stats.dead as i64);

@@ -535,7 +535,7 @@ async fn on_postgres_it_checks_the_schema_connections_and_lease_backlog() {
     // Before anything migrated it: the schema is missing, and said so.
     let text = tokio::task::block_in_place(|| doctor(&env));
     assert!(
-        text.contains("✗ store") && text.contains("schema 0 of 4"),
+        text.contains("✗ store") && text.contains("schema 0 of 5"),
         "{text}"
     );
 

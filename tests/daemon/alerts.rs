@@ -68,7 +68,12 @@ async fn the_rules_read_metrics_the_daemon_exports() {
             "the rules read {name}, which the daemon does not register"
         );
     }
-    for gauge in ["convagent_outbox_depth", "convagent_dead_letters"] {
+    for gauge in [
+        "convagent_outbox_depth",
+        "convagent_dead_letters",
+        "convagent_waiting_for_human",
+        "convagent_waiting_for_human_oldest_seconds",
+    ] {
         assert!(
             exported.contains(&format!("# TYPE {gauge} gauge")),
             "{exported}"

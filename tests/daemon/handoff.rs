@@ -83,6 +83,16 @@ async fn a_person_asked_for_answers_while_the_agent_is_silent_until_it_runs_out(
     );
     let waiting = h.store.pending(conversation.id, 10).unwrap();
     assert_eq!(waiting.len(), 3, "the messages wait for a person");
+    // Operators see it: the gauges the alert reads.
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("\nconvagent_waiting_for_human 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nconvagent_waiting_for_human_oldest_seconds 120\n"),
+        "{metrics}"
+    );
 
     // The operator answers (as `convagent reply` does): through the outbox.
     let at = convagent::core::Clock::now_ms(clock.as_ref());

@@ -132,6 +132,20 @@ impl MonitorStore for PostgresStore {
         ))
     }
 
+    fn waiting_for_person(&self) -> Result<(u64, Option<i64>), StoreError> {
+        self.read(|c| {
+            let row = c.query_one(
+                "SELECT count(DISTINCT c.id), min(m.created_at)
+                 FROM conversations c
+                 JOIN messages m ON m.conversation_id = c.id AND m.role = 'user'
+                   AND m.answered_at IS NULL
+                 WHERE c.mode = 'human'",
+                &[],
+            )?;
+            Ok((row.get::<_, i64>(0).max(0) as u64, row.get(1)))
+        })
+    }
+
     fn violations_since(&self, since: i64) -> Result<Vec<RuleCount>, StoreError> {
         self.read(move |c| {
             Ok(c.query(

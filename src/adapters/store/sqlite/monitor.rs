@@ -35,6 +35,12 @@ impl MonitorStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn waiting_for_person(&self) -> Result<(u64, Option<i64>), StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(WAITING_FOR_PERSON)?;
+        Ok(stmt.query_row([], |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?)))?)
+    }
+
     fn change_counter(&self) -> Result<i64, StoreError> {
         // `data_version` changes when another connection commits; our own
         // commits show in `total_changes`. Together: any change.
@@ -178,3 +184,10 @@ impl MonitorStore for SqliteStore {
         ))
     }
 }
+
+/// Conversations in `human` mode with unanswered messages, and the oldest
+/// of those (the partial index finds the few in that mode).
+pub(super) const WAITING_FOR_PERSON: &str = "SELECT count(DISTINCT c.id), min(m.created_at)
+     FROM conversations c
+     JOIN messages m ON m.conversation_id = c.id AND m.role = 'user' AND m.answered_at IS NULL
+     WHERE c.mode = 'human'";
