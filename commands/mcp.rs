@@ -74,6 +74,7 @@ fn stdio(ctx: &Context) -> Result<ExitCode> {
                 .collect(),
             external: config.agent.mode == AgentMode::External,
             take: std::time::Duration::from_secs(config.mcp.take_secs),
+            send_takes_over: config.mcp.send_takes_over,
             // `serve`'s outbox looks for replies other processes queued
             // every second.
             after_send: Arc::new(|| {}),

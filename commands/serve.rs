@@ -68,6 +68,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
         lease: std::time::Duration::from_secs(config.store.lease_secs),
         external: config.agent.mode == AgentMode::External,
         mcp_take: std::time::Duration::from_secs(config.mcp.take_secs),
+        mcp_send_takes_over: config.mcp.send_takes_over,
         mcp_origins: config.mcp.allowed_origins.clone(),
         ..DaemonSettings::default()
     };

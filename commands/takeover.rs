@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use convagent::core::handoff::{Handoff, Mode};
-use convagent::core::{ConversationSummary, CorrelationId, Outcome, Stage, TraceEvent, Write};
+use convagent::core::{ConversationSummary, Write};
 
 use crate::context::{Context, UserError};
 use crate::output::now_ms;
@@ -54,25 +54,14 @@ pub fn hand(ctx: &Context, conversation: i64, mode: Mode, by: &str) -> Result<Co
         )
         .into());
     };
-    let at = now_ms();
-    store.write_now(Write::Handoff(Handoff {
+    let handoff = Handoff {
         conversation_id: conversation,
         mode,
         by: by.to_string(),
-        at,
-    }))?;
-    let trace = TraceEvent {
-        correlation_id: CorrelationId::generate().0,
-        stage: Stage::Handoff,
-        attempt: None,
-        started_at: at,
-        duration_us: 0,
-        outcome: Outcome::Ok,
-        detail: Some(format!(
-            "{}, by {by} (conversation {conversation})",
-            mode.as_str()
-        )),
+        at: now_ms(),
     };
+    let trace = handoff.trace();
+    store.write_now(Write::Handoff(handoff))?;
     store.write_now(Write::Traces(vec![trace]))?;
     Ok(summary)
 }

@@ -100,6 +100,9 @@ pub struct McpConfig {
     /// requires (DNS rebinding); requests without one (agents, not
     /// browsers) are served.
     pub allowed_origins: Vec<String>,
+    /// A `send_message` into a conversation the agent answers takes it over
+    /// for a person (the client is an operator's), and answers what waits.
+    pub send_takes_over: bool,
 }
 
 impl Default for McpConfig {
@@ -111,6 +114,7 @@ impl Default for McpConfig {
             servers: Vec::new(),
             sandbox: SandboxConfig::default(),
             allowed_origins: Vec::new(),
+            send_takes_over: false,
         }
     }
 }

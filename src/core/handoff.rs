@@ -53,6 +53,27 @@ pub struct Handoff {
     pub at: i64,
 }
 
+impl Handoff {
+    /// Its trace event: the stage `handoff`, under a correlation id of its
+    /// own, saying the mode, who and the conversation.
+    pub fn trace(&self) -> super::trace::TraceEvent {
+        super::trace::TraceEvent {
+            correlation_id: super::message::CorrelationId::generate().0,
+            stage: super::trace::Stage::Handoff,
+            attempt: None,
+            started_at: self.at,
+            duration_us: 0,
+            outcome: super::trace::Outcome::Ok,
+            detail: Some(format!(
+                "{}, by {} (conversation {})",
+                self.mode.as_str(),
+                self.by,
+                self.conversation_id
+            )),
+        }
+    }
+}
+
 /// `[handoff]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Daemon;
+use crate::core::Write;
 use crate::core::handoff::{self, Handoff, Mode};
-use crate::core::{CorrelationId, Outcome, Stage, Write};
 
 /// How long a person still answers `conversation`; `None`: the agent does
 /// (a takeover that ran out ends here). A store that cannot say lets the
@@ -35,27 +35,24 @@ pub(super) async fn held(daemon: &Arc<Daemon>, conversation: i64) -> Option<Dura
     if now < resumes_at {
         return Some(Duration::from_millis((resumes_at - now) as u64));
     }
-    let write = Write::Handoff(Handoff {
+    let handoff = Handoff {
         conversation_id: conversation,
         mode: Mode::Agent,
         by: handoff::AUTO_RESUME.into(),
         at: now,
-    });
-    if let Err(e) = daemon.store.write(write).await {
+    };
+    let event = handoff.trace();
+    if let Err(e) = daemon.store.write(Write::Handoff(handoff)).await {
         tracing::error!(conversation, error = %e, "cannot end a takeover that ran out");
     }
     tracing::info!(conversation, "a takeover ran out: the agent answers again");
-    let started = std::time::Instant::now();
     daemon.tracer.stage(
-        &CorrelationId::generate().0,
-        Stage::Handoff,
-        now,
-        started,
-        Outcome::Ok,
-        Some(format!(
-            "agent, by {} (conversation {conversation})",
-            handoff::AUTO_RESUME
-        )),
+        &event.correlation_id,
+        event.stage,
+        event.started_at,
+        std::time::Instant::now(),
+        event.outcome,
+        event.detail,
     );
     None
 }

@@ -44,6 +44,7 @@ pub fn relay(daemon: &Arc<Daemon>) -> Relay {
         channels: daemon.live().channels.iter().map(|c| c.channel()).collect(),
         external: daemon.settings.external,
         take: daemon.settings.mcp_take,
+        send_takes_over: daemon.settings.mcp_send_takes_over,
         after_send: Arc::new(move || waker.wake_outbox()),
         arrivals: Some(daemon.arrivals.subscribe()),
     };

@@ -74,6 +74,9 @@ pub struct DaemonSettings {
     pub external: bool,
     /// How long a message taken by an MCP consumer stays its own.
     pub mcp_take: Duration,
+    /// `mcp.send_takes_over`: an MCP client's `send_message` takes the
+    /// conversation over for a person.
+    pub mcp_send_takes_over: bool,
     /// Browser origins `/mcp` serves (`mcp.allowed_origins`); a request
     /// with any other `Origin` gets 403, one without an `Origin` is served.
     pub mcp_origins: Vec<String>,
@@ -98,6 +101,7 @@ impl Default for DaemonSettings {
             lease: Duration::from_secs(15),
             external: false,
             mcp_take: Duration::from_secs(300),
+            mcp_send_takes_over: false,
             mcp_origins: Vec::new(),
         }
     }

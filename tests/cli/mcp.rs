@@ -126,6 +126,7 @@ async fn an_outside_agent_answers_telegram_through_convagent_mcp() {
             "list_conversations",
             "search_messages",
             "send_message",
+            "set_mode",
             "wait_for_message"
         ]
     );
@@ -264,7 +265,7 @@ async fn mcp_over_http_needs_a_token_and_sends_through_the_outbox() {
     let endpoint = format!("{url}/mcp");
     let mut client = Client::start(&env, &calls, &["http", &endpoint, &good]);
     client.next("initialize");
-    assert_eq!(tool_names(&client.next("tools")).len(), 6);
+    assert_eq!(tool_names(&client.next("tools")).len(), 7);
     let sent_line = client.next("the send");
     let sent_view = structured(&sent_line).clone();
     assert!(sent_view["outbox_id"].is_i64(), "{sent_view}");
@@ -648,4 +649,73 @@ fn mcp_on_stdio_offers_no_batch_version_and_says_invalid_params() {
     assert_ne!(version, "2025-03-26");
     assert_eq!(by_id(2)["error"]["code"], -32602, "{answers:?}");
     assert_eq!(by_id(3)["error"]["code"], -32602, "{answers:?}");
+}
+
+/// With `mcp.send_takes_over`, an MCP client is an operator's inbox: its
+/// `send_message` takes the conversation over (the agent is silent there)
+/// and `set_mode` gives it back; `list_conversations` says who answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_send_takes_the_conversation_over_and_set_mode_gives_it_back() {
+    use wiremock::matchers::{method, path};
+    let telegram = accepting_telegram().await;
+    let ollama = MockServer::start().await;
+    wiremock::Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(crate::serve::EchoOllama)
+        .mount(&ollama)
+        .await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    env.write_config(&format!(
+        "{}[mcp]\nsend_takes_over = true\n",
+        crate::BASE_CONFIG
+    ));
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let post = |n: i64, text: &str| {
+        let url = daemon.url.clone();
+        let update = telegram_update(41, n, text);
+        tokio::task::block_in_place(move || post_update(&url, &update))
+    };
+    assert_eq!(post(1, "hi"), 200);
+    assert_eq!(sent_within(&telegram, 1, 10).await, ["re: hi"]);
+
+    let bin = assert_cmd::cargo::cargo_bin("convagent");
+    let stdio = ["stdio", bin.to_str().unwrap(), "mcp"];
+    let calls = json!([
+        ["call", "send_message", { "conversation_id": 1, "text": "Ana from support here." }],
+        ["call", "list_conversations", {}],
+    ]);
+    let mut client = Client::start(&env, &calls, &stdio);
+    client.next("initialize");
+    client.next("the send");
+    let listed = client.next("the list");
+    let conversation = &structured(&listed)["conversations"][0];
+    assert_eq!(conversation["mode"], "human", "{conversation}");
+    tokio::task::block_in_place(|| client.finish());
+    assert_eq!(
+        sent_within(&telegram, 2, 10).await,
+        ["re: hi", "Ana from support here."]
+    );
+
+    assert_eq!(post(2, "thank you!"), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sent(&telegram, "text").await.len(),
+        2,
+        "the agent is silent"
+    );
+
+    let calls = json!([["call", "set_mode", { "conversation_id": 1, "mode": "agent" }]]);
+    let mut client = Client::start(&env, &calls, &stdio);
+    client.next("initialize");
+    let set = client.next("set_mode");
+    assert_eq!(structured(&set)["mode"], "agent");
+    tokio::task::block_in_place(|| client.finish());
+    assert_eq!(post(3, "one more question"), 200);
+    let texts = sent_within(&telegram, 3, 10).await;
+    assert!(
+        texts.len() >= 3 && texts[2..].iter().all(|t| t.starts_with("re: ")),
+        "the agent answers again, what waited too: {texts:?}"
+    );
+    stop(daemon);
 }

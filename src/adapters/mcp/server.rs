@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Clock;
+use crate::core::handoff::{Handoff, Mode};
 use crate::core::message::{Channel, ConversationKey, CorrelationId};
 use crate::core::ports::{
     AnyStore, ConversationFilter, ConversationSummary, Destination, Outgoing, SearchOrder,
@@ -81,6 +82,9 @@ pub struct RelaySettings {
     pub external: bool,
     /// How long a taken message stays with its consumer (`mcp.take_secs`).
     pub take: Duration,
+    /// `mcp.send_takes_over`: a send into a conversation the agent answers
+    /// takes it over for a person and answers what waits there.
+    pub send_takes_over: bool,
     /// Called after each send (the daemon wakes its outbox at once; another
     /// process's outbox sees the reply within a second).
     pub after_send: Arc<dyn Fn() + Send + Sync>,
@@ -148,6 +152,18 @@ pub struct ConversationView {
     pub last_activity_at_ms: i64,
     /// Closed by `/reset`: the sender's next message starts a new one.
     pub closed: bool,
+    /// Who answers it: `agent`, or `human` (a person took it over).
+    pub mode: String,
+    /// Who set that mode, and when.
+    pub mode_by: Option<String>,
+    pub mode_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SetModeParams {
+    pub conversation_id: i64,
+    /// `human` (a person answers; the agent is silent) or `agent`.
+    pub mode: String,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -270,6 +286,9 @@ fn conversation_view(c: ConversationSummary) -> ConversationView {
         started_at_ms: c.started_at,
         last_activity_at_ms: c.last_activity_at,
         closed: c.closed,
+        mode: c.mode.as_str().to_string(),
+        mode_by: c.mode_by,
+        mode_at_ms: c.mode_at,
     }
 }
 
@@ -301,6 +320,27 @@ fn consumer(context: &RequestContext<RoleServer>) -> String {
 }
 
 impl Relay {
+    /// Records who answers `conversation` now, traced with who did it.
+    async fn hand(&self, conversation: i64, mode: Mode, by: &str) -> Result<(), String> {
+        let handoff = Handoff {
+            conversation_id: conversation,
+            mode,
+            by: by.to_string(),
+            at: self.parts.clock.now_ms(),
+        };
+        let trace = handoff.trace();
+        let store = &self.parts.store;
+        store
+            .write(Write::Handoff(handoff))
+            .await
+            .map_err(store_error)?;
+        store
+            .write(Write::Traces(vec![trace]))
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
     pub fn new(store: Arc<dyn AnyStore>, clock: Arc<dyn Clock>, settings: RelaySettings) -> Self {
         Relay {
             parts: Arc::new(Parts {
@@ -450,13 +490,15 @@ impl Relay {
                 );
             }
         };
+        let settings = &self.parts.settings;
+        let takes_over = settings.send_takes_over && !settings.external;
         let out = Outgoing {
             to,
             text: p.text,
             provider: PROVIDER.into(),
             sender: consumer(&context),
             correlation_id: CorrelationId::generate().0,
-            answers_pending: self.parts.settings.external,
+            answers_pending: settings.external || takes_over,
             at: self.parts.clock.now_ms(),
         };
         let sent = self
@@ -466,6 +508,14 @@ impl Relay {
             .await
             .and_then(Written::sent)
             .map_err(store_error)?;
+        if takes_over {
+            self.hand(
+                sent.message.conversation_id,
+                Mode::Human,
+                &consumer(&context),
+            )
+            .await?;
+        }
         (self.parts.settings.after_send)();
         tracing::info!(
             message = sent.message.id,
@@ -481,6 +531,25 @@ impl Relay {
             correlation_id: sent.message.correlation_id,
             answered: sent.answered,
         }))
+    }
+
+    #[tool(
+        description = "Say who answers a conversation: mode \"human\" (a person takes it over: \
+        the agent is silent there until it is given back or the takeover runs out) or \"agent\"."
+    )]
+    async fn set_mode(
+        &self,
+        Parameters(p): Parameters<SetModeParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<Json<ConversationView>, String> {
+        let mode = Mode::parse(p.mode.trim())
+            .ok_or_else(|| format!("mode `{}`: say \"human\" or \"agent\"", p.mode))?;
+        self.conversation(p.conversation_id).await?;
+        self.hand(p.conversation_id, mode, &consumer(&context))
+            .await?;
+        Ok(Json(conversation_view(
+            self.conversation(p.conversation_id).await?,
+        )))
     }
 
     #[tool(description = "List conversations, the most recently active first.")]
