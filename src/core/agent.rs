@@ -16,7 +16,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::context::{self, ContextWindow};
 use super::guardrails::{Guardrails, SecretFilter, Violation};
-use super::handoff::{self, Handoff, HandoffConfig, Mode};
+use super::handoff::{self, Command, Handoff, HandoffConfig, Mode};
 use super::limits::{self, Limits, Rule, Verdict};
 use super::llm::{
     ChatMessage, Image, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
@@ -420,8 +420,8 @@ impl Agent {
         on_event: &mut OnEvent<'_>,
     ) -> Result<Reply, AgentError> {
         let prompt = self.prompt()?;
-        if let Some(asked) = self.person_asked(turn, &prompt, on_event).await? {
-            return Ok(asked);
+        if let Some(answered) = self.command(turn, &prompt, on_event).await? {
+            return Ok(answered);
         }
         let turn = match self.limit(turn, &prompt, on_event).await? {
             Ok(answerable) => &turn[..answerable],
@@ -553,54 +553,100 @@ impl Agent {
         }))
     }
 
-    /// Before all else: a turn in which the person asks for a person
-    /// (`/human`, a `[handoff]` trigger) hands the conversation to a person
-    /// (`human` mode, in the store, so every daemon holds it) and tells
-    /// them one will answer (a `refusal` reply, provider `handoff`).
-    async fn person_asked(
+    /// Before all else, what a person asks of convagent itself, with the
+    /// turn's last command answered (by its `[handoff]` notice, a `refusal`
+    /// reply): `/human` or a trigger phrase hands the conversation to a
+    /// person (`human` mode, in the store, so every daemon holds it);
+    /// `/reset` closes the conversation (the next message starts a new
+    /// one); `/stop` records that nothing more is to be sent to them (the
+    /// outbox withholds what comes after this answer) until `/start`;
+    /// `/help` says what they can ask.
+    async fn command(
         &self,
         turn: &[Pending],
         prompt: &PromptVersion,
         on_event: &mut OnEvent<'_>,
     ) -> Result<Option<Reply>, AgentError> {
         let config = &self.settings.handoff;
-        if !turn.iter().any(|p| config.asks_for_person(&p.message.text)) {
+        let Some(mut command) = turn
+            .iter()
+            .rev()
+            .find_map(|p| config.command(&p.message.text))
+        else {
             return Ok(None);
-        }
+        };
         let last = &turn[turn.len() - 1];
+        let key = &last.message.key;
         let began = self.now();
-        self.store
-            .write(Write::Handoff(Handoff {
-                conversation_id: last.conversation_id,
-                mode: Mode::Human,
-                by: handoff::ASKED_BY_PERSON.into(),
-                at: began.0,
-            }))
+        let (provider, model) = match command {
+            Command::Human => {
+                self.store
+                    .write(Write::Handoff(Handoff {
+                        conversation_id: last.conversation_id,
+                        mode: Mode::Human,
+                        by: handoff::ASKED_BY_PERSON.into(),
+                        at: began.0,
+                    }))
+                    .await?;
+                self.stage(
+                    &last.message,
+                    Stage::Handoff,
+                    began,
+                    Outcome::Ok,
+                    Some(format!("human, asked by {}", handoff::ASKED_BY_PERSON)),
+                );
+                (handoff::NOTICE_PROVIDER, Mode::Human.as_str())
+            }
+            // Opted in before the answer, which must not be withheld.
+            Command::Start => {
+                let was_out = self.store.opted_out(key.channel, &key.sender)?.is_some();
+                self.store
+                    .write(Write::OptOut {
+                        channel: key.channel,
+                        sender: key.sender.clone(),
+                        out: false,
+                        at: began.0,
+                    })
+                    .await?;
+                // Telegram sends /start when someone first opens the chat:
+                // for them, what they can ask.
+                if !was_out {
+                    command = Command::Help;
+                }
+                (handoff::COMMAND_PROVIDER, "start")
+            }
+            Command::Stop => (handoff::COMMAND_PROVIDER, command.as_str()),
+            Command::Reset | Command::Help => (handoff::COMMAND_PROVIDER, command.as_str()),
+        };
+        info!(command = command.as_str(), "a chat command");
+        let answer = (
+            config.answer(command).to_string(),
+            provider,
+            model.to_string(),
+        );
+        let what = format!("/{} answer", command.as_str());
+        let reply = self
+            .refuse(turn, prompt, began, answer, Vec::new(), &what, on_event)
             .await?;
-        self.stage(
-            &last.message,
-            Stage::Handoff,
-            began,
-            Outcome::Ok,
-            Some(format!("human, asked by {}", handoff::ASKED_BY_PERSON)),
-        );
-        info!("the person asked for a person: handed over");
-        let notice = (
-            config.notice.clone(),
-            handoff::NOTICE_PROVIDER,
-            Mode::Human.as_str().to_string(),
-        );
-        self.refuse(
-            turn,
-            prompt,
-            began,
-            notice,
-            Vec::new(),
-            "handoff notice",
-            on_event,
-        )
-        .await
-        .map(Some)
+        match command {
+            Command::Reset => {
+                self.store.close_conversation(key, began.0)?;
+            }
+            // Opted out after the answer: it is the last thing they get
+            // (the outbox withholds what was stored after this moment).
+            Command::Stop => {
+                self.store
+                    .write(Write::OptOut {
+                        channel: key.channel,
+                        sender: key.sender.clone(),
+                        out: true,
+                        at: self.clock.now_ms().max(reply.reply.created_at),
+                    })
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(Some(reply))
     }
 
     /// Step 4b: a turn that is nothing but media the agent cannot take in

@@ -9,6 +9,36 @@ use serde::{Deserialize, Serialize};
 
 /// The provider recorded with the notice a person gets on asking for one.
 pub const NOTICE_PROVIDER: &str = "handoff";
+/// The provider recorded with the answer to `/reset`, `/stop`, `/start`
+/// and `/help` (the command is the model).
+pub const COMMAND_PROVIDER: &str = "command";
+
+/// What a person can ask of convagent itself, in any chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `/human` or a trigger phrase: a person should answer.
+    Human,
+    /// `/reset`: start a new conversation.
+    Reset,
+    /// `/stop`: send me nothing more.
+    Stop,
+    /// `/start`: send me messages again.
+    Start,
+    /// `/help`: what can I ask?
+    Help,
+}
+
+impl Command {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Human => "human",
+            Command::Reset => "reset",
+            Command::Stop => "stop",
+            Command::Start => "start",
+            Command::Help => "help",
+        }
+    }
+}
 /// Who is recorded as ending a takeover that ran out.
 pub const AUTO_RESUME: &str = "auto-resume";
 /// Who is recorded as asking for a person through the chat.
@@ -85,6 +115,14 @@ pub struct HandoffConfig {
     pub triggers: Vec<String>,
     /// What the person is told when the conversation goes to a person.
     pub notice: String,
+    /// The answer to `/reset` (the next message starts a new conversation).
+    pub reset_notice: String,
+    /// The answer to `/stop`, the last message they get until `/start`.
+    pub stop_notice: String,
+    /// The answer to `/start`.
+    pub start_notice: String,
+    /// The answer to `/help`.
+    pub help: String,
 }
 
 impl Default for HandoffConfig {
@@ -108,11 +146,46 @@ impl Default for HandoffConfig {
             .map(String::from)
             .to_vec(),
             notice: "A person will answer here soon.".into(),
+            reset_notice: "Starting over: I have set our earlier conversation aside.".into(),
+            stop_notice:
+                "You will get no more messages from us here. Send /start to get them again.".into(),
+            start_notice: "Welcome back: you will get messages here again.".into(),
+            help: "Ask me anything. /human: a person answers you. /reset: start over. /stop: no \
+                   more messages from us. /start: messages again. /help: this."
+                .into(),
         }
     }
 }
 
 impl HandoffConfig {
+    /// The command `text` is: `/human`, `/reset`, `/stop`, `/start`,
+    /// `/help` as its first word (Telegram may add `@botname`), or a
+    /// trigger phrase asking for a person.
+    pub fn command(&self, text: &str) -> Option<Command> {
+        let text = text.trim();
+        let first = text.split_whitespace().next().unwrap_or_default();
+        let command = match first.split('@').next().unwrap_or_default() {
+            "/human" => Some(Command::Human),
+            "/reset" => Some(Command::Reset),
+            "/stop" => Some(Command::Stop),
+            "/start" => Some(Command::Start),
+            "/help" => Some(Command::Help),
+            _ => None,
+        };
+        command.or_else(|| self.asks_for_person(text).then_some(Command::Human))
+    }
+
+    /// The answer to `command`.
+    pub fn answer(&self, command: Command) -> &str {
+        match command {
+            Command::Human => &self.notice,
+            Command::Reset => &self.reset_notice,
+            Command::Stop => &self.stop_notice,
+            Command::Start => &self.start_notice,
+            Command::Help => &self.help,
+        }
+    }
+
     /// Whether `text` asks for a person: the `/human` command (Telegram
     /// may add `@botname`), or a trigger phrase as whole words.
     pub fn asks_for_person(&self, text: &str) -> bool {
@@ -159,5 +232,12 @@ mod tests {
         assert!(!c.asks_for_person("/humans are great"));
         assert!(!c.asks_for_person("human"));
         assert_eq!(c.resumes_at(1_000), 1_000 + 1_800_000);
+        assert_eq!(c.command("/stop"), Some(Command::Stop));
+        assert_eq!(c.command("/start@convagent_bot"), Some(Command::Start));
+        assert_eq!(c.command("/reset please"), Some(Command::Reset));
+        assert_eq!(c.command("/help"), Some(Command::Help));
+        assert_eq!(c.command("a real person please"), Some(Command::Human));
+        assert_eq!(c.command("stop it"), None);
+        assert_eq!(c.command("/stopwatch"), None);
     }
 }

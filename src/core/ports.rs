@@ -269,6 +269,14 @@ pub enum Write {
     /// Who answers a conversation now (`Written::Done`; `NotFound` for a
     /// conversation that is not there).
     Handoff(super::handoff::Handoff),
+    /// A person stopped (`out`) or resumed messages on a channel (`/stop`,
+    /// `/start`): `Written::Done`.
+    OptOut {
+        channel: Channel,
+        sender: String,
+        out: bool,
+        at: i64,
+    },
     /// One batch of retention (`Written::Erased` says what went).
     Prune(Prune),
     /// Messages held back by a limit, answered by the notice already sent
@@ -736,6 +744,10 @@ pub trait Ingest: Writes + Send + Sync {
     /// Closes the open conversation for `key`, if any; the next message from
     /// that sender starts a new conversation. Returns whether one was closed.
     fn close_conversation(&self, key: &ConversationKey, at: i64) -> Result<bool, StoreError>;
+
+    /// Since when (unix ms) `sender` on `channel` wants nothing sent to
+    /// them (`/stop`), if they do.
+    fn opted_out(&self, channel: Channel, sender: &str) -> Result<Option<i64>, StoreError>;
 }
 
 /// What [`ConversationReads::turns_after`] read.

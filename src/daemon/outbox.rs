@@ -207,6 +207,9 @@ async fn send_claimed(daemon: &Arc<Daemon>, item: OutboxItem, now: i64) -> bool 
     true
 }
 
+/// How a send withheld from a person who sent /stop is said.
+const OPTED_OUT: &str = "opted out";
+
 async fn deliver(daemon: &Arc<Daemon>, item: OutboxItem) {
     let correlation = item.correlation_id.clone().unwrap_or_default();
     let started_at = daemon.clock.now_ms();
@@ -243,6 +246,17 @@ async fn deliver(daemon: &Arc<Daemon>, item: OutboxItem) {
         OutboxUpdate::Retry { error, .. } => {
             tracer.record(attempt(Outcome::Retry, Some(error.clone())));
             daemon.metrics.send(channel, "retry");
+        }
+        OutboxUpdate::Discard if outcome == OPTED_OUT => {
+            tracer.stage(
+                &correlation,
+                Stage::Dead,
+                started_at,
+                began,
+                Outcome::Dead,
+                Some("opted_out: the person sent /stop; withheld until /start".into()),
+            );
+            daemon.metrics.send(channel, "withheld");
         }
         // An operator's, never the outcome of a send.
         OutboxUpdate::Requeue | OutboxUpdate::Discard => {}
@@ -308,6 +322,13 @@ async fn attempt_send(daemon: &Arc<Daemon>, item: &OutboxItem) -> (OutboxUpdate,
             "dead",
         );
     };
+    // The person sent /stop: what was stored after its answer is withheld
+    // (a store that cannot say lets it go: /stop's own answer must).
+    if let Ok(Some(since)) = daemon.store.opted_out(item.key.channel, &item.key.sender)
+        && item.created_at > since
+    {
+        return (OutboxUpdate::Discard, OPTED_OUT);
+    }
     let parts = split_message(&item.text, adapter.max_message_len());
     if daemon.settings.dry_run {
         tracing::info!(to = %item.key.sender, channel = %item.key.channel, parts = parts.len(), "dry run: reply recorded, not sent");

@@ -192,3 +192,57 @@ async fn a_trigger_phrase_on_whatsapp_asks_for_a_person() {
     assert_eq!(sent, [HandoffConfig::default().notice]);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_withholds_everything_until_start_and_reset_and_help_answer() {
+    let clock = Arc::new(FakeClock::at(NOON));
+    let llm = Arc::new(EchoLlm::new());
+    let h = start(llm.clone(), clock).await;
+    let config = HandoffConfig::default();
+    let mut n = 0;
+    let mut say = async |text: &str| {
+        n += 1;
+        h.advance(1_000);
+        assert_eq!(h.post(&text_from(&h, n, text)).await.0, 200);
+        h.drained().await;
+    };
+    // Telegram sends /start when someone first opens the chat: what they
+    // can ask, not a welcome back.
+    say("/start").await;
+    say("/help").await;
+    say("/stop").await;
+    say("are you still there?").await;
+    assert_eq!(llm.seen.lock().unwrap().len(), 1, "answered, but withheld");
+    say("/start").await;
+    say("hello again").await;
+    assert!(
+        crate::support::eventually(10, || h.store.outbox_stats().is_ok_and(|s| s.queued == 0))
+            .await
+    );
+    assert_eq!(
+        sent(&h).await,
+        [
+            config.help.clone(),
+            config.help.clone(),
+            config.stop_notice.clone(),
+            config.start_notice.clone(),
+            "echo: hello again".to_string(),
+        ]
+    );
+    let withheld: Vec<(String, String)> = crate::support::pairs(
+        &h.dir.path().join("convagent.db"),
+        "SELECT outcome, detail FROM traces WHERE stage = 'dead'",
+    );
+    assert_eq!(withheld.len(), 1, "{withheld:?}");
+    assert!(withheld[0].1.starts_with("opted_out"), "{withheld:?}");
+    assert_eq!(h.store.outbox_stats().unwrap().dead, 0, "not a dead letter");
+
+    // /reset: answered in the old conversation, the next message opens a
+    // new one.
+    say("/reset").await;
+    say("who am I?").await;
+    let conversations = h.store.conversations(&Default::default()).unwrap();
+    assert_eq!(conversations.len(), 2);
+    assert!(conversations.iter().any(|c| c.closed));
+    h.stop().await;
+}

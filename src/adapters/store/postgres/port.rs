@@ -150,6 +150,17 @@ impl Ingest for PostgresStore {
             Ok(n > 0)
         })
     }
+
+    fn opted_out(&self, channel: Channel, sender: &str) -> Result<Option<i64>, StoreError> {
+        let sender = sender.to_string();
+        self.read(move |c| {
+            Ok(c.query_opt(
+                "SELECT at FROM opt_outs WHERE channel = $1 AND sender = $2",
+                &[&channel.as_str(), &sender],
+            )?
+            .map(|r| r.get(0)))
+        })
+    }
 }
 
 impl ConversationReads for PostgresStore {

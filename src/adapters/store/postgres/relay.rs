@@ -205,3 +205,26 @@ pub(super) fn handoff_in(
         _ => Ok(()),
     }
 }
+
+/// `/stop` (`out`) or `/start` of `sender` on `channel` ([`Write::OptOut`]).
+pub(super) fn opt_out_in(
+    tx: &mut Transaction<'_>,
+    channel: crate::core::Channel,
+    sender: &str,
+    out: bool,
+    at: i64,
+) -> Result<(), StoreError> {
+    if out {
+        tx.execute(
+            "INSERT INTO opt_outs (channel, sender, at) VALUES ($1, $2, $3)
+             ON CONFLICT (channel, sender) DO UPDATE SET at = excluded.at",
+            &[&channel.as_str(), &sender, &at],
+        )?;
+    } else {
+        tx.execute(
+            "DELETE FROM opt_outs WHERE channel = $1 AND sender = $2",
+            &[&channel.as_str(), &sender],
+        )?;
+    }
+    Ok(())
+}

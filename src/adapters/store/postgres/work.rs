@@ -44,6 +44,15 @@ pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Writte
             super::relay::handoff_in(tx, handoff)?;
             Written::Done
         }
+        Write::OptOut {
+            channel,
+            sender,
+            out,
+            at,
+        } => {
+            super::relay::opt_out_in(tx, *channel, sender, *out, *at)?;
+            Written::Done
+        }
         Write::Prune(prune) => Written::Erased(super::people::prune_in(tx, prune)?),
         Write::Hold(held) => Written::Reply(hold_in(tx, held)?),
         Write::Send(out) => Written::Sent(super::relay::send_in(tx, out)?),

@@ -359,6 +359,14 @@ impl Ingest for SqliteStore {
             .execute(params![key.channel.as_str(), key.sender, key.thread, at])?;
         Ok(n > 0)
     }
+
+    fn opted_out(&self, channel: Channel, sender: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .reader()
+            .prepare_cached("SELECT at FROM opt_outs WHERE channel = ?1 AND sender = ?2")?
+            .query_row(params![channel.as_str(), sender], |r| r.get(0))
+            .optional()?)
+    }
 }
 
 impl ConversationReads for SqliteStore {

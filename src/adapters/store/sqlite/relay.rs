@@ -207,3 +207,24 @@ pub(super) fn handoff_in(
         _ => Ok(()),
     }
 }
+
+/// `/stop` (`out`) or `/start` of `sender` on `channel` ([`Write::OptOut`]).
+pub(super) fn opt_out_in(
+    conn: &Connection,
+    channel: crate::core::Channel,
+    sender: &str,
+    out: bool,
+    at: i64,
+) -> Result<(), StoreError> {
+    if out {
+        conn.prepare_cached(
+            "INSERT INTO opt_outs (channel, sender, at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (channel, sender) DO UPDATE SET at = excluded.at",
+        )?
+        .execute(params![channel.as_str(), sender, at])?;
+    } else {
+        conn.prepare_cached("DELETE FROM opt_outs WHERE channel = ?1 AND sender = ?2")?
+            .execute(params![channel.as_str(), sender])?;
+    }
+    Ok(())
+}

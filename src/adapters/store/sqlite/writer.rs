@@ -325,6 +325,15 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
             relay::handoff_in(conn, handoff)?;
             Written::Done
         }
+        Write::OptOut {
+            channel,
+            sender,
+            out,
+            at,
+        } => {
+            relay::opt_out_in(conn, *channel, sender, *out, *at)?;
+            Written::Done
+        }
         Write::Prune(prune) => Written::Erased(people::prune_in(conn, prune)?),
         Write::Hold(held) => Written::Reply(limits::hold_in(conn, held)?),
         Write::Send(out) => Written::Sent(relay::send_in(conn, out)?),
