@@ -378,6 +378,7 @@ impl Agent {
                     message_id: accepted.message_id,
                     conversation_id: accepted.conversation_id,
                     message: message.clone(),
+                    human_since: None,
                 });
             }
             if let Some(last) = turn.last().filter(|_| last_duplicate)

@@ -224,6 +224,10 @@ pub struct Pending {
     pub message_id: i64,
     pub conversation_id: i64,
     pub message: InboundMessage,
+    /// When a person took the conversation over (its `mode_at`), while a
+    /// person answers it; read with the message, so a worker knows without
+    /// another read.
+    pub human_since: Option<i64>,
 }
 
 /// A turn's outcome, written in one transaction: the reply, the burst it

@@ -11,27 +11,17 @@ use super::Daemon;
 use crate::core::Write;
 use crate::core::handoff::{self, Handoff, Mode};
 
-/// How long a person still answers `conversation`; `None`: the agent does
-/// (a takeover that ran out ends here). A store that cannot say lets the
-/// agent answer: a message is never left waiting for a mode unknown.
-pub(super) async fn held(daemon: &Arc<Daemon>, conversation: i64) -> Option<Duration> {
-    let summary = match daemon.store.conversation(conversation) {
-        Ok(Some(summary)) => summary,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!(conversation, error = %e, "cannot read who answers a conversation");
-            return None;
-        }
-    };
-    if summary.mode != Mode::Human {
-        return None;
-    }
+/// How long a person still answers `conversation`, taken over at
+/// `human_since` (as its pending messages were read); `None`: the agent
+/// does (a takeover that ran out ends here).
+pub(super) async fn held(
+    daemon: &Arc<Daemon>,
+    conversation: i64,
+    human_since: Option<i64>,
+) -> Option<Duration> {
+    let since = human_since?;
     let now = daemon.clock.now_ms();
-    let resumes_at = daemon
-        .live()
-        .agent
-        .handoff()
-        .resumes_at(summary.mode_at.unwrap_or(0));
+    let resumes_at = daemon.live().agent.handoff().resumes_at(since);
     if now < resumes_at {
         return Some(Duration::from_millis((resumes_at - now) as u64));
     }

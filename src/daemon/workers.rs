@@ -161,7 +161,8 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
         }
         // A person answers it now: the messages wait for them, and the
         // worker comes back when the takeover runs out.
-        if let Some(wait) = super::handoff::held(daemon, conversation).await {
+        let human_since = pending[0].human_since;
+        if let Some(wait) = super::handoff::held(daemon, conversation, human_since).await {
             let daemon = daemon.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;

@@ -266,7 +266,8 @@ impl WorkQueue for SqliteStore {
         let mut stmt = conn.prepare_cached(
             "SELECT m.text, m.provider_message_id, m.provider_ts, m.created_at,
                     m.attachments, m.metadata, m.correlation_id,
-                    c.channel, c.sender, c.thread, m.id
+                    c.channel, c.sender, c.thread, m.id,
+                    CASE c.mode WHEN 'human' THEN coalesce(c.mode_at, 0) END
              FROM messages m JOIN conversations c ON c.id = m.conversation_id
              WHERE m.conversation_id = ?1 AND m.role = 'user' AND m.answered_at IS NULL
              ORDER BY m.id LIMIT +?2",
@@ -295,6 +296,7 @@ impl WorkQueue for SqliteStore {
                 message_id: r.get(10)?,
                 conversation_id,
                 message,
+                human_since: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
