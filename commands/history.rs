@@ -297,20 +297,14 @@ fn delete(ctx: &Context, sender: &SenderRef, yes: bool) -> Result<ExitCode> {
 /// directory; says how many were there.
 fn remove_files(ctx: &Context, files: &[String]) -> Result<usize> {
     let kept = DiskFiles::new(ctx.settings()?.media_dir());
-    let mut removed = 0;
-    for file in files {
-        match kept.remove(file) {
-            Ok(was) => removed += usize::from(was),
-            Err(why) => {
-                return Err(UserError::new(
-                    format!("the messages are deleted, but not their file: {why}"),
-                    "check the permissions of [media] dir, then remove the file by hand",
-                )
-                .into());
-            }
-        }
+    match kept.remove_all(files) {
+        (removed, None) => Ok(removed),
+        (_, Some(why)) => Err(UserError::new(
+            format!("the messages are deleted, but not all their files: {why}"),
+            "check the permissions of [media] dir, then remove the file by hand",
+        )
+        .into()),
     }
-    Ok(removed)
 }
 
 fn list(

@@ -61,24 +61,25 @@ pub fn text_of(
 /// A PDF's text. The parser may panic on a damaged file: that is an
 /// unreadable file, not a crashed turn.
 fn pdf(bytes: &[u8]) -> Result<String, String> {
-    let bytes = bytes.to_vec();
-    std::panic::catch_unwind(move || pdf_extract::extract_text_from_mem(&bytes))
-        .map_err(|_| "an unreadable PDF".to_string())?
-        .map_err(|e| format!("an unreadable PDF: {e}"))
-        // pdf-extract lays pages out with runs of blank lines.
-        .map(|text| {
-            let mut out = String::with_capacity(text.len());
-            let mut blank = 0;
-            for line in text.lines() {
-                let line = line.trim_end();
-                blank = if line.is_empty() { blank + 1 } else { 0 };
-                if blank <= 1 {
-                    out.push_str(line);
-                    out.push('\n');
-                }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pdf_extract::extract_text_from_mem(bytes)
+    }))
+    .map_err(|_| "an unreadable PDF".to_string())?
+    .map_err(|e| format!("an unreadable PDF: {e}"))
+    // pdf-extract lays pages out with runs of blank lines.
+    .map(|text| {
+        let mut out = String::with_capacity(text.len());
+        let mut blank = 0;
+        for line in text.lines() {
+            let line = line.trim_end();
+            blank = if line.is_empty() { blank + 1 } else { 0 };
+            if blank <= 1 {
+                out.push_str(line);
+                out.push('\n');
             }
-            out
-        })
+        }
+        out
+    })
 }
 
 #[cfg(test)]

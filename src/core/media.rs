@@ -201,6 +201,22 @@ pub trait MediaFiles: Send + Sync {
     fn remove(&self, file: &str) -> Result<bool, String>;
     /// Where the file named `file` is (or would be) kept, for the export.
     fn locate(&self, file: &str) -> String;
+
+    /// Removes each of `files` (erasure, retention): how many were here,
+    /// and the first reason one could not be removed (the rest are tried).
+    fn remove_all(&self, files: &[String]) -> (usize, Option<String>) {
+        let mut removed = 0;
+        let mut failed = None;
+        for file in files {
+            match self.remove(file) {
+                Ok(was) => removed += usize::from(was),
+                Err(why) => {
+                    failed.get_or_insert(why);
+                }
+            }
+        }
+        (removed, failed)
+    }
 }
 
 /// What an attachment is.

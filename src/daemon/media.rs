@@ -65,8 +65,9 @@ impl Media {
         let Some(cap) = self.config.max_bytes(attachment.kind) else {
             return false;
         };
+        // Shared by keeping, reading and hearing: fetched once, copied never.
         let bytes = match self.fetch(source, attachment, cap).await {
-            Ok(bytes) => bytes,
+            Ok(bytes) => Arc::new(bytes),
             Err(why) => {
                 trace(Stage::Fetched, Outcome::Failed, why.clone());
                 attachment.fetch_error = Some(why);
@@ -75,7 +76,7 @@ impl Media {
         };
         let files = self.files.clone();
         let kept = {
-            let bytes = bytes.clone();
+            let bytes = Arc::clone(&bytes);
             tokio::task::spawn_blocking(move || files.put(&bytes))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
@@ -95,12 +96,13 @@ impl Media {
         }
         let mut detail = format!("{} bytes", bytes.len());
         if attachment.kind.sense() == Some(Sense::Reading) {
-            detail.push_str(&self.read(attachment, &bytes).await);
+            detail.push_str(&self.read(attachment, Arc::clone(&bytes)).await);
         }
         trace(Stage::Fetched, Outcome::Ok, detail);
         if attachment.kind.sense() == Some(Sense::Hearing)
             && let Some(stt) = &self.stt
         {
+            let bytes = Arc::try_unwrap(bytes).unwrap_or_else(|shared| (*shared).clone());
             let (audio, mime, name, said) = self.for_hearing(attachment, bytes).await;
             match stt.transcribe(audio, &mime, &name).await {
                 Ok(text) => {
@@ -209,12 +211,8 @@ impl Media {
 
     /// A document's text into `attachment.text`, within the budget; says
     /// what was read for the trace.
-    async fn read(&self, attachment: &mut Attachment, bytes: &[u8]) -> String {
-        let (bytes, mime, name) = (
-            bytes.to_vec(),
-            attachment.content_type.clone(),
-            attachment.name.clone(),
-        );
+    async fn read(&self, attachment: &mut Attachment, bytes: Arc<Vec<u8>>) -> String {
+        let (mime, name) = (attachment.content_type.clone(), attachment.name.clone());
         let budget = self.config.document_chars;
         let read = tokio::task::spawn_blocking(move || {
             crate::adapters::documents::text_of(&bytes, mime.as_deref(), name.as_deref(), budget)

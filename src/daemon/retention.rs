@@ -66,12 +66,9 @@ async fn remove_files(daemon: &Daemon, files: Vec<String>) -> usize {
         return 0;
     }
     tokio::task::spawn_blocking(move || {
-        let mut removed = 0;
-        for file in &files {
-            match media.files.remove(file) {
-                Ok(was) => removed += usize::from(was),
-                Err(why) => tracing::warn!(error = %why, "retention: a media file stays"),
-            }
+        let (removed, failed) = media.files.remove_all(&files);
+        if let Some(why) = failed {
+            tracing::warn!(error = %why, "retention: a media file stays");
         }
         removed
     })

@@ -31,6 +31,9 @@ pub struct Workers {
     /// Conversations whose last round got the fallback: waiting for an
     /// LLM provider to recover.
     waiting: Mutex<HashSet<i64>>,
+    /// Conversations a person answers with a wake-up set for when the
+    /// takeover runs out (one per conversation, however many messages wait).
+    held: Mutex<HashSet<i64>>,
     permits: Arc<Semaphore>,
     idle: Notify,
 }
@@ -40,6 +43,7 @@ impl Workers {
         Workers {
             active: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(parallel.max(1))),
             idle: Notify::new(),
         }
@@ -65,6 +69,14 @@ fn waiting(daemon: &Daemon) -> std::sync::MutexGuard<'_, HashSet<i64>> {
     daemon
         .workers
         .waiting
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn held(daemon: &Daemon) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    daemon
+        .workers
+        .held
         .lock()
         .unwrap_or_else(|p| p.into_inner())
 }
@@ -163,13 +175,16 @@ async fn round(daemon: &Arc<Daemon>, conversation: i64) -> bool {
         // worker comes back when the takeover runs out.
         let human_since = pending[0].human_since;
         if let Some(wait) = super::handoff::held(daemon, conversation, human_since).await {
-            let daemon = daemon.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                if !daemon.stopping() {
-                    start(&daemon, conversation);
-                }
-            });
+            if held(daemon).insert(conversation) {
+                let daemon = daemon.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    held(&daemon).remove(&conversation);
+                    if !daemon.stopping() {
+                        start(&daemon, conversation);
+                    }
+                });
+            }
             return false;
         }
         let mut pending = pending;
