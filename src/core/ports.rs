@@ -938,6 +938,9 @@ pub struct OutboxItem {
     pub next_attempt_at: i64,
     /// When it was queued: a 429 storm may hold it back only so long.
     pub created_at: i64,
+    /// Since when the person wants nothing sent (`/stop`), read with the
+    /// item so a send costs no extra read.
+    pub opted_out_since: Option<i64>,
 }
 
 /// One item of the outbox as an operator sees it (`convagent outbox`).

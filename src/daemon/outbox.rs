@@ -323,9 +323,10 @@ async fn attempt_send(daemon: &Arc<Daemon>, item: &OutboxItem) -> (OutboxUpdate,
         );
     };
     // The person sent /stop: what was stored after its answer is withheld
-    // (a store that cannot say lets it go: /stop's own answer must).
-    if let Ok(Some(since)) = daemon.store.opted_out(item.key.channel, &item.key.sender)
-        && item.created_at > since
+    // (/stop's own answer goes).
+    if item
+        .opted_out_since
+        .is_some_and(|since| item.created_at > since)
     {
         return (OutboxUpdate::Discard, OPTED_OUT);
     }

@@ -160,7 +160,8 @@ pub(super) fn inbound(r: &Row) -> Result<(i64, InboundMessage), StoreError> {
 /// The columns [`item`] reads, before a query's `WHERE`.
 pub(super) const ITEM_SELECT: &str =
     "SELECT o.id, o.reply_id, o.conversation_id, c.channel, c.sender, c.thread, m.text,
-            o.parts_sent, o.attempts, m.correlation_id, o.next_attempt_at, o.created_at
+            o.parts_sent, o.attempts, m.correlation_id, o.next_attempt_at, o.created_at,
+            (SELECT p.at FROM opt_outs p WHERE p.channel = c.channel AND p.sender = c.sender)
      FROM outbox o
      JOIN conversations c ON c.id = o.conversation_id
      JOIN messages m ON m.id = o.reply_id";
@@ -181,6 +182,7 @@ pub(super) fn item(r: &Row) -> Result<OutboxItem, StoreError> {
         correlation_id: r.try_get(9)?,
         next_attempt_at: r.try_get(10)?,
         created_at: r.try_get(11)?,
+        opted_out_since: r.try_get(12)?,
     })
 }
 

@@ -15,7 +15,8 @@ use crate::core::trace::{Outcome, Stage};
 macro_rules! item_select {
     () => {
         "SELECT o.id, o.reply_id, o.conversation_id, c.channel, c.sender, c.thread, m.text,
-                o.parts_sent, o.attempts, m.correlation_id, o.next_attempt_at, o.created_at
+                o.parts_sent, o.attempts, m.correlation_id, o.next_attempt_at, o.created_at,
+                (SELECT p.at FROM opt_outs p WHERE p.channel = c.channel AND p.sender = c.sender)
          FROM outbox o
          JOIN conversations c ON c.id = o.conversation_id
          JOIN messages m ON m.id = o.reply_id"
@@ -258,6 +259,7 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
         correlation_id: r.get(9)?,
         next_attempt_at: r.get(10)?,
         created_at: r.get(11)?,
+        opted_out_since: r.get(12)?,
     })
 }
 
