@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use convagent::core::handoff::Mode;
-use convagent::core::ports::{Destination, Outgoing};
-use convagent::core::{CorrelationId, Write};
+use convagent::core::ports::{AnyStore, Destination, Outgoing, Sent};
+use convagent::core::{ConversationSummary, CorrelationId, Write};
 
 use crate::context::{Context, UserError};
 use crate::output::now_ms;
@@ -32,23 +32,8 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let text = args.text.join(" ");
-    if text.trim().is_empty() {
-        return Err(UserError::new("nothing to send", "give the reply's text").into());
-    }
     let operator = crate::takeover::operator(args.operator);
-    let summary = crate::takeover::hand(ctx, args.conversation, Mode::Human, &operator)?;
-    let sent = ctx
-        .store()?
-        .write_now(Write::Send(Outgoing {
-            to: Destination::Conversation(summary.id),
-            text,
-            provider: PROVIDER.into(),
-            sender: operator.clone(),
-            correlation_id: CorrelationId::generate().0,
-            answers_pending: true,
-            at: now_ms(),
-        }))?
-        .sent()?;
+    let (summary, sent) = send(&*ctx.store()?, args.conversation, &text, &operator)?;
     outln!(
         "Queued for {} as {operator} (message {}, answering {} waiting).",
         summary.who(),
@@ -56,4 +41,30 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         sent.answered.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Takes `conversation` over (or keeps it taken over) and queues `text`
+/// from `operator`, answering what waits there. Shared by the TUI.
+pub fn send(
+    store: &dyn AnyStore,
+    conversation: i64,
+    text: &str,
+    operator: &str,
+) -> Result<(ConversationSummary, Sent)> {
+    if text.trim().is_empty() {
+        return Err(UserError::new("nothing to send", "give the reply's text").into());
+    }
+    let summary = crate::takeover::hand_in(store, conversation, Mode::Human, operator)?;
+    let sent = store
+        .write_now(Write::Send(Outgoing {
+            to: Destination::Conversation(summary.id),
+            text: text.to_string(),
+            provider: PROVIDER.into(),
+            sender: operator.to_string(),
+            correlation_id: CorrelationId::generate().0,
+            answers_pending: true,
+            at: now_ms(),
+        }))?
+        .sent()?;
+    Ok((summary, sent))
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use convagent::core::handoff::{Handoff, Mode};
+use convagent::core::ports::AnyStore;
 use convagent::core::{ConversationSummary, Write};
 
 use crate::context::{Context, UserError};
@@ -46,7 +47,16 @@ pub fn operator(named: Option<String>) -> String {
 /// Records who answers `conversation` from now on, traced with who did
 /// it; a conversation that is not there is an error with a hint.
 pub fn hand(ctx: &Context, conversation: i64, mode: Mode, by: &str) -> Result<ConversationSummary> {
-    let store = ctx.store()?;
+    hand_in(&*ctx.store()?, conversation, mode, by)
+}
+
+/// [`hand`] on a store already open (the TUI's).
+pub fn hand_in(
+    store: &dyn AnyStore,
+    conversation: i64,
+    mode: Mode,
+    by: &str,
+) -> Result<ConversationSummary> {
     let Some(summary) = store.conversation(conversation)? else {
         return Err(UserError::new(
             format!("there is no conversation {conversation}"),

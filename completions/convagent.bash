@@ -2197,12 +2197,16 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__tui)
-            opts="-v -h -V --config --env-file --verbose --help --version"
+            opts="-v -h -V --as --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

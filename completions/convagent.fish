@@ -232,6 +232,7 @@ complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -l keep-aliv
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -s h -l help -d 'Print help'
 complete -c convagent -n "__fish_convagent_using_subcommand tunnel" -s V -l version -d 'Print version'
+complete -c convagent -n "__fish_convagent_using_subcommand tui" -l as -d 'The operator\'s name recorded with takeovers and replies made here (default: the user name)' -r
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -l config -d 'Config file (default: $XDG_CONFIG_HOME/convagent/config.toml)' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -l env-file -d 'KEY=VALUE lines read as environment variables (secrets of a service; the real environment wins); `serve` reads it again on SIGHUP' -r -F
 complete -c convagent -n "__fish_convagent_using_subcommand tui" -s v -l verbose -d 'Show log lines on stderr (-v info, -vv debug)'

@@ -11,11 +11,15 @@ use ratatui::widgets::{
 use convagent::core::limits::NOTICE_PROVIDER;
 use convagent::core::{BreakerState, Outcome, ReplyKind, Role, StoredMessage};
 
-use super::state::{State, View};
+use super::log::Level;
+use super::state::{LogScope, State, View, waits_for_person};
 use crate::output::{age, preview, utc};
+use convagent::core::handoff::Mode;
 
 const DIM: Style = Style::new().fg(Color::DarkGray);
 const SELECTED: Style = Style::new().add_modifier(Modifier::REVERSED);
+/// A conversation waiting for a person.
+const WAITING: Style = Style::new().fg(Color::Magenta).add_modifier(Modifier::BOLD);
 
 pub fn draw(state: &State, frame: &mut Frame) {
     let [health, main, footer] = Layout::vertical([
@@ -30,6 +34,7 @@ pub fn draw(state: &State, frame: &mut Frame) {
         View::Conversations => draw_conversations(state, frame, main),
         View::Conversation => draw_conversation(state, frame, main),
         View::Trace => draw_trace(state, frame, main),
+        View::Log => draw_log(state, frame, main),
     }
     draw_footer(state, frame, footer);
     if state.help {
@@ -155,7 +160,14 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
     if let Some(q) = &state.search {
         title.push_str(&format!("· “{q}” "));
     }
-    let block = Block::new().borders(Borders::ALL).title(title);
+    let waiting = state.waiting();
+    let mut block = Block::new().borders(Borders::ALL).title(title);
+    if waiting > 0 {
+        block = block.title(Span::styled(
+            format!(" {waiting} waiting for a person "),
+            WAITING,
+        ));
+    }
     if state.conversations.is_empty() {
         let text = if state.no_store || (state.search.is_none() && state.channel.is_none()) {
             vec![
@@ -185,12 +197,20 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
             marks.push_str(&format!("⋯{} ", c.pending));
         }
         if c.failed > 0 {
-            marks.push_str(&format!("✗{}", c.failed));
+            marks.push_str(&format!("✗{} ", c.failed));
+        }
+        if s.mode == Mode::Human {
+            marks.push_str(&format!("⚑{}", s.mode_by.as_deref().unwrap_or("human")));
         }
         let sender = if s.thread.is_empty() || s.thread == s.sender {
             s.who()
         } else {
             format!("{} #{}", s.who(), s.thread)
+        };
+        let row_style = if waits_for_person(c) {
+            WAITING
+        } else {
+            Style::new()
         };
         Row::new(vec![
             Cell::from(s.channel.as_str()),
@@ -199,10 +219,13 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
             Cell::from(age(s.last_activity_at, state.now_ms)),
             Cell::from(marks).style(Style::new().fg(if c.failed > 0 {
                 Color::Red
+            } else if s.mode == Mode::Human {
+                Color::Magenta
             } else {
                 Color::Yellow
             })),
         ])
+        .style(row_style)
     });
     let table = Table::new(
         rows,
@@ -211,7 +234,7 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
             Constraint::Length(28),
             Constraint::Min(10),
             Constraint::Length(8),
-            Constraint::Length(10),
+            Constraint::Length(18),
         ],
     )
     .header(Row::new(["CHANNEL", "SENDER", "LAST MESSAGE", "AGE", ""]).style(DIM))
@@ -224,10 +247,17 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
 fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
     let title = match state.current() {
         Some(c) => format!(
-            " {} · {} · {} messages ",
+            " {} · {} · {} messages · {} ",
             c.summary.channel,
             c.summary.who(),
-            c.summary.message_count
+            c.summary.message_count,
+            match c.summary.mode {
+                Mode::Agent => "the agent answers".to_string(),
+                Mode::Human => format!(
+                    "taken over by {}",
+                    c.summary.mode_by.as_deref().unwrap_or("a person")
+                ),
+            }
         ),
         None => " conversation ".into(),
     };
@@ -272,6 +302,9 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
                         },
                         m.model.as_deref().unwrap_or("")
                     )),
+                    _ if m.provider.as_deref() == Some(crate::reply::PROVIDER) => {
+                        info.push(format!("by {}", m.model.as_deref().unwrap_or("a person")));
+                    }
                     _ => {
                         if let (Some(p), Some(model)) = (&m.provider, &m.model) {
                             info.push(format!("{p}/{model}"));
@@ -371,6 +404,62 @@ fn draw_trace(state: &State, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
+fn draw_log(state: &State, frame: &mut Frame, area: Rect) {
+    let log = &state.log;
+    let scope = match (&log.scope, log.scoped) {
+        (LogScope::All, _) | (_, false) => "everything".to_string(),
+        (LogScope::Conversation(id), true) => format!("conversation {id}"),
+        (LogScope::Trace(id), true) => format!("trace {id}"),
+    };
+    let title = format!(
+        " log · {}+ · {scope}{} ",
+        log.level.as_str(),
+        if log.back > 0 {
+            format!(" · {} lines back", log.back)
+        } else {
+            " · following".into()
+        }
+    );
+    let block = Block::new().borders(Borders::ALL).title(title);
+    let shown = log.shown();
+    if shown.is_empty() {
+        let text = if log.lines.is_empty() {
+            format!(
+                "No log lines yet in {} (`serve` writes its JSON log there).",
+                log.dir
+            )
+        } else {
+            "No line matches: v changes the level, f the scope.".to_string()
+        };
+        frame.render_widget(
+            Paragraph::new(text).block(block).wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
+    let height = area.height.saturating_sub(2) as usize;
+    let end = shown.len().saturating_sub(log.back);
+    let start = end.saturating_sub(height);
+    let lines: Vec<Line> = shown[start..end]
+        .iter()
+        .map(|l| {
+            let color = match l.level {
+                Level::Error => Color::Red,
+                Level::Warn => Color::Yellow,
+                Level::Info => Color::Green,
+                Level::Debug | Level::Trace => Color::Blue,
+            };
+            Line::from(vec![
+                Span::styled(format!("{} ", l.time), DIM),
+                Span::styled(format!("{:<5} ", l.level.as_str()), Style::new().fg(color)),
+                Span::raw(format!("{} ", l.message)),
+                Span::styled(l.fields.clone(), DIM),
+            ])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
 fn duration(us: u64) -> String {
     match us {
         0..1_000 => format!("{us} µs"),
@@ -382,15 +471,24 @@ fn duration(us: u64) -> String {
 fn draw_footer(state: &State, frame: &mut Frame, area: Rect) {
     let text = if let Some(typed) = &state.typing {
         format!("search: {typed}▏  Enter apply · Esc cancel")
+    } else if let Some(typed) = &state.compose {
+        let to = state.current().map(|c| c.summary.who()).unwrap_or_default();
+        format!("reply to {to}: {typed}▏  Enter send · Esc cancel")
     } else if let Some(notice) = &state.notice {
         notice.clone()
     } else {
         match state.view() {
             View::Conversations => {
-                "↑↓ move · Enter open · / search · c channel · Esc clear · ? help · q quit"
+                "↑↓ move · Enter open · h take over/release · r reply · / search · c channel · l log · ? help · q quit"
             }
-            View::Conversation => "↑↓ message · Enter/t trace · Esc back · ? help · q quit",
-            View::Trace => "y copy correlation id · Esc back · ? help · q quit",
+            View::Conversation => {
+                "↑↓ message · Enter/t trace · h take over/release · r reply · l log · Esc back · ? help · q quit"
+            }
+            View::Trace => "y copy correlation id · l log · Esc back · ? help · q quit",
+            View::Log if state.log.scope != LogScope::All => {
+                "↑↓ PgUp/PgDn scroll · v level · f this conversation/everything · Esc back · q quit"
+            }
+            View::Log => "↑↓ PgUp/PgDn scroll · v level · Esc back · q quit",
         }
         .to_string()
     };
@@ -399,24 +497,32 @@ fn draw_footer(state: &State, frame: &mut Frame, area: Rect) {
 
 fn draw_help(frame: &mut Frame) {
     let area = frame.area();
+    // Tall enough for every line below, borders included, when it fits.
+    let height = 23.min(area.height);
     let popup = Rect {
         x: area.width / 6,
-        y: area.height / 6,
+        y: (area.height - height) / 2,
         width: area.width * 2 / 3,
-        height: (area.height * 2 / 3).max(12).min(area.height),
+        height,
     };
     let text = vec![
-        Line::from("convagent tui: a live, read-only view of the store"),
+        Line::from("convagent tui: a live view of the store, and an operator's desk"),
         Line::from(""),
         Line::from("Conversations  ↑↓ move · Enter open · / search"),
         Line::from("               c cycle channel · Esc clear"),
         Line::from("Conversation   ↑↓ message · Enter/t its trace · Esc back"),
+        Line::from("Both           h take over (the agent goes silent) or release"),
+        Line::from("               r reply as a person (takes it over too)"),
         Line::from("Trace          y copy the correlation id (printed at"),
         Line::from("               exit too, for grep in the JSON log)"),
+        Line::from("Anywhere       l the daemon's log, live: v level, f keep to the"),
+        Line::from("               conversation or trace it was opened from"),
         Line::from(""),
         Line::from("Marks: ● new since you looked, ⋯N waiting for an answer,"),
-        Line::from("       ✗N replies dead-lettered"),
-        Line::from("The view follows the store within a second; it never writes to it."),
+        Line::from("       ✗N replies dead-lettered, ⚑name taken over by name;"),
+        Line::from("       waiting for a person: first, in magenta"),
+        Line::from("The view follows the store within a second; it writes only"),
+        Line::from("what you do (h, r), like `convagent takeover`/`reply`."),
         Line::from(""),
         Line::from(Span::styled("any key closes this", DIM)),
     ];

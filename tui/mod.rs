@@ -1,10 +1,13 @@
 //! `convagent tui`: a live view of the store — conversations across
-//! channels, one conversation's turns, one message's trace as a timeline,
-//! and a health strip (breakers, outbox, traffic). Read-only; follows the
-//! store's change counter a few times a second; restores the terminal on
-//! exit and on panic.
+//! channels (those waiting for a person first), one conversation's turns,
+//! one message's trace as a timeline, the daemon's JSON log, and a health
+//! strip (breakers, outbox, traffic). It follows the store's change counter
+//! a few times a second and restores the terminal on exit and on panic.
+//! It reads only, except what an operator does: take a conversation over,
+//! give it back, reply (the same writes as `takeover`, `release`, `reply`).
 
 mod draw;
+mod log;
 mod state;
 
 use std::io::Write;
@@ -16,19 +19,25 @@ use anyhow::Result;
 use base64::Engine;
 use convagent::adapters::store::{OpenMode, PostgresStore, SqliteStore};
 use convagent::core::ConversationFilter;
+use convagent::core::handoff::Mode;
 use convagent::core::ports::AnyStore;
 use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
 pub use draw::draw;
-pub use state::{Action, Key, State, View};
+pub use state::{Action, Key, LogScope, Operation, State, View};
 
 use crate::context::Context;
 use crate::output::now_ms;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The operator's name recorded with takeovers and replies made here
+    /// (default: the user name)
+    #[arg(long = "as", value_name = "NAME")]
+    operator: Option<String>,
+}
 
 /// How often the loop wakes to look for changes (and redraw ages).
 const TICK: Duration = Duration::from_millis(250);
@@ -48,14 +57,25 @@ pub struct Source {
     store: Option<Box<dyn AnyStore>>,
     /// The configured chain's provider names, shown from the start.
     providers: Vec<String>,
+    /// The daemon's JSON log, for the log view.
+    log: log::Tail,
 }
 
 impl Source {
-    pub fn new(place: Place, providers: Vec<String>) -> Self {
+    pub fn new(place: Place, providers: Vec<String>, log_dir: PathBuf) -> Self {
         Source {
             place,
             store: None,
             providers,
+            log: log::Tail::new(log_dir),
+        }
+    }
+
+    /// Reads what the log gained since the last look (the log view only).
+    pub fn load_log(&mut self, state: &mut State) {
+        state.log.dir = self.log.dir().display().to_string();
+        if let Err(e) = self.log.read(&mut state.log.lines) {
+            state.notice = Some(format!("cannot read the log: {e}"));
         }
     }
 
@@ -105,8 +125,9 @@ impl Source {
             sender: None,
             limit: LIST_LIMIT,
         };
+        let was_on = state.current().map(|c| c.summary.id);
         match store.overview(&filter, state.search.as_deref()) {
-            Ok(c) => state.conversations = c,
+            Ok(c) => state.arrange(c, was_on),
             Err(e) => state.notice = Some(format!("cannot read conversations: {e}")),
         }
         state.clamp();
@@ -120,6 +141,18 @@ impl Source {
         if let Some(id) = &state.trace_id {
             state.trace = store.trace(id).unwrap_or_default();
         }
+        if state.view() == View::Log {
+            state.log.ids = match &state.log.scope {
+                LogScope::All => Vec::new(),
+                LogScope::Trace(id) => vec![id.clone()],
+                LogScope::Conversation(id) => store
+                    .messages(*id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|m| m.correlation_id)
+                    .collect(),
+            };
+        }
         state.breakers = store.breakers().unwrap_or_default();
         state.providers = providers
             .iter()
@@ -130,7 +163,7 @@ impl Source {
     }
 }
 
-pub fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
+pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     // While the TUI owns the screen, logs go to the file only.
     ctx.logs_to_file_only();
     let settings = ctx.settings()?;
@@ -145,20 +178,56 @@ pub fn run(ctx: &Context, _args: Args) -> Result<ExitCode> {
         Some(url) => Place::Postgres(url.clone()),
         None => Place::File(settings.store_path()),
     };
-    let mut source = Source::new(place, providers);
+    let mut source = Source::new(place, providers, settings.log_dir());
     let mut state = State {
         session_start: now_ms(),
         ..State::default()
     };
     source.load(&mut state);
+    let operator = crate::takeover::operator(args.operator);
+    let mut operate = |op: Operation| operate(ctx, &operator, op);
 
     let copied = on_terminal(ratatui::init, ratatui::restore, |terminal| {
-        event_loop(terminal, &mut source, &mut state)
+        event_loop(terminal, &mut source, &mut state, &mut operate)
     });
     for id in copied? {
         outln!("correlation id: {id}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes an operator's action as the commands do; returns what to tell
+/// the operator. The store is opened for writing only now (the views keep
+/// their read-only handle).
+fn operate(ctx: &Context, operator: &str, op: Operation) -> Result<String> {
+    let store = ctx.store()?;
+    Ok(match op {
+        Operation::Hand {
+            conversation,
+            mode: Mode::Human,
+        } => {
+            let s = crate::takeover::hand_in(&*store, conversation, Mode::Human, operator)?;
+            format!(
+                "{} is yours, {operator}: the agent is silent there · r reply · h give it back",
+                s.who()
+            )
+        }
+        Operation::Hand {
+            conversation,
+            mode: Mode::Agent,
+        } => {
+            let s = crate::takeover::hand_in(&*store, conversation, Mode::Agent, operator)?;
+            format!("{} is the agent's again", s.who())
+        }
+        Operation::Reply { conversation, text } => {
+            let (s, sent) = crate::reply::send(&*store, conversation, &text, operator)?;
+            format!(
+                "queued for {} as {operator} (answering {} waiting)",
+                s.who(),
+                sent.answered.len()
+            )
+        }
+    })
 }
 
 /// Runs `body` on the terminal `init` sets up and calls `restore` however
@@ -203,6 +272,7 @@ fn event_loop<B: Backend>(
     terminal: &mut Terminal<B>,
     source: &mut Source,
     state: &mut State,
+    operate: &mut dyn FnMut(Operation) -> Result<String>,
 ) -> Result<Vec<String>>
 where
     B::Error: Send + Sync + 'static,
@@ -213,6 +283,9 @@ where
         state.now_ms = now_ms();
         terminal.draw(|f| draw(state, f))?;
         if !event::poll(TICK)? {
+            if state.view() == View::Log {
+                source.load_log(state);
+            }
             let now = source.change_counter();
             if now != seen {
                 seen = now;
@@ -230,7 +303,19 @@ where
         state.notice = None;
         match state.on_key(k) {
             Action::None => {}
-            Action::Reload => source.load(state),
+            Action::Reload => {
+                source.load(state);
+                if state.view() == View::Log {
+                    source.load_log(state);
+                }
+            }
+            Action::Operate(op) => {
+                state.notice = Some(match operate(op) {
+                    Ok(said) => said,
+                    Err(e) => format!("not done: {e:#}"),
+                });
+                source.load(state);
+            }
             Action::Quit => return Ok(copied),
             Action::Copy(id) => {
                 // OSC 52: terminals that support it put this on the clipboard.

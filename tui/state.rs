@@ -1,18 +1,74 @@
 //! The TUI's state and what keys do to it — no terminal code here, so the
 //! behaviour is testable and `draw` only reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
+use convagent::core::handoff::Mode;
 use convagent::core::{
     ActivityBucket, Breaker, Channel, ConversationOverview, OutboxStats, ProviderActivity,
     StoredMessage, TraceEvent,
 };
+
+use super::log::{Level, LogLine};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
     Conversations,
     Conversation,
     Trace,
+    /// The daemon's JSON log, followed live.
+    Log,
+}
+
+/// What an operator does to a conversation; the event loop writes it to
+/// the store (the views themselves only read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Take the conversation over (`Mode::Human`) or give it back.
+    Hand { conversation: i64, mode: Mode },
+    /// Send an operator's reply (which takes the conversation over).
+    Reply { conversation: i64, text: String },
+}
+
+/// Which correlation ids the log view keeps to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LogScope {
+    #[default]
+    All,
+    /// Every message of this conversation.
+    Conversation(i64),
+    /// One message's trace.
+    Trace(String),
+}
+
+/// The log view: the lines read so far and its filters.
+#[derive(Debug, Clone, Default)]
+pub struct LogState {
+    pub lines: VecDeque<LogLine>,
+    /// The most verbose level shown.
+    pub level: Level,
+    /// What the view was opened on; `scoped` says whether it filters.
+    pub scope: LogScope,
+    pub scoped: bool,
+    /// The correlation ids of `scope` (read from the store).
+    pub ids: Vec<String>,
+    /// Lines scrolled back from the newest; 0 follows the log.
+    pub back: usize,
+    /// The view Esc returns to.
+    pub from: Option<View>,
+    /// Where the log is read from, for the title.
+    pub dir: String,
+}
+
+impl LogState {
+    /// The lines the filters let through, oldest first.
+    pub fn shown(&self) -> Vec<&LogLine> {
+        let ids = (self.scoped && self.scope != LogScope::All).then_some(self.ids.as_slice());
+        self.lines
+            .iter()
+            .filter(|l| l.shown(self.level, ids))
+            .collect()
+    }
 }
 
 /// Keys the TUI understands, independent of the terminal library.
@@ -38,6 +94,8 @@ pub enum Action {
     Quit,
     /// Hand this correlation id to the user (clipboard and, at exit, stdout).
     Copy(String),
+    /// Write an operator's action to the store, then read it again.
+    Operate(Operation),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -47,6 +105,8 @@ pub struct State {
     pub help: bool,
     /// Text typed after `/`, while searching.
     pub typing: Option<String>,
+    /// An operator's reply being typed after `r`.
+    pub compose: Option<String>,
     pub search: Option<String>,
     pub channel: Option<Channel>,
     pub conversations: Vec<ConversationOverview>,
@@ -68,6 +128,13 @@ pub struct State {
     pub session_start: i64,
     /// The last activity the user saw, per conversation opened.
     pub seen: HashMap<i64, i64>,
+    pub log: LogState,
+}
+
+/// Whether a conversation waits for a person: taken over, with messages
+/// nobody has answered yet.
+pub fn waits_for_person(c: &ConversationOverview) -> bool {
+    c.summary.mode == Mode::Human && c.pending > 0
 }
 
 /// The channel filter cycles through every channel, then back to all.
@@ -113,6 +180,29 @@ impl State {
         self.messages.get(self.message)
     }
 
+    /// Orders a freshly read list: conversations waiting for a person
+    /// first (the order within each part stays the store's, newest first),
+    /// keeping the cursor on the conversation it was on.
+    pub fn arrange(&mut self, fresh: Vec<ConversationOverview>, was_on: Option<i64>) {
+        let mut fresh = fresh;
+        fresh.sort_by_key(|c| !waits_for_person(c));
+        self.conversations = fresh;
+        if let Some(i) =
+            was_on.and_then(|id| self.conversations.iter().position(|c| c.summary.id == id))
+        {
+            self.selected = i;
+        }
+        self.clamp();
+    }
+
+    /// How many conversations wait for a person.
+    pub fn waiting(&self) -> usize {
+        self.conversations
+            .iter()
+            .filter(|c| waits_for_person(c))
+            .count()
+    }
+
     /// Keeps the cursors inside the lists after a reload.
     pub fn clamp(&mut self) {
         self.selected = self
@@ -142,6 +232,31 @@ impl State {
             }
             return Action::None;
         }
+        if let Some(typed) = self.compose.as_mut() {
+            match key {
+                Key::Char(c) => typed.push(c),
+                Key::Backspace => {
+                    typed.pop();
+                }
+                Key::Enter => {
+                    let text = self.compose.take().unwrap_or_default();
+                    if text.trim().is_empty() {
+                        self.notice = Some("nothing sent: the reply was empty".into());
+                        return Action::None;
+                    }
+                    return match self.current() {
+                        Some(c) => Action::Operate(Operation::Reply {
+                            conversation: c.summary.id,
+                            text,
+                        }),
+                        None => Action::None,
+                    };
+                }
+                Key::Esc => self.compose = None,
+                _ => {}
+            }
+            return Action::None;
+        }
         if self.help {
             self.help = false;
             return Action::None;
@@ -151,6 +266,56 @@ impl State {
             (_, Key::Char('?')) => {
                 self.help = true;
                 Action::None
+            }
+            (View::Conversations | View::Conversation, Key::Char('h')) => match self.current() {
+                Some(c) => Action::Operate(Operation::Hand {
+                    conversation: c.summary.id,
+                    mode: match c.summary.mode {
+                        Mode::Agent => Mode::Human,
+                        Mode::Human => Mode::Agent,
+                    },
+                }),
+                None => Action::None,
+            },
+            (View::Conversations | View::Conversation, Key::Char('r'))
+                if self.current().is_some() =>
+            {
+                self.compose = Some(String::new());
+                Action::None
+            }
+            (View::Log, Key::Char('v')) => {
+                self.log.level = self.log.level.next();
+                self.log.back = 0;
+                Action::None
+            }
+            (View::Log, Key::Char('f')) if self.log.scope != LogScope::All => {
+                self.log.scoped = !self.log.scoped;
+                self.log.back = 0;
+                Action::None
+            }
+            (View::Log, Key::Up | Key::Char('k')) => self.scroll_log(1),
+            (View::Log, Key::Down | Key::Char('j')) => self.scroll_log(-1),
+            (View::Log, Key::PageUp) => self.scroll_log(20),
+            (View::Log, Key::PageDown) => self.scroll_log(-20),
+            (View::Log, Key::Esc | Key::Backspace | Key::Char('l')) => {
+                self.view = self.log.from.take();
+                Action::Reload
+            }
+            (view, Key::Char('l')) => {
+                let scope = match view {
+                    View::Trace => self.trace_id.clone().map(LogScope::Trace),
+                    View::Conversation => {
+                        self.current().map(|c| LogScope::Conversation(c.summary.id))
+                    }
+                    _ => None,
+                };
+                self.log.scoped = scope.is_some();
+                self.log.scope = scope.unwrap_or_default();
+                self.log.ids.clear();
+                self.log.back = 0;
+                self.log.from = Some(view);
+                self.view = Some(View::Log);
+                Action::Reload
             }
             (View::Conversations, Key::Up | Key::Char('k')) => self.step(-1),
             (View::Conversations, Key::Down | Key::Char('j')) => self.step(1),
@@ -216,6 +381,14 @@ impl State {
             }
             _ => Action::None,
         }
+    }
+
+    /// Scrolls the log view `by` lines back (negative: forward); back at
+    /// the newest line it follows the log again.
+    fn scroll_log(&mut self, by: isize) -> Action {
+        let last = self.log.shown().len().saturating_sub(1) as isize;
+        self.log.back = (self.log.back as isize + by).clamp(0, last.max(0)) as usize;
+        Action::None
     }
 
     fn step(&mut self, by: isize) -> Action {
@@ -298,5 +471,168 @@ mod tests {
         assert!(!s.help);
         assert_eq!(s.on_key(Key::Enter), Action::None, "nothing to open");
         assert_eq!(s.view(), View::Conversations);
+    }
+
+    fn overview(id: i64, mode: Mode, pending: u64) -> ConversationOverview {
+        use convagent::core::ConversationSummary;
+        ConversationOverview {
+            summary: ConversationSummary {
+                id,
+                channel: Channel::Telegram,
+                sender: format!("s{id}"),
+                thread: String::new(),
+                message_count: 1,
+                started_at: 0,
+                last_activity_at: 0,
+                closed: false,
+                display_name: None,
+                mode,
+                mode_at: None,
+                mode_by: None,
+            },
+            last_text: String::new(),
+            pending,
+            failed: 0,
+        }
+    }
+
+    #[test]
+    fn waiting_for_a_person_comes_first_and_the_cursor_stays_put() {
+        let mut s = State::default();
+        s.arrange(
+            vec![
+                overview(1, Mode::Agent, 1),
+                overview(2, Mode::Human, 0),
+                overview(3, Mode::Human, 2),
+            ],
+            None,
+        );
+        let ids = |s: &State| {
+            s.conversations
+                .iter()
+                .map(|c| c.summary.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(&s),
+            [3, 1, 2],
+            "only a taken-over conversation with messages waits"
+        );
+        assert_eq!(s.waiting(), 1);
+        s.selected = 1;
+        s.arrange(
+            vec![
+                overview(4, Mode::Human, 1),
+                overview(1, Mode::Agent, 0),
+                overview(3, Mode::Human, 2),
+            ],
+            Some(1),
+        );
+        assert_eq!(ids(&s), [4, 3, 1]);
+        assert_eq!(
+            s.current().unwrap().summary.id,
+            1,
+            "still on conversation 1"
+        );
+    }
+
+    #[test]
+    fn h_toggles_the_takeover_and_r_composes_a_reply() {
+        let mut s = State::default();
+        s.arrange(vec![overview(7, Mode::Agent, 1)], None);
+        assert_eq!(
+            s.on_key(Key::Char('h')),
+            Action::Operate(Operation::Hand {
+                conversation: 7,
+                mode: Mode::Human
+            })
+        );
+        s.conversations[0].summary.mode = Mode::Human;
+        assert_eq!(
+            s.on_key(Key::Char('h')),
+            Action::Operate(Operation::Hand {
+                conversation: 7,
+                mode: Mode::Agent
+            })
+        );
+        assert_eq!(s.on_key(Key::Char('r')), Action::None);
+        for c in "on it q".chars() {
+            assert_eq!(s.on_key(Key::Char(c)), Action::None, "q is text here");
+        }
+        s.on_key(Key::Backspace);
+        s.on_key(Key::Backspace);
+        assert_eq!(
+            s.on_key(Key::Enter),
+            Action::Operate(Operation::Reply {
+                conversation: 7,
+                text: "on it".into()
+            })
+        );
+        assert!(s.compose.is_none());
+        s.on_key(Key::Char('r'));
+        s.on_key(Key::Char(' '));
+        assert_eq!(
+            s.on_key(Key::Enter),
+            Action::None,
+            "an empty reply is not sent"
+        );
+        assert!(s.notice.as_deref().unwrap().contains("empty"));
+        s.on_key(Key::Char('r'));
+        s.on_key(Key::Char('x'));
+        assert_eq!(s.on_key(Key::Esc), Action::None);
+        assert!(s.compose.is_none(), "Esc drops the draft");
+        let mut empty = State::default();
+        assert_eq!(
+            empty.on_key(Key::Char('h')),
+            Action::None,
+            "no conversation"
+        );
+        assert_eq!(empty.on_key(Key::Char('r')), Action::None);
+        assert!(empty.compose.is_none());
+    }
+
+    #[test]
+    fn the_log_view_opens_on_what_was_selected_and_filters() {
+        let line = |level: &str, text: &str, id: &str| {
+            LogLine::parse(&format!(
+                r#"{{"timestamp":"2026-12-04T10:00:00Z","level":"{level}","fields":{{"message":"{text}","correlation_id":"{id}"}}}}"#
+            ))
+        };
+        let mut s = State::default();
+        s.arrange(vec![overview(7, Mode::Agent, 0)], None);
+        s.log.lines = [
+            line("INFO", "ours", "c7"),
+            line("DEBUG", "ours, verbose", "c7"),
+            line("WARN", "theirs", "c8"),
+        ]
+        .into();
+        s.on_key(Key::Enter);
+        assert_eq!(s.on_key(Key::Char('l')), Action::Reload);
+        assert_eq!(s.view(), View::Log);
+        assert_eq!(s.log.scope, LogScope::Conversation(7));
+        s.log.ids = vec!["c7".into()];
+        let shown = |s: &State| {
+            s.log
+                .shown()
+                .iter()
+                .map(|l| l.message.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shown(&s), ["ours"]);
+        s.on_key(Key::Char('v'));
+        assert_eq!(shown(&s), ["ours", "ours, verbose"], "debug shown");
+        s.on_key(Key::Char('f'));
+        assert_eq!(shown(&s), ["ours", "ours, verbose", "theirs"], "everything");
+        s.on_key(Key::Up);
+        assert_eq!(s.log.back, 1);
+        s.on_key(Key::PageUp);
+        assert_eq!(s.log.back, 2, "no further back than the oldest line");
+        assert_eq!(s.on_key(Key::Esc), Action::Reload);
+        assert_eq!(s.view(), View::Conversation, "back where it was opened");
+        s.on_key(Key::Esc);
+        s.on_key(Key::Char('l'));
+        assert_eq!(s.log.scope, LogScope::All, "from the list: everything");
+        assert_eq!(s.on_key(Key::Char('f')), Action::None);
+        assert!(!s.log.scoped);
     }
 }

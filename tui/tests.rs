@@ -358,3 +358,57 @@ fn the_terminal_is_restored_however_the_loop_ends() {
         "and the terminal came back first"
     );
 }
+
+#[test]
+fn a_conversation_waiting_for_a_person_comes_first_in_magenta() {
+    use convagent::core::handoff::Mode;
+    use ratatui::style::Color;
+    let mut s = state();
+    let mut list = s.conversations.clone();
+    list[1].summary.mode = Mode::Human;
+    list[1].summary.mode_by = Some("ana".into());
+    list[1].pending = 2;
+    s.arrange(list, None);
+    insta::assert_snapshot!(render(&s));
+    let buf = buffer(&s);
+    let (_, _, cell) = cells_of(&buf, "whatsapp");
+    assert_eq!(cell.fg, Color::Magenta);
+    let (_, _, cell) = cells_of(&buf, "slack");
+    assert_ne!(cell.fg, Color::Magenta, "only what waits for a person");
+    assert!(render(&s).contains("1 waiting for a person"));
+
+    // Open it and start a reply: the footer is the compose line.
+    s.on_key(Key::Enter);
+    s.on_key(Key::Char('r'));
+    for c in "on it".chars() {
+        s.on_key(Key::Char(c));
+    }
+    let text = render(&s);
+    assert!(text.contains("taken over by ana"), "{text}");
+    assert!(
+        text.contains("reply to whatsapp:+14155550123: on it▏  Enter send"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_log_view_follows_the_newest_lines() {
+    use super::log::LogLine;
+    let mut s = state();
+    s.log.dir = "/home/me/.local/state/convagent/logs".into();
+    s.on_key(Key::Char('l'));
+    insta::assert_snapshot!("log_empty", render(&s));
+    for i in 0..40 {
+        s.log.lines.push_back(LogLine::parse(&format!(
+            r#"{{"timestamp":"2025-11-21T08:00:{:02}.000Z","level":"{}","fields":{{"message":"line {i}","reply_id":{i}}},"span":{{"correlation_id":"corr-{i:04}","name":"message"}}}}"#,
+            i % 60,
+            if i % 10 == 9 { "WARN" } else { "INFO" }
+        )));
+    }
+    insta::assert_snapshot!("log", render(&s));
+    let text = render(&s);
+    assert!(
+        text.contains("line 39") && !text.contains("line 10 "),
+        "{text}"
+    );
+}

@@ -242,7 +242,7 @@ fn the_tui_follows_the_store_opens_a_trace_and_restores_the_terminal() {
     session.wait_for("copied", 5);
 
     session.keys(&["?"]);
-    session.wait_for("read-only view of the store", 5);
+    session.wait_for("a live view of the store", 5);
     session.keys(&["Escape", "q"]);
     let screen = session.wait_for("CONVAGENT-EXITED", 5);
     assert!(
@@ -288,4 +288,127 @@ async fn chat_shows_it_is_working_until_the_first_token_arrives() {
     );
     tokio::task::block_in_place(|| session.keys(&["/quit", "Enter"]));
     tokio::task::block_in_place(|| session.wait_for("CONVAGENT-EXITED", 10));
+}
+
+/// An operator at the TUI takes a conversation of a running `serve` over,
+/// types a reply that the person receives, keeps the agent out of the next
+/// three messages, and gives the conversation back; the agent answers the
+/// one after. The log view shows the daemon's log of that conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_takes_over_replies_and_releases_from_the_tui() {
+    use crate::serve::{
+        Daemon, EchoOllama, accepting_telegram, post_update, sent, telegram_update,
+    };
+    use wiremock::matchers::{method, path};
+    let telegram = accepting_telegram().await;
+    let ollama = wiremock::MockServer::start().await;
+    wiremock::Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(EchoOllama)
+        .mount(&ollama)
+        .await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let post = |n: i64, text: &str| {
+        let url = daemon.url.clone();
+        let update = telegram_update(77, n, text);
+        tokio::task::block_in_place(move || post_update(&url, &update))
+    };
+    let llm_calls = || async {
+        ollama
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.path() == "/api/chat")
+            .count()
+    };
+    let sent_texts = |n: usize| {
+        let telegram = &telegram;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let texts = sent(telegram, "text").await;
+                if texts.len() >= n || Instant::now() > deadline {
+                    return texts;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(post(1, "hi"), 200);
+    assert_eq!(sent_texts(1).await, ["re: hi"]);
+
+    let session = tokio::task::block_in_place(|| {
+        let session = Tmux::start(&env, "operator", &["tui", "--as", "ana"]);
+        session.wait_for("re: hi", 15);
+        session.keys(&["h"]);
+        let screen = session.wait_for("is yours, ana", 5);
+        assert!(screen.contains("⚑ana"), "{screen}");
+        session
+    });
+    for (n, text) in [(2, "is anyone there?"), (3, "hello??"), (4, "my parcel")] {
+        assert_eq!(post(n, text), 200);
+    }
+    let screen = tokio::task::block_in_place(|| session.wait_for("1 waiting for a person", 10));
+    assert!(screen.contains("⋯3"), "{screen}");
+    assert_eq!(llm_calls().await, 1, "the LLM saw none of the three");
+
+    tokio::task::block_in_place(|| {
+        session.keys(&["Enter", "r"]);
+        session.wait_for("reply to T (77): ▏", 5);
+        session.keys(&["Ana here, on it.", "Enter"]);
+        session.wait_for("answering 3 waiting", 5);
+    });
+    assert_eq!(
+        sent_texts(2).await,
+        ["re: hi", "Ana here, on it."],
+        "sent by the daemon's outbox"
+    );
+    let screen = tokio::task::block_in_place(|| session.wait_for("by ana", 5));
+    assert!(screen.contains("taken over by ana"), "{screen}");
+
+    // The log view, kept to this conversation.
+    tokio::task::block_in_place(|| {
+        session.keys(&["l"]);
+        let screen = session.wait_for("log · info+ · conversation 1", 5);
+        session.wait_for("stage", 5);
+        assert!(!screen.contains("No line matches"), "{screen}");
+        session.keys(&["Escape"]);
+        session.wait_for("taken over by ana", 5);
+        session.keys(&["h"]);
+        session.wait_for("is the agent's again", 5);
+    });
+    assert_eq!(post(5, "thanks"), 200);
+    assert_eq!(
+        sent_texts(3).await,
+        ["re: hi", "Ana here, on it.", "re: thanks"],
+        "the agent answers again"
+    );
+    assert_eq!(llm_calls().await, 2);
+    let out = tokio::task::block_in_place(|| {
+        env.cmd(&["history", "show", "1", "--json"])
+            .output()
+            .unwrap()
+    });
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by: Vec<(String, String)> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| {
+            (
+                m["provider"].as_str().unwrap_or("").to_string(),
+                m["model"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(by[1], ("human".to_string(), "ana".to_string()), "{by:?}");
+    tokio::task::block_in_place(|| {
+        session.keys(&["q"]);
+        session.wait_for("CONVAGENT-EXITED", 5);
+    });
+    drop(daemon);
 }
