@@ -569,16 +569,37 @@ impl Agent {
         on_event: &mut OnEvent<'_>,
     ) -> Result<Option<Reply>, AgentError> {
         let config = &self.settings.handoff;
-        let Some(mut command) = turn
-            .iter()
-            .rev()
-            .find_map(|p| config.command(&p.message.text))
-        else {
+        let Some((mut command, keyword)) = turn.iter().rev().find_map(|p| {
+            config
+                .command(&p.message.text)
+                .map(|c| (c, false))
+                .or_else(|| handoff::provider_keyword(&p.message).map(|c| (c, true)))
+        }) else {
             return Ok(None);
         };
         let last = &turn[turn.len() - 1];
         let key = &last.message.key;
+        // "YES" opts back in only whom Twilio blocked; otherwise it is
+        // just a word for the model.
+        if keyword
+            && command == Command::Start
+            && self.store.opted_out(key.channel, &key.sender)?.is_none()
+        {
+            return Ok(None);
+        }
         let began = self.now();
+        // Twilio answers its own STOP keywords: the opt-out counts from
+        // before our answer, which the outbox then withholds.
+        if keyword && command == Command::Stop {
+            self.store
+                .write(Write::OptOut {
+                    channel: key.channel,
+                    sender: key.sender.clone(),
+                    out: true,
+                    at: began.0 - 1,
+                })
+                .await?;
+        }
         let (provider, model) = match command {
             Command::Human => {
                 self.store
@@ -635,7 +656,7 @@ impl Agent {
             }
             // Opted out after the answer: it is the last thing they get
             // (the outbox withholds what was stored after this moment).
-            Command::Stop => {
+            Command::Stop if !keyword => {
                 self.store
                     .write(Write::OptOut {
                         channel: key.channel,

@@ -157,6 +157,49 @@ impl Default for HandoffConfig {
     }
 }
 
+/// Twilio's opt-out keywords (SMS and WhatsApp), matched as the whole
+/// message, case-insensitively: Twilio answers them itself, and blocks or
+/// unblocks the number; the daemon records what they mean.
+pub const TWILIO_STOP_WORDS: [&str; 8] = [
+    "STOP",
+    "STOPALL",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "END",
+    "QUIT",
+    "OPTOUT",
+    "REVOKE",
+];
+/// Twilio's opt-in keywords (see [`TWILIO_STOP_WORDS`]).
+pub const TWILIO_START_WORDS: [&str; 3] = ["START", "YES", "UNSTOP"];
+
+/// A Twilio opt-out keyword (`OptOutType`, else the keyword lists) as the
+/// command it means: `Stop`, or `Start`. Other channels have none.
+pub fn provider_keyword(message: &crate::core::message::InboundMessage) -> Option<Command> {
+    use crate::core::message::Channel;
+    if !matches!(message.key.channel, Channel::Whatsapp | Channel::Sms) {
+        return None;
+    }
+    match message
+        .metadata
+        .get("OptOutType")
+        .map(|t| t.to_ascii_uppercase())
+    {
+        Some(t) if t == "STOP" => return Some(Command::Stop),
+        Some(t) if t == "START" => return Some(Command::Start),
+        _ => {}
+    }
+    let word = message.text.trim().trim_end_matches(['.', '!']);
+    let is = |words: &[&str]| words.iter().any(|w| w.eq_ignore_ascii_case(word));
+    if is(&TWILIO_STOP_WORDS) {
+        Some(Command::Stop)
+    } else if is(&TWILIO_START_WORDS) {
+        Some(Command::Start)
+    } else {
+        None
+    }
+}
+
 impl HandoffConfig {
     /// The command `text` is: `/human`, `/reset`, `/stop`, `/start`,
     /// `/help` as its first word (Telegram may add `@botname`), or a
@@ -219,6 +262,41 @@ fn words_of(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn twilio_keywords_are_whole_messages_on_twilio_channels_only() {
+        use crate::core::message::{Channel, ConversationKey, CorrelationId, InboundMessage};
+        let on = |channel, text: &str, opt_out_type: Option<&str>| {
+            let mut m = InboundMessage {
+                key: ConversationKey::new(channel, "+1555", "+1555"),
+                text: text.into(),
+                provider_message_id: "m".into(),
+                provider_ts: None,
+                received_at: 0,
+                attachments: vec![],
+                metadata: Default::default(),
+                correlation_id: CorrelationId("c".into()),
+            };
+            if let Some(t) = opt_out_type {
+                m.metadata.insert("OptOutType".into(), t.into());
+            }
+            provider_keyword(&m)
+        };
+        assert_eq!(on(Channel::Whatsapp, " Stop. ", None), Some(Command::Stop));
+        assert_eq!(on(Channel::Sms, "unsubscribe", None), Some(Command::Stop));
+        assert_eq!(on(Channel::Sms, "yes", None), Some(Command::Start));
+        assert_eq!(
+            on(Channel::Sms, "please stop", None),
+            None,
+            "whole message only"
+        );
+        assert_eq!(on(Channel::Telegram, "STOP", None), None, "Twilio's only");
+        assert_eq!(
+            on(Channel::Sms, "arrêt", Some("STOP")),
+            Some(Command::Stop),
+            "as Twilio says"
+        );
+    }
 
     #[test]
     fn a_person_is_asked_for_by_command_or_whole_phrase_in_any_case() {

@@ -246,3 +246,87 @@ async fn stop_withholds_everything_until_start_and_reset_and_help_answer() {
     assert!(conversations.iter().any(|c| c.closed));
     h.stop().await;
 }
+
+/// Twilio answers its own opt-out keywords: a WhatsApp "Stop" is recorded
+/// as an opt-out and gets nothing from us (our answer is withheld), so the
+/// agent's later messages are withheld too; "START" opts back in; "yes"
+/// from someone not opted out is just a word for the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_stop_keywords_are_recorded_as_opt_outs() {
+    let clock = Arc::new(FakeClock::at(NOON));
+    let llm = Arc::new(EchoLlm::new());
+    let h = start(llm.clone(), clock).await;
+    let mut n = 0;
+    let mut say = async |text: &str| {
+        n += 1;
+        h.advance(1_000);
+        let mut golden = h.golden("whatsapp/text.json");
+        let form = golden.form.as_mut().unwrap();
+        *form.get_mut("Body").unwrap() = text.into();
+        *form.get_mut("MessageSid").unwrap() = format!("SM{n:032}");
+        assert_eq!(h.post(&h.sign(&golden)).await.0, 200);
+        h.drained().await;
+    };
+    let sent = async || -> Vec<String> {
+        h.twilio
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.path().ends_with("/Messages.json"))
+            .map(|r| {
+                let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&r.body).unwrap();
+                form.into_iter().find(|(k, _)| k == "Body").unwrap().1
+            })
+            .collect()
+    };
+    say("yes").await;
+    say("Stop").await;
+    let summary = the_conversation(&h);
+    assert!(
+        h.store
+            .opted_out(summary.channel, &summary.sender)
+            .unwrap()
+            .is_some(),
+        "recorded"
+    );
+    // What the agent or an operator sends now is withheld.
+    h.store
+        .write_now(Write::Send(Outgoing {
+            to: Destination::Conversation(summary.id),
+            text: "a later message".into(),
+            provider: "human".into(),
+            sender: "ana".into(),
+            correlation_id: CorrelationId::generate().0,
+            answers_pending: false,
+            at: NOON + 2_500,
+        }))
+        .unwrap();
+    h.advance(1_000);
+    let drained =
+        crate::support::eventually(10, || h.store.outbox_stats().is_ok_and(|s| s.queued == 0))
+            .await;
+    let rows: Vec<(String, String)> = crate::support::pairs(
+        &h.dir.path().join("convagent.db"),
+        "SELECT stage, coalesce(detail,'') FROM traces",
+    );
+    assert!(drained, "{rows:#?} {:?}", h.store.outbox_stats());
+    say("START").await;
+    say("hello again").await;
+    assert!(
+        crate::support::eventually(10, || h.store.outbox_stats().is_ok_and(|s| s.queued == 0))
+            .await
+    );
+    let config = HandoffConfig::default();
+    assert_eq!(
+        sent().await,
+        [
+            "echo: yes".to_string(),
+            config.start_notice.clone(),
+            "echo: hello again".to_string(),
+        ],
+        "nothing of ours answers Stop, nor reaches them while opted out"
+    );
+    assert_eq!(llm.seen.lock().unwrap().len(), 2, "yes and hello again");
+    h.stop().await;
+}

@@ -226,7 +226,9 @@ impl ChannelAdapter for Twilio {
             return Ok(Inbound::Ignore("no text"));
         }
         let mut metadata = BTreeMap::new();
-        for k in ["To", "ProfileName", "WaId", "AccountSid"] {
+        // `OptOutType` (STOP, START, HELP): Twilio's Advanced Opt-Out says
+        // which of its keywords the message was.
+        for k in ["To", "ProfileName", "WaId", "AccountSid", "OptOutType"] {
             if let Some(v) = get(k) {
                 metadata.insert(k.to_string(), v.to_string());
             }
