@@ -40,6 +40,11 @@ enum TokenAction {
     Create {
         /// A name to know it by (who or what uses it)
         name: String,
+        /// Its client is an operator's: a `send_message` takes the
+        /// conversation over for a person (as `[mcp] send_takes_over` does
+        /// for every client)
+        #[arg(long)]
+        operator: bool,
     },
     /// The tokens by name, when made and last used
     List {
@@ -103,7 +108,7 @@ fn new_token() -> String {
 fn token(ctx: &Context, action: TokenAction) -> Result<ExitCode> {
     let store = ctx.store()?;
     match action {
-        TokenAction::Create { name } => {
+        TokenAction::Create { name, operator } => {
             let name = name.trim().to_string();
             if name.is_empty() || name.chars().any(char::is_control) {
                 return Err(UserError::new(
@@ -117,6 +122,7 @@ fn token(ctx: &Context, action: TokenAction) -> Result<ExitCode> {
                 name: name.clone(),
                 sha256: token_hash(&token),
                 at: now_ms(),
+                operator,
             };
             match store.write_now(Write::Token(change)) {
                 Ok(_) => {}
@@ -146,11 +152,17 @@ fn token(ctx: &Context, action: TokenAction) -> Result<ExitCode> {
                 eprintln!("no tokens: make one with `convagent mcp token create NAME`");
             } else {
                 let now = now_ms();
-                outln!("{:<24} {:<20} LAST USED", "NAME", "CREATED");
+                outln!(
+                    "{:<24} {:<9} {:<20} LAST USED",
+                    "NAME",
+                    "OPERATOR",
+                    "CREATED"
+                );
                 for t in &tokens {
                     outln!(
-                        "{:<24} {:<20} {}",
+                        "{:<24} {:<9} {:<20} {}",
                         t.name,
+                        if t.operator { "yes" } else { "no" },
                         utc(t.created_at),
                         t.last_used_at
                             .map(|at| crate::output::age(at, now))

@@ -1437,7 +1437,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__mcp__subcmd__token__subcmd__create)
-            opts="-v -h -V --config --env-file --verbose --help --version"
+            opts="-v -h -V --operator --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -3,6 +3,7 @@
 //! concrete database, HTTP stack or UI crate (a test checks that).
 
 pub mod agent;
+pub mod approvals;
 pub mod breaker;
 pub mod channel;
 pub mod context;

@@ -299,6 +299,24 @@ pub enum Write {
         message_id: i64,
         attachments: Vec<crate::core::message::Attachment>,
     },
+    /// A tool call asks for an operator's approval: `Written::Asked` with
+    /// the row (the one asked before by the same call of the same turn, if
+    /// any) and whether it is new.
+    Ask(crate::core::approvals::Ask),
+    /// An answer to an approval: `Written::Approval` with the row as it is
+    /// after (unchanged when the answer did not take: already answered, or
+    /// past or before its deadline); `NotFound` when there is no such row.
+    Decide {
+        id: i64,
+        decision: crate::core::approvals::Decision,
+        by: String,
+        at: i64,
+    },
+    /// Claims an approved call's one run: `Written::Claimed(true)` for the
+    /// one caller that may run it.
+    RunApproved { id: i64, at: i64 },
+    /// What an approved call gave back (`Written::Done`).
+    ApprovalResult { id: i64, result: String },
 }
 
 /// A message an outside agent (an MCP client) sends on a channel. It is
@@ -386,6 +404,9 @@ pub struct AccessToken {
     pub sha256: String,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
+    /// Its client is an operator's: `send_message` takes the conversation
+    /// over (`convagent mcp token create NAME --operator`).
+    pub operator: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,6 +416,7 @@ pub enum TokenChange {
         name: String,
         sha256: String,
         at: i64,
+        operator: bool,
     },
     /// `StoreError::NotFound` if there is no token of that name.
     Revoke { name: String },
@@ -406,6 +428,17 @@ pub enum TokenChange {
 pub trait TokenStore: Send + Sync {
     fn tokens(&self) -> Result<Vec<AccessToken>, StoreError>;
     fn token_by_hash(&self, sha256: &str) -> Result<Option<AccessToken>, StoreError>;
+}
+
+/// Reading approvals (writing is `Write::Ask`, `Decide`, `RunApproved`).
+pub trait ApprovalReads: Send + Sync {
+    fn approval(&self, id: i64) -> Result<Option<crate::core::approvals::Approval>, StoreError>;
+    /// The newest first; with `pending_only`, those still waiting.
+    fn approvals(
+        &self,
+        pending_only: bool,
+        limit: usize,
+    ) -> Result<Vec<crate::core::approvals::Approval>, StoreError>;
 }
 
 /// Messages over a limit whose sender was told so already (see
@@ -553,6 +586,9 @@ pub enum Written {
     Erased(Erased),
     Sent(Sent),
     Taken(Option<StoredMessage>),
+    Asked(crate::core::approvals::Approval, bool),
+    Approval(crate::core::approvals::Approval),
+    Claimed(bool),
     Done,
 }
 
@@ -595,6 +631,27 @@ impl Written {
         match self {
             Written::Sent(s) => Ok(s),
             _ => Err(Self::mismatch("send")),
+        }
+    }
+
+    pub fn asked(self) -> Result<(crate::core::approvals::Approval, bool), StoreError> {
+        match self {
+            Written::Asked(a, new) => Ok((a, new)),
+            _ => Err(Self::mismatch("ask")),
+        }
+    }
+
+    pub fn approval(self) -> Result<crate::core::approvals::Approval, StoreError> {
+        match self {
+            Written::Approval(a) => Ok(a),
+            _ => Err(Self::mismatch("decide")),
+        }
+    }
+
+    pub fn claimed(self) -> Result<bool, StoreError> {
+        match self {
+            Written::Claimed(c) => Ok(c),
+            _ => Err(Self::mismatch("run")),
         }
     }
 
@@ -909,7 +966,15 @@ pub trait BreakerStore: Writes + Send + Sync {
 /// Implementations must make `accept` and `record_reply` atomic: either the
 /// whole record is stored or nothing is.
 pub trait Store:
-    Writes + Ingest + WorkQueue + ConversationReads + PromptStore + BreakerStore + Send + Sync
+    Writes
+    + Ingest
+    + WorkQueue
+    + ConversationReads
+    + PromptStore
+    + BreakerStore
+    + ApprovalReads
+    + Send
+    + Sync
 {
     fn health(&self) -> Result<StoreHealth, StoreError>;
 }
@@ -1209,8 +1274,8 @@ impl<T: Store + OutboxStore + TraceStore + MonitorStore + PeopleStore + TokenSto
 /// for code that calls them on a concrete store (a `dyn Store` needs none).
 pub mod all {
     pub use super::{
-        AnyStore as _, BreakerStore as _, ConversationReads as _, Ingest as _, MonitorStore as _,
-        OutboxStore as _, PeopleStore as _, PromptStore as _, Store as _, TokenStore as _,
-        TraceStore as _, WorkQueue as _, Writes as _,
+        AnyStore as _, ApprovalReads as _, BreakerStore as _, ConversationReads as _, Ingest as _,
+        MonitorStore as _, OutboxStore as _, PeopleStore as _, PromptStore as _, Store as _,
+        TokenStore as _, TraceStore as _, WorkQueue as _, Writes as _,
     };
 }

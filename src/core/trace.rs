@@ -75,6 +75,10 @@ names! {
         /// One tool call of the turn (`[[mcp.servers]]`): name, arguments
         /// and result are the detail.
         ToolCall = "tool call",
+        /// A tool call marked `approve` asked an operator (outcome
+        /// `waiting`), or their answer: `approved`, `denied`, `expired`
+        /// (the detail says the tool, the approval's id and who).
+        Approval = "approval",
         ReplyStored = "reply stored",
         /// One attempt at sending a reply (the attempt number is the event's).
         Send = "send",
@@ -107,6 +111,12 @@ names! {
         Retry = "retry",
         /// A dead letter (the provider's code is the detail).
         Dead = "dead",
+        /// Waits for an operator's answer.
+        Waiting = "waiting",
+        Approved = "approved",
+        Denied = "denied",
+        /// No answer in time: no.
+        Expired = "expired",
     }
 }
 

@@ -14,6 +14,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
 use super::Daemon;
+use crate::adapters::mcp::server::Caller;
 use crate::adapters::mcp::{Relay, RelaySettings, token_hash};
 use crate::core::ports::{TokenChange, Write};
 
@@ -126,7 +127,7 @@ pub(super) async fn authorize(
     response
 }
 
-async fn authorized(daemon: &Arc<Daemon>, request: Request, next: Next) -> Response {
+async fn authorized(daemon: &Arc<Daemon>, mut request: Request, next: Next) -> Response {
     let given = super::health::bearer(request.headers());
     if given.is_empty() {
         return refuse(
@@ -138,7 +139,12 @@ async fn authorized(daemon: &Arc<Daemon>, request: Request, next: Next) -> Respo
     let wanted = hash.clone();
     let known = tokio::task::spawn_blocking(move || store.token_by_hash(&wanted)).await;
     match known {
-        Ok(Ok(Some(_))) => {}
+        Ok(Ok(Some(token))) => {
+            // The tools see who calls (rmcp hands them the request's parts).
+            request.extensions_mut().insert(Caller {
+                operator: token.operator,
+            });
+        }
         Ok(Ok(None)) => {
             return refuse("this token is not known here (revoked, or from another store)");
         }

@@ -719,3 +719,50 @@ async fn an_operators_send_takes_the_conversation_over_and_set_mode_gives_it_bac
     );
     stop(daemon);
 }
+
+/// Which clients are operators' is a property of their token: over `/mcp`,
+/// a send with an `--operator` token takes the conversation over, and one
+/// with an ordinary token does not (`send_takes_over` is off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_token_takes_over_and_an_ordinary_one_does_not() {
+    let telegram = accepting_telegram().await;
+    let env = Env::new();
+    let ordinary = token(&env, "reports");
+    let out = env
+        .cmd(&["mcp", "token", "create", "ana-desk", "--operator"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::stderr_of(&out));
+    let operator = crate::stdout_of(&out).trim().to_string();
+    let listed = crate::stdout_of(&env.cmd(&["mcp", "token", "list"]).output().unwrap());
+    let yes = listed.lines().find(|l| l.starts_with("ana-desk")).unwrap();
+    assert!(yes.contains(" yes "), "{listed}");
+
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let endpoint = format!("{}/mcp", daemon.url);
+    let send = |bearer: &str, conversation: Option<i64>| {
+        let to = match conversation {
+            Some(id) => json!({ "conversation_id": id, "text": "hello" }),
+            None => json!({ "channel": "telegram", "recipient": "909", "text": "hello" }),
+        };
+        let calls = json!([
+            ["call", "send_message", to],
+            ["call", "list_conversations", {}]
+        ]);
+        let mut client = Client::start(&env, &calls, &["http", &endpoint, bearer]);
+        client.next("initialize");
+        client.next("the send");
+        let listed = client.next("the list");
+        tokio::task::block_in_place(|| client.finish());
+        structured(&listed)["conversations"][0]["mode"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mode = tokio::task::block_in_place(|| send(&ordinary, None));
+    assert_eq!(mode, "agent", "an ordinary client's send");
+    let mode = tokio::task::block_in_place(|| send(&operator, Some(1)));
+    assert_eq!(mode, "human", "an operator's send");
+    assert_eq!(sent_within(&telegram, 2, 10).await, ["hello", "hello"]);
+    stop(daemon);
+}

@@ -68,6 +68,149 @@ fn conformance(store: &dyn AnyStore) {
     erasing_a_sender_leaves_nothing_of_them(store);
     pruning_deletes_idle_conversations_and_nothing_still_owed(store);
     the_last_notice_of_a_kind_is_found(store);
+    approvals_are_asked_once_answered_once_and_run_once(store);
+}
+
+fn approvals_are_asked_once_answered_once_and_run_once(store: &dyn AnyStore) {
+    use convagent::core::approvals::{ApprovalState, Ask, Decision};
+    let key = ConversationKey::new(Channel::Telegram, "paula-approves", "");
+    let m = store
+        .accept(&message(&key, "p-1", "book it", 97_000))
+        .unwrap();
+    let ask = Ask {
+        conversation_id: m.conversation_id,
+        message_id: m.message_id,
+        correlation_id: "corr-approve".into(),
+        tool: "book_table".into(),
+        arguments: r#"{"people":4}"#.into(),
+        at: 97_010,
+        deadline_at: 97_010 + 60_000,
+    };
+    let (first, new) = store
+        .write_now(Write::Ask(ask.clone()))
+        .unwrap()
+        .asked()
+        .unwrap();
+    assert!(new);
+    assert_eq!(first.state, ApprovalState::Pending);
+    // The same call of the same turn, asked again (after a restart).
+    let (again, new) = store
+        .write_now(Write::Ask(Ask {
+            at: 99_000,
+            deadline_at: 159_000,
+            ..ask.clone()
+        }))
+        .unwrap()
+        .asked()
+        .unwrap();
+    assert!(!new);
+    assert_eq!(
+        (again.id, again.deadline_at),
+        (first.id, 97_010 + 60_000),
+        "its first wait"
+    );
+    let other = Ask {
+        arguments: r#"{"people":5}"#.into(),
+        ..ask.clone()
+    };
+    let (other, new) = store.write_now(Write::Ask(other)).unwrap().asked().unwrap();
+    assert!(new && other.id != first.id, "other arguments: another call");
+    assert_eq!(
+        store
+            .approvals(true, 10)
+            .unwrap()
+            .iter()
+            .map(|a| a.id)
+            .collect::<Vec<_>>(),
+        [other.id, first.id]
+    );
+
+    let decide = |id, decision, at| {
+        store
+            .write_now(Write::Decide {
+                id,
+                decision,
+                by: "ana".into(),
+                at,
+            })
+            .unwrap()
+            .approval()
+            .unwrap()
+    };
+    // Expiring before the deadline does nothing; approving does.
+    assert_eq!(
+        decide(first.id, Decision::Expire, 98_000).state,
+        ApprovalState::Pending
+    );
+    let approved = decide(first.id, Decision::Approve, 98_000);
+    assert_eq!(
+        (
+            approved.state,
+            approved.decided_by.as_deref(),
+            approved.decided_at
+        ),
+        (ApprovalState::Approved, Some("ana"), Some(98_000))
+    );
+    assert_eq!(
+        decide(first.id, Decision::Deny, 98_100).state,
+        ApprovalState::Approved,
+        "answered once"
+    );
+    // Past its deadline only the timeout answers.
+    assert_eq!(
+        decide(other.id, Decision::Approve, 200_000).state,
+        ApprovalState::Pending
+    );
+    assert_eq!(
+        decide(other.id, Decision::Expire, 200_000).state,
+        ApprovalState::Expired
+    );
+    assert!(matches!(
+        store.write_now(Write::Decide {
+            id: 999_999,
+            decision: Decision::Deny,
+            by: "x".into(),
+            at: 1
+        }),
+        Err(StoreError::NotFound(_))
+    ));
+
+    // One run: the first claim wins; a denied call has none.
+    let claim = |id| {
+        store
+            .write_now(Write::RunApproved { id, at: 98_200 })
+            .unwrap()
+            .claimed()
+            .unwrap()
+    };
+    assert!(claim(first.id));
+    assert!(!claim(first.id), "runs once");
+    assert!(!claim(other.id), "never approved");
+    store
+        .write_now(Write::ApprovalResult {
+            id: first.id,
+            result: "booked".into(),
+        })
+        .unwrap();
+    let done = store.approval(first.id).unwrap().unwrap();
+    assert_eq!(
+        (done.ran_at, done.result.as_deref()),
+        (Some(98_200), Some("booked"))
+    );
+    assert!(store.approvals(true, 10).unwrap().is_empty());
+    assert_eq!(store.approvals(false, 10).unwrap().len(), 2);
+
+    // Erasing the person takes their approvals too.
+    store
+        .write_now(Write::Erase {
+            sender: SenderRef {
+                channel: Channel::Telegram,
+                id: "paula-approves".into(),
+            },
+            at: 300_000,
+        })
+        .unwrap();
+    assert_eq!(store.approval(first.id).unwrap(), None);
 }
 
 fn the_last_notice_of_a_kind_is_found(store: &dyn AnyStore) {
@@ -406,6 +549,7 @@ fn access_tokens_are_kept_hashed_by_name(store: &dyn AnyStore) {
             name: name.into(),
             sha256: sha.into(),
             at: 1_000,
+            operator: name == "ci",
         }))
     };
     create("laptop", "aa11").unwrap();
@@ -421,7 +565,9 @@ fn access_tokens_are_kept_hashed_by_name(store: &dyn AnyStore) {
         .map(|t| t.name)
         .collect();
     assert_eq!(names, ["ci", "laptop"]);
-    assert_eq!(store.token_by_hash("bb22").unwrap().unwrap().name, "ci");
+    let ci = store.token_by_hash("bb22").unwrap().unwrap();
+    assert_eq!((ci.name.as_str(), ci.operator), ("ci", true));
+    assert!(!store.token_by_hash("aa11").unwrap().unwrap().operator);
     assert_eq!(store.token_by_hash("cc33").unwrap(), None);
     store
         .write_now(Write::Token(TokenChange::Used {

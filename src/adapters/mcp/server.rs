@@ -310,6 +310,23 @@ fn store_error(e: StoreError) -> String {
 }
 
 /// The client's name, as it introduced itself.
+/// Who calls, as `/mcp`'s token check found it (an extension of the HTTP
+/// request; stdio has none).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The token is an operator's (`mcp token create --operator`).
+    pub operator: bool,
+}
+
+/// Whether the caller's token is an operator's.
+fn operator(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Caller>())
+        .is_some_and(|c| c.operator)
+}
+
 fn consumer(context: &RequestContext<RoleServer>) -> String {
     context
         .peer
@@ -491,7 +508,7 @@ impl Relay {
             }
         };
         let settings = &self.parts.settings;
-        let takes_over = settings.send_takes_over && !settings.external;
+        let takes_over = (settings.send_takes_over || operator(&context)) && !settings.external;
         let out = Outgoing {
             to,
             text: p.text,

@@ -56,6 +56,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../../../migrations/postgres/0005_handoff.sql"),
     ),
+    (
+        6,
+        include_str!("../../../../migrations/postgres/0006_approvals.sql"),
+    ),
 ];
 
 /// Any number, the same in every convagent: the lock migrations hold.

@@ -110,6 +110,7 @@ fn erase_conversations_in(tx: &mut Transaction<'_>, ids: &[i64]) -> Result<Erase
     let mut run = |sql: &str| -> Result<u64, StoreError> { Ok(tx.execute(sql, &[&ids])?) };
     // Children first: every reference points into what is deleted next.
     run("DELETE FROM token_usage WHERE conversation_id = ANY($1)")?;
+    run("DELETE FROM approvals WHERE conversation_id = ANY($1)")?;
     run("DELETE FROM claims WHERE kind IN ('turns', 'outbox') AND key = ANY($1)")?;
     let violations = run("DELETE FROM guardrail_violations WHERE message_id IN
              (SELECT id FROM messages WHERE conversation_id = ANY($1))")?;

@@ -7,9 +7,10 @@ use postgres::{Row, Transaction};
 
 use super::PostgresStore;
 use super::work::{message_by_id, turn};
+use crate::core::approvals::{Approval, ApprovalState, Ask, Decision};
 use crate::core::ports::{
-    AccessToken, Destination, Outgoing, Sent, StoreError, StoredMessage, Take, TokenChange,
-    TokenStore,
+    AccessToken, ApprovalReads, Destination, Outgoing, Sent, StoreError, StoredMessage, Take,
+    TokenChange, TokenStore,
 };
 
 /// The conversation a message goes to, locked: the one named, or the
@@ -130,11 +131,17 @@ pub(super) fn take_in(
 
 pub(super) fn token_in(tx: &mut Transaction<'_>, change: &TokenChange) -> Result<(), StoreError> {
     match change {
-        TokenChange::Create { name, sha256, at } => {
+        TokenChange::Create {
+            name,
+            sha256,
+            at,
+            operator,
+        } => {
             let added = tx.execute(
-                "INSERT INTO access_tokens (name, sha256, created_at) VALUES ($1, $2, $3)
+                "INSERT INTO access_tokens (name, sha256, created_at, operator)
+                 VALUES ($1, $2, $3, $4)
                  ON CONFLICT DO NOTHING",
-                &[name, sha256, at],
+                &[name, sha256, at, operator],
             )?;
             if added == 0 {
                 return Err(StoreError::Invalid(format!(
@@ -157,7 +164,8 @@ pub(super) fn token_in(tx: &mut Transaction<'_>, change: &TokenChange) -> Result
     Ok(())
 }
 
-const TOKEN_SELECT: &str = "SELECT name, sha256, created_at, last_used_at FROM access_tokens";
+const TOKEN_SELECT: &str =
+    "SELECT name, sha256, created_at, last_used_at, operator FROM access_tokens";
 
 fn token(r: &Row) -> Result<AccessToken, StoreError> {
     Ok(AccessToken {
@@ -165,7 +173,127 @@ fn token(r: &Row) -> Result<AccessToken, StoreError> {
         sha256: r.try_get(1)?,
         created_at: r.try_get(2)?,
         last_used_at: r.try_get(3)?,
+        operator: r.try_get(4)?,
     })
+}
+
+const APPROVAL_SELECT: &str = "SELECT id, conversation_id, message_id, correlation_id, tool,
+    arguments, asked_at, deadline_at, state, decided_by, decided_at, ran_at, result
+    FROM approvals";
+
+fn approval(r: &Row) -> Result<Approval, StoreError> {
+    let state: String = r.try_get(8)?;
+    Ok(Approval {
+        id: r.try_get(0)?,
+        conversation_id: r.try_get(1)?,
+        message_id: r.try_get(2)?,
+        correlation_id: r.try_get(3)?,
+        tool: r.try_get(4)?,
+        arguments: r.try_get(5)?,
+        asked_at: r.try_get(6)?,
+        deadline_at: r.try_get(7)?,
+        state: ApprovalState::parse(&state)
+            .ok_or_else(|| StoreError::Backend(format!("unknown approval state {state:?}")))?,
+        decided_by: r.try_get(9)?,
+        decided_at: r.try_get(10)?,
+        ran_at: r.try_get(11)?,
+        result: r.try_get(12)?,
+    })
+}
+
+fn approval_in(tx: &mut Transaction<'_>, id: i64) -> Result<Approval, StoreError> {
+    let row = tx
+        .query_opt(&format!("{APPROVAL_SELECT} WHERE id = $1"), &[&id])?
+        .ok_or_else(|| StoreError::NotFound(format!("approval {id}")))?;
+    approval(&row)
+}
+
+/// [`crate::core::ports::Write::Ask`]: the row of this call of this turn,
+/// made if new (two daemons asking at once make one).
+pub(super) fn ask_in(tx: &mut Transaction<'_>, ask: &Ask) -> Result<(Approval, bool), StoreError> {
+    let key = ask.call_key();
+    let made = tx.execute(
+        "INSERT INTO approvals (conversation_id, message_id, call_key, correlation_id, tool,
+             arguments, asked_at, deadline_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (message_id, call_key) DO NOTHING",
+        &[
+            &ask.conversation_id,
+            &ask.message_id,
+            &key,
+            &ask.correlation_id,
+            &ask.tool,
+            &ask.arguments,
+            &ask.at,
+            &ask.deadline_at,
+        ],
+    )?;
+    let id: i64 = tx
+        .query_one(
+            "SELECT id FROM approvals WHERE message_id = $1 AND call_key = $2",
+            &[&ask.message_id, &key],
+        )?
+        .try_get(0)?;
+    Ok((approval_in(tx, id)?, made > 0))
+}
+
+/// [`crate::core::ports::Write::Decide`]: the row after the answer.
+pub(super) fn decide_in(
+    tx: &mut Transaction<'_>,
+    id: i64,
+    decision: Decision,
+    by: &str,
+    at: i64,
+) -> Result<Approval, StoreError> {
+    let when = match decision {
+        Decision::Expire => "deadline_at < $4",
+        _ => "deadline_at >= $4",
+    };
+    tx.execute(
+        &format!(
+            "UPDATE approvals SET state = $2, decided_by = $3, decided_at = $4
+             WHERE id = $1 AND state = 'pending' AND {when}"
+        ),
+        &[&id, &decision.state().as_str(), &by, &at],
+    )?;
+    approval_in(tx, id)
+}
+
+/// [`crate::core::ports::Write::RunApproved`]: whether this caller runs it.
+pub(super) fn run_approved_in(
+    tx: &mut Transaction<'_>,
+    id: i64,
+    at: i64,
+) -> Result<bool, StoreError> {
+    Ok(tx.execute(
+        "UPDATE approvals SET ran_at = $2
+         WHERE id = $1 AND state = 'approved' AND ran_at IS NULL",
+        &[&id, &at],
+    )? == 1)
+}
+
+impl ApprovalReads for PostgresStore {
+    fn approval(&self, id: i64) -> Result<Option<Approval>, StoreError> {
+        let row = self
+            .read(move |c| Ok(c.query_opt(&format!("{APPROVAL_SELECT} WHERE id = $1"), &[&id])?))?;
+        row.as_ref().map(approval).transpose()
+    }
+
+    fn approvals(&self, pending_only: bool, limit: usize) -> Result<Vec<Approval>, StoreError> {
+        let filter = if pending_only {
+            "WHERE state = 'pending'"
+        } else {
+            ""
+        };
+        let limit = limit as i64;
+        let rows = self.read(move |c| {
+            Ok(c.query(
+                &format!("{APPROVAL_SELECT} {filter} ORDER BY id DESC LIMIT $1"),
+                &[&limit],
+            )?)
+        })?;
+        rows.iter().map(approval).collect()
+    }
 }
 
 impl TokenStore for PostgresStore {

@@ -61,6 +61,26 @@ pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Writte
             super::relay::token_in(tx, change)?;
             Written::Done
         }
+        Write::Ask(ask) => {
+            let (approval, new) = super::relay::ask_in(tx, ask)?;
+            Written::Asked(approval, new)
+        }
+        Write::Decide {
+            id,
+            decision,
+            by,
+            at,
+        } => Written::Approval(super::relay::decide_in(tx, *id, *decision, by, *at)?),
+        Write::RunApproved { id, at } => {
+            Written::Claimed(super::relay::run_approved_in(tx, *id, *at)?)
+        }
+        Write::ApprovalResult { id, result } => {
+            tx.execute(
+                "UPDATE approvals SET result = $2 WHERE id = $1",
+                &[id, result],
+            )?;
+            Written::Done
+        }
         Write::Attachments {
             message_id,
             attachments,

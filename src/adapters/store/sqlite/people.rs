@@ -91,6 +91,7 @@ pub(super) fn erase_conversations_in(conn: &Connection, ids: &[i64]) -> Result<E
     // Children first: every reference points into what is deleted next.
     // Tokens used per day are counts, not reported apart.
     run("DELETE FROM token_usage WHERE conversation_id IN (SELECT value FROM json_each(?1))")?;
+    run("DELETE FROM approvals WHERE conversation_id IN (SELECT value FROM json_each(?1))")?;
     let mut files = Vec::new();
     let mut stmt = conn.prepare_cached(
         "SELECT attachments FROM messages

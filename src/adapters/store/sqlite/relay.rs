@@ -6,9 +6,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::SqliteStore;
 use super::port::turn_in;
 use super::rows::message_by_id;
+use crate::core::approvals::{Approval, ApprovalState, Ask, Decision};
 use crate::core::ports::{
-    AccessToken, Destination, Outgoing, Sent, StoreError, StoredMessage, Take, TokenChange,
-    TokenStore,
+    AccessToken, ApprovalReads, Destination, Outgoing, Sent, StoreError, StoredMessage, Take,
+    TokenChange, TokenStore,
 };
 
 /// The conversation a message goes to: the one named, or the person's
@@ -129,13 +130,19 @@ pub(super) fn take_in(conn: &Connection, take: &Take) -> Result<Option<StoredMes
 
 pub(super) fn token_in(conn: &Connection, change: &TokenChange) -> Result<(), StoreError> {
     match change {
-        TokenChange::Create { name, sha256, at } => {
+        TokenChange::Create {
+            name,
+            sha256,
+            at,
+            operator,
+        } => {
             let added = conn
                 .prepare_cached(
-                    "INSERT INTO access_tokens (name, sha256, created_at) VALUES (?1, ?2, ?3)
+                    "INSERT INTO access_tokens (name, sha256, created_at, operator)
+                     VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT DO NOTHING",
                 )?
-                .execute(params![name, sha256, at])?;
+                .execute(params![name, sha256, at, operator])?;
             if added == 0 {
                 return Err(StoreError::Invalid(format!(
                     "a token named {name:?} exists already"
@@ -158,7 +165,8 @@ pub(super) fn token_in(conn: &Connection, change: &TokenChange) -> Result<(), St
     Ok(())
 }
 
-const TOKEN_SELECT: &str = "SELECT name, sha256, created_at, last_used_at FROM access_tokens";
+const TOKEN_SELECT: &str =
+    "SELECT name, sha256, created_at, last_used_at, operator FROM access_tokens";
 
 fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccessToken> {
     Ok(AccessToken {
@@ -166,7 +174,133 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccessToken> {
         sha256: r.get(1)?,
         created_at: r.get(2)?,
         last_used_at: r.get(3)?,
+        operator: r.get(4)?,
     })
+}
+
+const APPROVAL_SELECT: &str = "SELECT id, conversation_id, message_id, correlation_id, tool,
+    arguments, asked_at, deadline_at, state, decided_by, decided_at, ran_at, result
+    FROM approvals";
+
+fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
+    let state: String = r.get(8)?;
+    Ok(Approval {
+        id: r.get(0)?,
+        conversation_id: r.get(1)?,
+        message_id: r.get(2)?,
+        correlation_id: r.get(3)?,
+        tool: r.get(4)?,
+        arguments: r.get(5)?,
+        asked_at: r.get(6)?,
+        deadline_at: r.get(7)?,
+        state: ApprovalState::parse(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                8,
+                rusqlite::types::Type::Text,
+                format!("unknown approval state {state:?}").into(),
+            )
+        })?,
+        decided_by: r.get(9)?,
+        decided_at: r.get(10)?,
+        ran_at: r.get(11)?,
+        result: r.get(12)?,
+    })
+}
+
+fn approval_in(conn: &Connection, id: i64) -> Result<Approval, StoreError> {
+    conn.prepare_cached(&format!("{APPROVAL_SELECT} WHERE id = ?1"))?
+        .query_row(params![id], approval_from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("approval {id}")))
+}
+
+/// [`Write::Ask`]: the row of this call of this turn, made if new.
+pub(super) fn ask_in(conn: &Connection, ask: &Ask) -> Result<(Approval, bool), StoreError> {
+    let made = conn
+        .prepare_cached(
+            "INSERT INTO approvals (conversation_id, message_id, call_key, correlation_id, tool,
+                 arguments, asked_at, deadline_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (message_id, call_key) DO NOTHING",
+        )?
+        .execute(params![
+            ask.conversation_id,
+            ask.message_id,
+            ask.call_key(),
+            ask.correlation_id,
+            ask.tool,
+            ask.arguments,
+            ask.at,
+            ask.deadline_at
+        ])?;
+    let id: i64 = conn
+        .prepare_cached("SELECT id FROM approvals WHERE message_id = ?1 AND call_key = ?2")?
+        .query_row(params![ask.message_id, ask.call_key()], |r| r.get(0))?;
+    Ok((approval_in(conn, id)?, made > 0))
+}
+
+/// [`Write::Decide`]: the row after the answer (which took or did not).
+pub(super) fn decide_in(
+    conn: &Connection,
+    id: i64,
+    decision: Decision,
+    by: &str,
+    at: i64,
+) -> Result<Approval, StoreError> {
+    let when = match decision {
+        Decision::Expire => "deadline_at < ?4",
+        _ => "deadline_at >= ?4",
+    };
+    conn.prepare_cached(&format!(
+        "UPDATE approvals SET state = ?2, decided_by = ?3, decided_at = ?4
+         WHERE id = ?1 AND state = 'pending' AND {when}"
+    ))?
+    .execute(params![id, decision.state().as_str(), by, at])?;
+    approval_in(conn, id)
+}
+
+/// [`Write::RunApproved`]: whether this caller may run the call.
+pub(super) fn run_approved_in(conn: &Connection, id: i64, at: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE approvals SET ran_at = ?2
+             WHERE id = ?1 AND state = 'approved' AND ran_at IS NULL",
+        )?
+        .execute(params![id, at])?
+        == 1)
+}
+
+/// [`Write::ApprovalResult`].
+pub(super) fn approval_result_in(
+    conn: &Connection,
+    id: i64,
+    result: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE approvals SET result = ?2 WHERE id = ?1")?
+        .execute(params![id, result])?;
+    Ok(())
+}
+
+impl ApprovalReads for SqliteStore {
+    fn approval(&self, id: i64) -> Result<Option<Approval>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("{APPROVAL_SELECT} WHERE id = ?1"))?;
+        Ok(stmt.query_row(params![id], approval_from_row).optional()?)
+    }
+
+    fn approvals(&self, pending_only: bool, limit: usize) -> Result<Vec<Approval>, StoreError> {
+        let conn = self.reader();
+        let filter = if pending_only {
+            "WHERE state = 'pending'"
+        } else {
+            ""
+        };
+        let mut stmt = conn.prepare_cached(&format!(
+            "{APPROVAL_SELECT} {filter} ORDER BY id DESC LIMIT +?1"
+        ))?;
+        let rows = stmt.query_map(params![limit as i64], approval_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 impl TokenStore for SqliteStore {

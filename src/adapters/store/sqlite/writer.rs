@@ -342,6 +342,21 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
             relay::token_in(conn, change)?;
             Written::Done
         }
+        Write::Ask(ask) => {
+            let (approval, new) = relay::ask_in(conn, ask)?;
+            Written::Asked(approval, new)
+        }
+        Write::Decide {
+            id,
+            decision,
+            by,
+            at,
+        } => Written::Approval(relay::decide_in(conn, *id, *decision, by, *at)?),
+        Write::RunApproved { id, at } => Written::Claimed(relay::run_approved_in(conn, *id, *at)?),
+        Write::ApprovalResult { id, result } => {
+            relay::approval_result_in(conn, *id, result)?;
+            Written::Done
+        }
         Write::Attachments {
             message_id,
             attachments,
