@@ -243,6 +243,7 @@ impl Context {
             max_tool_calls: config.mcp.max_calls_per_turn,
             media: config.media.clone(),
             handoff: config.handoff.clone(),
+            approve_timeout_ms: (config.mcp.approve_timeout_secs as i64).saturating_mul(1000),
             ..AgentSettings::default()
         };
         // A prompt edited in the config since it was last taken becomes
@@ -253,8 +254,17 @@ impl Context {
         // Patterns were checked when the config loaded.
         let guardrails = config.guardrails()?;
         let files = convagent::adapters::media_files::DiskFiles::new(settings.media_dir());
+        // Approvals are answered through the store (`convagent approvals`,
+        // the TUI); `serve` adds the chat's buttons.
+        let desk = convagent::daemon::Desk::new(
+            store.clone(),
+            clock.clone(),
+            Vec::new(),
+            config.handoff.notify_url.clone(),
+        );
         let agent = Agent::new(store, Arc::new(chain), clock, guardrails, agent_settings)
-            .with_files(Arc::new(files));
+            .with_files(Arc::new(files))
+            .with_operators(Arc::new(desk));
         Ok(match self.tools.get().cloned().flatten() {
             Some(tools) => agent.with_tools(tools),
             None => agent,

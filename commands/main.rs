@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod output;
+mod approvals;
 mod chat;
 mod completions;
 mod context;
@@ -70,13 +71,16 @@ enum Command {
     Reply(reply::Args),
     /// Give a conversation back to the agent
     Release(release::Args),
+    /// Tool calls waiting for an operator's yes or no: list, approve, deny
+    Approvals(approvals::Args),
     /// Check config, store and LLM providers, with a fix for each problem
     Doctor(doctor::Args),
     /// Sign golden webhook payloads and post them to a daemon (or load-test it)
     Replay(replay::Args),
     /// Expose the daemon through cloudflared and register the webhooks
     Tunnel(tunnel::Args),
-    /// Watch conversations, traces and breakers live (read-only)
+    /// Watch conversations, traces, breakers and the log live; take
+    /// conversations over, reply, answer approvals
     Tui(tui::Args),
     /// Run `serve` as a systemd service: install or remove its unit
     Service(service::Args),
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         Command::Takeover(args) => takeover::run(&ctx, args),
         Command::Reply(args) => reply::run(&ctx, args),
         Command::Release(args) => release::run(&ctx, args),
+        Command::Approvals(args) => approvals::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Replay(args) => replay::run(&ctx, args),
         Command::Tui(args) => tui::run(&ctx, args),

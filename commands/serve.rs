@@ -153,9 +153,20 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
 fn live(ctx: &Context, settings: &Settings, tracer: &Tracer, now: i64) -> Result<Live> {
     let config = &settings.config;
     let providers = llm::configured(settings);
+    let enabled = channels::enabled(config);
+    // Operators are told through the notify URL, and asked in the chat
+    // with buttons where a tool server says so.
+    let desk = daemon::Desk::new(
+        ctx.store()?,
+        Arc::new(SystemClock),
+        enabled.clone(),
+        config.handoff.notify_url.clone(),
+    )
+    .with_stages(Arc::new(tracer.clone()));
     let agent = ctx
         .agent_for(settings, &providers, true)?
-        .with_stages(Arc::new(tracer.clone()));
+        .with_stages(Arc::new(tracer.clone()))
+        .with_operators(Arc::new(desk));
     let names = providers
         .iter()
         .map(|p| p.provider().name().to_string())
@@ -163,7 +174,7 @@ fn live(ctx: &Context, settings: &Settings, tracer: &Tracer, now: i64) -> Result
     // Attachments are fetched and kept; voice notes heard when `[stt]`
     // names a server.
     let media = Arc::new(daemon::Media::from_settings(settings));
-    Ok(Live::new(Arc::new(agent), channels::enabled(config), names)
+    Ok(Live::new(Arc::new(agent), enabled, names)
         .rotating(config, now)
         .media(media))
 }

@@ -16,6 +16,9 @@ _convagent() {
             ",$1")
                 cmd="convagent"
                 ;;
+            convagent,approvals)
+                cmd="convagent__subcmd__approvals"
+                ;;
             convagent,chat)
                 cmd="convagent__subcmd__chat"
                 ;;
@@ -64,6 +67,33 @@ _convagent() {
             convagent,tunnel)
                 cmd="convagent__subcmd__tunnel"
                 ;;
+            convagent__subcmd__approvals,approve)
+                cmd="convagent__subcmd__approvals__subcmd__approve"
+                ;;
+            convagent__subcmd__approvals,deny)
+                cmd="convagent__subcmd__approvals__subcmd__deny"
+                ;;
+            convagent__subcmd__approvals,help)
+                cmd="convagent__subcmd__approvals__subcmd__help"
+                ;;
+            convagent__subcmd__approvals,list)
+                cmd="convagent__subcmd__approvals__subcmd__list"
+                ;;
+            convagent__subcmd__approvals__subcmd__help,approve)
+                cmd="convagent__subcmd__approvals__subcmd__help__subcmd__approve"
+                ;;
+            convagent__subcmd__approvals__subcmd__help,deny)
+                cmd="convagent__subcmd__approvals__subcmd__help__subcmd__deny"
+                ;;
+            convagent__subcmd__approvals__subcmd__help,help)
+                cmd="convagent__subcmd__approvals__subcmd__help__subcmd__help"
+                ;;
+            convagent__subcmd__approvals__subcmd__help,list)
+                cmd="convagent__subcmd__approvals__subcmd__help__subcmd__list"
+                ;;
+            convagent__subcmd__help,approvals)
+                cmd="convagent__subcmd__help__subcmd__approvals"
+                ;;
             convagent__subcmd__help,chat)
                 cmd="convagent__subcmd__help__subcmd__chat"
                 ;;
@@ -111,6 +141,15 @@ _convagent() {
                 ;;
             convagent__subcmd__help,tunnel)
                 cmd="convagent__subcmd__help__subcmd__tunnel"
+                ;;
+            convagent__subcmd__help__subcmd__approvals,approve)
+                cmd="convagent__subcmd__help__subcmd__approvals__subcmd__approve"
+                ;;
+            convagent__subcmd__help__subcmd__approvals,deny)
+                cmd="convagent__subcmd__help__subcmd__approvals__subcmd__deny"
+                ;;
+            convagent__subcmd__help__subcmd__approvals,list)
+                cmd="convagent__subcmd__help__subcmd__approvals__subcmd__list"
                 ;;
             convagent__subcmd__help__subcmd__history,delete)
                 cmd="convagent__subcmd__help__subcmd__history__subcmd__delete"
@@ -335,8 +374,174 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox takeover reply release doctor replay tunnel tui service store mcp completions help"
+            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox takeover reply release approvals doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__approvals)
+            opts="-v -h -V --config --env-file --verbose --help --version list approve deny help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__approvals__subcmd__approve)
+            opts="-v -h -V --as --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__approvals__subcmd__deny)
+            opts="-v -h -V --as --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__approvals__subcmd__help)
+            opts="list approve deny help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__approvals__subcmd__help__subcmd__approve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__approvals__subcmd__help__subcmd__deny)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__approvals__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__approvals__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__approvals__subcmd__list)
+            opts="-v -h -V --all --json --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -431,8 +636,64 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history outbox takeover reply release doctor replay tunnel tui service store mcp completions help"
+            opts="serve chat history outbox takeover reply release approvals doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__approvals)
+            opts="list approve deny"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__approvals__subcmd__approve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__approvals__subcmd__deny)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__approvals__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

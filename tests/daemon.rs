@@ -7,6 +7,8 @@ mod support;
 
 #[path = "daemon/alerts.rs"]
 mod alerts;
+#[path = "daemon/approvals.rs"]
+mod approvals;
 #[path = "daemon/delivery.rs"]
 mod delivery;
 #[path = "daemon/durability.rs"]
@@ -64,6 +66,10 @@ pub struct Options {
     pub configure: fn(&mut Config),
     /// A clock the test moves by hand (default: the system clock).
     pub clock: Option<Arc<support::FakeClock>>,
+    /// Tools the model may call.
+    pub tools: Option<Arc<dyn convagent::core::tools::Tools>>,
+    /// `[handoff] notify_url` (a fake's address, known only at run time).
+    pub notify_url: Option<String>,
 }
 
 impl Default for Options {
@@ -79,6 +85,8 @@ impl Default for Options {
             public_url: None,
             configure: |_| {},
             clock: None,
+            tools: None,
+            notify_url: None,
         }
     }
 }
@@ -175,6 +183,9 @@ impl Harness {
         c.twilio.whatsapp_from = Some("whatsapp:+14155238886".into());
         c.twilio.api_base = Some(twilio.uri());
         (options.configure)(&mut config);
+        if options.notify_url.is_some() {
+            config.handoff.notify_url = options.notify_url.clone();
+        }
 
         let store = Arc::new(SqliteStore::open(&dir.path().join("convagent.db")).unwrap());
         let clock: Arc<dyn convagent::core::Clock> = match &options.clock {
@@ -193,13 +204,29 @@ impl Harness {
                 limits: config.limits.clone(),
                 media: config.media.clone(),
                 handoff: config.handoff.clone(),
+                max_tool_calls: config.mcp.max_calls_per_turn,
+                approve_timeout_ms: config.mcp.approve_timeout_secs as i64 * 1000,
                 ..AgentSettings::default()
             },
         )
         .with_files(Arc::new(convagent::adapters::media_files::DiskFiles::new(
             settings_in(dir.path(), &config).media_dir(),
         )))
-        .with_stages(Arc::new(tracer.clone()));
+        .with_stages(Arc::new(tracer.clone()))
+        // As `serve` does: approvals asked in the chat, events to the notify URL.
+        .with_operators(Arc::new(
+            convagent::daemon::Desk::new(
+                store.clone(),
+                clock.clone(),
+                channels::enabled(&config),
+                config.handoff.notify_url.clone(),
+            )
+            .with_stages(Arc::new(tracer.clone())),
+        ));
+        let agent = match options.tools {
+            Some(tools) => agent.with_tools(tools),
+            None => agent,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let settings = DaemonSettings {

@@ -35,6 +35,7 @@ pub fn draw(state: &State, frame: &mut Frame) {
         View::Conversation => draw_conversation(state, frame, main),
         View::Trace => draw_trace(state, frame, main),
         View::Log => draw_log(state, frame, main),
+        View::Approvals => draw_approvals(state, frame, main),
     }
     draw_footer(state, frame, footer);
     if state.help {
@@ -165,6 +166,12 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
     if waiting > 0 {
         block = block.title(Span::styled(
             format!(" {waiting} waiting for a person "),
+            WAITING,
+        ));
+    }
+    if !state.approvals.is_empty() {
+        block = block.title(Span::styled(
+            format!(" {} approvals waiting (a) ", state.approvals.len()),
             WAITING,
         ));
     }
@@ -404,6 +411,47 @@ fn draw_trace(state: &State, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
+fn draw_approvals(state: &State, frame: &mut Frame, area: Rect) {
+    let block = Block::new()
+        .borders(Borders::ALL)
+        .title(format!(" approvals · {} waiting ", state.approvals.len()));
+    if state.approvals.is_empty() {
+        let text = "No tool call waits for an approval. Calls of `[[mcp.servers]]` marked \
+                    `approve` wait here for y or n.";
+        frame.render_widget(
+            Paragraph::new(text).block(block).wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
+    let rows = state.approvals.iter().map(|a| {
+        let left = (a.deadline_at - state.now_ms).max(0);
+        Row::new(vec![
+            Cell::from(a.id.to_string()),
+            Cell::from(a.conversation_id.to_string()),
+            Cell::from(age(a.asked_at, state.now_ms)),
+            Cell::from(format!("{}s left", (left + 999) / 1000)),
+            Cell::from(preview(&format!("{} {}", a.tool, a.arguments), 200)),
+        ])
+        .style(WAITING)
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(9),
+            Constraint::Length(10),
+            Constraint::Min(10),
+        ],
+    )
+    .header(Row::new(["ID", "CONV", "ASKED", "DEADLINE", "CALL"]).style(DIM))
+    .row_highlight_style(SELECTED)
+    .block(block);
+    let mut table_state = TableState::default().with_selected(Some(state.approval));
+    frame.render_stateful_widget(table, area, &mut table_state);
+}
+
 fn draw_log(state: &State, frame: &mut Frame, area: Rect) {
     let log = &state.log;
     let scope = match (&log.scope, log.scoped) {
@@ -479,7 +527,7 @@ fn draw_footer(state: &State, frame: &mut Frame, area: Rect) {
     } else {
         match state.view() {
             View::Conversations => {
-                "↑↓ move · Enter open · h take over/release · r reply · / search · c channel · l log · ? help · q quit"
+                "↑↓ move · Enter open · h take over/release · r reply · / search · c channel · a approvals · l log · ? help · q quit"
             }
             View::Conversation => {
                 "↑↓ message · Enter/t trace · h take over/release · r reply · l log · Esc back · ? help · q quit"
@@ -489,6 +537,7 @@ fn draw_footer(state: &State, frame: &mut Frame, area: Rect) {
                 "↑↓ PgUp/PgDn scroll · v level · f this conversation/everything · Esc back · q quit"
             }
             View::Log => "↑↓ PgUp/PgDn scroll · v level · Esc back · q quit",
+            View::Approvals => "↑↓ move · y approve · n deny · Esc back · ? help · q quit",
         }
         .to_string()
     };
@@ -498,7 +547,7 @@ fn draw_footer(state: &State, frame: &mut Frame, area: Rect) {
 fn draw_help(frame: &mut Frame) {
     let area = frame.area();
     // Tall enough for every line below, borders included, when it fits.
-    let height = 23.min(area.height);
+    let height = 24.min(area.height);
     let popup = Rect {
         x: area.width / 6,
         y: (area.height - height) / 2,
@@ -517,6 +566,7 @@ fn draw_help(frame: &mut Frame) {
         Line::from("               exit too, for grep in the JSON log)"),
         Line::from("Anywhere       l the daemon's log, live: v level, f keep to the"),
         Line::from("               conversation or trace it was opened from"),
+        Line::from("               a tool calls waiting for approval: y yes, n no"),
         Line::from(""),
         Line::from("Marks: ● new since you looked, ⋯N waiting for an answer,"),
         Line::from("       ✗N replies dead-lettered, ⚑name taken over by name;"),

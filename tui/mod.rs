@@ -159,6 +159,8 @@ impl Source {
             .map(|p| (p.clone(), store.last_answer(p).ok().flatten()))
             .collect();
         state.outbox = store.outbox_stats().unwrap_or_default();
+        state.approvals = store.approvals(true, 200).unwrap_or_default();
+        state.clamp();
         state.activity = store.activity(state.now_ms, 60_000, 30).unwrap_or_default();
     }
 }
@@ -218,6 +220,14 @@ fn operate(ctx: &Context, operator: &str, op: Operation) -> Result<String> {
         } => {
             let s = crate::takeover::hand_in(&*store, conversation, Mode::Agent, operator)?;
             format!("{} is the agent's again", s.who())
+        }
+        Operation::Answer { approval, decision } => {
+            let after = crate::approvals::answer(&*store, approval, decision, operator)?;
+            format!(
+                "approval {approval} ({}): {} by {operator}",
+                after.tool,
+                after.state.as_str()
+            )
         }
         Operation::Reply { conversation, text } => {
             let (s, sent) = crate::reply::send(&*store, conversation, &text, operator)?;

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use convagent::core::approvals::{Approval, Decision};
 use convagent::core::handoff::Mode;
 use convagent::core::{
     ActivityBucket, Breaker, Channel, ConversationOverview, OutboxStats, ProviderActivity,
@@ -18,6 +19,8 @@ pub enum View {
     Trace,
     /// The daemon's JSON log, followed live.
     Log,
+    /// Tool calls waiting for an operator's yes or no.
+    Approvals,
 }
 
 /// What an operator does to a conversation; the event loop writes it to
@@ -28,6 +31,8 @@ pub enum Operation {
     Hand { conversation: i64, mode: Mode },
     /// Send an operator's reply (which takes the conversation over).
     Reply { conversation: i64, text: String },
+    /// Answer a tool call's approval.
+    Answer { approval: i64, decision: Decision },
 }
 
 /// Which correlation ids the log view keeps to.
@@ -129,6 +134,11 @@ pub struct State {
     /// The last activity the user saw, per conversation opened.
     pub seen: HashMap<i64, i64>,
     pub log: LogState,
+    /// Tool calls waiting for an answer, newest first.
+    pub approvals: Vec<Approval>,
+    pub approval: usize,
+    /// The view Esc returns to from the approvals.
+    pub approvals_from: Option<View>,
 }
 
 /// Whether a conversation waits for a person: taken over, with messages
@@ -209,6 +219,7 @@ impl State {
             .selected
             .min(self.conversations.len().saturating_sub(1));
         self.message = self.message.min(self.messages.len().saturating_sub(1));
+        self.approval = self.approval.min(self.approvals.len().saturating_sub(1));
     }
 
     pub fn on_key(&mut self, key: Key) -> Action {
@@ -282,6 +293,37 @@ impl State {
             {
                 self.compose = Some(String::new());
                 Action::None
+            }
+            (View::Approvals, Key::Up | Key::Char('k')) => {
+                self.approval = self.approval.saturating_sub(1);
+                Action::None
+            }
+            (View::Approvals, Key::Down | Key::Char('j')) => {
+                self.approval = (self.approval + 1).min(self.approvals.len().saturating_sub(1));
+                Action::None
+            }
+            (View::Approvals, Key::Char(c @ ('y' | 'n'))) => {
+                match self.approvals.get(self.approval) {
+                    Some(a) => Action::Operate(Operation::Answer {
+                        approval: a.id,
+                        decision: if c == 'y' {
+                            Decision::Approve
+                        } else {
+                            Decision::Deny
+                        },
+                    }),
+                    None => Action::None,
+                }
+            }
+            (View::Approvals, Key::Esc | Key::Backspace | Key::Char('a')) => {
+                self.view = self.approvals_from.take();
+                Action::Reload
+            }
+            (view @ (View::Conversations | View::Conversation | View::Trace), Key::Char('a')) => {
+                self.approvals_from = Some(view);
+                self.approval = 0;
+                self.view = Some(View::Approvals);
+                Action::Reload
             }
             (View::Log, Key::Char('v')) => {
                 self.log.level = self.log.level.next();

@@ -423,6 +423,12 @@ impl Config {
         .filter(|s| !s.trim().is_empty())
         .cloned()
         .chain(self.store.url.as_deref().and_then(url_password))
+        .chain(
+            self.handoff
+                .notify_url
+                .clone()
+                .filter(|u| !u.trim().is_empty()),
+        )
         .chain(self.mcp.servers.iter().flat_map(|server| {
             // A tool server's token, and what its environment names as one.
             let secret_named = |k: &str| {

@@ -103,6 +103,9 @@ pub struct McpConfig {
     /// A `send_message` into a conversation the agent answers takes it over
     /// for a person (the client is an operator's), and answers what waits.
     pub send_takes_over: bool,
+    /// How long a tool call marked `approve` waits for an operator's answer;
+    /// none by then means no.
+    pub approve_timeout_secs: u64,
 }
 
 impl Default for McpConfig {
@@ -115,6 +118,7 @@ impl Default for McpConfig {
             sandbox: SandboxConfig::default(),
             allowed_origins: Vec::new(),
             send_takes_over: false,
+            approve_timeout_secs: 300,
         }
     }
 }
@@ -145,6 +149,36 @@ pub struct McpServerConfig {
     pub token: String,
     /// The tools of this server offered to the model; empty: every one.
     pub tools: Vec<String>,
+    /// Calls that wait for an operator's yes or no: `true` for every tool
+    /// of this server, or a list of tool names.
+    pub approve: Approve,
+    /// Ask for the approval in the chat itself too, with buttons (Telegram,
+    /// Slack): the person talking to the agent answers.
+    pub approve_in_chat: bool,
+}
+
+/// `approve = true`, or `approve = ["tool", ...]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Approve {
+    All(bool),
+    Tools(Vec<String>),
+}
+
+impl Default for Approve {
+    fn default() -> Self {
+        Approve::All(false)
+    }
+}
+
+impl Approve {
+    /// Whether a call of `tool` (its name on the server) waits for an answer.
+    pub fn covers(&self, tool: &str) -> bool {
+        match self {
+            Approve::All(all) => *all,
+            Approve::Tools(tools) => tools.iter().any(|t| t == tool),
+        }
+    }
 }
 
 /// The confinement of `[[mcp.servers]]` commands: each runs in a directory of

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use tracing::{Instrument, info, info_span, warn};
 
+use super::approvals::{ApprovalState, Ask, OperatorEvent, Operators};
 use super::context::{self, ContextWindow};
 use super::guardrails::{Guardrails, SecretFilter, Violation};
 use super::handoff::{self, Command, Handoff, HandoffConfig, Mode};
@@ -25,9 +26,9 @@ use super::media::{self, MediaConfig, MediaFiles};
 use super::message::{InboundMessage, Role, Turn};
 use super::ports::{
     Clock, Held, NewReply, Pending, PromptVersion, ReplyKind, StageSink, Store, StoreError,
-    StoredMessage, Summary, TraceEvent, TurnRecord, Write,
+    StoredMessage, Summary, TraceEvent, TurnRecord, Write, Written,
 };
-use super::tools::{ToolCall, ToolExchange, ToolResult, Tools};
+use super::tools::{ApprovalRule, ToolCall, ToolExchange, ToolResult, Tools};
 use super::trace::{Outcome, Stage};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +60,9 @@ pub struct AgentSettings {
     pub media: MediaConfig,
     /// When a person asks for a person, and how long a takeover lasts.
     pub handoff: HandoffConfig,
+    /// How long a tool call marked `approve` waits for an answer
+    /// (`mcp.approve_timeout_secs`).
+    pub approve_timeout_ms: i64,
 }
 
 /// How a conversation's worker answers messages that queued up while its
@@ -89,6 +93,7 @@ impl Default for AgentSettings {
             max_tool_calls: 4,
             media: MediaConfig::default(),
             handoff: HandoffConfig::default(),
+            approve_timeout_ms: 300_000,
         }
     }
 }
@@ -104,6 +109,16 @@ pub const DEFAULT_FALLBACK_REPLY: &str = "Sorry, I can't answer right now. \
 const SUMMARIZER_PROMPT: &str = "You summarise conversations. Write a concise summary \
      (under 150 words) of the conversation below, keeping names, facts, decisions and open \
      questions. Reply with the summary only.";
+
+/// Whether an approved call may run.
+enum Gate {
+    /// Approved and claimed by this turn: run approval `id`.
+    Run(i64),
+    /// It ran before (this turn, asked again after a restart): its result.
+    Ran(String),
+    /// Not to run: why.
+    No(String),
+}
 
 /// Characters of a tool's result the model is given at most.
 const MAX_TOOL_RESULT_CHARS: usize = 16_000;
@@ -219,6 +234,8 @@ pub struct Agent {
     tools: Option<Arc<dyn Tools>>,
     /// The fetched files of attachments, for a model that sees.
     files: Option<Arc<dyn MediaFiles>>,
+    /// Who answers approvals (and is told of them and of people waiting).
+    operators: Option<Arc<dyn Operators>>,
 }
 
 impl Agent {
@@ -240,7 +257,16 @@ impl Agent {
             turns: context::TurnCache::default(),
             tools: None,
             files: None,
+            operators: None,
         }
+    }
+
+    /// Tells `operators` what they should know (a person waits, a call
+    /// asks for approval) and waits for their answers to approvals.
+    /// Without them a call marked `approve` is refused.
+    pub fn with_operators(mut self, operators: Arc<dyn Operators>) -> Self {
+        self.operators = Some(operators);
+        self
     }
 
     /// Gives the model that sees the images kept in `files`.
@@ -617,6 +643,15 @@ impl Agent {
                     Outcome::Ok,
                     Some(format!("human, asked by {}", handoff::ASKED_BY_PERSON)),
                 );
+                if let Some(operators) = &self.operators {
+                    operators
+                        .tell(OperatorEvent::WaitingForPerson {
+                            conversation_id: last.conversation_id,
+                            key: key.clone(),
+                            at: began.0,
+                        })
+                        .await;
+                }
                 (handoff::NOTICE_PROVIDER, Mode::Human.as_str())
             }
             // Opted in before the answer, which must not be withheld.
@@ -845,7 +880,7 @@ impl Agent {
                     let mut results = Vec::new();
                     for call in &output.tool_calls {
                         let result = self
-                            .call_tool(tools.as_ref(), call, &last.message, &mut calls_made)
+                            .call_tool(tools.as_ref(), call, last, &mut calls_made)
                             .await;
                         results.push(result);
                     }
@@ -891,9 +926,10 @@ impl Agent {
         &self,
         tools: &dyn Tools,
         call: &ToolCall,
-        message: &InboundMessage,
+        last: &Pending,
         calls_made: &mut usize,
     ) -> ToolResult {
+        let message = &last.message;
         let began = self.now();
         let filter = SecretFilter::new(&self.settings.secrets);
         let arguments = filter.redact(&call.arguments.to_string());
@@ -920,7 +956,40 @@ impl Agent {
                 .unwrap_or(serde_json::Value::String(arguments.clone())),
             ..call.clone()
         };
+        let mut approval = None;
+        if let Some(rule) = tools.needs_approval(&call.name) {
+            match self.approved(last, &call.name, &arguments, rule).await {
+                Gate::Run(id) => approval = Some(id),
+                Gate::Ran(text) => {
+                    return ToolResult {
+                        text,
+                        failed: false,
+                    };
+                }
+                Gate::No(why) => {
+                    info!(tool = %call.name, %why, "tool call not approved");
+                    return ToolResult {
+                        text: format!("The call was not approved: {why}. Answer without it."),
+                        failed: true,
+                    };
+                }
+            }
+        }
         let result = tools.call(&safe_call).await;
+        if let Some(id) = approval {
+            // Kept for the same turn asked again after a restart.
+            let kept = match &result {
+                Ok(text) => clip(&filter.redact(text), MAX_TOOL_RESULT_CHARS),
+                Err(why) => format!("The tool failed: {}.", filter.redact(why)),
+            };
+            if let Err(e) = self
+                .store
+                .write(Write::ApprovalResult { id, result: kept })
+                .await
+            {
+                warn!(error = %e, approval = id, "cannot keep an approved call's result");
+            }
+        }
         let (outcome, result) = match result {
             Ok(text) => (
                 Outcome::Ok,
@@ -952,6 +1021,95 @@ impl Agent {
             )),
         );
         result
+    }
+
+    /// A call marked `approve`: asked in the store (or found asked by this
+    /// turn before a restart), told to the operators, and waited for.
+    /// Approved, it is claimed so that it runs once.
+    async fn approved(
+        &self,
+        last: &Pending,
+        tool: &str,
+        arguments: &str,
+        rule: ApprovalRule,
+    ) -> Gate {
+        let Some(operators) = &self.operators else {
+            return Gate::No(
+                "nobody can approve calls here (`convagent serve` asks operators)".into(),
+            );
+        };
+        let at = self.clock.now_ms();
+        let ask = Ask {
+            conversation_id: last.conversation_id,
+            message_id: last.message_id,
+            correlation_id: last.message.correlation_id.0.clone(),
+            tool: tool.to_string(),
+            arguments: arguments.to_string(),
+            at,
+            deadline_at: at + self.settings.approve_timeout_ms,
+        };
+        let asked = self
+            .store
+            .write(Write::Ask(ask))
+            .await
+            .and_then(Written::asked);
+        let (mut approval, new) = match asked {
+            Ok(asked) => asked,
+            Err(e) => return Gate::No(format!("it could not be asked for ({e})")),
+        };
+        if new {
+            info!(
+                tool,
+                approval = approval.id,
+                "a tool call waits for approval"
+            );
+            if let Some(sink) = &self.stages {
+                sink.record(approval.trace(at));
+            }
+            operators
+                .tell(OperatorEvent::ApprovalAsked {
+                    approval: approval.clone(),
+                    key: last.message.key.clone(),
+                    in_chat: rule.in_chat,
+                })
+                .await;
+        }
+        if approval.state == ApprovalState::Pending {
+            approval = match operators.await_answer(&approval).await {
+                Ok(answered) => answered,
+                Err(e) => return Gate::No(format!("its answer could not be read ({e})")),
+            };
+        }
+        match approval.state {
+            ApprovalState::Approved => match (approval.ran_at, approval.result) {
+                (None, _) => {
+                    let claimed = self
+                        .store
+                        .write(Write::RunApproved {
+                            id: approval.id,
+                            at: self.clock.now_ms(),
+                        })
+                        .await
+                        .and_then(Written::claimed);
+                    match claimed {
+                        Ok(true) => Gate::Run(approval.id),
+                        Ok(false) => Gate::No("another turn runs it".into()),
+                        Err(e) => Gate::No(format!("its run could not be recorded ({e})")),
+                    }
+                }
+                (Some(_), Some(result)) => Gate::Ran(result),
+                (Some(_), None) => {
+                    Gate::No("it was started before a restart and what it did is not known".into())
+                }
+            },
+            ApprovalState::Denied => Gate::No(format!(
+                "{} said no",
+                approval.decided_by.as_deref().unwrap_or("an operator")
+            )),
+            ApprovalState::Expired | ApprovalState::Pending => {
+                Gate::No("nobody answered in time".into())
+            }
+        }
     }
 
     /// Step 7: the answer, or in an outage the fallback (once per

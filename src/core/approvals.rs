@@ -225,10 +225,19 @@ pub enum OperatorEvent {
     },
 }
 
-/// Where [`OperatorEvent`]s go (the daemon's notifier); best effort: the
-/// store already holds what they say.
+/// The operators, as the agent reaches them: told [`OperatorEvent`]s
+/// (best effort: the store already holds what they say), and waited for
+/// when a call asks for approval.
 pub trait Operators: Send + Sync {
-    fn tell<'a>(&'a self, event: OperatorEvent) -> super::llm::BoxFuture<'a, ()>;
+    fn tell(&self, event: OperatorEvent) -> super::llm::BoxFuture<'_, ()>;
+
+    /// Waits until `approval` is answered (whoever answers, in whichever
+    /// process) or its deadline passes, which answers it `expired`; the
+    /// row as it is then.
+    fn await_answer<'a>(
+        &'a self,
+        approval: &'a Approval,
+    ) -> super::llm::BoxFuture<'a, Result<Approval, super::ports::StoreError>>;
 }
 
 #[cfg(test)]

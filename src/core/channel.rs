@@ -55,6 +55,8 @@ pub enum Inbound {
         content_type: &'static str,
         body: String,
     },
+    /// A button of an approval asked in the chat was pressed.
+    Decision(crate::core::approvals::ChatDecision),
 }
 
 /// Why a webhook was refused; each maps to one HTTP status.
@@ -186,6 +188,28 @@ pub trait ChannelAdapter: Send + Sync {
 
     /// Which number or account replies go from, for `doctor`.
     fn replies_from(&self) -> Option<String> {
+        None
+    }
+
+    /// Sends `text` with buttons under it (an approval asked in the chat);
+    /// `None` where the channel has no buttons.
+    fn send_choice<'a>(
+        &'a self,
+        _to: &'a ConversationKey,
+        _text: &'a str,
+        _choices: &'a [crate::core::approvals::Choice],
+    ) -> Option<BoxFuture<'a, Result<Sent, SendError>>> {
+        None
+    }
+
+    /// Tells the provider a button press was handled, with a short text
+    /// the person sees (Telegram's `answerCallbackQuery`); `None` where the
+    /// channel wants no such answer.
+    fn acknowledge<'a>(
+        &'a self,
+        _ack: &'a str,
+        _text: &'a str,
+    ) -> Option<BoxFuture<'a, Result<(), SendError>>> {
         None
     }
 }

@@ -123,6 +123,10 @@ pub struct HandoffConfig {
     pub start_notice: String,
     /// The answer to `/help`.
     pub help: String,
+    /// Receives a JSON POST when a conversation starts waiting for a person
+    /// or a tool call for an approval (ids, channel and tool only; masked
+    /// in logs, as it may hold a token).
+    pub notify_url: Option<String>,
 }
 
 impl Default for HandoffConfig {
@@ -153,6 +157,7 @@ impl Default for HandoffConfig {
             help: "Ask me anything. /human: a person answers you. /reset: start over. /stop: no \
                    more messages from us. /start: messages again. /help: this."
                 .into(),
+            notify_url: None,
         }
     }
 }

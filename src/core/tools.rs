@@ -48,4 +48,16 @@ pub trait Tools: Send + Sync {
     /// Runs one call within the tool's time limit. `Err` is why it gave
     /// nothing (unknown tool, the server failed, it took too long).
     fn call<'a>(&'a self, call: &'a ToolCall) -> BoxFuture<'a, Result<String, String>>;
+    /// Whether a call of `name` waits for an operator's approval first
+    /// (see [`crate::core::approvals`]), and how it is asked.
+    fn needs_approval(&self, _name: &str) -> Option<ApprovalRule> {
+        None
+    }
+}
+
+/// How a tool's calls are approved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalRule {
+    /// Ask in the chat too, with buttons.
+    pub in_chat: bool,
 }

@@ -8,6 +8,7 @@ mod leases;
 pub mod mcp;
 mod media;
 pub mod metrics;
+pub mod operators;
 mod outbox;
 pub mod public_url;
 mod retention;
@@ -30,6 +31,7 @@ use crate::core::{Agent, Burst, Clock};
 
 pub use media::{Media, Source};
 pub use metrics::Metrics;
+pub use operators::Desk;
 pub use tracer::Tracer;
 
 /// Everything the daemon needs from its store: every port (the same

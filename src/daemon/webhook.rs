@@ -180,6 +180,10 @@ pub async fn handle(
         Inbound::Respond { content_type, body } => {
             return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
         }
+        Inbound::Decision(decision) => {
+            daemon.metrics.inbound(channel.as_str(), "decision");
+            return decide(&daemon, adapter.clone(), decision, now).await;
+        }
     };
 
     let correlation = message.correlation_id.0.clone();
@@ -268,4 +272,75 @@ fn public_url(base: Option<&str>, headers: &[(String, String)], uri: &Uri) -> St
             format!("{scheme}://{host}{path}")
         }
     }
+}
+
+/// A button of an approval pressed in the chat: the answer is written
+/// (once: an approval answered already, run out, or asked in another chat
+/// keeps what it has) and traced with who pressed it; the provider is told
+/// the press was handled. Always 200: asking again would change nothing.
+async fn decide(
+    daemon: &Arc<Daemon>,
+    adapter: Arc<dyn crate::core::channel::ChannelAdapter>,
+    d: crate::core::approvals::ChatDecision,
+    now: i64,
+) -> Result<Response, Rejection> {
+    use crate::core::approvals::Decision;
+    let store = daemon.store.clone();
+    let id = d.approval_id;
+    let found = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let Some(approval) = store.approval(id)? else {
+            return Ok(None);
+        };
+        let summary = store.conversation(approval.conversation_id)?;
+        Ok(Some((approval, summary)))
+    })
+    .await
+    .map_err(|e| Rejection::Store(StoreError::Backend(e.to_string())))?
+    .map_err(Rejection::Store)?;
+    let in_this_chat = found.as_ref().is_some_and(|(_, summary)| {
+        summary
+            .as_ref()
+            .is_some_and(|s| s.channel == d.key.channel && s.thread == d.key.thread)
+    });
+    let said = match found {
+        Some((approval, _)) if in_this_chat => {
+            let after = daemon
+                .store
+                .write(Write::Decide {
+                    id,
+                    decision: d.decision,
+                    by: d.by.clone(),
+                    at: now,
+                })
+                .await
+                .and_then(crate::core::ports::Written::approval)
+                .map_err(Rejection::Store)?;
+            match super::operators::not_taken(&after, d.decision, &d.by, now) {
+                None => {
+                    use crate::core::ports::StageSink;
+                    daemon.tracer.record(after.trace(now));
+                    tracing::info!(approval = id, tool = %approval.tool, state = after.state.as_str(), "an approval answered in the chat");
+                    match d.decision {
+                        Decision::Approve => "Approved.".to_string(),
+                        _ => "Denied.".to_string(),
+                    }
+                }
+                Some(why) => why,
+            }
+        }
+        _ => {
+            tracing::info!(
+                approval = id,
+                "a button for an approval not asked in this chat"
+            );
+            "This approval was not asked here.".to_string()
+        }
+    };
+    if let Some(ack) = d.ack.as_deref()
+        && let Some(told) = adapter.acknowledge(ack, &said)
+        && let Err(e) = told.await
+    {
+        tracing::warn!(error = %e, "cannot acknowledge a button press");
+    }
+    Ok((StatusCode::OK, format!("{said}\n")).into_response())
 }

@@ -30,11 +30,10 @@ fn http_client() -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
-/// `Retry-After: <seconds>` of a response, if any.
 /// A request that did not get an answer, said with its causes ("error
 /// sending request: client error (Connect): tcp connect error: Connection
 /// refused") and without its URL (Telegram's holds the bot token).
-fn unanswered(e: reqwest::Error) -> String {
+pub fn unanswered(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut said = e.to_string();
     let mut cause = std::error::Error::source(&e);
@@ -81,6 +80,7 @@ async fn download(request: reqwest::RequestBuilder, max_bytes: u64) -> Result<Ve
     Ok(body)
 }
 
+/// `Retry-After: <seconds>` of a response, if any.
 fn retry_after_header(response: &reqwest::Response) -> Option<Duration> {
     response
         .headers()

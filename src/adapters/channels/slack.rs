@@ -16,6 +16,7 @@ use std::sync::Arc;
 use super::registry::ChannelSpec;
 use super::{http_client, secure_eq, send_error};
 use crate::config::Config;
+use crate::core::approvals;
 use crate::core::channel::{
     ChannelAdapter, Inbound, Registration, SendError, Sent, WebhookError, WebhookRequest,
 };
@@ -177,9 +178,9 @@ impl ChannelAdapter for Slack {
     }
 
     fn verify(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
-        if !request.has_media_type("application/json") {
+        if !request.has_media_type("application/json") && !request.has_media_type(FORM) {
             return Err(WebhookError::UnsupportedMediaType(
-                "Slack events are application/json".into(),
+                "Slack events are application/json, and interactions form-encoded".into(),
             ));
         }
         let unauthorized = |m: &str| WebhookError::Unauthorized(m.to_string());
@@ -208,6 +209,9 @@ impl ChannelAdapter for Slack {
     }
 
     fn parse(&self, request: &WebhookRequest<'_>) -> Result<Inbound, WebhookError> {
+        if request.has_media_type(FORM) {
+            return interaction(request.body);
+        }
         let envelope: Envelope = serde_json::from_slice(request.body)
             .map_err(|e| WebhookError::BadRequest(format!("invalid Slack event: {e}")))?;
         match envelope.kind.as_str() {
@@ -348,13 +352,60 @@ impl ChannelAdapter for Slack {
         to: &'a ConversationKey,
         text: &'a str,
     ) -> BoxFuture<'a, Result<Sent, SendError>> {
-        Box::pin(async move {
+        Box::pin(self.post_message(to, json!({ "text": text })))
+    }
+
+    fn send_choice<'a>(
+        &'a self,
+        to: &'a ConversationKey,
+        text: &'a str,
+        choices: &'a [approvals::Choice],
+    ) -> Option<BoxFuture<'a, Result<Sent, SendError>>> {
+        // The text, then a row of buttons; a press comes back as a signed
+        // `block_actions` interaction whose action carries the button's data.
+        let buttons: Vec<serde_json::Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut button = json!({
+                    "type": "button",
+                    "text": { "type": "plain_text", "text": c.label },
+                    "action_id": c.data,
+                    "value": c.data,
+                });
+                if i == 0 {
+                    button["style"] = json!("primary");
+                }
+                button
+            })
+            .collect();
+        Some(Box::pin(self.post_message(
+            to,
+            json!({
+                "text": text,
+                "blocks": [
+                    { "type": "section", "text": { "type": "plain_text", "text": text } },
+                    { "type": "actions", "elements": buttons },
+                ],
+            }),
+        )))
+    }
+}
+
+impl Slack {
+    /// `chat.postMessage` of `body` into `to`'s channel and thread.
+    async fn post_message(
+        &self,
+        to: &ConversationKey,
+        mut body: serde_json::Value,
+    ) -> Result<Sent, SendError> {
+        {
             let s = &self.settings;
             let (channel, thread_ts) = match to.thread.split_once(':') {
                 Some((c, t)) => (c, Some(t)),
                 None => (to.thread.as_str(), None),
             };
-            let mut body = json!({ "channel": channel, "text": text });
+            body["channel"] = json!(channel);
             if let Some(t) = thread_ts {
                 body["thread_ts"] = json!(t);
             }
@@ -397,8 +448,64 @@ impl ChannelAdapter for Slack {
                 code.clone(),
                 format!("Slack: {code}"),
             ))
-        })
+        }
     }
+}
+
+/// The media type of Slack's interaction requests (`payload=<json>`).
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// An interaction (a button pressed): an approval's answer when the button
+/// is one of ours; anything else is acknowledged and ignored.
+fn interaction(body: &[u8]) -> Result<Inbound, WebhookError> {
+    let bad = |why: String| WebhookError::BadRequest(format!("invalid Slack interaction: {why}"));
+    let form: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|e| bad(e.to_string()))?;
+    let payload = form
+        .iter()
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| v)
+        .ok_or_else(|| bad("no `payload` field".into()))?;
+    let p: serde_json::Value = serde_json::from_str(payload).map_err(|e| bad(e.to_string()))?;
+    if p["type"] != "block_actions" {
+        return Ok(Inbound::Ignore("interaction type not handled"));
+    }
+    let Some((decision, approval_id)) = p["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|a| a["value"].as_str().and_then(approvals::parse_choice))
+    else {
+        return Ok(Inbound::Ignore("an action that is not an approval's"));
+    };
+    let (Some(user), Some(channel)) = (
+        p["user"]["id"].as_str().filter(|u| !u.is_empty()),
+        p["channel"]["id"]
+            .as_str()
+            .or(p["container"]["channel_id"].as_str())
+            .filter(|c| !c.is_empty()),
+    ) else {
+        return Ok(Inbound::Ignore("an action without its user or channel"));
+    };
+    // The thread the question was asked in, as conversations key threads.
+    let thread = match p["message"]["thread_ts"]
+        .as_str()
+        .or(p["container"]["thread_ts"].as_str())
+    {
+        Some(ts) => format!("{channel}:{ts}"),
+        None => channel.to_string(),
+    };
+    let by = p["user"]["username"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(user);
+    Ok(Inbound::Decision(approvals::ChatDecision {
+        approval_id,
+        decision,
+        key: ConversationKey::new(Channel::Slack, user, thread),
+        by: format!("slack {by}"),
+        ack: None,
+    }))
 }
 
 impl Slack {

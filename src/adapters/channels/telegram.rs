@@ -15,6 +15,7 @@ use std::sync::Arc;
 use super::registry::ChannelSpec;
 use super::{http_client, secure_eq, send_error};
 use crate::config::Config;
+use crate::core::approvals;
 use crate::core::channel::{
     ChannelAdapter, FetchError, Inbound, Registration, SendError, Sent, WebhookError,
     WebhookRequest,
@@ -307,6 +308,22 @@ impl ChannelAdapter for Telegram {
             let Some(id) = q.id.filter(|id| !id.is_empty()) else {
                 return Ok(Inbound::Ignore("callback query without an id"));
             };
+            let key = ConversationKey::new(Channel::Telegram, sender.to_string(), chat.to_string());
+            // A button of an approval asked here: an answer, not a message.
+            if let Some((decision, approval_id)) = approvals::parse_choice(&data) {
+                let by = from
+                    .username
+                    .clone()
+                    .map(|u| format!("@{u}"))
+                    .unwrap_or_else(|| sender.to_string());
+                return Ok(Inbound::Decision(approvals::ChatDecision {
+                    approval_id,
+                    decision,
+                    key,
+                    by: format!("telegram {by}"),
+                    ack: Some(id),
+                }));
+            }
             let mut metadata = BTreeMap::from([("kind".to_string(), "callback_query".to_string())]);
             if let Some(update_id) = update.update_id {
                 metadata.insert("update_id".to_string(), update_id.to_string());
@@ -315,7 +332,7 @@ impl ChannelAdapter for Telegram {
                 metadata.insert(SENDER_NAME.into(), name);
             }
             return Ok(Inbound::Message(InboundMessage {
-                key: ConversationKey::new(Channel::Telegram, sender.to_string(), chat.to_string()),
+                key,
                 text: data,
                 provider_message_id: format!("callback:{id}"),
                 provider_ts: None,
@@ -463,44 +480,85 @@ impl ChannelAdapter for Telegram {
         to: &'a ConversationKey,
         text: &'a str,
     ) -> BoxFuture<'a, Result<Sent, SendError>> {
-        Box::pin(async move {
-            let s = &self.settings;
-            let url = format!(
-                "{}/bot{}/sendMessage",
-                s.api_base.trim_end_matches('/'),
-                s.bot_token
-            );
-            let response = self
-                .client
-                .post(&url)
-                .json(&json!({ "chat_id": chat_id(to), "text": text }))
-                .send()
-                .await
-                // The URL holds the bot token: never let it into an error.
-                .map_err(|e| SendError::Transient(format!("Telegram: {}", super::unanswered(e))))?;
-            let status = response.status().as_u16();
-            let retry_after_header = super::retry_after_header(&response);
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            if body["ok"].as_bool() == Some(true) {
-                return Ok(Sent {
-                    provider_message_id: body["result"]["message_id"]
-                        .as_i64()
-                        .map(|id| id.to_string()),
-                });
-            }
-            let code = body["error_code"].as_i64().map_or(status, |c| c as u16);
-            let retry_after = body["parameters"]["retry_after"]
-                .as_u64()
-                .map(std::time::Duration::from_secs)
-                .or(retry_after_header);
-            let detail = body["description"].as_str().unwrap_or("no description");
-            Err(send_error(
-                code,
-                retry_after,
-                code.to_string(),
-                format!("Telegram: {detail}"),
-            ))
-        })
+        Box::pin(self.send_message(json!({ "chat_id": chat_id(to), "text": text })))
+    }
+
+    fn send_choice<'a>(
+        &'a self,
+        to: &'a ConversationKey,
+        text: &'a str,
+        choices: &'a [approvals::Choice],
+    ) -> Option<BoxFuture<'a, Result<Sent, SendError>>> {
+        // One row of inline buttons; a press comes back as a callback query
+        // carrying the button's data.
+        let row: Vec<serde_json::Value> = choices
+            .iter()
+            .map(|c| json!({ "text": c.label, "callback_data": c.data }))
+            .collect();
+        Some(Box::pin(self.send_message(json!({
+            "chat_id": chat_id(to),
+            "text": text,
+            "reply_markup": { "inline_keyboard": [row] },
+        }))))
+    }
+
+    fn acknowledge<'a>(
+        &'a self,
+        ack: &'a str,
+        text: &'a str,
+    ) -> Option<BoxFuture<'a, Result<(), SendError>>> {
+        Some(Box::pin(async move {
+            self.call_classified(
+                "answerCallbackQuery",
+                json!({ "callback_query_id": ack, "text": text }),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| SendError::Transient(format!("Telegram: {}", e.why)))
+        }))
+    }
+}
+
+impl Telegram {
+    /// `sendMessage` with `body`: the sent message's id, or the error as
+    /// the outbox classifies it (429 with its wait, 5xx, 4xx).
+    async fn send_message(&self, body: serde_json::Value) -> Result<Sent, SendError> {
+        let s = &self.settings;
+        let url = format!(
+            "{}/bot{}/sendMessage",
+            s.api_base.trim_end_matches('/'),
+            s.bot_token
+        );
+        let response = self
+            .client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            // The URL holds the bot token: never let it into an error.
+            .map_err(|e| SendError::Transient(format!("Telegram: {}", super::unanswered(e))))?;
+        let status = response.status().as_u16();
+        let retry_after_header = super::retry_after_header(&response);
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if body["ok"].as_bool() == Some(true) {
+            return Ok(Sent {
+                provider_message_id: body["result"]["message_id"]
+                    .as_i64()
+                    .map(|id| id.to_string()),
+            });
+        }
+        let code = body["error_code"].as_i64().map_or(status, |c| c as u16);
+        let retry_after = body["parameters"]["retry_after"]
+            .as_u64()
+            .map(std::time::Duration::from_secs)
+            .or(retry_after_header);
+        let detail = body["description"].as_str().unwrap_or("no description");
+        Err(send_error(
+            code,
+            retry_after,
+            code.to_string(),
+            format!("Telegram: {detail}"),
+        ))
     }
 }
 

@@ -18,7 +18,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use super::sandbox::{Sandbox, SandboxSettings};
 use crate::config::McpServerConfig;
 use crate::core::llm::BoxFuture;
-use crate::core::tools::{ToolCall, ToolSpec, Tools};
+use crate::core::tools::{ApprovalRule, ToolCall, ToolSpec, Tools};
 
 /// How long a server may take to start and list its tools.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -38,6 +38,9 @@ pub struct ServerStatus {
 struct Server {
     name: String,
     client: RunningService<RoleClient, ()>,
+    /// Which of its tools wait for an approval, and whether in the chat.
+    approve: crate::config::Approve,
+    approve_in_chat: bool,
 }
 
 /// Every started server's tools, by name.
@@ -175,6 +178,8 @@ impl McpTools {
                     tools.servers.push(Server {
                         name: name.clone(),
                         client,
+                        approve: config.approve.clone(),
+                        approve_in_chat: config.approve_in_chat,
                     });
                     tracing::info!(server = %name, tools = ?offered, "MCP server started");
                     Ok(offered)
@@ -206,15 +211,21 @@ impl McpTools {
         }
     }
 
-    async fn run(&self, call: &ToolCall) -> Result<String, String> {
-        let Some((spec, index)) = self.specs.iter().find(|(s, _)| s.name == call.name) else {
-            return Err(format!("there is no tool named {:?}", call.name));
-        };
+    /// The server of the tool offered as `name`, and the tool's own name there.
+    fn server_of(&self, name: &str) -> Option<(&Server, &str)> {
+        let (spec, index) = self.specs.iter().find(|(s, _)| s.name == name)?;
         let server = &self.servers[*index];
         let tool = spec
             .name
             .strip_prefix(&format!("{}__", server.name))
             .unwrap_or(&spec.name);
+        Some((server, tool))
+    }
+
+    async fn run(&self, call: &ToolCall) -> Result<String, String> {
+        let Some((server, tool)) = self.server_of(&call.name) else {
+            return Err(format!("there is no tool named {:?}", call.name));
+        };
         let mut params = CallToolRequestParams::new(tool.to_string());
         match &call.arguments {
             serde_json::Value::Object(map) => params = params.with_arguments(map.clone()),
@@ -262,6 +273,13 @@ impl Tools for McpTools {
 
     fn call<'a>(&'a self, call: &'a ToolCall) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(self.run(call))
+    }
+
+    fn needs_approval(&self, name: &str) -> Option<ApprovalRule> {
+        let (server, tool) = self.server_of(name)?;
+        server.approve.covers(tool).then_some(ApprovalRule {
+            in_chat: server.approve_in_chat,
+        })
     }
 }
 
