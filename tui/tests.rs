@@ -412,3 +412,45 @@ fn the_log_view_follows_the_newest_lines() {
         "{text}"
     );
 }
+
+#[test]
+fn approvals_wait_in_their_own_view_and_y_or_n_answers() {
+    use super::{Action, Operation};
+    use convagent::core::approvals::{Approval, ApprovalState, Decision};
+    let mut s = state();
+    s.approvals = vec![Approval {
+        id: 7,
+        conversation_id: 1,
+        message_id: 2,
+        correlation_id: "corr-0002".into(),
+        tool: "book_table".into(),
+        arguments: r#"{"people":4}"#.into(),
+        asked_at: NOW - 30_000,
+        deadline_at: NOW + 270_000,
+        state: ApprovalState::Pending,
+        decided_by: None,
+        decided_at: None,
+        ran_at: None,
+        result: None,
+    }];
+    assert!(render(&s).contains("1 approvals waiting (a)"));
+    assert_eq!(s.on_key(Key::Char('a')), Action::Reload);
+    assert_eq!(s.view(), View::Approvals);
+    insta::assert_snapshot!(render(&s));
+    assert_eq!(
+        s.on_key(Key::Char('y')),
+        Action::Operate(Operation::Answer {
+            approval: 7,
+            decision: Decision::Approve
+        })
+    );
+    assert_eq!(
+        s.on_key(Key::Char('n')),
+        Action::Operate(Operation::Answer {
+            approval: 7,
+            decision: Decision::Deny
+        })
+    );
+    assert_eq!(s.on_key(Key::Esc), Action::Reload);
+    assert_eq!(s.view(), View::Conversations, "back where it was opened");
+}

@@ -381,3 +381,86 @@ async fn a_tool_server_that_allocates_without_end_is_stopped_and_the_turn_answer
         "{traced:?}"
     );
 }
+
+/// A call of a tool marked `approve` waits for an operator; the daemon is
+/// killed (SIGKILL) while it waits and started again; the wait is kept, and
+/// `convagent approvals approve` after the restart lets the call run, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_survives_a_kill_and_the_approved_call_runs_once() {
+    use crate::serve::{Daemon, accepting_telegram, post_update, sent, telegram_update};
+    let telegram = accepting_telegram().await;
+    let ollama = ollama("book_table", json!({ "people": 4 })).await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let script = env!("CARGO_MANIFEST_DIR").to_string() + "/tests/support/mcp_probe_server.py";
+    env.write_config(&format!(
+        "{}approve = [\"book_table\"]\n",
+        server("probe", &[&script], &["book_table"], 15)
+    ));
+    let run = |args: &[&str]| tokio::task::block_in_place(|| env.cmd(args).output().unwrap());
+    let waiting = || {
+        let out = run(&["approvals", "list", "--json"]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        stdout_of(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    let url = daemon.url.clone();
+    let update = telegram_update(55, 1, "a table for four tonight, please");
+    assert_eq!(tokio::task::block_in_place(|| post_update(&url, &update)), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while waiting().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let asked = waiting().remove(0);
+    assert_eq!(asked["tool"], "book_table");
+    assert_eq!(asked["arguments"], r#"{"people":4}"#);
+    assert_eq!(asked["state"], "pending");
+    let listed = stdout_of(&run(&["approvals", "list"]));
+    assert!(listed.contains("book_table {\"people\":4}"), "{listed}");
+
+    // Killed while it waits; started again, it waits on the same approval.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let still = waiting();
+    assert_eq!(still.len(), 1, "one approval, not a second ask");
+    assert_eq!(still[0]["id"], asked["id"]);
+    assert!(sent(&telegram, "text").await.is_empty(), "nothing answered yet");
+
+    let id = asked["id"].to_string();
+    let out = run(&["approvals", "approve", &id, "--as", "ana"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("approved by ana"), "{}", stdout_of(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let texts = loop {
+        let texts = sent(&telegram, "text").await;
+        if !texts.is_empty() || std::time::Instant::now() > deadline {
+            break texts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(texts, ["Tool said: booked for 4 (booking #1)"], "{}", daemon.stderr());
+    let bookings = std::fs::read_to_string(
+        env.home
+            .path()
+            .join("state/convagent/tools/probe/bookings.txt"),
+    )
+    .unwrap();
+    assert_eq!(bookings, "4\n", "the tool ran once");
+
+    // Answered once: a second answer is refused with a hint.
+    let out = run(&["approvals", "deny", &id]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("approved already, by ana"), "{}", stderr_of(&out));
+    let out = run(&["approvals", "approve", "999"]);
+    assert!(stderr_of(&out).contains("there is no approval 999"), "{}", stderr_of(&out));
+    let all = stdout_of(&run(&["approvals", "list", "--all"]));
+    assert!(all.contains("approved") && all.contains("ana"), "{all}");
+    drop(daemon);
+}

@@ -1,6 +1,7 @@
 """An MCP server (the official Python SDK's MCPServer) that probes its own
 sandbox: what environment it got, whether it can read a file, and what
-happens when it allocates without end. For the tests of `[mcp.sandbox]`."""
+happens when it allocates without end. For the tests of `[mcp.sandbox]`;
+and a booking tool that counts its runs, for the tests of approvals."""
 
 import json
 import os
@@ -39,6 +40,17 @@ def limits() -> str:
         "%s=%d/%d" % ((n,) + resource.getrlimit(getattr(resource, "RLIMIT_" + n)))
         for n in names
     )
+
+
+@server.tool()
+def book_table(people: int) -> str:
+    """Books a table; each booking is a line of bookings.txt in the working
+    directory, so a test can count how often it really ran."""
+    with open("bookings.txt", "a") as f:
+        f.write(f"{people}\n")
+    with open("bookings.txt") as f:
+        n = sum(1 for _ in f)
+    return f"booked for {people} (booking #{n})"
 
 
 @server.tool()
