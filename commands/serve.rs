@@ -70,6 +70,15 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
         mcp_take: std::time::Duration::from_secs(config.mcp.take_secs),
         mcp_send_takes_over: config.mcp.send_takes_over,
         mcp_origins: config.mcp.allowed_origins.clone(),
+        voicemail: (config.agent.mode == AgentMode::External
+            && config.mcp.voicemail_after_secs > 0
+            && !config.mcp.voicemail.trim().is_empty())
+        .then(|| {
+            (
+                std::time::Duration::from_secs(config.mcp.voicemail_after_secs),
+                config.mcp.voicemail.clone(),
+            )
+        }),
         ..DaemonSettings::default()
     };
 

@@ -336,6 +336,12 @@ impl Harness {
             .unwrap()
     }
 
+    /// The fake clock's time.
+    pub fn now_ms(&self) -> i64 {
+        use convagent::core::Clock;
+        self.clock.as_ref().expect("Options::clock").now_ms()
+    }
+
     /// Moves the fake clock on by `ms` and has the outbox look at once.
     pub fn advance(&self, ms: i64) {
         self.clock.as_ref().expect("Options::clock").advance(ms);

@@ -106,6 +106,11 @@ pub struct McpConfig {
     /// How long a tool call marked `approve` waits for an operator's answer;
     /// none by then means no.
     pub approve_timeout_secs: u64,
+    /// `agent.mode = "external"`: a message no MCP consumer took this long
+    /// after it came gets `voicemail` (once while the person waits; the
+    /// message stays for the consumer). 0: never.
+    pub voicemail_after_secs: u64,
+    pub voicemail: String,
 }
 
 impl Default for McpConfig {
@@ -119,6 +124,10 @@ impl Default for McpConfig {
             allowed_origins: Vec::new(),
             send_takes_over: false,
             approve_timeout_secs: 300,
+            voicemail_after_secs: 60,
+            voicemail: "Thanks for your message. Nobody can answer right now; we will reply \
+                        here as soon as we can."
+                .into(),
         }
     }
 }

@@ -1121,6 +1121,16 @@ pub trait OutboxStore: Send + Sync {
 
     /// Conversations holding messages not yet answered (for a restart).
     fn conversations_with_pending(&self, limit: usize) -> Result<Vec<i64>, StoreError>;
+
+    /// Conversations the agent answers (not taken over) with a user message
+    /// unanswered and never taken by an MCP consumer since before
+    /// `received_before`, with when their oldest such message came
+    /// (`agent.mode = "external"`: who gets the voicemail).
+    fn untaken_waiting(
+        &self,
+        received_before: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, i64)>, StoreError>;
 }
 
 pub trait TraceStore: Writes + Send + Sync {

@@ -14,6 +14,7 @@ pub mod public_url;
 mod retention;
 mod tracer;
 mod typing;
+mod voicemail;
 mod webhook;
 mod workers;
 
@@ -82,6 +83,9 @@ pub struct DaemonSettings {
     /// Browser origins `/mcp` serves (`mcp.allowed_origins`); a request
     /// with any other `Origin` gets 403, one without an `Origin` is served.
     pub mcp_origins: Vec<String>,
+    /// External mode: how long a message may wait untaken before the
+    /// person gets the voicemail text, and that text (`None`: never).
+    pub voicemail: Option<(Duration, String)>,
 }
 
 impl Default for DaemonSettings {
@@ -105,6 +109,7 @@ impl Default for DaemonSettings {
             mcp_take: Duration::from_secs(300),
             mcp_send_takes_over: false,
             mcp_origins: Vec::new(),
+            voicemail: None,
         }
     }
 }
@@ -360,6 +365,8 @@ pub async fn serve(
     let pruner = daemon.pipeline.spawn(retention::run(daemon.clone()));
     // Work other daemons sharing the store left (none on SQLite).
     let sweeper = daemon.pipeline.spawn(leases::sweep(daemon.clone()));
+    // External mode: a person nobody answers gets the voicemail.
+    let voicemail = daemon.pipeline.spawn(voicemail::run(daemon.clone()));
 
     let app = router(daemon.clone());
     let mcp_stop = daemon.mcp_stop.clone();
@@ -375,6 +382,7 @@ pub async fn serve(
     // A batch of pruning is one transaction: stopping between two loses nothing.
     pruner.abort();
     sweeper.abort();
+    voicemail.abort();
     daemon.outbox.wake();
     let grace = daemon.settings.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {

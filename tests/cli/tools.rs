@@ -410,7 +410,10 @@ async fn an_approval_survives_a_kill_and_the_approved_call_runs_once() {
     let mut daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
     let url = daemon.url.clone();
     let update = telegram_update(55, 1, "a table for four tonight, please");
-    assert_eq!(tokio::task::block_in_place(|| post_update(&url, &update)), 200);
+    assert_eq!(
+        tokio::task::block_in_place(|| post_update(&url, &update)),
+        200
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while waiting().is_empty() {
         assert!(std::time::Instant::now() < deadline, "{}", daemon.stderr());
@@ -431,12 +434,19 @@ async fn an_approval_survives_a_kill_and_the_approved_call_runs_once() {
     let still = waiting();
     assert_eq!(still.len(), 1, "one approval, not a second ask");
     assert_eq!(still[0]["id"], asked["id"]);
-    assert!(sent(&telegram, "text").await.is_empty(), "nothing answered yet");
+    assert!(
+        sent(&telegram, "text").await.is_empty(),
+        "nothing answered yet"
+    );
 
     let id = asked["id"].to_string();
     let out = run(&["approvals", "approve", &id, "--as", "ana"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(stdout_of(&out).contains("approved by ana"), "{}", stdout_of(&out));
+    assert!(
+        stdout_of(&out).contains("approved by ana"),
+        "{}",
+        stdout_of(&out)
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let texts = loop {
         let texts = sent(&telegram, "text").await;
@@ -445,7 +455,12 @@ async fn an_approval_survives_a_kill_and_the_approved_call_runs_once() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert_eq!(texts, ["Tool said: booked for 4 (booking #1)"], "{}", daemon.stderr());
+    assert_eq!(
+        texts,
+        ["Tool said: booked for 4 (booking #1)"],
+        "{}",
+        daemon.stderr()
+    );
     let bookings = std::fs::read_to_string(
         env.home
             .path()
@@ -457,9 +472,17 @@ async fn an_approval_survives_a_kill_and_the_approved_call_runs_once() {
     // Answered once: a second answer is refused with a hint.
     let out = run(&["approvals", "deny", &id]);
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("approved already, by ana"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("approved already, by ana"),
+        "{}",
+        stderr_of(&out)
+    );
     let out = run(&["approvals", "approve", "999"]);
-    assert!(stderr_of(&out).contains("there is no approval 999"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("there is no approval 999"),
+        "{}",
+        stderr_of(&out)
+    );
     let all = stdout_of(&run(&["approvals", "list", "--all"]));
     assert!(all.contains("approved") && all.contains("ana"), "{all}");
     drop(daemon);

@@ -330,3 +330,89 @@ async fn twilio_stop_keywords_are_recorded_as_opt_outs() {
     assert_eq!(llm.seen.lock().unwrap().len(), 2, "yes and hello again");
     h.stop().await;
 }
+
+/// External mode: a message no MCP consumer takes within a minute gets the
+/// voicemail, once while the person waits, and stays for the consumer; a
+/// message a consumer took gets none. On the fake clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_mode_leaves_a_voicemail_once_when_nobody_takes_the_message() {
+    use convagent::core::ports::Take;
+    let clock = Arc::new(FakeClock::at(NOON));
+    let mut options = Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    };
+    options.settings.external = true;
+    options.settings.voicemail = Some((
+        std::time::Duration::from_secs(60),
+        "Nobody is here yet; we will answer soon.".into(),
+    ));
+    let h = Harness::start(options).await;
+    mount_success(&h).await;
+    // Each look of the daemon is at most half a second apart.
+    let looks = || tokio::time::sleep(std::time::Duration::from_millis(1_200));
+    assert_eq!(h.post(&text_from(&h, 1, "hello?")).await.0, 200);
+    h.advance(30_000);
+    looks().await;
+    assert!(sent(&h).await.is_empty(), "not before the minute");
+    h.advance(31_000);
+    assert!(
+        crate::support::eventually(5, || h.store.outbox_stats().is_ok_and(|s| s.queued == 0)).await
+    );
+    looks().await;
+    assert_eq!(sent(&h).await, ["Nobody is here yet; we will answer soon."]);
+
+    // Another message while they wait, a minute more: no second voicemail.
+    assert_eq!(h.post(&text_from(&h, 2, "anyone?")).await.0, 200);
+    h.advance(61_000);
+    looks().await;
+    assert_eq!(sent(&h).await.len(), 1, "once while they wait");
+    let conversation = the_conversation(&h).id;
+    assert_eq!(
+        h.store.pending(conversation, 10).unwrap().len(),
+        2,
+        "both stay for the consumer"
+    );
+
+    // A consumer answers; the next message is taken in time: no voicemail.
+    h.store
+        .write_now(Write::Send(Outgoing {
+            to: Destination::Conversation(conversation),
+            text: "Ana from support: here now.".into(),
+            provider: "mcp".into(),
+            sender: "inbox".into(),
+            correlation_id: CorrelationId::generate().0,
+            answers_pending: true,
+            at: h.now_ms(),
+        }))
+        .unwrap();
+    h.advance(1_000);
+    assert_eq!(
+        h.post(&text_from(&h, 3, "thanks! one more thing")).await.0,
+        200
+    );
+    let taken = h
+        .store
+        .write_now(Write::Take(Take {
+            consumer: "inbox".into(),
+            channel: None,
+            conversation_id: Some(conversation),
+            until: h.now_ms() + 600_000,
+            now: h.now_ms(),
+        }))
+        .unwrap()
+        .taken()
+        .unwrap();
+    assert!(taken.is_some());
+    h.advance(61_000);
+    looks().await;
+    assert_eq!(
+        sent(&h).await,
+        [
+            "Nobody is here yet; we will answer soon.",
+            "Ana from support: here now."
+        ],
+        "a taken message gets no voicemail"
+    );
+    h.stop().await;
+}

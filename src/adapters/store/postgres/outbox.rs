@@ -126,6 +126,28 @@ impl OutboxStore for PostgresStore {
             .collect())
         })
     }
+
+    fn untaken_waiting(
+        &self,
+        received_before: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let limit = limit as i64;
+        self.read(move |c| {
+            Ok(c.query(
+                "SELECT m.conversation_id, min(m.created_at) FROM messages m
+                 JOIN conversations c ON c.id = m.conversation_id AND c.mode = 'agent'
+                 LEFT JOIN takes t ON t.message_id = m.id
+                 WHERE m.role = 'user' AND m.answered_at IS NULL AND m.channel <> 'cli'
+                   AND t.message_id IS NULL AND m.created_at <= $1
+                 GROUP BY m.conversation_id ORDER BY m.conversation_id LIMIT $2",
+                &[&received_before, &limit],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+        })
+    }
 }
 
 impl TraceStore for PostgresStore {

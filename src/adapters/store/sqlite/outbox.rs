@@ -119,6 +119,26 @@ impl OutboxStore for SqliteStore {
         let rows = stmt.query_map(params![limit as i64], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn untaken_waiting(
+        &self,
+        received_before: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.conversation_id, min(m.created_at) FROM messages m
+             JOIN conversations c ON c.id = m.conversation_id AND c.mode = 'agent'
+             LEFT JOIN takes t ON t.message_id = m.id
+             WHERE m.role = 'user' AND m.answered_at IS NULL AND m.channel <> 'cli'
+               AND t.message_id IS NULL AND m.created_at <= ?1
+             GROUP BY m.conversation_id ORDER BY m.conversation_id LIMIT +?2",
+        )?;
+        let rows = stmt.query_map(params![received_before, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 /// Records what became of a send, inside the caller's transaction.
