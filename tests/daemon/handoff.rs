@@ -416,3 +416,55 @@ async fn external_mode_leaves_a_voicemail_once_when_nobody_takes_the_message() {
     );
     h.stop().await;
 }
+
+/// `[handoff] notify_url` hears when someone starts waiting for a person:
+/// the conversation, the channel and when; never what they said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notify_url_hears_of_a_person_asking_for_a_person() {
+    use wiremock::matchers::{method, path};
+    let notify = wiremock::MockServer::start().await;
+    wiremock::Mock::given(method("POST"))
+        .and(path("/hooks/convagent"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&notify)
+        .await;
+    let h = Harness::start(Options {
+        clock: Some(Arc::new(FakeClock::at(NOON))),
+        notify_url: Some(format!("{}/hooks/convagent", notify.uri())),
+        ..Options::default()
+    })
+    .await;
+    mount_success(&h).await;
+    assert_eq!(
+        h.post(&text_from(&h, 1, "/human my card was charged twice"))
+            .await
+            .0,
+        200
+    );
+    h.drained().await;
+    // Posted in the background: wait for it.
+    let mut told: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..100 {
+        told = notify
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect();
+        if !told.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        told,
+        [json!({
+            "event": "waiting_for_person",
+            "conversation_id": the_conversation(&h).id,
+            "channel": "telegram",
+            "at": NOON,
+        })]
+    );
+    h.stop().await;
+}
