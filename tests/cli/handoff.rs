@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::serve::{Daemon, EchoOllama, accepting_telegram, post_update, sent, telegram_update};
-use crate::{Env, stderr_of, stdout_of};
+use crate::serve::{Daemon, accepting_telegram, post_update, sent, telegram_update};
+use crate::{stderr_of, stdout_of};
 
 async fn wait_for(telegram: &wiremock::MockServer, n: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -21,16 +21,8 @@ async fn wait_for(telegram: &wiremock::MockServer, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_reply_and_release_through_a_running_daemon() {
-    use wiremock::matchers::{method, path};
     let telegram = accepting_telegram().await;
-    let ollama = wiremock::MockServer::start().await;
-    wiremock::Mock::given(method("POST"))
-        .and(path("/api/chat"))
-        .respond_with(EchoOllama)
-        .mount(&ollama)
-        .await;
-    let mut env = Env::new();
-    env.ollama = ollama.uri();
+    let (env, _ollama) = crate::serve::echoing().await;
     let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
     let post = |n: i64, text: &str| {
         let url = daemon.url.clone();

@@ -656,16 +656,8 @@ fn mcp_on_stdio_offers_no_batch_version_and_says_invalid_params() {
 /// and `set_mode` gives it back; `list_conversations` says who answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operators_send_takes_the_conversation_over_and_set_mode_gives_it_back() {
-    use wiremock::matchers::{method, path};
     let telegram = accepting_telegram().await;
-    let ollama = MockServer::start().await;
-    wiremock::Mock::given(method("POST"))
-        .and(path("/api/chat"))
-        .respond_with(crate::serve::EchoOllama)
-        .mount(&ollama)
-        .await;
-    let mut env = Env::new();
-    env.ollama = ollama.uri();
+    let (env, _ollama) = crate::serve::echoing().await;
     env.write_config(&format!(
         "{}[mcp]\nsend_takes_over = true\n",
         crate::BASE_CONFIG

@@ -309,6 +309,20 @@ fn drained(env: &Env) -> bool {
 
 /// An Ollama that answers at once with "re: " and the last user message,
 /// in its NDJSON stream format.
+/// A fresh environment whose Ollama is a fake that echoes (`re: TEXT`);
+/// the fake lives as long as the returned server.
+pub(crate) async fn echoing() -> (Env, MockServer) {
+    let ollama = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(EchoOllama)
+        .mount(&ollama)
+        .await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    (env, ollama)
+}
+
 pub(crate) struct EchoOllama;
 
 impl wiremock::Respond for EchoOllama {
@@ -339,14 +353,7 @@ async fn killed_with_replies_queued_behind_a_slow_send_sends_the_rest_once_in_or
         )
         .mount(&telegram)
         .await;
-    let ollama = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/chat"))
-        .respond_with(EchoOllama)
-        .mount(&ollama)
-        .await;
-    let mut env = Env::new();
-    env.ollama = ollama.uri();
+    let (env, _ollama) = echoing().await;
     env.write_config(&format!(
         "{}[agent]\nburst = \"each\"\n",
         crate::BASE_CONFIG

@@ -296,19 +296,9 @@ async fn chat_shows_it_is_working_until_the_first_token_arrives() {
 /// one after. The log view shows the daemon's log of that conversation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_takes_over_replies_and_releases_from_the_tui() {
-    use crate::serve::{
-        Daemon, EchoOllama, accepting_telegram, post_update, sent, telegram_update,
-    };
-    use wiremock::matchers::{method, path};
+    use crate::serve::{Daemon, accepting_telegram, post_update, sent, telegram_update};
     let telegram = accepting_telegram().await;
-    let ollama = wiremock::MockServer::start().await;
-    wiremock::Mock::given(method("POST"))
-        .and(path("/api/chat"))
-        .respond_with(EchoOllama)
-        .mount(&ollama)
-        .await;
-    let mut env = Env::new();
-    env.ollama = ollama.uri();
+    let (env, ollama) = crate::serve::echoing().await;
     let daemon = tokio::task::block_in_place(|| Daemon::start(&env, &telegram.uri(), &[]));
     let post = |n: i64, text: &str| {
         let url = daemon.url.clone();

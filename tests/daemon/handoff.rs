@@ -47,6 +47,21 @@ async fn sent(h: &Harness) -> Vec<String> {
         .collect()
 }
 
+/// The texts the fake Twilio was asked to send, in order.
+async fn twilio_texts(h: &Harness) -> Vec<String> {
+    h.twilio
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().ends_with("/Messages.json"))
+        .map(|r| {
+            let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&r.body).unwrap();
+            form.into_iter().find(|(k, _)| k == "Body").unwrap().1
+        })
+        .collect()
+}
+
 fn the_conversation(h: &Harness) -> convagent::core::ConversationSummary {
     h.store.conversations(&Default::default()).unwrap()[0].clone()
 }
@@ -177,19 +192,7 @@ async fn a_trigger_phrase_on_whatsapp_asks_for_a_person() {
     h.drained().await;
     assert!(llm.seen.lock().unwrap().is_empty());
     assert_eq!(the_conversation(&h).mode, Mode::Human);
-    let sent: Vec<String> = h
-        .twilio
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.url.path().ends_with("/Messages.json"))
-        .map(|r| {
-            let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&r.body).unwrap();
-            form.into_iter().find(|(k, _)| k == "Body").unwrap().1
-        })
-        .collect();
-    assert_eq!(sent, [HandoffConfig::default().notice]);
+    assert_eq!(twilio_texts(&h).await, [HandoffConfig::default().notice]);
     h.stop().await;
 }
 
@@ -267,19 +270,6 @@ async fn twilio_stop_keywords_are_recorded_as_opt_outs() {
         assert_eq!(h.post(&h.sign(&golden)).await.0, 200);
         h.drained().await;
     };
-    let sent = async || -> Vec<String> {
-        h.twilio
-            .received_requests()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.url.path().ends_with("/Messages.json"))
-            .map(|r| {
-                let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&r.body).unwrap();
-                form.into_iter().find(|(k, _)| k == "Body").unwrap().1
-            })
-            .collect()
-    };
     say("yes").await;
     say("Stop").await;
     let summary = the_conversation(&h);
@@ -319,7 +309,7 @@ async fn twilio_stop_keywords_are_recorded_as_opt_outs() {
     );
     let config = HandoffConfig::default();
     assert_eq!(
-        sent().await,
+        twilio_texts(&h).await,
         [
             "echo: yes".to_string(),
             config.start_notice.clone(),

@@ -520,18 +520,22 @@ impl ChannelAdapter for Telegram {
 }
 
 impl Telegram {
+    /// The Bot API's URL of `method` (it holds the bot token: never log it).
+    fn method_url(&self, method: &str) -> String {
+        let s = &self.settings;
+        format!(
+            "{}/bot{}/{method}",
+            s.api_base.trim_end_matches('/'),
+            s.bot_token
+        )
+    }
+
     /// `sendMessage` with `body`: the sent message's id, or the error as
     /// the outbox classifies it (429 with its wait, 5xx, 4xx).
     async fn send_message(&self, body: serde_json::Value) -> Result<Sent, SendError> {
-        let s = &self.settings;
-        let url = format!(
-            "{}/bot{}/sendMessage",
-            s.api_base.trim_end_matches('/'),
-            s.bot_token
-        );
         let response = self
             .client
-            .post(&url)
+            .post(self.method_url("sendMessage"))
             .json(&body)
             .send()
             .await
@@ -594,15 +598,9 @@ impl Telegram {
         method: &str,
         body: serde_json::Value,
     ) -> Result<serde_json::Value, FetchError> {
-        let s = &self.settings;
-        let url = format!(
-            "{}/bot{}/{method}",
-            s.api_base.trim_end_matches('/'),
-            s.bot_token
-        );
         let response = self
             .client
-            .post(&url)
+            .post(self.method_url(method))
             .json(&body)
             .send()
             .await
