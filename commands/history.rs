@@ -61,8 +61,12 @@ enum Action {
     /// traces, outbox items, violations) as JSON
     Export {
         /// CHANNEL:ID, e.g. telegram:12345 or whatsapp:+15551234567
+        #[arg(long, required_unless_present = "person", conflicts_with = "person")]
+        sender: Option<SenderRef>,
+        /// Every identity of a person: their number, or one of their
+        /// identities (CHANNEL:ID), as `convagent people` shows them
         #[arg(long)]
-        sender: SenderRef,
+        person: Option<crate::people::Who>,
         /// One JSON object per line, each with its `kind`
         #[arg(long)]
         jsonl: bool,
@@ -82,8 +86,12 @@ enum Action {
     /// a record that a deletion happened (when, how many rows) is kept
     Delete {
         /// CHANNEL:ID, e.g. telegram:12345 or whatsapp:+15551234567
+        #[arg(long, required_unless_present = "person", conflicts_with = "person")]
+        sender: Option<SenderRef>,
+        /// Every identity of a person: their number, or one of their
+        /// identities (CHANNEL:ID)
         #[arg(long)]
-        sender: SenderRef,
+        person: Option<crate::people::Who>,
         /// Do not ask for confirmation (for scripts)
         #[arg(long)]
         yes: bool,
@@ -110,9 +118,73 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             };
             search(store, &query.join(" "), channel, limit, order, json)
         }),
-        Action::Export { sender, jsonl, out } => export(ctx, &sender, jsonl, out),
-        Action::Delete { sender, yes } => delete(ctx, &sender, yes),
+        Action::Export {
+            sender,
+            person,
+            jsonl,
+            out,
+        } => export(ctx, &whose(sender, person)?, jsonl, out),
+        Action::Delete {
+            sender,
+            person,
+            yes,
+        } => delete(ctx, &whose(sender, person)?, yes),
         Action::Prune { dry_run } => prune(ctx, dry_run),
+    }
+}
+
+/// Whose data `export` and `delete` cover: one identity, or a person.
+enum Whose {
+    Sender(SenderRef),
+    Person(crate::people::Who),
+}
+
+fn whose(sender: Option<SenderRef>, person: Option<crate::people::Who>) -> Result<Whose> {
+    match (sender, person) {
+        (_, Some(p)) => Ok(Whose::Person(p)),
+        (Some(s), None) => Ok(Whose::Sender(s)),
+        (None, None) => Err(UserError::new(
+            "whose data?",
+            "give --sender CHANNEL:ID or --person (a number, or CHANNEL:ID)",
+        )
+        .into()),
+    }
+}
+
+/// Everything held about `whose` (every identity of a person, merged),
+/// what to call them, and the person if it is one.
+fn held(
+    ctx: &Context,
+    whose: &Whose,
+) -> Result<(SenderData, String, Option<convagent::core::people::Person>)> {
+    let Some(store) = ctx.store_read_only()? else {
+        let who = match whose {
+            Whose::Sender(s) => format!("{}:{}", s.channel.as_str(), s.id),
+            Whose::Person(_) => "that person".into(),
+        };
+        return Ok((SenderData::default(), who, None));
+    };
+    match whose {
+        Whose::Sender(s) => Ok((
+            store.sender_data(s)?,
+            format!("{}:{}", s.channel.as_str(), s.id),
+            None,
+        )),
+        Whose::Person(who) => {
+            let person = crate::people::find(store.as_ref(), who)?;
+            let mut data = SenderData::default();
+            for identity in &person.identities {
+                let d = store.sender_data(&identity.sender_ref())?;
+                data.conversations.extend(d.conversations);
+                data.messages.extend(d.messages);
+                data.summaries.extend(d.summaries);
+                data.traces.extend(d.traces);
+                data.outbox.extend(d.outbox);
+                data.violations.extend(d.violations);
+            }
+            let who = format!("person {} ({})", person.id, person.describe());
+            Ok((data, who, Some(person)))
+        }
     }
 }
 
@@ -137,14 +209,11 @@ fn reading(
 
 fn export(
     ctx: &Context,
-    sender: &SenderRef,
+    whose: &Whose,
     jsonl: bool,
     out: Option<std::path::PathBuf>,
 ) -> Result<ExitCode> {
-    let data = match ctx.store_read_only()? {
-        Some(store) => store.sender_data(sender)?,
-        None => SenderData::default(),
-    };
+    let (data, _, person) = held(ctx, whose)?;
     // The fetched files of the messages, where they are kept (the store
     // holds only their names).
     let kept = DiskFiles::new(ctx.settings()?.media_dir());
@@ -186,10 +255,16 @@ fn export(
         push("outbox", values(serde_json::to_value(&data.outbox)?));
         push("violation", values(serde_json::to_value(&data.violations)?));
         push("file", files);
+        if let Some(p) = &person {
+            push("person", vec![serde_json::to_value(p)?]);
+        }
         lines
     } else {
         let mut all = serde_json::to_value(&data)?;
         all["files"] = files.into();
+        if let Some(p) = &person {
+            all["person"] = serde_json::to_value(p)?;
+        }
         serde_json::to_string_pretty(&all)? + "\n"
     };
     match out {
@@ -242,13 +317,9 @@ fn prune(ctx: &Context, dry_run: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn delete(ctx: &Context, sender: &SenderRef, yes: bool) -> Result<ExitCode> {
-    let who = format!("{}:{}", sender.channel.as_str(), sender.id);
-    let held = match ctx.store_read_only()? {
-        Some(store) => store.sender_data(sender)?,
-        None => SenderData::default(),
-    };
-    if held.conversations.is_empty() {
+fn delete(ctx: &Context, whose: &Whose, yes: bool) -> Result<ExitCode> {
+    let (held, who, person) = held(ctx, whose)?;
+    if held.conversations.is_empty() && person.is_none() {
         outln!("Nothing is held about {who}.");
         return Ok(ExitCode::SUCCESS);
     }
@@ -273,13 +344,21 @@ fn delete(ctx: &Context, sender: &SenderRef, yes: bool) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     }
-    let erased = ctx
-        .store()?
-        .write_now(Write::Erase {
+    let erase = match (whose, &person) {
+        (_, Some(p)) => Write::ErasePerson {
+            person: p.id,
+            at: now_ms(),
+        },
+        (Whose::Sender(sender), None) => Write::Erase {
             sender: sender.clone(),
             at: now_ms(),
-        })?
-        .erased()?;
+        },
+        (Whose::Person(_), None) => {
+            outln!("Nothing is held about {who}.");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let erased = ctx.store()?.write_now(erase)?.erased()?;
     let files = remove_files(ctx, &erased.files)?;
     outln!(
         "Deleted everything held about {who}: {} conversations, {} messages, {} summaries, {} trace events, {} outbox items, {} violations, {files} media files.",

@@ -11,6 +11,7 @@ mod doctor;
 mod history;
 mod mcp;
 mod outbox;
+mod people;
 mod release;
 mod replay;
 mod reply;
@@ -73,6 +74,8 @@ enum Command {
     Release(release::Args),
     /// Tool calls waiting for an operator's yes or no: list, approve, deny
     Approvals(approvals::Args),
+    /// Who is who across channels: list, show, link and unlink identities
+    People(people::Args),
     /// Check config, store and LLM providers, with a fix for each problem
     Doctor(doctor::Args),
     /// Sign golden webhook payloads and post them to a daemon (or load-test it)
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Reply(args) => reply::run(&ctx, args),
         Command::Release(args) => release::run(&ctx, args),
         Command::Approvals(args) => approvals::run(&ctx, args),
+        Command::People(args) => people::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Replay(args) => replay::run(&ctx, args),
         Command::Tui(args) => tui::run(&ctx, args),

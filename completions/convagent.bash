@@ -40,6 +40,9 @@ _convagent() {
             convagent,outbox)
                 cmd="convagent__subcmd__outbox"
                 ;;
+            convagent,people)
+                cmd="convagent__subcmd__people"
+                ;;
             convagent,release)
                 cmd="convagent__subcmd__release"
                 ;;
@@ -114,6 +117,9 @@ _convagent() {
                 ;;
             convagent__subcmd__help,outbox)
                 cmd="convagent__subcmd__help__subcmd__outbox"
+                ;;
+            convagent__subcmd__help,people)
+                cmd="convagent__subcmd__help__subcmd__people"
                 ;;
             convagent__subcmd__help,release)
                 cmd="convagent__subcmd__help__subcmd__release"
@@ -192,6 +198,18 @@ _convagent() {
                 ;;
             convagent__subcmd__help__subcmd__outbox,retry)
                 cmd="convagent__subcmd__help__subcmd__outbox__subcmd__retry"
+                ;;
+            convagent__subcmd__help__subcmd__people,link)
+                cmd="convagent__subcmd__help__subcmd__people__subcmd__link"
+                ;;
+            convagent__subcmd__help__subcmd__people,list)
+                cmd="convagent__subcmd__help__subcmd__people__subcmd__list"
+                ;;
+            convagent__subcmd__help__subcmd__people,show)
+                cmd="convagent__subcmd__help__subcmd__people__subcmd__show"
+                ;;
+            convagent__subcmd__help__subcmd__people,unlink)
+                cmd="convagent__subcmd__help__subcmd__people__subcmd__unlink"
                 ;;
             convagent__subcmd__help__subcmd__service,install)
                 cmd="convagent__subcmd__help__subcmd__service__subcmd__install"
@@ -325,6 +343,36 @@ _convagent() {
             convagent__subcmd__outbox__subcmd__help,retry)
                 cmd="convagent__subcmd__outbox__subcmd__help__subcmd__retry"
                 ;;
+            convagent__subcmd__people,help)
+                cmd="convagent__subcmd__people__subcmd__help"
+                ;;
+            convagent__subcmd__people,link)
+                cmd="convagent__subcmd__people__subcmd__link"
+                ;;
+            convagent__subcmd__people,list)
+                cmd="convagent__subcmd__people__subcmd__list"
+                ;;
+            convagent__subcmd__people,show)
+                cmd="convagent__subcmd__people__subcmd__show"
+                ;;
+            convagent__subcmd__people,unlink)
+                cmd="convagent__subcmd__people__subcmd__unlink"
+                ;;
+            convagent__subcmd__people__subcmd__help,help)
+                cmd="convagent__subcmd__people__subcmd__help__subcmd__help"
+                ;;
+            convagent__subcmd__people__subcmd__help,link)
+                cmd="convagent__subcmd__people__subcmd__help__subcmd__link"
+                ;;
+            convagent__subcmd__people__subcmd__help,list)
+                cmd="convagent__subcmd__people__subcmd__help__subcmd__list"
+                ;;
+            convagent__subcmd__people__subcmd__help,show)
+                cmd="convagent__subcmd__people__subcmd__help__subcmd__show"
+                ;;
+            convagent__subcmd__people__subcmd__help,unlink)
+                cmd="convagent__subcmd__people__subcmd__help__subcmd__unlink"
+                ;;
             convagent__subcmd__service,help)
                 cmd="convagent__subcmd__service__subcmd__help"
                 ;;
@@ -374,7 +422,7 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox takeover reply release approvals doctor replay tunnel tui service store mcp completions help"
+            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox takeover reply release approvals people doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -636,7 +684,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history outbox takeover reply release approvals doctor replay tunnel tui service store mcp completions help"
+            opts="serve chat history outbox takeover reply release approvals people doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -999,6 +1047,76 @@ _convagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        convagent__subcmd__help__subcmd__people)
+            opts="list show link unlink"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__people__subcmd__link)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__people__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__people__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__people__subcmd__unlink)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         convagent__subcmd__help__subcmd__release)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1226,13 +1344,17 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__delete)
-            opts="-v -h -V --sender --yes --channel --json --limit --config --env-file --verbose --help --version"
+            opts="-v -h -V --sender --person --yes --channel --json --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --sender)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --person)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1260,13 +1382,17 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__history__subcmd__export)
-            opts="-v -h -V --sender --jsonl --out --channel --json --limit --config --env-file --verbose --help --version"
+            opts="-v -h -V --sender --person --jsonl --out --channel --json --limit --config --env-file --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --sender)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --person)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1992,6 +2118,204 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people)
+            opts="-v -h -V --config --env-file --verbose --help --version list show link unlink help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__help)
+            opts="list show link unlink help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__help__subcmd__link)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__help__subcmd__unlink)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__link)
+            opts="-v -h -V --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__list)
+            opts="-v -h -V --json --limit --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__show)
+            opts="-v -h -V --json --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__people__subcmd__unlink)
+            opts="-v -h -V --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

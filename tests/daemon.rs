@@ -21,6 +21,8 @@ mod ingress;
 mod limits;
 #[path = "daemon/media.rs"]
 mod media;
+#[path = "daemon/people.rs"]
+mod people;
 #[path = "daemon/rotation.rs"]
 mod rotation;
 

@@ -24,9 +24,10 @@ use super::llm::{
 };
 use super::media::{self, MediaConfig, MediaFiles};
 use super::message::{InboundMessage, Role, Turn};
+use super::people;
 use super::ports::{
-    Clock, Held, NewReply, Pending, PromptVersion, ReplyKind, StageSink, Store, StoreError,
-    StoredMessage, Summary, TraceEvent, TurnRecord, Write, Written,
+    Clock, Held, NewReply, Pending, PromptVersion, ReplyKind, SenderRef, StageSink, Store,
+    StoreError, StoredMessage, Summary, TraceEvent, TurnRecord, Write, Written,
 };
 use super::tools::{ApprovalRule, ToolCall, ToolExchange, ToolResult, Tools};
 use super::trace::{Outcome, Stage};
@@ -595,11 +596,13 @@ impl Agent {
         on_event: &mut OnEvent<'_>,
     ) -> Result<Option<Reply>, AgentError> {
         let config = &self.settings.handoff;
-        let Some((mut command, keyword)) = turn.iter().rev().find_map(|p| {
+        let Some((mut command, keyword, said)) = turn.iter().rev().find_map(|p| {
             config
                 .command(&p.message.text)
-                .map(|c| (c, false))
-                .or_else(|| handoff::provider_keyword(&p.message).map(|c| (c, true)))
+                .map(|c| (c, false, &p.message.text))
+                .or_else(|| {
+                    handoff::provider_keyword(&p.message).map(|c| (c, true, &p.message.text))
+                })
         }) else {
             return Ok(None);
         };
@@ -672,15 +675,15 @@ impl Agent {
                 }
                 (handoff::COMMAND_PROVIDER, "start")
             }
-            Command::Stop => (handoff::COMMAND_PROVIDER, command.as_str()),
+            Command::Stop | Command::Link => (handoff::COMMAND_PROVIDER, command.as_str()),
             Command::Reset | Command::Help => (handoff::COMMAND_PROVIDER, command.as_str()),
         };
         info!(command = command.as_str(), "a chat command");
-        let answer = (
-            config.answer(command).to_string(),
-            provider,
-            model.to_string(),
-        );
+        let text = match command {
+            Command::Link => self.link(key, said, began.0).await?,
+            _ => config.answer(command).to_string(),
+        };
+        let answer = (text, provider, model.to_string());
         let what = format!("/{} answer", command.as_str());
         let reply = self
             .refuse(turn, prompt, began, answer, Vec::new(), &what, on_event)
@@ -704,6 +707,63 @@ impl Agent {
             _ => {}
         }
         Ok(Some(reply))
+    }
+
+    /// `/link`: a code for this chat's person, to send from another chat;
+    /// `/link CODE`: this chat joins the person the code was made for. The
+    /// answer says what happened (or why not).
+    async fn link(
+        &self,
+        key: &super::message::ConversationKey,
+        said: &str,
+        at: i64,
+    ) -> Result<String, AgentError> {
+        let sender = SenderRef {
+            channel: key.channel,
+            id: key.sender.clone(),
+        };
+        let argument = said.trim().split_once(char::is_whitespace).map(|(_, a)| a);
+        let Some(argument) = argument.filter(|a| !a.trim().is_empty()) else {
+            let code = people::new_code();
+            let made = self
+                .store
+                .write(Write::LinkCode {
+                    sender,
+                    code: code.clone(),
+                    at,
+                })
+                .await;
+            return Ok(match made {
+                Ok(_) => format!(
+                    "Your link code is {code}. Within 10 minutes, send \"/link {code}\" from \
+                     your other chat (WhatsApp, SMS, Telegram or Slack): both will be you."
+                ),
+                Err(StoreError::Invalid(why)) => format!("No code: {why}."),
+                Err(e) => return Err(e.into()),
+            });
+        };
+        let Some(code) = people::parse_code(argument) else {
+            return Ok(format!(
+                "A link code is {} digits, like \"/link 482913\". Send /link alone for one.",
+                people::CODE_DIGITS
+            ));
+        };
+        let redeemed = self
+            .store
+            .write(Write::Redeem { sender, code, at })
+            .await
+            .and_then(Written::redeemed)?;
+        Ok(match redeemed {
+            Ok(person) => {
+                info!(person = person.id, "identities linked by code");
+                let channels: Vec<&str> = person.channels().iter().map(|c| c.as_str()).collect();
+                format!(
+                    "Linked: your {} chats are one person to me now.",
+                    channels.join(" and ")
+                )
+            }
+            Err(why) => format!("Not linked: {why}."),
+        })
     }
 
     /// Step 4b: a turn that is nothing but media the agent cannot take in

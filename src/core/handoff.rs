@@ -26,6 +26,9 @@ pub enum Command {
     Start,
     /// `/help`: what can I ask?
     Help,
+    /// `/link` (a code to join another chat to this person), or `/link
+    /// CODE` from the other chat.
+    Link,
 }
 
 impl Command {
@@ -36,6 +39,7 @@ impl Command {
             Command::Stop => "stop",
             Command::Start => "start",
             Command::Help => "help",
+            Command::Link => "link",
         }
     }
 }
@@ -155,7 +159,8 @@ impl Default for HandoffConfig {
                 "You will get no more messages from us here. Send /start to get them again.".into(),
             start_notice: "Welcome back: you will get messages here again.".into(),
             help: "Ask me anything. /human: a person answers you. /reset: start over. /stop: no \
-                   more messages from us. /start: messages again. /help: this."
+                   more messages from us. /start: messages again. /link: use me from another \
+                   chat too. /help: this."
                 .into(),
             notify_url: None,
         }
@@ -218,6 +223,7 @@ impl HandoffConfig {
             "/stop" => Some(Command::Stop),
             "/start" => Some(Command::Start),
             "/help" => Some(Command::Help),
+            "/link" => Some(Command::Link),
             _ => None,
         };
         command.or_else(|| self.asks_for_person(text).then_some(Command::Human))
@@ -230,7 +236,7 @@ impl HandoffConfig {
             Command::Reset => &self.reset_notice,
             Command::Stop => &self.stop_notice,
             Command::Start => &self.start_notice,
-            Command::Help => &self.help,
+            Command::Help | Command::Link => &self.help,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod llm;
 pub mod media;
 pub mod message;
+pub mod people;
 pub mod ports;
 pub mod stt;
 pub mod tools;

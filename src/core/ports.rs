@@ -317,6 +317,30 @@ pub enum Write {
     RunApproved { id: i64, at: i64 },
     /// What an approved call gave back (`Written::Done`).
     ApprovalResult { id: i64, result: String },
+    /// Joins `b`'s person into `a`'s (every identity of both is one person
+    /// after): `Written::Person`; `NotFound` for an identity not known.
+    Link { a: SenderRef, b: SenderRef, at: i64 },
+    /// Makes `sender` a person of its own again: `Written::Person`.
+    Unlink { sender: SenderRef, at: i64 },
+    /// A `/link` code for `sender`, valid until `at` +
+    /// [`crate::core::people::CODE_LIFETIME_MS`]: `Written::Done`, or
+    /// `Invalid` when it asked for too many this hour.
+    LinkCode {
+        sender: SenderRef,
+        code: String,
+        at: i64,
+    },
+    /// `/link CODE` from `sender`: joins it to the code's identity.
+    /// `Written::Redeemed` with the person, or why not (a wrong code is
+    /// counted against the sender, and committed).
+    Redeem {
+        sender: SenderRef,
+        code: String,
+        at: i64,
+    },
+    /// Deletes everything held about a person, every identity of them
+    /// (`Write::Erase` for each, and the person): `Written::Erased`.
+    ErasePerson { person: i64, at: i64 },
 }
 
 /// A message an outside agent (an MCP client) sends on a channel. It is
@@ -567,6 +591,17 @@ pub struct SenderData {
 pub trait PeopleStore: Send + Sync {
     /// Everything held about `sender`, oldest first in each kind.
     fn sender_data(&self, sender: &SenderRef) -> Result<SenderData, StoreError>;
+
+    /// The person owning `sender`, with all their identities.
+    fn person_of(
+        &self,
+        sender: &SenderRef,
+    ) -> Result<Option<crate::core::people::Person>, StoreError>;
+
+    fn person(&self, id: i64) -> Result<Option<crate::core::people::Person>, StoreError>;
+
+    /// People, the most recently made first.
+    fn people(&self, limit: usize) -> Result<Vec<crate::core::people::Person>, StoreError>;
 }
 
 impl Write {
@@ -589,6 +624,8 @@ pub enum Written {
     Asked(crate::core::approvals::Approval, bool),
     Approval(crate::core::approvals::Approval),
     Claimed(bool),
+    Person(crate::core::people::Person),
+    Redeemed(Result<crate::core::people::Person, String>),
     Done,
 }
 
@@ -645,6 +682,20 @@ impl Written {
         match self {
             Written::Approval(a) => Ok(a),
             _ => Err(Self::mismatch("decide")),
+        }
+    }
+
+    pub fn person(self) -> Result<crate::core::people::Person, StoreError> {
+        match self {
+            Written::Person(p) => Ok(p),
+            _ => Err(Self::mismatch("link")),
+        }
+    }
+
+    pub fn redeemed(self) -> Result<Result<crate::core::people::Person, String>, StoreError> {
+        match self {
+            Written::Redeemed(r) => Ok(r),
+            _ => Err(Self::mismatch("redeem")),
         }
     }
 

@@ -647,3 +647,112 @@ fn history_shows_and_exports_what_came_with_a_message() {
     assert!(text.contains("\"kind\":\"voice\""), "{text}");
     assert!(text.contains("AwACAgIAAxkBvoice"), "{text}");
 }
+
+/// An operator links two identities into one person; `history export
+/// --person` and `history delete --person` cover both; `people unlink`
+/// parts them again.
+#[test]
+fn people_link_and_a_person_is_exported_and_deleted_across_channels() {
+    let env = Env::new();
+    fill(&env);
+    fill_also_sms(&env);
+    let run = |args: &[&str]| env.cmd(args).output().unwrap();
+    let listed = stdout_of(&run(&["people", "list"]));
+    assert_eq!(listed.lines().count(), 4, "a person per sender: {listed}");
+
+    let out = run(&["people", "link", "telegram:alice", "whatsapp:+15551234567"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let said = stdout_of(&out);
+    assert!(
+        said.contains("telegram:alice, whatsapp:whatsapp:+15551234567"),
+        "{said}"
+    );
+    let shown = stdout_of(&run(&["people", "show", "whatsapp:+15551234567"]));
+    assert!(
+        shown.contains("telegram:alice  since") && shown.contains("1 conversations, 2 messages"),
+        "{shown}"
+    );
+    assert_eq!(
+        stdout_of(&run(&["people", "list"])).lines().count(),
+        3,
+        "two senders, one person"
+    );
+
+    // Export covers both identities; the SMS sender is someone else.
+    let out = run(&["history", "export", "--person", "telegram:alice"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let export: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let channels: Vec<&str> = export["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(channels, ["telegram", "whatsapp"]);
+    assert_eq!(export["person"]["identities"].as_array().unwrap().len(), 2);
+    let texts = export["messages"].to_string();
+    assert!(texts.contains("Opening hours?") && texts.contains("Where is my parcel?"));
+    assert!(!texts.contains("Text me back"), "not the SMS sender's");
+
+    // Unlink, link again by number, then delete the person.
+    let out = run(&["people", "unlink", "whatsapp:+15551234567"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let alone = stdout_of(&run(&["people", "show", "whatsapp:+15551234567", "--json"]));
+    let alone: serde_json::Value = serde_json::from_str(&alone).unwrap();
+    assert_eq!(alone["identities"].as_array().unwrap().len(), 1);
+    let id = alone["id"].to_string();
+    let out = run(&["people", "link", "telegram:alice", &id]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = run(&["history", "delete", "--person", &id, "--yes"]);
+    assert!(!out.status.success(), "that person was joined into alice's");
+    assert!(
+        stderr_of(&out).contains("nobody known as person"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(&["history", "delete", "--person", "telegram:alice", "--yes"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("2 conversations, 6 messages"),
+        "{}",
+        stdout_of(&out)
+    );
+    let left = stdout_of(&run(&["history"]));
+    assert!(
+        !left.contains("alice") && !left.contains("15551234567"),
+        "{left}"
+    );
+    assert!(
+        left.contains("+15559876543"),
+        "the SMS sender stays: {left}"
+    );
+    assert_eq!(stdout_of(&run(&["people", "list"])).lines().count(), 2);
+
+    // Bad names are explained.
+    let out = run(&["people", "show", "telegram:nobody"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("nobody known as telegram:nobody"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(&["history", "export"]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("--sender"), "{}", stderr_of(&out));
+}
+
+fn fill_also_sms(env: &Env) {
+    let store = SqliteStore::open(&env.store()).unwrap();
+    store
+        .accept(&InboundMessage {
+            key: ConversationKey::new(Channel::Sms, "+15559876543", "+15559876543"),
+            text: "Text me back".into(),
+            provider_message_id: "SMx".into(),
+            provider_ts: None,
+            received_at: 1_700_000_300_000,
+            attachments: vec![],
+            metadata: BTreeMap::new(),
+            correlation_id: CorrelationId::generate(),
+        })
+        .unwrap();
+}

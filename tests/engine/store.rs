@@ -69,6 +69,172 @@ fn conformance(store: &dyn AnyStore) {
     pruning_deletes_idle_conversations_and_nothing_still_owed(store);
     the_last_notice_of_a_kind_is_found(store);
     approvals_are_asked_once_answered_once_and_run_once(store);
+    people_are_made_on_first_contact_and_linked_by_code(store);
+}
+
+fn people_are_made_on_first_contact_and_linked_by_code(store: &dyn AnyStore) {
+    use convagent::core::people::CODE_LIFETIME_MS;
+    let tg = ConversationKey::new(Channel::Telegram, "li-42", "li-42");
+    let wa = ConversationKey::new(
+        Channel::Whatsapp,
+        "whatsapp:+15559901",
+        "whatsapp:+15559901",
+    );
+    let sms = ConversationKey::new(Channel::Sms, "+15559902", "+15559902");
+    for (i, key) in [&tg, &wa, &sms].into_iter().enumerate() {
+        store
+            .accept(&message(key, &format!("li-{i}"), "hi", 200_000 + i as i64))
+            .unwrap();
+    }
+    // A second conversation of one sender is the same person.
+    let tg_thread = ConversationKey::new(Channel::Telegram, "li-42", "group-7");
+    store
+        .accept(&message(&tg_thread, "li-9", "hi", 200_010))
+        .unwrap();
+    let sender = |channel, id: &str| SenderRef {
+        channel,
+        id: id.into(),
+    };
+    let li = sender(Channel::Telegram, "li-42");
+    // WhatsApp senders are stored with the channel's prefix; found without.
+    let ana_wa = sender(Channel::Whatsapp, "+15559901");
+    let ana_sms = sender(Channel::Sms, "+15559902");
+    let p_tg = store.person_of(&li).unwrap().unwrap();
+    assert_eq!(p_tg.identities.len(), 1);
+    let p_wa = store.person_of(&ana_wa).unwrap().unwrap();
+    assert_ne!(p_tg.id, p_wa.id, "strangers until linked");
+    assert_eq!(p_wa.identities[0].sender, "whatsapp:+15559901");
+
+    // By code: asked on Telegram, sent from WhatsApp.
+    let code = |sender: &SenderRef, code: &str, at| {
+        store.write_now(Write::LinkCode {
+            sender: sender.clone(),
+            code: code.into(),
+            at,
+        })
+    };
+    let redeem = |sender: &SenderRef, code: &str, at| {
+        store
+            .write_now(Write::Redeem {
+                sender: sender.clone(),
+                code: code.into(),
+                at,
+            })
+            .unwrap()
+            .redeemed()
+            .unwrap()
+    };
+    code(&li, "111111", 300_000).unwrap();
+    assert!(
+        redeem(&li, "111111", 300_100)
+            .unwrap_err()
+            .contains("other chat")
+    );
+    assert!(
+        redeem(&ana_wa, "999999", 300_100)
+            .unwrap_err()
+            .contains("not known")
+    );
+    let linked = redeem(&ana_wa, "111111", 300_200).unwrap();
+    assert_eq!(linked.id, p_tg.id, "joined to the code's person");
+    assert_eq!(linked.identities.len(), 2);
+    assert_eq!(store.person_of(&ana_wa).unwrap().unwrap().id, p_tg.id);
+    assert_eq!(
+        store.person(p_wa.id).unwrap(),
+        None,
+        "the joined person is gone"
+    );
+    assert!(
+        redeem(&ana_sms, "111111", 300_300)
+            .unwrap_err()
+            .contains("used already")
+    );
+    code(&li, "222222", 300_400).unwrap();
+    assert!(
+        redeem(&ana_sms, "222222", 300_400 + CODE_LIFETIME_MS + 1)
+            .unwrap_err()
+            .contains("ran out")
+    );
+    // Wrong codes are counted per identity and hour (they were committed):
+    // two so far, three more close it even to a good code.
+    for wrong in ["333333", "777777", "888888"] {
+        assert!(
+            redeem(&ana_sms, wrong, 300_500)
+                .unwrap_err()
+                .contains("not known")
+        );
+    }
+    code(&li, "444444", 300_600).unwrap();
+    assert!(
+        redeem(&ana_sms, "444444", 300_700)
+            .unwrap_err()
+            .contains("too many wrong"),
+        "five failures this hour close it"
+    );
+    // Asking for codes is limited too: three asked so far, two more, then no.
+    code(&li, "555555", 300_800).unwrap();
+    code(&li, "565656", 300_800).unwrap();
+    match code(&li, "575757", 300_800) {
+        Err(StoreError::Invalid(why)) => assert!(why.contains("too many"), "{why}"),
+        other => panic!("a sixth code within the hour: {other:?}"),
+    }
+    assert!(matches!(
+        code(&sender(Channel::Slack, "nobody"), "666666", 300_900),
+        Err(StoreError::NotFound(_))
+    ));
+
+    // By an operator: link and unlink.
+    let all = store
+        .write_now(Write::Link {
+            a: li.clone(),
+            b: ana_sms.clone(),
+            at: 301_000,
+        })
+        .unwrap()
+        .person()
+        .unwrap();
+    assert_eq!(all.identities.len(), 3);
+    assert!(store.people(100).unwrap().iter().any(|p| p.id == all.id));
+    let alone = store
+        .write_now(Write::Unlink {
+            sender: ana_sms.clone(),
+            at: 301_100,
+        })
+        .unwrap()
+        .person()
+        .unwrap();
+    assert_ne!(alone.id, all.id);
+    assert_eq!(store.person(all.id).unwrap().unwrap().identities.len(), 2);
+
+    // Erasing the person takes every identity's data, and the person.
+    let erased = store
+        .write_now(Write::ErasePerson {
+            person: all.id,
+            at: 302_000,
+        })
+        .unwrap()
+        .erased()
+        .unwrap();
+    assert_eq!(
+        erased.conversations, 3,
+        "two Telegram, one WhatsApp: {erased:?}"
+    );
+    assert_eq!(store.person(all.id).unwrap(), None);
+    assert_eq!(store.person_of(&li).unwrap(), None);
+    assert!(store.sender_data(&ana_wa).unwrap().conversations.is_empty());
+    // Erasing a sender takes its identity, and its person when alone.
+    store
+        .write_now(Write::Erase {
+            sender: ana_sms.clone(),
+            at: 302_100,
+        })
+        .unwrap();
+    assert_eq!(store.person(alone.id).unwrap(), None);
+    // A sender writing again after an erasure is a new person.
+    store
+        .accept(&message(&sms, "li-10", "back", 303_000))
+        .unwrap();
+    assert!(store.person_of(&ana_sms).unwrap().is_some());
 }
 
 fn approvals_are_asked_once_answered_once_and_run_once(store: &dyn AnyStore) {

@@ -60,6 +60,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../../../migrations/postgres/0006_approvals.sql"),
     ),
+    (
+        7,
+        include_str!("../../../../migrations/postgres/0007_people.sql"),
+    ),
 ];
 
 /// Any number, the same in every convagent: the lock migrations hold.

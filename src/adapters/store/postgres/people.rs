@@ -5,6 +5,7 @@ use postgres::Transaction;
 
 use super::PostgresStore;
 use super::rows::{self, ENTRY_SELECT, SUMMARY_COLUMNS};
+use crate::core::people::{self, Identity, Person};
 use crate::core::ports::{
     ConversationReads, Erased, PeopleStore, Prune, SenderData, SenderRef, StoreError, TraceStore,
     ViolationRecord,
@@ -69,6 +70,268 @@ impl PeopleStore for PostgresStore {
         data.traces = self.traces_of(&data.messages)?;
         Ok(data)
     }
+
+    fn person_of(&self, sender: &SenderRef) -> Result<Option<Person>, StoreError> {
+        let sender = sender.clone();
+        self.read(move |c| {
+            let mut tx = c.transaction()?;
+            let found = match person_id_of(&mut tx, &sender)? {
+                Some(id) => person_in(&mut tx, id)?,
+                None => None,
+            };
+            tx.commit()?;
+            Ok(found)
+        })
+    }
+
+    fn person(&self, id: i64) -> Result<Option<Person>, StoreError> {
+        self.read(move |c| {
+            let mut tx = c.transaction()?;
+            let found = person_in(&mut tx, id)?;
+            tx.commit()?;
+            Ok(found)
+        })
+    }
+
+    fn people(&self, limit: usize) -> Result<Vec<Person>, StoreError> {
+        let limit = limit as i64;
+        self.read(move |c| {
+            let mut tx = c.transaction()?;
+            let ids: Vec<i64> = tx
+                .query("SELECT id FROM people ORDER BY id DESC LIMIT $1", &[&limit])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut people = Vec::new();
+            for id in ids {
+                people.extend(person_in(&mut tx, id)?);
+            }
+            tx.commit()?;
+            Ok(people)
+        })
+    }
+}
+
+/// An identity as stored: the sender with or without the channel's prefix.
+const IDENTITY_OF: &str = "channel = $1 AND (sender = $2 OR sender = $1 || ':' || $2)";
+
+fn person_id_of(tx: &mut Transaction<'_>, sender: &SenderRef) -> Result<Option<i64>, StoreError> {
+    Ok(tx
+        .query_opt(
+            &format!("SELECT person_id FROM identities WHERE {IDENTITY_OF}"),
+            &[&sender.channel.as_str(), &sender.id],
+        )?
+        .map(|r| r.get(0)))
+}
+
+fn stored_sender(tx: &mut Transaction<'_>, sender: &SenderRef) -> Result<String, StoreError> {
+    tx.query_opt(
+        &format!("SELECT sender FROM identities WHERE {IDENTITY_OF}"),
+        &[&sender.channel.as_str(), &sender.id],
+    )?
+    .map(|r| r.get(0))
+    .ok_or_else(|| unknown(sender))
+}
+
+fn unknown(sender: &SenderRef) -> StoreError {
+    StoreError::NotFound(format!("identity {}:{}", sender.channel, sender.id))
+}
+
+fn person_in(tx: &mut Transaction<'_>, id: i64) -> Result<Option<Person>, StoreError> {
+    let Some(row) = tx.query_opt("SELECT created_at FROM people WHERE id = $1", &[&id])? else {
+        return Ok(None);
+    };
+    let identities = tx
+        .query(
+            "SELECT channel, sender, since FROM identities WHERE person_id = $1
+             ORDER BY since, channel, sender",
+            &[&id],
+        )?
+        .iter()
+        .map(|r| {
+            let channel: String = r.get(0);
+            Ok(Identity {
+                channel: channel
+                    .parse()
+                    .map_err(|e| StoreError::Backend(format!("{e}")))?,
+                sender: r.get(1),
+                since: r.get(2),
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Some(Person {
+        id,
+        created_at: row.get(0),
+        identities,
+    }))
+}
+
+fn person_or_missing(tx: &mut Transaction<'_>, id: i64) -> Result<Person, StoreError> {
+    person_in(tx, id)?.ok_or_else(|| StoreError::NotFound(format!("person {id}")))
+}
+
+/// [`crate::core::ports::Write::Link`].
+pub(super) fn link_in(
+    tx: &mut Transaction<'_>,
+    a: &SenderRef,
+    b: &SenderRef,
+    at: i64,
+) -> Result<Person, StoreError> {
+    let keep = person_id_of(tx, a)?.ok_or_else(|| unknown(a))?;
+    let gone = person_id_of(tx, b)?.ok_or_else(|| unknown(b))?;
+    if keep != gone {
+        tx.execute(
+            "UPDATE identities SET person_id = $1, since = $3 WHERE person_id = $2",
+            &[&keep, &gone, &at],
+        )?;
+        tx.execute("DELETE FROM people WHERE id = $1", &[&gone])?;
+    }
+    person_or_missing(tx, keep)
+}
+
+/// [`crate::core::ports::Write::Unlink`].
+pub(super) fn unlink_in(
+    tx: &mut Transaction<'_>,
+    sender: &SenderRef,
+    at: i64,
+) -> Result<Person, StoreError> {
+    let id = person_id_of(tx, sender)?.ok_or_else(|| unknown(sender))?;
+    let owned: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM identities WHERE person_id = $1",
+            &[&id],
+        )?
+        .get(0);
+    if owned <= 1 {
+        return person_or_missing(tx, id);
+    }
+    let made: i64 = tx
+        .query_one(
+            "INSERT INTO people (created_at) VALUES ($1) RETURNING id",
+            &[&at],
+        )?
+        .get(0);
+    tx.execute(
+        &format!("UPDATE identities SET person_id = $3, since = $4 WHERE {IDENTITY_OF}"),
+        &[&sender.channel.as_str(), &sender.id, &made, &at],
+    )?;
+    person_or_missing(tx, made)
+}
+
+/// [`crate::core::ports::Write::LinkCode`].
+pub(super) fn link_code_in(
+    tx: &mut Transaction<'_>,
+    sender: &SenderRef,
+    code: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    let stored = stored_sender(tx, sender)?;
+    let channel = sender.channel.as_str();
+    let hour = at - 3_600_000;
+    tx.execute("DELETE FROM link_codes WHERE created_at < $1", &[&hour])?;
+    tx.execute("DELETE FROM link_failures WHERE at < $1", &[&hour])?;
+    let asked: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM link_codes WHERE channel = $1 AND sender = $2 AND created_at >= $3",
+            &[&channel, &stored, &hour],
+        )?
+        .get(0);
+    if asked >= people::CODES_PER_HOUR {
+        return Err(StoreError::Invalid(
+            "too many link codes asked for this hour: try again later".into(),
+        ));
+    }
+    let made = tx.execute(
+        "INSERT INTO link_codes (code, channel, sender, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (code) DO NOTHING",
+        &[
+            &code,
+            &channel,
+            &stored,
+            &at,
+            &(at + people::CODE_LIFETIME_MS),
+        ],
+    )?;
+    if made == 0 {
+        return Err(StoreError::Invalid("that code is in use: ask again".into()));
+    }
+    Ok(())
+}
+
+/// [`crate::core::ports::Write::Redeem`].
+pub(super) fn redeem_in(
+    tx: &mut Transaction<'_>,
+    sender: &SenderRef,
+    code: &str,
+    at: i64,
+) -> Result<Result<Person, String>, StoreError> {
+    let stored = stored_sender(tx, sender)?;
+    let channel = sender.channel.as_str();
+    let failed: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM link_failures WHERE channel = $1 AND sender = $2 AND at >= $3",
+            &[&channel, &stored, &(at - 3_600_000)],
+        )?
+        .get(0);
+    if failed >= people::FAILURES_PER_HOUR {
+        return Ok(Err(
+            "too many wrong codes this hour: ask for a new one later".into(),
+        ));
+    }
+    // Locked: two daemons redeeming one code at once link once.
+    let found: Option<(String, String, i64, Option<i64>)> = tx
+        .query_opt(
+            "SELECT channel, sender, expires_at, used_at FROM link_codes WHERE code = $1 FOR UPDATE",
+            &[&code],
+        )?
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)));
+    let why = match &found {
+        None => Some("that code is not known: check it, or ask for a new one with /link"),
+        Some((_, _, _, Some(_))) => {
+            Some("that code was used already: ask for a new one with /link")
+        }
+        Some((_, _, expires, None)) if *expires < at => {
+            Some("that code ran out (codes last 10 minutes): ask for a new one with /link")
+        }
+        Some((c, s, _, None)) if c == channel && *s == stored => {
+            Some("send the code from your other chat, not from this one")
+        }
+        _ => None,
+    };
+    if let Some(why) = why {
+        tx.execute(
+            "INSERT INTO link_failures (channel, sender, at) VALUES ($1, $2, $3)",
+            &[&channel, &stored, &at],
+        )?;
+        return Ok(Err(why.to_string()));
+    }
+    let (code_channel, code_sender, _, _) = found.unwrap_or_default();
+    tx.execute(
+        "UPDATE link_codes SET used_at = $2 WHERE code = $1",
+        &[&code, &at],
+    )?;
+    let asked = SenderRef {
+        channel: code_channel
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("{e}")))?,
+        id: code_sender,
+    };
+    Ok(Ok(link_in(tx, &asked, sender, at)?))
+}
+
+/// [`crate::core::ports::Write::ErasePerson`].
+pub(super) fn erase_person_in(
+    tx: &mut Transaction<'_>,
+    person: i64,
+    at: i64,
+) -> Result<Erased, StoreError> {
+    let p = person_or_missing(tx, person)?;
+    let mut total = Erased::default();
+    for identity in &p.identities {
+        total.add(erase_in(tx, &identity.sender_ref(), at)?);
+    }
+    tx.execute("DELETE FROM people WHERE id = $1", &[&person])?;
+    Ok(total)
 }
 
 /// Deletes everything held about `sender` and records the erasure: when,
@@ -85,6 +348,21 @@ pub(super) fn erase_in(
         .map(|r| r.get(0))
         .collect();
     let erased = erase_conversations_in(tx, &ids)?;
+    // The identity, its codes, and its person when it owned nothing else.
+    let person = person_id_of(tx, sender)?;
+    for table in ["link_codes", "link_failures", "identities"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE {IDENTITY_OF}"),
+            &[&channel, &sender.id],
+        )?;
+    }
+    if let Some(person) = person {
+        tx.execute(
+            "DELETE FROM people WHERE id = $1
+             AND NOT EXISTS (SELECT 1 FROM identities WHERE person_id = $1)",
+            &[&person],
+        )?;
+    }
     let counts = serde_json::to_string(&erased).map_err(|e| StoreError::Invalid(e.to_string()))?;
     tx.execute(
         "INSERT INTO erasures (at, channel, counts) VALUES ($1, $2, $3)",

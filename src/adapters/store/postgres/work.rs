@@ -74,6 +74,18 @@ pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Writte
         Write::RunApproved { id, at } => {
             Written::Claimed(super::relay::run_approved_in(tx, *id, *at)?)
         }
+        Write::Link { a, b, at } => Written::Person(super::people::link_in(tx, a, b, *at)?),
+        Write::Unlink { sender, at } => Written::Person(super::people::unlink_in(tx, sender, *at)?),
+        Write::LinkCode { sender, code, at } => {
+            super::people::link_code_in(tx, sender, code, *at)?;
+            Written::Done
+        }
+        Write::Redeem { sender, code, at } => {
+            Written::Redeemed(super::people::redeem_in(tx, sender, code, *at)?)
+        }
+        Write::ErasePerson { person, at } => {
+            Written::Erased(super::people::erase_person_in(tx, *person, *at)?)
+        }
         Write::ApprovalResult { id, result } => {
             tx.execute(
                 "UPDATE approvals SET result = $2 WHERE id = $1",

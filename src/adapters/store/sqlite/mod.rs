@@ -51,6 +51,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../../migrations/0009_mcp.sql")),
     M::up(include_str!("../../../../migrations/0010_handoff.sql")),
     M::up(include_str!("../../../../migrations/0011_approvals.sql")),
+    M::up(include_str!("../../../../migrations/0012_people.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -6,10 +6,12 @@ use rusqlite::{Connection, params};
 use super::SqliteStore;
 use super::outbox::{ENTRY_SELECT, entry_from_row};
 use super::rows::summary_from_row;
+use crate::core::people::{self, Identity, Person};
 use crate::core::ports::{
     ConversationReads, Erased, PeopleStore, Prune, SenderData, SenderRef, StoreError, TraceStore,
     ViolationRecord,
 };
+use rusqlite::OptionalExtension;
 
 /// The sender's conversations, matched with or without the channel's
 /// prefix on the stored sender (`whatsapp:+1555…`).
@@ -63,6 +65,256 @@ impl PeopleStore for SqliteStore {
         data.traces = self.traces_of(&data.messages)?;
         Ok(data)
     }
+
+    fn person_of(&self, sender: &SenderRef) -> Result<Option<Person>, StoreError> {
+        let conn = self.reader();
+        match person_id_of(&conn, sender)? {
+            Some(id) => person_in(&conn, id),
+            None => Ok(None),
+        }
+    }
+
+    fn person(&self, id: i64) -> Result<Option<Person>, StoreError> {
+        person_in(&self.reader(), id)
+    }
+
+    fn people(&self, limit: usize) -> Result<Vec<Person>, StoreError> {
+        let conn = self.reader();
+        let ids: Vec<i64> = conn
+            .prepare_cached("SELECT id FROM people ORDER BY id DESC LIMIT +?1")?
+            .query_map(params![limit as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut people = Vec::new();
+        for id in ids {
+            people.extend(person_in(&conn, id)?);
+        }
+        Ok(people)
+    }
+}
+
+/// An identity as stored: the sender with or without the channel's prefix.
+const IDENTITY_OF: &str = "channel = ?1 AND (sender = ?2 OR sender = ?1 || ':' || ?2)";
+
+fn person_id_of(conn: &Connection, sender: &SenderRef) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT person_id FROM identities WHERE {IDENTITY_OF}"
+        ))?
+        .query_row(params![sender.channel.as_str(), sender.id], |r| r.get(0))
+        .optional()?)
+}
+
+/// The identity's sender as stored (`whatsapp:+1555…` for `whatsapp:+1555…`
+/// given as channel `whatsapp`, id `+1555…`).
+fn stored_sender(conn: &Connection, sender: &SenderRef) -> Result<String, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT sender FROM identities WHERE {IDENTITY_OF}"
+    ))?
+    .query_row(params![sender.channel.as_str(), sender.id], |r| r.get(0))
+    .optional()?
+    .ok_or_else(|| unknown(sender))
+}
+
+fn unknown(sender: &SenderRef) -> StoreError {
+    StoreError::NotFound(format!("identity {}:{}", sender.channel, sender.id))
+}
+
+fn person_in(conn: &Connection, id: i64) -> Result<Option<Person>, StoreError> {
+    let Some(created_at) = conn
+        .prepare_cached("SELECT created_at FROM people WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT channel, sender, since FROM identities WHERE person_id = ?1
+         ORDER BY since, channel, sender",
+    )?;
+    let identities = stmt
+        .query_map(params![id], |r| {
+            let channel: String = r.get(0)?;
+            Ok((channel, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })?
+        .map(|row| {
+            let (channel, sender, since) = row?;
+            Ok(Identity {
+                channel: channel
+                    .parse()
+                    .map_err(|e| StoreError::Backend(format!("{e}")))?,
+                sender,
+                since,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Some(Person {
+        id,
+        created_at,
+        identities,
+    }))
+}
+
+/// [`crate::core::ports::Write::Link`].
+pub(super) fn link_in(
+    conn: &Connection,
+    a: &SenderRef,
+    b: &SenderRef,
+    at: i64,
+) -> Result<Person, StoreError> {
+    let keep = person_id_of(conn, a)?.ok_or_else(|| unknown(a))?;
+    let gone = person_id_of(conn, b)?.ok_or_else(|| unknown(b))?;
+    if keep != gone {
+        conn.prepare_cached(
+            "UPDATE identities SET person_id = ?1, since = ?3 WHERE person_id = ?2",
+        )?
+        .execute(params![keep, gone, at])?;
+        conn.prepare_cached("DELETE FROM people WHERE id = ?1")?
+            .execute(params![gone])?;
+    }
+    person_in(conn, keep)?.ok_or_else(|| StoreError::NotFound(format!("person {keep}")))
+}
+
+/// [`crate::core::ports::Write::Unlink`].
+pub(super) fn unlink_in(
+    conn: &Connection,
+    sender: &SenderRef,
+    at: i64,
+) -> Result<Person, StoreError> {
+    let id = person_id_of(conn, sender)?.ok_or_else(|| unknown(sender))?;
+    let owned: i64 = conn
+        .prepare_cached("SELECT count(*) FROM identities WHERE person_id = ?1")?
+        .query_row(params![id], |r| r.get(0))?;
+    if owned <= 1 {
+        return person_in(conn, id)?.ok_or_else(|| StoreError::NotFound(format!("person {id}")));
+    }
+    conn.prepare_cached("INSERT INTO people (created_at) VALUES (?1)")?
+        .execute(params![at])?;
+    let made = conn.last_insert_rowid();
+    conn.prepare_cached(&format!(
+        "UPDATE identities SET person_id = ?3, since = ?4 WHERE {IDENTITY_OF}"
+    ))?
+    .execute(params![sender.channel.as_str(), sender.id, made, at])?;
+    person_in(conn, made)?.ok_or_else(|| StoreError::NotFound(format!("person {made}")))
+}
+
+/// [`crate::core::ports::Write::LinkCode`].
+pub(super) fn link_code_in(
+    conn: &Connection,
+    sender: &SenderRef,
+    code: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    let stored = stored_sender(conn, sender)?;
+    let channel = sender.channel.as_str();
+    let hour = at - 3_600_000;
+    // Codes older than any limit or lifetime go.
+    conn.prepare_cached("DELETE FROM link_codes WHERE created_at < ?1")?
+        .execute(params![hour])?;
+    conn.prepare_cached("DELETE FROM link_failures WHERE at < ?1")?
+        .execute(params![hour])?;
+    let asked: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM link_codes WHERE channel = ?1 AND sender = ?2 AND created_at >= ?3",
+        )?
+        .query_row(params![channel, stored, hour], |r| r.get(0))?;
+    if asked >= people::CODES_PER_HOUR {
+        return Err(StoreError::Invalid(
+            "too many link codes asked for this hour: try again later".into(),
+        ));
+    }
+    let made = conn
+        .prepare_cached(
+            "INSERT INTO link_codes (code, channel, sender, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (code) DO NOTHING",
+        )?
+        .execute(params![
+            code,
+            channel,
+            stored,
+            at,
+            at + people::CODE_LIFETIME_MS
+        ])?;
+    if made == 0 {
+        return Err(StoreError::Invalid("that code is in use: ask again".into()));
+    }
+    Ok(())
+}
+
+/// [`crate::core::ports::Write::Redeem`]: the person, or why not (a wrong
+/// code is counted and kept: the caller commits it).
+pub(super) fn redeem_in(
+    conn: &Connection,
+    sender: &SenderRef,
+    code: &str,
+    at: i64,
+) -> Result<Result<Person, String>, StoreError> {
+    let stored = stored_sender(conn, sender)?;
+    let channel = sender.channel.as_str();
+    let failed: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM link_failures WHERE channel = ?1 AND sender = ?2 AND at >= ?3",
+        )?
+        .query_row(params![channel, stored, at - 3_600_000], |r| r.get(0))?;
+    if failed >= people::FAILURES_PER_HOUR {
+        return Ok(Err(
+            "too many wrong codes this hour: ask for a new one later".into(),
+        ));
+    }
+    let found: Option<(String, String, i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT channel, sender, expires_at, used_at FROM link_codes WHERE code = ?1",
+        )?
+        .query_row(params![code], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let why = match &found {
+        None => Some("that code is not known: check it, or ask for a new one with /link"),
+        Some((_, _, _, Some(_))) => {
+            Some("that code was used already: ask for a new one with /link")
+        }
+        Some((_, _, expires, None)) if *expires < at => {
+            Some("that code ran out (codes last 10 minutes): ask for a new one with /link")
+        }
+        Some((c, s, _, None)) if c == channel && *s == stored => {
+            Some("send the code from your other chat, not from this one")
+        }
+        _ => None,
+    };
+    if let Some(why) = why {
+        conn.prepare_cached("INSERT INTO link_failures (channel, sender, at) VALUES (?1, ?2, ?3)")?
+            .execute(params![channel, stored, at])?;
+        return Ok(Err(why.to_string()));
+    }
+    let (code_channel, code_sender, _, _) = found.unwrap_or_default();
+    conn.prepare_cached("UPDATE link_codes SET used_at = ?2 WHERE code = ?1")?
+        .execute(params![code, at])?;
+    let asked = SenderRef {
+        channel: code_channel
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("{e}")))?,
+        id: code_sender,
+    };
+    Ok(Ok(link_in(conn, &asked, sender, at)?))
+}
+
+/// [`crate::core::ports::Write::ErasePerson`]: every identity's data, then
+/// the person.
+pub(super) fn erase_person_in(
+    conn: &Connection,
+    person: i64,
+    at: i64,
+) -> Result<Erased, StoreError> {
+    let Some(p) = person_in(conn, person)? else {
+        return Err(StoreError::NotFound(format!("person {person}")));
+    };
+    let mut total = Erased::default();
+    for identity in &p.identities {
+        total.add(erase_in(conn, &identity.sender_ref(), at)?);
+    }
+    conn.prepare_cached("DELETE FROM people WHERE id = ?1")?
+        .execute(params![person])?;
+    Ok(total)
 }
 
 /// Deletes everything held about `sender` inside the caller's transaction
@@ -74,6 +326,23 @@ pub(super) fn erase_in(
     at: i64,
 ) -> Result<Erased, StoreError> {
     let erased = erase_conversations_in(conn, &conversations_of(conn, sender)?)?;
+    // The identity, its codes, and its person when it owned nothing else.
+    let person = person_id_of(conn, sender)?;
+    let run = |sql: &str| -> Result<usize, StoreError> {
+        Ok(conn
+            .prepare_cached(sql)?
+            .execute(params![sender.channel.as_str(), sender.id])?)
+    };
+    run(&format!("DELETE FROM link_codes WHERE {IDENTITY_OF}"))?;
+    run(&format!("DELETE FROM link_failures WHERE {IDENTITY_OF}"))?;
+    run(&format!("DELETE FROM identities WHERE {IDENTITY_OF}"))?;
+    if let Some(person) = person {
+        conn.prepare_cached(
+            "DELETE FROM people WHERE id = ?1
+             AND NOT EXISTS (SELECT 1 FROM identities WHERE person_id = ?1)",
+        )?
+        .execute(params![person])?;
+    }
     let counts = serde_json::to_string(&erased).map_err(|e| StoreError::Invalid(e.to_string()))?;
     conn.prepare_cached("INSERT INTO erasures (at, channel, counts) VALUES (?1, ?2, ?3)")?
         .execute(params![at, sender.channel.as_str(), counts])?;

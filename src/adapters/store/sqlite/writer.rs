@@ -357,6 +357,18 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
             relay::approval_result_in(conn, *id, result)?;
             Written::Done
         }
+        Write::Link { a, b, at } => Written::Person(people::link_in(conn, a, b, *at)?),
+        Write::Unlink { sender, at } => Written::Person(people::unlink_in(conn, sender, *at)?),
+        Write::LinkCode { sender, code, at } => {
+            people::link_code_in(conn, sender, code, *at)?;
+            Written::Done
+        }
+        Write::Redeem { sender, code, at } => {
+            Written::Redeemed(people::redeem_in(conn, sender, code, *at)?)
+        }
+        Write::ErasePerson { person, at } => {
+            Written::Erased(people::erase_person_in(conn, *person, *at)?)
+        }
         Write::Attachments {
             message_id,
             attachments,

@@ -1,0 +1,102 @@
+//! One person, two channels: `/link` on Telegram gives a code; `/link CODE`
+//! from WhatsApp within ten minutes makes both identities one person.
+
+use std::sync::Arc;
+
+use convagent::core::ports::SenderRef;
+use convagent::core::ports::all::*;
+use convagent::core::{Burst, Channel};
+use serde_json::json;
+
+use crate::support::{EchoLlm, FakeClock};
+use crate::{Harness, Options, bodies, mount_success};
+
+const NOON: i64 = 1_763_726_400_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_from_telegram_sent_from_whatsapp_links_one_person() {
+    let llm = Arc::new(EchoLlm::new());
+    let mut options = Options {
+        llm: llm.clone(),
+        clock: Some(Arc::new(FakeClock::at(NOON))),
+        ..Options::default()
+    };
+    options.settings.burst = Burst::Each;
+    let h = Harness::start(options).await;
+    mount_success(&h).await;
+
+    let mut ask = h.golden("telegram/text.json");
+    ask.json.as_mut().unwrap()["message"]["text"] = json!("/link");
+    assert_eq!(h.post(&h.sign(&ask)).await.0, 200);
+    h.drained().await;
+    let told = bodies(&h.telegram).await[0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code: String = told
+        .split_whitespace()
+        .find(|w| {
+            w.trim_end_matches('.').len() == 6 && w.chars().take(6).all(|c| c.is_ascii_digit())
+        })
+        .unwrap_or_else(|| panic!("{told}"))
+        .trim_end_matches('.')
+        .to_string();
+    assert!(told.starts_with("Your link code is "), "{told}");
+
+    let whatsapp = |text: &str, sid: &str| {
+        let mut golden = h.golden("whatsapp/text.json");
+        let form = golden.form.as_mut().unwrap();
+        *form.get_mut("Body").unwrap() = text.into();
+        *form.get_mut("MessageSid").unwrap() = sid.into();
+        h.sign(&golden)
+    };
+    let twilio_texts = || async {
+        h.twilio
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.path().ends_with("/Messages.json"))
+            .map(|r| {
+                let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&r.body).unwrap();
+                form.into_iter().find(|(k, _)| k == "Body").unwrap().1
+            })
+            .collect::<Vec<_>>()
+    };
+    // A wrong code first: refused, and said why.
+    assert_eq!(h.post(&whatsapp("/link 000000", "SM1")).await.0, 200);
+    h.drained().await;
+    assert!(twilio_texts().await[0].starts_with("Not linked: that code is not known"));
+    assert_eq!(
+        h.post(&whatsapp(&format!("/link {code}"), "SM2")).await.0,
+        200
+    );
+    h.drained().await;
+    assert_eq!(
+        twilio_texts().await[1],
+        "Linked: your telegram and whatsapp chats are one person to me now."
+    );
+    let telegram = SenderRef {
+        channel: Channel::Telegram,
+        id: "111222333".into(),
+    };
+    let person = h.store.person_of(&telegram).unwrap().unwrap();
+    let ids: Vec<String> = person
+        .identities
+        .iter()
+        .map(|i| format!("{}:{}", i.channel, i.sender))
+        .collect();
+    assert_eq!(
+        ids,
+        ["telegram:111222333", "whatsapp:whatsapp:+14155550123"]
+    );
+    // The code is spent; the model saw none of it.
+    assert_eq!(
+        h.post(&whatsapp(&format!("/link {code}"), "SM3")).await.0,
+        200
+    );
+    h.drained().await;
+    assert!(twilio_texts().await[2].contains("used already"));
+    assert!(llm.seen.lock().unwrap().is_empty());
+    h.stop().await;
+}
