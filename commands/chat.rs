@@ -40,6 +40,7 @@ const HELP: &str = "\
 /prompt             show the system prompt
 /prompt set TEXT    save TEXT as a new system prompt version
 /model              show the LLM providers and models in use
+/sources            what the last reply was given from documents and memory
 /attach PATH [TEXT] send a local file as a channel would (a voice note, a photo)
 /help               this list
 /quit               leave (Ctrl-D works too)";
@@ -58,6 +59,8 @@ struct Session {
     interactive: bool,
     json: bool,
     last_answer: Option<(String, String)>,
+    /// What the last reply was given (`[knowledge]`, the person's memory).
+    last_sources: Vec<convagent::core::knowledge::Passage>,
     first_provider: Option<String>,
     /// The media stage for `/attach`ed files (kept, heard with `[stt]`,
     /// read), as `serve` has it for a channel's.
@@ -90,6 +93,7 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
         interactive,
         json: args.json,
         last_answer: None,
+        last_sources: Vec::new(),
         first_provider: providers.first().map(|p| p.provider().name().to_string()),
         media: convagent::daemon::Media::from_settings(&settings),
     };
@@ -268,6 +272,7 @@ fn report(s: &mut Session, reply: &Reply) {
             "latency_ms": r.latency_ms,
             "correlation_id": r.correlation_id,
             "conversation_id": reply.conversation_id,
+            "sources": reply.sources,
         });
         outln!("{line}");
     } else {
@@ -308,6 +313,7 @@ fn report(s: &mut Session, reply: &Reply) {
     }
     if kind == ReplyKind::Answer {
         s.last_answer = Some((provider, model));
+        s.last_sources = reply.sources.clone();
     }
 }
 
@@ -361,6 +367,20 @@ fn slash(
                     format!("unknown /prompt argument `{rest}`"),
                     "use /prompt or /prompt set TEXT"
                 ));
+            }
+        }
+        "sources" => {
+            if s.last_sources.is_empty() {
+                outln!("The last reply was given nothing from documents or memory.");
+            }
+            for (i, p) in s.last_sources.iter().enumerate() {
+                outln!(
+                    "[{}] {} (score {:.2}): {}",
+                    i + 1,
+                    p.source,
+                    p.score,
+                    crate::output::preview(&p.text, 160)
+                );
             }
         }
         "model" => {

@@ -244,6 +244,8 @@ impl Context {
             media: config.media.clone(),
             handoff: config.handoff.clone(),
             approve_timeout_ms: (config.mcp.approve_timeout_secs as i64).saturating_mul(1000),
+            knowledge: config.knowledge.clone(),
+            memory: config.memory.clone(),
             ..AgentSettings::default()
         };
         // A prompt edited in the config since it was last taken becomes

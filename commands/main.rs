@@ -9,6 +9,7 @@ mod completions;
 mod context;
 mod doctor;
 mod history;
+mod knowledge;
 mod mcp;
 mod outbox;
 mod people;
@@ -76,6 +77,8 @@ enum Command {
     Approvals(approvals::Args),
     /// Who is who across channels: list, show, link and unlink identities
     People(people::Args),
+    /// The documents the agent answers from: add, list, remove, reindex
+    Knowledge(knowledge::Args),
     /// Check config, store and LLM providers, with a fix for each problem
     Doctor(doctor::Args),
     /// Sign golden webhook payloads and post them to a daemon (or load-test it)
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Release(args) => release::run(&ctx, args),
         Command::Approvals(args) => approvals::run(&ctx, args),
         Command::People(args) => people::run(&ctx, args),
+        Command::Knowledge(args) => knowledge::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Replay(args) => replay::run(&ctx, args),
         Command::Tui(args) => tui::run(&ctx, args),

@@ -79,6 +79,11 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
                 config.mcp.voicemail.clone(),
             )
         }),
+        knowledge: (config.knowledge.rescan_secs > 0).then(|| daemon::knowledge::Rescan {
+            paths: config.knowledge.paths.clone(),
+            chunk_chars: config.knowledge.chunk_chars,
+            every: std::time::Duration::from_secs(config.knowledge.rescan_secs),
+        }),
         ..DaemonSettings::default()
     };
 

@@ -34,6 +34,9 @@ _convagent() {
             convagent,history)
                 cmd="convagent__subcmd__history"
                 ;;
+            convagent,knowledge)
+                cmd="convagent__subcmd__knowledge"
+                ;;
             convagent,mcp)
                 cmd="convagent__subcmd__mcp"
                 ;;
@@ -112,6 +115,9 @@ _convagent() {
             convagent__subcmd__help,history)
                 cmd="convagent__subcmd__help__subcmd__history"
                 ;;
+            convagent__subcmd__help,knowledge)
+                cmd="convagent__subcmd__help__subcmd__knowledge"
+                ;;
             convagent__subcmd__help,mcp)
                 cmd="convagent__subcmd__help__subcmd__mcp"
                 ;;
@@ -174,6 +180,18 @@ _convagent() {
                 ;;
             convagent__subcmd__help__subcmd__history,show)
                 cmd="convagent__subcmd__help__subcmd__history__subcmd__show"
+                ;;
+            convagent__subcmd__help__subcmd__knowledge,add)
+                cmd="convagent__subcmd__help__subcmd__knowledge__subcmd__add"
+                ;;
+            convagent__subcmd__help__subcmd__knowledge,list)
+                cmd="convagent__subcmd__help__subcmd__knowledge__subcmd__list"
+                ;;
+            convagent__subcmd__help__subcmd__knowledge,reindex)
+                cmd="convagent__subcmd__help__subcmd__knowledge__subcmd__reindex"
+                ;;
+            convagent__subcmd__help__subcmd__knowledge,remove)
+                cmd="convagent__subcmd__help__subcmd__knowledge__subcmd__remove"
                 ;;
             convagent__subcmd__help__subcmd__mcp,stdio)
                 cmd="convagent__subcmd__help__subcmd__mcp__subcmd__stdio"
@@ -267,6 +285,36 @@ _convagent() {
                 ;;
             convagent__subcmd__history__subcmd__help,show)
                 cmd="convagent__subcmd__history__subcmd__help__subcmd__show"
+                ;;
+            convagent__subcmd__knowledge,add)
+                cmd="convagent__subcmd__knowledge__subcmd__add"
+                ;;
+            convagent__subcmd__knowledge,help)
+                cmd="convagent__subcmd__knowledge__subcmd__help"
+                ;;
+            convagent__subcmd__knowledge,list)
+                cmd="convagent__subcmd__knowledge__subcmd__list"
+                ;;
+            convagent__subcmd__knowledge,reindex)
+                cmd="convagent__subcmd__knowledge__subcmd__reindex"
+                ;;
+            convagent__subcmd__knowledge,remove)
+                cmd="convagent__subcmd__knowledge__subcmd__remove"
+                ;;
+            convagent__subcmd__knowledge__subcmd__help,add)
+                cmd="convagent__subcmd__knowledge__subcmd__help__subcmd__add"
+                ;;
+            convagent__subcmd__knowledge__subcmd__help,help)
+                cmd="convagent__subcmd__knowledge__subcmd__help__subcmd__help"
+                ;;
+            convagent__subcmd__knowledge__subcmd__help,list)
+                cmd="convagent__subcmd__knowledge__subcmd__help__subcmd__list"
+                ;;
+            convagent__subcmd__knowledge__subcmd__help,reindex)
+                cmd="convagent__subcmd__knowledge__subcmd__help__subcmd__reindex"
+                ;;
+            convagent__subcmd__knowledge__subcmd__help,remove)
+                cmd="convagent__subcmd__knowledge__subcmd__help__subcmd__remove"
                 ;;
             convagent__subcmd__mcp,help)
                 cmd="convagent__subcmd__mcp__subcmd__help"
@@ -422,7 +470,7 @@ _convagent() {
 
     case "${cmd}" in
         convagent)
-            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox takeover reply release approvals people doctor replay tunnel tui service store mcp completions help"
+            opts="-v -h -V --config --env-file --verbose --help --version serve chat history outbox takeover reply release approvals people knowledge doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -684,7 +732,7 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help)
-            opts="serve chat history outbox takeover reply release approvals people doctor replay tunnel tui service store mcp completions help"
+            opts="serve chat history outbox takeover reply release approvals people knowledge doctor replay tunnel tui service store mcp completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -894,6 +942,76 @@ _convagent() {
             return 0
             ;;
         convagent__subcmd__help__subcmd__history__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__knowledge)
+            opts="add list remove reindex"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__knowledge__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__knowledge__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__knowledge__subcmd__reindex)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__help__subcmd__knowledge__subcmd__remove)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1644,6 +1762,200 @@ _convagent() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge)
+            opts="-v -h -V --config --env-file --verbose --help --version add list remove reindex help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__add)
+            opts="-v -h -V --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__help)
+            opts="add list remove reindex help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__help__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__help__subcmd__reindex)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__help__subcmd__remove)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__list)
+            opts="-v -h -V --json --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__reindex)
+            opts="-v -h -V --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        convagent__subcmd__knowledge__subcmd__remove)
+            opts="-v -h -V --config --env-file --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

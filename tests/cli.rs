@@ -14,6 +14,8 @@ mod doctor;
 mod handoff;
 #[path = "cli/history.rs"]
 mod history;
+#[path = "cli/knowledge.rs"]
+mod knowledge;
 #[path = "cli/mcp.rs"]
 mod mcp;
 #[path = "cli/media.rs"]

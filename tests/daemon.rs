@@ -208,6 +208,8 @@ impl Harness {
                 handoff: config.handoff.clone(),
                 max_tool_calls: config.mcp.max_calls_per_turn,
                 approve_timeout_ms: config.mcp.approve_timeout_secs as i64 * 1000,
+                knowledge: config.knowledge.clone(),
+                memory: config.memory.clone(),
                 ..AgentSettings::default()
             },
         )

@@ -15,6 +15,8 @@ mod chain;
 mod embedded;
 #[path = "engine/guarded.rs"]
 mod guarded;
+#[path = "engine/knowledge.rs"]
+mod knowledge;
 #[path = "engine/ollama.rs"]
 mod ollama;
 #[path = "engine/openai.rs"]

@@ -36,6 +36,10 @@ pub struct Config {
     /// `/v1/audio/transcriptions` (whisper.cpp's server, faster-whisper-server,
     /// OpenAI). Unset: voice notes get the `[media]` voice notice.
     pub stt: SttConfig,
+    /// Documents the agent answers from (`core::knowledge`).
+    pub knowledge: crate::core::knowledge::KnowledgeConfig,
+    /// What a turn remembers of the person's other conversations.
+    pub memory: crate::core::knowledge::MemoryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,7 @@ use super::approvals::{ApprovalState, Ask, OperatorEvent, Operators};
 use super::context::{self, ContextWindow};
 use super::guardrails::{Guardrails, SecretFilter, Violation};
 use super::handoff::{self, Command, Handoff, HandoffConfig, Mode};
+use super::knowledge::{self, KnowledgeConfig, MemoryConfig, Passage, Source};
 use super::limits::{self, Limits, Rule, Verdict};
 use super::llm::{
     ChatMessage, Image, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
@@ -64,6 +65,10 @@ pub struct AgentSettings {
     /// How long a tool call marked `approve` waits for an answer
     /// (`mcp.approve_timeout_secs`).
     pub approve_timeout_ms: i64,
+    /// What a turn takes from the documents (`[knowledge]`).
+    pub knowledge: KnowledgeConfig,
+    /// What a turn takes from the person's other conversations (`[memory]`).
+    pub memory: MemoryConfig,
 }
 
 /// How a conversation's worker answers messages that queued up while its
@@ -95,6 +100,8 @@ impl Default for AgentSettings {
             media: MediaConfig::default(),
             handoff: HandoffConfig::default(),
             approve_timeout_ms: 300_000,
+            knowledge: KnowledgeConfig::default(),
+            memory: MemoryConfig::default(),
         }
     }
 }
@@ -174,6 +181,9 @@ pub struct Reply {
     pub suppressed: bool,
     /// The messages were held back by this limit; the reply is its notice.
     pub limited: Option<Rule>,
+    /// What the turn retrieved and gave the model (`retrieve`), in the
+    /// order the model saw it: `[1]` is the first.
+    pub sources: Vec<Passage>,
 }
 
 impl Reply {
@@ -237,6 +247,18 @@ pub struct Agent {
     files: Option<Arc<dyn MediaFiles>>,
     /// Who answers approvals (and is told of them and of people waiting).
     operators: Option<Arc<dyn Operators>>,
+    /// What retrieval reads seldom: whether there are documents, and each
+    /// conversation's person's other conversations (kept [`RECHECK_MS`]).
+    retrieval: std::sync::Mutex<RetrievalCache>,
+}
+
+/// How long what [`RetrievalCache`] holds is trusted.
+const RECHECK_MS: i64 = 30_000;
+
+#[derive(Default)]
+struct RetrievalCache {
+    documents: Option<(i64, bool)>,
+    others: std::collections::HashMap<i64, (i64, Vec<(i64, super::message::Channel)>)>,
 }
 
 impl Agent {
@@ -259,6 +281,7 @@ impl Agent {
             tools: None,
             files: None,
             operators: None,
+            retrieval: Default::default(),
         }
     }
 
@@ -468,10 +491,14 @@ impl Agent {
         if let Some(refusal) = self.guard(turn, &prompt, on_event).await? {
             return Ok(refusal);
         }
-        let window = self.context(last, &prompt).await?;
+        let mut window = self.context(last, &prompt).await?;
+        let sources = self.retrieve(turn, &mut window);
         let generated = self.generate(last, &window, on_event).await;
-        self.persist(turn, &prompt, &window, generated, on_event)
-            .await
+        let mut reply = self
+            .persist(turn, &prompt, &window, generated, on_event)
+            .await?;
+        reply.sources = sources;
+        Ok(reply)
     }
 
     /// Each earlier message of a burst is traced as answered with the last
@@ -756,6 +783,12 @@ impl Agent {
         Ok(match redeemed {
             Ok(person) => {
                 info!(person = person.id, "identities linked by code");
+                // Their other conversations are read afresh from now on.
+                self.retrieval
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .others
+                    .clear();
                 let channels: Vec<&str> = person.channels().iter().map(|c| c.as_str()).collect();
                 format!(
                     "Linked: your {} chats are one person to me now.",
@@ -1325,6 +1358,7 @@ impl Agent {
             llm_error,
             suppressed: false,
             limited: None,
+            sources: Vec::new(),
         }
     }
 
@@ -1358,6 +1392,147 @@ impl Agent {
             "context built"
         );
         Ok(window)
+    }
+
+    /// Step 5b: passages from the documents and from the person's other
+    /// conversations that match the turn's words, within the budget, put
+    /// after the system prompt with their sources; traced as `retrieve`. A
+    /// store that cannot answer costs the turn its passages, not its answer.
+    fn retrieve(&self, turn: &[Pending], window: &mut ContextWindow) -> Vec<Passage> {
+        let last = &turn[turn.len() - 1];
+        let began = self.now();
+        let text: String = turn
+            .iter()
+            .map(|p| p.message.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let words = knowledge::query_words(&text);
+        if words.is_empty() {
+            return Vec::new();
+        }
+        let found = self.passages(last, &words, began.0);
+        let passages = match found {
+            Ok(Some(p)) => p,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                warn!(error = %e, "retrieval failed: the turn goes on without it");
+                self.stage(
+                    &last.message,
+                    Stage::Retrieve,
+                    began,
+                    Outcome::Failed,
+                    Some(e.to_string()),
+                );
+                return Vec::new();
+            }
+        };
+        let kept = knowledge::within_budget(passages, self.settings.knowledge.budget_tokens);
+        if !kept.is_empty() {
+            let context = knowledge::as_context(&kept);
+            window.estimated_tokens += context.len() / 4;
+            let at = window.messages.len().min(1);
+            window
+                .messages
+                .insert(at, ChatMessage::new(Role::System, context));
+        }
+        info!(passages = kept.len(), "retrieved");
+        self.stage(
+            &last.message,
+            Stage::Retrieve,
+            began,
+            Outcome::Ok,
+            Some(if kept.is_empty() {
+                "nothing matched".into()
+            } else {
+                knowledge::describe(&kept)
+            }),
+        );
+        kept
+    }
+
+    /// The candidates, best first within each kind; `None` when there is
+    /// nothing to look in (no documents, nobody's other conversation).
+    fn passages(
+        &self,
+        last: &Pending,
+        words: &[String],
+        now: i64,
+    ) -> Result<Option<Vec<Passage>>, StoreError> {
+        let (documents, others) = {
+            let mut cache = self.retrieval.lock().unwrap_or_else(|p| p.into_inner());
+            let documents = match cache.documents {
+                Some((at, any)) if now - at < RECHECK_MS => any,
+                _ => {
+                    let any = !self.store.knowledge_docs()?.is_empty();
+                    cache.documents = Some((now, any));
+                    any
+                }
+            };
+            let conversation = last.conversation_id;
+            let others = match cache.others.get(&conversation) {
+                Some((at, others)) if now - at < RECHECK_MS => others.clone(),
+                _ => {
+                    let others = self.store.person_conversations(conversation)?;
+                    if cache.others.len() >= 4_096 {
+                        cache.others.clear();
+                    }
+                    cache.others.insert(conversation, (now, others.clone()));
+                    others
+                }
+            };
+            (documents, others)
+        };
+        if !documents && others.is_empty() {
+            return Ok(None);
+        }
+        let mut passages = Vec::new();
+        if documents {
+            passages.extend(
+                self.store
+                    .search_knowledge(words, self.settings.knowledge.top)?,
+            );
+        }
+        let memory = &self.settings.memory;
+        if !others.is_empty() && memory.recall > 0 {
+            let ids: Vec<i64> = others.iter().map(|(id, _)| *id).collect();
+            let said = self.store.user_messages_of(&ids, memory.window)?;
+            let texts: Vec<&str> = said.iter().map(|(_, _, t)| t.as_str()).collect();
+            let scores = knowledge::rank(words, &texts);
+            let mut ranked: Vec<(f64, &(i64, i64, String))> = scores
+                .into_iter()
+                .zip(&said)
+                .filter(|(score, _)| *score > 0.0)
+                .collect();
+            ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for (score, (conversation, at, text)) in ranked.into_iter().take(memory.recall) {
+                let channel = others
+                    .iter()
+                    .find(|(id, _)| id == conversation)
+                    .map(|(_, c)| *c)
+                    .unwrap_or(last.message.key.channel);
+                passages.push(Passage {
+                    source: Source::Memory { channel, at: *at },
+                    text: text.clone(),
+                    score,
+                });
+            }
+        }
+        if memory.across_channels {
+            let channel = last.message.key.channel;
+            for (id, other) in others.iter().filter(|(_, c)| *c != channel).take(3) {
+                if let Some(summary) = self.store.latest_summary(*id)? {
+                    passages.push(Passage {
+                        source: Source::Summary {
+                            channel: *other,
+                            conversation: *id,
+                        },
+                        text: summary.text,
+                        score: 0.0,
+                    });
+                }
+            }
+        }
+        Ok(Some(passages))
     }
 
     async fn window(

@@ -9,6 +9,7 @@ pub mod channel;
 pub mod context;
 pub mod guardrails;
 pub mod handoff;
+pub mod knowledge;
 pub mod limits;
 pub mod llm;
 pub mod media;

@@ -341,6 +341,8 @@ pub enum Write {
     /// Deletes everything held about a person, every identity of them
     /// (`Write::Erase` for each, and the person): `Written::Erased`.
     ErasePerson { person: i64, at: i64 },
+    /// A document of `[knowledge]` indexed, or removed: `Written::Done`.
+    Knowledge(crate::core::knowledge::KnowledgeChange),
 }
 
 /// A message an outside agent (an MCP client) sends on a channel. It is
@@ -452,6 +454,33 @@ pub enum TokenChange {
 pub trait TokenStore: Send + Sync {
     fn tokens(&self) -> Result<Vec<AccessToken>, StoreError>;
     fn token_by_hash(&self, sha256: &str) -> Result<Option<AccessToken>, StoreError>;
+}
+
+/// What a turn retrieves beyond its conversation: the documents of
+/// `[knowledge]`, and the person's other conversations.
+pub trait Retrieval: Send + Sync {
+    fn knowledge_docs(&self) -> Result<Vec<crate::core::knowledge::KnowledgeDoc>, StoreError>;
+
+    /// The chunks best matching any of `words` (full-text ranking: BM25 on
+    /// SQLite, `ts_rank` on Postgres), best first.
+    fn search_knowledge(
+        &self,
+        words: &[String],
+        limit: usize,
+    ) -> Result<Vec<crate::core::knowledge::Passage>, StoreError>;
+
+    /// The other conversations of the person `conversation_id` belongs to
+    /// (every identity of theirs), with their channel.
+    fn person_conversations(&self, conversation_id: i64)
+    -> Result<Vec<(i64, Channel)>, StoreError>;
+
+    /// The newest user messages of `conversations`: (conversation, when,
+    /// text), newest first.
+    fn user_messages_of(
+        &self,
+        conversations: &[i64],
+        limit: usize,
+    ) -> Result<Vec<(i64, i64, String)>, StoreError>;
 }
 
 /// Reading approvals (writing is `Write::Ask`, `Decide`, `RunApproved`).
@@ -1024,6 +1053,7 @@ pub trait Store:
     + PromptStore
     + BreakerStore
     + ApprovalReads
+    + Retrieval
     + Send
     + Sync
 {
@@ -1336,7 +1366,7 @@ impl<T: Store + OutboxStore + TraceStore + MonitorStore + PeopleStore + TokenSto
 pub mod all {
     pub use super::{
         AnyStore as _, ApprovalReads as _, BreakerStore as _, ConversationReads as _, Ingest as _,
-        MonitorStore as _, OutboxStore as _, PeopleStore as _, PromptStore as _, Store as _,
-        TokenStore as _, TraceStore as _, WorkQueue as _, Writes as _,
+        MonitorStore as _, OutboxStore as _, PeopleStore as _, PromptStore as _, Retrieval as _,
+        Store as _, TokenStore as _, TraceStore as _, WorkQueue as _, Writes as _,
     };
 }

@@ -71,6 +71,9 @@ names! {
         Transcribed = "transcribed",
         Guarded = "guarded",
         ContextBuilt = "context built",
+        /// What the turn took from `[knowledge]` and the person's other
+        /// conversations: each passage's source and score (the detail).
+        Retrieve = "retrieve",
         LlmCall = "llm call",
         /// One tool call of the turn (`[[mcp.servers]]`): name, arguments
         /// and result are the detail.

@@ -4,6 +4,7 @@
 
 mod handoff;
 mod health;
+pub mod knowledge;
 mod leases;
 pub mod mcp;
 mod media;
@@ -86,6 +87,8 @@ pub struct DaemonSettings {
     /// External mode: how long a message may wait untaken before the
     /// person gets the voicemail text, and that text (`None`: never).
     pub voicemail: Option<(Duration, String)>,
+    /// `[knowledge]` files to keep indexed (`None`: `serve` does not look).
+    pub knowledge: Option<knowledge::Rescan>,
 }
 
 impl Default for DaemonSettings {
@@ -110,6 +113,7 @@ impl Default for DaemonSettings {
             mcp_send_takes_over: false,
             mcp_origins: Vec::new(),
             voicemail: None,
+            knowledge: None,
         }
     }
 }
@@ -367,6 +371,7 @@ pub async fn serve(
     let sweeper = daemon.pipeline.spawn(leases::sweep(daemon.clone()));
     // External mode: a person nobody answers gets the voicemail.
     let voicemail = daemon.pipeline.spawn(voicemail::run(daemon.clone()));
+    let indexer = daemon.pipeline.spawn(knowledge::run(daemon.clone()));
 
     let app = router(daemon.clone());
     let mcp_stop = daemon.mcp_stop.clone();
@@ -383,6 +388,7 @@ pub async fn serve(
     pruner.abort();
     sweeper.abort();
     voicemail.abort();
+    indexer.abort();
     daemon.outbox.wake();
     let grace = daemon.settings.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {

@@ -100,3 +100,91 @@ async fn a_code_from_telegram_sent_from_whatsapp_links_one_person() {
     assert!(llm.seen.lock().unwrap().is_empty());
     h.stop().await;
 }
+
+/// What a person said on WhatsApp reaches the agent answering them on
+/// Telegram once the two are one person, with its source; after the
+/// WhatsApp identity is erased, nothing of it can be retrieved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_crosses_linked_channels_and_leaves_with_an_erasure() {
+    use convagent::core::Write;
+    let llm = Arc::new(EchoLlm::new());
+    let mut options = Options {
+        llm: llm.clone(),
+        clock: Some(Arc::new(FakeClock::at(NOON))),
+        ..Options::default()
+    };
+    options.settings.burst = Burst::Each;
+    let h = Harness::start(options).await;
+    mount_success(&h).await;
+    let telegram = |text: &str, n: i64| {
+        let mut g = h.golden("telegram/text.json");
+        let json = g.json.as_mut().unwrap();
+        json["update_id"] = json!(n);
+        json["message"]["message_id"] = json!(n);
+        json["message"]["text"] = json!(text);
+        h.sign(&g)
+    };
+    let mut wa = h.golden("whatsapp/text.json");
+    *wa.form.as_mut().unwrap().get_mut("Body").unwrap() =
+        "my bike is a red Gazelle, stolen from the station".into();
+    assert_eq!(h.post(&telegram("hello", 1)).await.0, 200);
+    assert_eq!(h.post(&h.sign(&wa)).await.0, 200);
+    h.drained().await;
+    let whatsapp = SenderRef {
+        channel: Channel::Whatsapp,
+        id: "+14155550123".into(),
+    };
+    h.store
+        .write_now(Write::Link {
+            a: SenderRef {
+                channel: Channel::Telegram,
+                id: "111222333".into(),
+            },
+            b: whatsapp.clone(),
+            at: NOON,
+        })
+        .unwrap();
+
+    // An operator's link (another process) counts once the agent looks
+    // again: within 30 seconds.
+    h.advance(31_000);
+    assert_eq!(h.post(&telegram("which bike was stolen?", 2)).await.0, 200);
+    h.drained().await;
+    let systems = llm.systems.lock().unwrap().last().unwrap().clone();
+    let given = systems
+        .iter()
+        .find(|s| s.starts_with("What you know"))
+        .unwrap_or_else(|| panic!("{systems:?}"));
+    assert!(
+        given.contains("[1] (you on whatsapp, 2025-11-21) my bike is a red Gazelle"),
+        "{given}"
+    );
+    let traced: Vec<(String, String)> = crate::support::pairs(
+        &h.dir.path().join("convagent.db"),
+        "SELECT outcome, detail FROM traces WHERE stage = 'retrieve'",
+    );
+    assert!(
+        traced
+            .iter()
+            .any(|(o, d)| o == "ok" && d.starts_with("[1] you on whatsapp")),
+        "{traced:?}"
+    );
+
+    h.store
+        .write_now(Write::Erase {
+            sender: whatsapp,
+            at: NOON,
+        })
+        .unwrap();
+    assert_eq!(
+        h.post(&telegram("which bike was stolen again?", 3)).await.0,
+        200
+    );
+    h.drained().await;
+    let systems = llm.systems.lock().unwrap().last().unwrap().clone();
+    assert!(
+        systems.iter().all(|s| !s.contains("Gazelle")),
+        "an erased person's words are not retrieved: {systems:?}"
+    );
+    h.stop().await;
+}

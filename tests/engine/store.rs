@@ -70,6 +70,140 @@ fn conformance(store: &dyn AnyStore) {
     the_last_notice_of_a_kind_is_found(store);
     approvals_are_asked_once_answered_once_and_run_once(store);
     people_are_made_on_first_contact_and_linked_by_code(store);
+    knowledge_is_ranked_replaced_and_removed(store);
+    a_persons_other_conversations_are_retrieved(store);
+}
+
+fn knowledge_is_ranked_replaced_and_removed(store: &dyn AnyStore) {
+    use convagent::core::knowledge::{KnowledgeChange, Source};
+    let put = |path: &str, chunks: &[&str], at| {
+        store
+            .write_now(Write::Knowledge(KnowledgeChange::Put {
+                path: path.into(),
+                sha256: format!("sha-{at}"),
+                title: "T".into(),
+                chunks: chunks.iter().map(|c| c.to_string()).collect(),
+                at,
+            }))
+            .unwrap();
+    };
+    put(
+        "/kb/returns.md",
+        &[
+            "Returns are free within thirty days of delivery.",
+            "Refunds reach the card in five working days.",
+        ],
+        1,
+    );
+    put(
+        "/kb/hours.md",
+        &["The café opens at nine and closes at six."],
+        2,
+    );
+    let words = |q: &str| convagent::core::knowledge::query_words(q);
+    let found = store
+        .search_knowledge(&words("how long do refunds take?"), 5)
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].source,
+        Source::Document {
+            path: "/kb/returns.md".into(),
+            chunk: 2
+        }
+    );
+    assert!(found[0].score > 0.0);
+    // Diacritics fold: "cafe" finds "café".
+    let cafe = store.search_knowledge(&words("cafe opening"), 5).unwrap();
+    assert_eq!(cafe.len(), 1, "{cafe:?}");
+    // Any word counts; more matching words rank higher.
+    let both = store
+        .search_knowledge(&words("returns refunds card"), 5)
+        .unwrap();
+    assert_eq!(
+        both[0].source,
+        Source::Document {
+            path: "/kb/returns.md".into(),
+            chunk: 2
+        }
+    );
+    // A changed document replaces its chunks.
+    put("/kb/returns.md", &["Returns are no longer accepted."], 3);
+    assert!(
+        store
+            .search_knowledge(&words("refunds"), 5)
+            .unwrap()
+            .is_empty()
+    );
+    let docs = store.knowledge_docs().unwrap();
+    let returns = docs.iter().find(|d| d.path == "/kb/returns.md").unwrap();
+    assert_eq!((returns.chunks, returns.sha256.as_str()), (1, "sha-3"));
+    store
+        .write_now(Write::Knowledge(KnowledgeChange::Remove {
+            path: "/kb/returns.md".into(),
+        }))
+        .unwrap();
+    assert!(
+        store
+            .search_knowledge(&words("returns"), 5)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.write_now(Write::Knowledge(KnowledgeChange::Remove {
+            path: "/kb/returns.md".into()
+        })),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.search_knowledge(&[], 5).unwrap().is_empty());
+}
+
+fn a_persons_other_conversations_are_retrieved(store: &dyn AnyStore) {
+    let tg = ConversationKey::new(Channel::Telegram, "mem-1", "mem-1");
+    let wa = ConversationKey::new(
+        Channel::Whatsapp,
+        "whatsapp:+15559903",
+        "whatsapp:+15559903",
+    );
+    let here = store
+        .accept(&message(&tg, "mem-a", "what bike do I have?", 400_000))
+        .unwrap();
+    let there = store
+        .accept(&message(&wa, "mem-b", "my bike is a red Gazelle", 400_100))
+        .unwrap();
+    assert!(
+        store
+            .person_conversations(here.conversation_id)
+            .unwrap()
+            .is_empty(),
+        "strangers share nothing"
+    );
+    store
+        .write_now(Write::Link {
+            a: SenderRef {
+                channel: Channel::Telegram,
+                id: "mem-1".into(),
+            },
+            b: SenderRef {
+                channel: Channel::Whatsapp,
+                id: "+15559903".into(),
+            },
+            at: 400_200,
+        })
+        .unwrap();
+    let others = store.person_conversations(here.conversation_id).unwrap();
+    assert_eq!(others, [(there.conversation_id, Channel::Whatsapp)]);
+    let said = store
+        .user_messages_of(&[there.conversation_id], 10)
+        .unwrap();
+    assert_eq!(
+        said,
+        [(
+            there.conversation_id,
+            400_100,
+            "my bike is a red Gazelle".to_string()
+        )]
+    );
 }
 
 fn people_are_made_on_first_contact_and_linked_by_code(store: &dyn AnyStore) {

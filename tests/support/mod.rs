@@ -361,6 +361,9 @@ pub struct EchoLlm {
     pub delay: std::time::Duration,
     /// Every request's user messages, in call order.
     pub seen: Mutex<Vec<Vec<String>>>,
+    /// Every request's system messages (the prompt, a summary, what was
+    /// retrieved), in call order.
+    pub systems: Mutex<Vec<Vec<String>>>,
 }
 
 impl EchoLlm {
@@ -370,6 +373,7 @@ impl EchoLlm {
             repeat: 1,
             delay: std::time::Duration::ZERO,
             seen: Mutex::new(Vec::new()),
+            systems: Mutex::new(Vec::new()),
         }
     }
 }
@@ -401,6 +405,14 @@ impl LlmProvider for EchoLlm {
                     .messages
                     .iter()
                     .filter(|m| m.role == convagent::core::Role::User)
+                    .map(|m| m.content.clone())
+                    .collect(),
+            );
+            self.systems.lock().unwrap().push(
+                request
+                    .messages
+                    .iter()
+                    .filter(|m| m.role == convagent::core::Role::System)
                     .map(|m| m.content.clone())
                     .collect(),
             );

@@ -17,6 +17,7 @@
 //! claimed with leases by the database's clock (`work.rs`).
 
 mod import;
+mod knowledge;
 mod monitor;
 mod outbox;
 mod people;
@@ -63,6 +64,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../../../migrations/postgres/0007_people.sql"),
+    ),
+    (
+        8,
+        include_str!("../../../../migrations/postgres/0008_knowledge.sql"),
     ),
 ];
 

@@ -86,6 +86,10 @@ pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Writte
         Write::ErasePerson { person, at } => {
             Written::Erased(super::people::erase_person_in(tx, *person, *at)?)
         }
+        Write::Knowledge(change) => {
+            super::knowledge::knowledge_in(tx, change)?;
+            Written::Done
+        }
         Write::ApprovalResult { id, result } => {
             tx.execute(
                 "UPDATE approvals SET result = $2 WHERE id = $1",

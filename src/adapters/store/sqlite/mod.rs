@@ -15,6 +15,7 @@ use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
 
 pub mod backup;
+mod knowledge;
 mod limits;
 mod monitor;
 mod outbox;
@@ -52,6 +53,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../../migrations/0010_handoff.sql")),
     M::up(include_str!("../../../../migrations/0011_approvals.sql")),
     M::up(include_str!("../../../../migrations/0012_people.sql")),
+    M::up(include_str!("../../../../migrations/0013_knowledge.sql")),
 ];
 
 impl From<rusqlite::Error> for StoreError {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{limits, outbox, people, port, relay};
+use super::{knowledge, limits, outbox, people, port, relay};
 use crate::core::ports::{StoreError, Write, Written};
 
 /// Writes per transaction at most: commits stay short, so an accept that
@@ -368,6 +368,10 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
         }
         Write::ErasePerson { person, at } => {
             Written::Erased(people::erase_person_in(conn, *person, *at)?)
+        }
+        Write::Knowledge(change) => {
+            knowledge::knowledge_in(conn, change)?;
+            Written::Done
         }
         Write::Attachments {
             message_id,

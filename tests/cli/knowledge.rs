@@ -1,0 +1,116 @@
+//! `convagent knowledge` and what `chat` makes of it: documents indexed
+//! from disk (HTML here, SQLite's public-domain pages), listed, searched at
+//! each turn and given to the model with their source, shown by
+//! `/sources`, and removed.
+
+use serde_json::Value;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::ollama_answer;
+use crate::{Env, stderr_of, stdout_of};
+
+fn docs() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/knowledge/sqlite-docs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_indexed_retrieved_with_their_source_and_removed() {
+    let ollama = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(ollama_answer("At a checkpoint the WAL is copied back [1].")),
+        )
+        .mount(&ollama)
+        .await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let run = |args: &[&str]| tokio::task::block_in_place(|| env.cmd(args).output().unwrap());
+
+    let wal = docs().join("wal.html");
+    let limits = docs().join("limits.html");
+    let out = run(&[
+        "knowledge",
+        "add",
+        wal.to_str().unwrap(),
+        limits.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("2 added"), "{}", stdout_of(&out));
+    let out = run(&["knowledge", "add", wal.to_str().unwrap()]);
+    assert!(
+        stdout_of(&out).contains("0 added, 0 indexed again, 2 unchanged"),
+        "{}",
+        stdout_of(&out)
+    );
+    let listed = stdout_of(&run(&["knowledge", "list"]));
+    assert!(
+        listed.contains("wal.html") && listed.contains("limits.html"),
+        "{listed}"
+    );
+
+    let out = tokio::task::block_in_place(|| {
+        env.cmd(&["chat", "--json", "--chain", "ollama"])
+            .write_stdin("What happens to the WAL file at a checkpoint?\n/sources\n")
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = stdout_of(&out);
+    let reply: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let first = &reply["sources"][0];
+    assert_eq!(first["source"]["kind"], "document");
+    assert!(
+        first["source"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/wal.html"),
+        "{reply}"
+    );
+    assert!(stdout.contains("[1] wal.html#"), "/sources: {stdout}");
+
+    // The model was given the passage, numbered, with its source.
+    let request: Value =
+        serde_json::from_slice(&ollama.received_requests().await.unwrap()[0].body).unwrap();
+    let given = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            m["role"] == "system" && m["content"].as_str().unwrap().starts_with("What you know")
+        })
+        .unwrap_or_else(|| panic!("{request}"))["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(given.contains("[1] (wal.html#"), "{given}");
+    assert!(given.to_lowercase().contains("checkpoint"), "{given}");
+
+    // Removed: no longer listed, no longer given.
+    let out = run(&["knowledge", "remove", wal.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(!stdout_of(&run(&["knowledge", "list"])).contains("wal.html"));
+    let out = run(&["knowledge", "remove", wal.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("is not indexed"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(&["knowledge", "add", "/nonexistent/kb"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("does not exist"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = run(&["knowledge", "reindex"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("1 indexed again"),
+        "{}",
+        stdout_of(&out)
+    );
+}
