@@ -1,10 +1,12 @@
 //! Reads on a big store: fills a SQLite store (the product's schema, its
 //! triggers and full-text index) with 1,000,000 messages in 10,000
 //! conversations, then times the read commands as a person runs them (the
-//! release binary, a process per run) and the TUI's search in process.
+//! release binary, a process per run) and the TUI's search in process;
+//! then adds 10,000 knowledge chunks and links pairs of senders, and times
+//! a turn's retrieval (the agent's reads and ranking, uncached).
 //! Method and figures in benches/README.md.
 //!
-//!     cargo bench --bench bigstore -- [--messages 1000000] [--runs 10]
+//!     cargo bench --bench bigstore -- [--messages 1000000] [--runs 10] [--turns 1000]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -75,6 +77,105 @@ fn main() {
         assert_eq!(found.len(), 200);
     }
     report("TUI `/` search (overview, 200 conversations)", times);
+    retrieval(&store, flag("--turns", 1_000));
+}
+
+/// A turn's retrieval on this store, as `Agent::retrieve` does it without
+/// its 30-second cache (each turn pays every read): the documents' chunks
+/// by BM25, the person's other conversations through their identities,
+/// their newest 500 messages, ranked in the core. 10,000 chunks in 100
+/// documents, every sender linked with another.
+fn retrieval(store: &SqliteStore, turns: usize) {
+    use convagent::core::Channel;
+    use convagent::core::knowledge::{self, KnowledgeChange};
+    use convagent::core::ports::{Retrieval, SenderRef, Write, Writes};
+    let topics = [
+        "shipping",
+        "returns",
+        "refund",
+        "warranty",
+        "invoice",
+        "delivery",
+        "password",
+        "account",
+        "subscription",
+        "discount",
+    ];
+    let began = Instant::now();
+    for d in 0..100 {
+        let chunks: Vec<String> = (0..100)
+            .map(|c| {
+                let n = d * 100 + c;
+                format!(
+                    "Section {n}. How {} works for orders of type {}: the {} rules, the {} \
+                     steps and the {} exceptions, with the weather of day {}.",
+                    topics[n % 10],
+                    n % 37,
+                    topics[(n / 10) % 10],
+                    topics[(n / 7) % 10],
+                    topics[(n / 3) % 10],
+                    n % 365
+                )
+            })
+            .collect();
+        store
+            .write_now(Write::Knowledge(KnowledgeChange::Put {
+                path: format!("/kb/doc-{d}.md"),
+                sha256: format!("{d}"),
+                title: format!("Doc {d}"),
+                chunks,
+                at: 1,
+            }))
+            .unwrap();
+    }
+    for c in 1..=CONVERSATIONS / 2 {
+        let sender = |c: usize| SenderRef {
+            channel: Channel::Telegram,
+            id: format!("{}", 100_000 + c),
+        };
+        store
+            .write_now(Write::Link {
+                a: sender(c),
+                b: sender(c + CONVERSATIONS / 2),
+                at: 2,
+            })
+            .unwrap();
+    }
+    println!(
+        "added 10,000 chunks and linked {} pairs of senders in {:.1} s",
+        CONVERSATIONS / 2,
+        began.elapsed().as_secs_f64()
+    );
+    let questions = [
+        "What is the refund policy for shipping to my address?",
+        "How do I reset my account password?",
+        "Is there a discount on the yearly subscription?",
+        "Where is my order? The weather is bad and alpha status unknown",
+        "Can I get an invoice for the warranty repair?",
+    ];
+    let mut times = Vec::new();
+    for t in 0..turns {
+        let conversation = (t * 7919 % CONVERSATIONS + 1) as i64;
+        let words = knowledge::query_words(questions[t % questions.len()]);
+        let began = Instant::now();
+        let passages = store.search_knowledge(&words, 4).unwrap();
+        let others = store.person_conversations(conversation).unwrap();
+        let ids: Vec<i64> = others.iter().map(|(id, _)| *id).collect();
+        let said = store.user_messages_of(&ids, 500).unwrap();
+        let texts: Vec<&str> = said.iter().map(|(_, _, t)| t.as_str()).collect();
+        let scores = knowledge::rank(&words, &texts);
+        times.push(began.elapsed());
+        assert!(!passages.is_empty() && !others.is_empty() && !scores.is_empty());
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!(
+        "{:<58} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>6.2} ms",
+        format!("a turn's retrieval ({turns} turns)"),
+        at(0.5).as_secs_f64() * 1000.0,
+        at(0.99).as_secs_f64() * 1000.0,
+        times[times.len() - 1].as_secs_f64() * 1000.0
+    );
 }
 
 fn report(what: &str, mut times: Vec<Duration>) {

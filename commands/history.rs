@@ -8,6 +8,7 @@ use clap::Subcommand;
 use convagent::adapters::media_files::DiskFiles;
 use convagent::core::handoff::Mode;
 use convagent::core::media::MediaFiles as _;
+use convagent::core::ports::AnyStore;
 use convagent::core::{
     Channel, ConversationFilter, Erased, Prune, ReplyKind, Role, SearchOrder, SenderData,
     SenderRef, Store, StoredMessage, Write,
@@ -193,7 +194,7 @@ fn held(
 fn reading(
     ctx: &Context,
     json: bool,
-    read: impl FnOnce(&dyn Store) -> Result<()>,
+    read: impl FnOnce(&dyn AnyStore) -> Result<()>,
 ) -> Result<ExitCode> {
     let Some(store) = ctx.store_read_only()? else {
         if json {
@@ -442,7 +443,7 @@ fn list(
     Ok(())
 }
 
-fn show(store: &dyn Store, id: i64, json: bool) -> Result<()> {
+fn show(store: &dyn AnyStore, id: i64, json: bool) -> Result<()> {
     let Some(conversation) = store.conversation(id)? else {
         anyhow::bail!(UserError::new(
             format!("no conversation with id {id}"),
@@ -450,8 +451,16 @@ fn show(store: &dyn Store, id: i64, json: bool) -> Result<()> {
         ));
     };
     let messages = store.messages(id)?;
+    let person = store.person_of(&SenderRef {
+        channel: conversation.channel,
+        id: conversation.sender.clone(),
+    })?;
     if json {
-        let value = serde_json::json!({ "conversation": conversation, "messages": messages });
+        let value = serde_json::json!({
+            "conversation": conversation,
+            "messages": messages,
+            "person": person,
+        });
         outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
@@ -462,6 +471,9 @@ fn show(store: &dyn Store, id: i64, json: bool) -> Result<()> {
         conversation.who(),
         conversation.message_count
     );
+    if let Some(p) = person.filter(|p| p.identities.len() > 1) {
+        outln!("Person {}: {}.", p.id, p.describe());
+    }
     if conversation.mode == Mode::Human {
         outln!(
             "A person answers here: taken over by {} {}; the agent is silent (`convagent release {}` gives it back).",

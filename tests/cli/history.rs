@@ -677,6 +677,11 @@ fn people_link_and_a_person_is_exported_and_deleted_across_channels() {
         3,
         "two senders, one person"
     );
+    let shown = stdout_of(&run(&["history", "show", "2"]));
+    assert!(
+        shown.contains("Person 1: telegram:alice, whatsapp:whatsapp:+15551234567."),
+        "history show names the person: {shown}"
+    );
 
     // Export covers both identities; the SMS sender is someone else.
     let out = run(&["history", "export", "--person", "telegram:alice"]);
