@@ -9,7 +9,7 @@ use ratatui::widgets::{
 };
 
 use convagent::core::limits::NOTICE_PROVIDER;
-use convagent::core::{BreakerState, Outcome, ReplyKind, Role, StoredMessage};
+use convagent::core::{BreakerState, Outcome, ReplyKind, Role, Stage, StoredMessage};
 
 use super::log::Level;
 use super::state::{LogScope, State, View, waits_for_person};
@@ -254,7 +254,7 @@ fn draw_conversations(state: &State, frame: &mut Frame, area: Rect) {
 fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
     let title = match state.current() {
         Some(c) => format!(
-            " {} · {} · {} messages · {} ",
+            " {} · {} · {} messages · {}{} ",
             c.summary.channel,
             c.summary.who(),
             c.summary.message_count,
@@ -264,7 +264,12 @@ fn draw_conversation(state: &State, frame: &mut Frame, area: Rect) {
                     "taken over by {}",
                     c.summary.mode_by.as_deref().unwrap_or("a person")
                 ),
-            }
+            },
+            state
+                .person
+                .as_ref()
+                .map(|p| format!(" · person {}: {}", p.id, p.describe()))
+                .unwrap_or_default()
         ),
         None => " conversation ".into(),
     };
@@ -379,10 +384,9 @@ fn draw_trace(state: &State, frame: &mut Frame, area: Rect) {
         .sum::<u64>()
         .max(1);
     let bar_width = area.width.saturating_sub(48).max(10) as u64;
-    let lines: Vec<Line> = state
-        .trace
-        .iter()
-        .map(|t| {
+    let mut lines: Vec<Line> = Vec::new();
+    for t in &state.trace {
+        lines.push({
             let cells = (t.duration_us * bar_width).div_ceil(total).max(1);
             let color = match t.outcome {
                 Outcome::Ok | Outcome::Pass | Outcome::Answer => Color::Green,
@@ -406,8 +410,17 @@ fn draw_trace(state: &State, frame: &mut Frame, area: Rect) {
                     DIM,
                 ),
             ])
-        })
-        .collect();
+        });
+        // What a turn retrieved: each source on a line of its own.
+        if t.stage == Stage::Retrieve
+            && let Some(detail) = &t.detail
+            && detail.starts_with('[')
+        {
+            for source in detail.split("; ") {
+                lines.push(Line::from(Span::styled(format!("{:16}{source}", ""), DIM)));
+            }
+        }
+    }
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 

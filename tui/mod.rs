@@ -135,6 +135,17 @@ impl Source {
             && let Some(id) = state.current().map(|c| c.summary.id)
         {
             state.messages = store.messages(id).unwrap_or_default();
+            state.person = state.current().and_then(|c| {
+                let sender = convagent::core::ports::SenderRef {
+                    channel: c.summary.channel,
+                    id: c.summary.sender.clone(),
+                };
+                store
+                    .person_of(&sender)
+                    .ok()
+                    .flatten()
+                    .filter(|p| p.identities.len() > 1)
+            });
             state.clamp();
         }
         state.mark_seen();

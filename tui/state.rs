@@ -118,6 +118,9 @@ pub struct State {
     pub selected: usize,
     pub messages: Vec<StoredMessage>,
     pub message: usize,
+    /// The open conversation's person, when they are known on more than
+    /// this one identity.
+    pub person: Option<convagent::core::people::Person>,
     pub trace_id: Option<String>,
     pub trace: Vec<TraceEvent>,
     pub breakers: Vec<Breaker>,

@@ -454,3 +454,48 @@ fn approvals_wait_in_their_own_view_and_y_or_n_answers() {
     assert_eq!(s.on_key(Key::Esc), Action::Reload);
     assert_eq!(s.view(), View::Conversations, "back where it was opened");
 }
+
+#[test]
+fn the_trace_lists_what_a_turn_retrieved_and_the_title_names_the_person() {
+    use convagent::core::people::{Identity, Person};
+    let mut s = state();
+    s.view = Some(View::Trace);
+    s.trace.push(TraceEvent {
+        correlation_id: "corr-0002".into(),
+        stage: Stage::Retrieve,
+        attempt: None,
+        started_at: NOW,
+        duration_us: 900,
+        outcome: Outcome::Ok,
+        detail: Some("[1] wal.html#3 (2.31); [2] you on whatsapp, 2025-11-21 (1.20)".into()),
+    });
+    let text = render(&s);
+    assert!(text.contains("[1] wal.html#3 (2.31)"), "{text}");
+    assert!(
+        text.contains("[2] you on whatsapp, 2025-11-21 (1.20)"),
+        "{text}"
+    );
+
+    s.view = Some(View::Conversation);
+    s.person = Some(Person {
+        id: 3,
+        created_at: NOW,
+        identities: vec![
+            Identity {
+                channel: Channel::Telegram,
+                sender: "111222333".into(),
+                since: NOW,
+            },
+            Identity {
+                channel: Channel::Whatsapp,
+                sender: "whatsapp:+14155550123".into(),
+                since: NOW,
+            },
+        ],
+    });
+    let text = render(&s);
+    assert!(
+        text.contains("person 3: telegram:111222333, whatsapp:"),
+        "{text}"
+    );
+}
