@@ -388,7 +388,7 @@ fn remove_files(ctx: &Context, files: &[String]) -> Result<usize> {
 }
 
 fn list(
-    store: &dyn Store,
+    store: &dyn AnyStore,
     channel: Option<Channel>,
     sender: Option<String>,
     limit: usize,
@@ -400,8 +400,23 @@ fn list(
         limit,
     };
     let conversations = store.conversations(&filter)?;
+    // Each conversation's person (`convagent people`), by number.
+    let mut people = Vec::with_capacity(conversations.len());
+    for c in &conversations {
+        let sender = SenderRef {
+            channel: c.channel,
+            id: c.sender.clone(),
+        };
+        people.push(store.person_of(&sender)?.map(|p| p.id));
+    }
     if json {
-        outln!("{}", serde_json::to_string_pretty(&conversations)?);
+        let mut listed = serde_json::to_value(&conversations)?;
+        if let Some(items) = listed.as_array_mut() {
+            for (item, person) in items.iter_mut().zip(&people) {
+                item["person"] = serde_json::json!(person);
+            }
+        }
+        outln!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
     if conversations.is_empty() {
@@ -410,14 +425,15 @@ fn list(
     }
     let now = now_ms();
     outln!(
-        "{:>6}  {:<9} {:<24} {:>8}  {:<10} ",
+        "{:>6}  {:<9} {:<24} {:>6} {:>8}  {:<10} ",
         "ID",
         "CHANNEL",
         "SENDER",
+        "PERSON",
         "MESSAGES",
         "LAST"
     );
-    for c in conversations {
+    for (c, person) in conversations.into_iter().zip(people) {
         let sender = if c.thread.is_empty() || c.thread == c.sender {
             c.who()
         } else {
@@ -432,10 +448,11 @@ fn list(
             (false, Mode::Agent) => String::new(),
         };
         outln!(
-            "{:>6}  {:<9} {:<24} {:>8}  {:<10}{state}",
+            "{:>6}  {:<9} {:<24} {:>6} {:>8}  {:<10}{state}",
             c.id,
             c.channel.as_str(),
             preview(&sender, 24),
+            person.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             c.message_count,
             age(c.last_activity_at, now),
         );

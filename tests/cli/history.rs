@@ -88,7 +88,7 @@ fn lists_most_recent_first_and_filters_by_channel() {
     let text = stdout_of(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[0].contains("CHANNEL") && lines[0].contains("SENDER"),
+        lines[0].contains("CHANNEL") && lines[0].contains("SENDER") && lines[0].contains("PERSON"),
         "{text}"
     );
     assert!(
@@ -105,6 +105,10 @@ fn lists_most_recent_first_and_filters_by_channel() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["channel"], "whatsapp");
     assert_eq!(list[0]["message_count"], 2);
+    assert!(
+        list[0]["person"].is_i64(),
+        "each sender is a person: {list}"
+    );
 
     let out = env
         .cmd(&["history", "--channel", "discord"])

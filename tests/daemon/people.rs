@@ -188,3 +188,49 @@ async fn memory_crosses_linked_channels_and_leaves_with_an_erasure() {
     );
     h.stop().await;
 }
+
+/// `serve` keeps `[knowledge]` current: a new file is indexed, a changed
+/// one indexed again, a deleted one removed, without a command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_picks_up_new_changed_and_vanished_knowledge_files() {
+    use convagent::core::ports::Retrieval;
+    let kb = tempfile::tempdir().unwrap();
+    let mut options = Options::default();
+    options.settings.knowledge = Some(convagent::daemon::knowledge::Rescan {
+        paths: vec![kb.path().to_path_buf()],
+        chunk_chars: 1_000,
+        every: std::time::Duration::from_millis(100),
+    });
+    let h = Harness::start(options).await;
+    let file = kb.path().join("returns.md");
+    std::fs::write(&file, "# Returns\n\nWithin thirty days.").unwrap();
+    let titled = |title: &'static str| {
+        let store = h.store.clone();
+        move || {
+            store
+                .knowledge_docs()
+                .is_ok_and(|d| d.len() == 1 && d[0].title == title)
+        }
+    };
+    assert!(
+        crate::support::eventually(10, titled("Returns")).await,
+        "indexed"
+    );
+    std::fs::write(&file, "# Refunds\n\nWithin five days.").unwrap();
+    assert!(
+        crate::support::eventually(10, titled("Refunds")).await,
+        "indexed again"
+    );
+    let words = convagent::core::knowledge::query_words("refunds");
+    assert_eq!(h.store.search_knowledge(&words, 4).unwrap().len(), 1);
+    std::fs::remove_file(&file).unwrap();
+    let store = h.store.clone();
+    assert!(
+        crate::support::eventually(10, move || store
+            .knowledge_docs()
+            .is_ok_and(|d| d.is_empty()))
+        .await,
+        "removed"
+    );
+    h.stop().await;
+}
