@@ -75,6 +75,59 @@ fn populate(env: &Env) {
     breaker.state = convagent::core::BreakerState::Open;
     breaker.failures = 3;
     store.save_breaker(&breaker, None).unwrap();
+    // What issues 25 and 26 added: a linked person, a takeover, an opt-out,
+    // an operator's token, a document.
+    use convagent::core::Write;
+    use convagent::core::ports::SenderRef;
+    store
+        .write_now(Write::Link {
+            a: SenderRef {
+                channel: Channel::Telegram,
+                id: "alice".into(),
+            },
+            b: SenderRef {
+                channel: Channel::Whatsapp,
+                id: "+15551234567".into(),
+            },
+            at: 10,
+        })
+        .unwrap();
+    let bob = store.open_conversation(&key).unwrap().unwrap();
+    store
+        .write_now(Write::Handoff(convagent::core::handoff::Handoff {
+            conversation_id: bob,
+            mode: convagent::core::handoff::Mode::Human,
+            by: "ana".into(),
+            at: 11,
+        }))
+        .unwrap();
+    store
+        .write_now(Write::OptOut {
+            channel: Channel::Telegram,
+            sender: "bob".into(),
+            out: true,
+            at: 12,
+        })
+        .unwrap();
+    store
+        .write_now(Write::Token(convagent::core::ports::TokenChange::Create {
+            name: "desk".into(),
+            sha256: "ab12".into(),
+            at: 13,
+            operator: true,
+        }))
+        .unwrap();
+    store
+        .write_now(Write::Knowledge(
+            convagent::core::knowledge::KnowledgeChange::Put {
+                path: "/kb/returns.md".into(),
+                sha256: "cd34".into(),
+                title: "Returns".into(),
+                chunks: vec!["Returns within thirty days.".into()],
+                at: 14,
+            },
+        ))
+        .unwrap();
 }
 
 /// What `args` prints, on the SQLite store or (with `url`) on Postgres.
@@ -114,6 +167,10 @@ fn a_populated_store_moves_to_postgres_and_history_shows_the_same() {
         &["history", "export", "--sender", "telegram:alice"],
         &["history", "export", "--sender", "telegram:bob"],
         &["outbox", "--all", "--json"],
+        &["people", "list", "--json"],
+        &["knowledge", "list", "--json"],
+        &["mcp", "token", "list", "--json"],
+        &["history", "export", "--person", "telegram:alice"],
     ] {
         assert_eq!(
             output(&env, Some(&url), args),
@@ -131,6 +188,20 @@ fn a_populated_store_moves_to_postgres_and_history_shows_the_same() {
     assert!(!accepted.duplicate);
     assert!(accepted.message_id > 8, "{accepted:?}");
     assert_eq!(store.breakers().unwrap()[0].failures, 3);
+    let alice = convagent::core::ports::SenderRef {
+        channel: Channel::Telegram,
+        id: "alice".into(),
+    };
+    assert_eq!(
+        store.person_of(&alice).unwrap().unwrap().identities.len(),
+        2,
+        "the link came along"
+    );
+    assert!(store.opted_out(Channel::Telegram, "bob").unwrap().is_some());
+    let words = convagent::core::knowledge::query_words("returns");
+    assert_eq!(store.search_knowledge(&words, 4).unwrap().len(), 1);
+    let moved = output(&env, Some(&url), &["history"]);
+    assert!(moved.contains("(human: ana)"), "{moved}");
 }
 
 #[test]

@@ -19,8 +19,10 @@ use crate::core::ports::StoreError;
 enum Kind {
     Int,
     Text,
+    /// An INTEGER 0/1 in SQLite, a BOOLEAN in Postgres.
+    Bool,
 }
-use Kind::{Int, Text};
+use Kind::{Bool, Int, Text};
 
 /// The tables and their columns, parents before children.
 const TABLES: &[(&str, &[(&str, Kind)])] = &[
@@ -36,7 +38,24 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("message_count", Int),
             ("closed_at", Int),
             ("display_name", Text),
+            ("mode", Text),
+            ("mode_at", Int),
+            ("mode_by", Text),
         ],
+    ),
+    ("people", &[("id", Int), ("created_at", Int)]),
+    (
+        "identities",
+        &[
+            ("channel", Text),
+            ("sender", Text),
+            ("person_id", Int),
+            ("since", Int),
+        ],
+    ),
+    (
+        "opt_outs",
+        &[("channel", Text), ("sender", Text), ("at", Int)],
     ),
     (
         "system_prompts",
@@ -177,7 +196,41 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("sha256", Text),
             ("created_at", Int),
             ("last_used_at", Int),
+            ("operator", Bool),
         ],
+    ),
+    (
+        "approvals",
+        &[
+            ("id", Int),
+            ("conversation_id", Int),
+            ("message_id", Int),
+            ("call_key", Text),
+            ("correlation_id", Text),
+            ("tool", Text),
+            ("arguments", Text),
+            ("asked_at", Int),
+            ("deadline_at", Int),
+            ("state", Text),
+            ("decided_by", Text),
+            ("decided_at", Int),
+            ("ran_at", Int),
+            ("result", Text),
+        ],
+    ),
+    (
+        "knowledge_docs",
+        &[
+            ("path", Text),
+            ("sha256", Text),
+            ("title", Text),
+            ("chunks", Int),
+            ("indexed_at", Int),
+        ],
+    ),
+    (
+        "knowledge_chunks",
+        &[("id", Int), ("path", Text), ("ord", Int), ("text", Text)],
     ),
 ];
 
@@ -199,6 +252,7 @@ pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
 enum Column {
     Int(Vec<Option<i64>>),
     Text(Vec<Option<String>>),
+    Bool(Vec<Option<bool>>),
 }
 
 impl Column {
@@ -206,6 +260,7 @@ impl Column {
         match kind {
             Int => Column::Int(Vec::with_capacity(CHUNK)),
             Text => Column::Text(Vec::with_capacity(CHUNK)),
+            Bool => Column::Bool(Vec::with_capacity(CHUNK)),
         }
     }
 
@@ -213,7 +268,9 @@ impl Column {
         match (self, value) {
             (Column::Int(v), ValueRef::Null) => v.push(None),
             (Column::Text(v), ValueRef::Null) => v.push(None),
+            (Column::Bool(v), ValueRef::Null) => v.push(None),
             (Column::Int(v), ValueRef::Integer(i)) => v.push(Some(i)),
+            (Column::Bool(v), ValueRef::Integer(i)) => v.push(Some(i != 0)),
             (Column::Text(v), ValueRef::Text(t)) => {
                 v.push(Some(String::from_utf8_lossy(t).into_owned()))
             }
@@ -231,6 +288,7 @@ impl Column {
         match self {
             Column::Int(v) => v,
             Column::Text(v) => v,
+            Column::Bool(v) => v,
         }
     }
 }
@@ -404,9 +462,12 @@ fn copy(
     chunks: std::sync::mpsc::Receiver<Chunk>,
 ) -> Result<Vec<u64>, StoreError> {
     let mut tx = client.transaction()?;
+    // The copied rows are what the triggers made in SQLite: the outbox,
+    // the token counts, and the people (whose links the copy keeps).
     tx.batch_execute(
         "ALTER TABLE messages DISABLE TRIGGER outbox_enqueue;
-         ALTER TABLE messages DISABLE TRIGGER token_usage_count;",
+         ALTER TABLE messages DISABLE TRIGGER token_usage_count;
+         ALTER TABLE conversations DISABLE TRIGGER identities_first_contact;",
     )?;
     for chunk in chunks {
         if chunk.rows == 0 {
@@ -419,6 +480,7 @@ fn copy(
             .map(|(i, k)| match k {
                 Int => format!("${}::bigint[]", i + 1),
                 Text => format!("${}::text[]", i + 1),
+                Bool => format!("${}::boolean[]", i + 1),
             })
             .collect();
         let params: Vec<&(dyn ToSql + Sync)> = chunk.columns.iter().map(Column::param).collect();
@@ -441,7 +503,8 @@ fn copy(
     }
     tx.batch_execute(
         "ALTER TABLE messages ENABLE TRIGGER outbox_enqueue;
-         ALTER TABLE messages ENABLE TRIGGER token_usage_count;",
+         ALTER TABLE messages ENABLE TRIGGER token_usage_count;
+         ALTER TABLE conversations ENABLE TRIGGER identities_first_contact;",
     )?;
     let mut target = Vec::new();
     for (table, columns) in TABLES {
