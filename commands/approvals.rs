@@ -133,7 +133,7 @@ fn answer_of(a: &Approval, now: i64) -> String {
 /// error with a hint. Shared by the TUI.
 pub fn answer(store: &dyn AnyStore, id: i64, decision: Decision, by: &str) -> Result<Approval> {
     let at = now_ms();
-    let after = match store.write_now(Write::Decide {
+    let (after, took) = match store.write_now(Write::Decide {
         id,
         decision,
         by: by.to_string(),
@@ -149,7 +149,7 @@ pub fn answer(store: &dyn AnyStore, id: i64, decision: Decision, by: &str) -> Re
         }
         Err(e) => return Err(e.into()),
     };
-    if let Some(why) = convagent::daemon::operators::not_taken(&after, decision, by, at) {
+    if let Some(why) = convagent::daemon::operators::not_taken(&after, took, at) {
         return Err(
             UserError::new(why, "`convagent approvals list --all` shows every answer").into(),
         );

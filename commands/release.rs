@@ -8,14 +8,8 @@ use convagent::core::handoff::Mode;
 
 use crate::context::Context;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Conversation id, as `convagent history` lists it
-    conversation: i64,
-    /// The operator's name, as recorded (default: the user name)
-    #[arg(long = "as", value_name = "NAME")]
-    operator: Option<String>,
-}
+/// The same arguments as `takeover`'s: a conversation, and who.
+pub use crate::takeover::Args;
 
 pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
     let operator = crate::takeover::operator(args.operator);

@@ -17,10 +17,10 @@ use crate::output::now_ms;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Conversation id, as `convagent history` lists it
-    conversation: i64,
+    pub(crate) conversation: i64,
     /// The operator's name, as recorded (default: the user name)
     #[arg(long = "as", value_name = "NAME")]
-    operator: Option<String>,
+    pub(crate) operator: Option<String>,
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {

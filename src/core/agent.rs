@@ -1145,7 +1145,7 @@ impl Agent {
             .store
             .write(Write::Ask(ask))
             .await
-            .and_then(Written::asked);
+            .and_then(Written::approval);
         let (mut approval, new) = match asked {
             Ok(asked) => asked,
             Err(e) => return Gate::No(format!("it could not be asked for ({e})")),
@@ -1401,16 +1401,23 @@ impl Agent {
     fn retrieve(&self, turn: &[Pending], window: &mut ContextWindow) -> Vec<Passage> {
         let last = &turn[turn.len() - 1];
         let began = self.now();
-        let text: String = turn
-            .iter()
-            .map(|p| p.message.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let words = knowledge::query_words(&text);
-        if words.is_empty() {
-            return Vec::new();
-        }
-        let found = self.passages(last, &words, began.0);
+        let found = self
+            .lookable(last.conversation_id, began.0)
+            .and_then(|(documents, others)| {
+                if !documents && others.is_empty() {
+                    return Ok(None);
+                }
+                let text: String = turn
+                    .iter()
+                    .map(|p| p.message.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let words = knowledge::query_words(&text);
+                if words.is_empty() {
+                    return Ok(None);
+                }
+                self.passages(last, &words, documents, &others).map(Some)
+            });
         let passages = match found {
             Ok(Some(p)) => p,
             Ok(None) => return Vec::new(),
@@ -1450,41 +1457,62 @@ impl Agent {
         kept
     }
 
-    /// The candidates, best first within each kind; `None` when there is
-    /// nothing to look in (no documents, nobody's other conversation).
+    /// Whether there are documents, and the other conversations of the
+    /// person `conversation` belongs to: from [`RetrievalCache`] while it
+    /// is fresh, else read (outside the lock: a read holds up no other
+    /// turn).
+    fn lookable(
+        &self,
+        conversation: i64,
+        now: i64,
+    ) -> Result<(bool, Vec<(i64, super::message::Channel)>), StoreError> {
+        let cache = || self.retrieval.lock().unwrap_or_else(|p| p.into_inner());
+        let (documents, others) = {
+            let held = cache();
+            let fresh = |at: i64| now - at < RECHECK_MS;
+            (
+                held.documents
+                    .filter(|(at, _)| fresh(*at))
+                    .map(|(_, any)| any),
+                held.others
+                    .get(&conversation)
+                    .filter(|(at, _)| fresh(*at))
+                    .map(|(_, others)| others.clone()),
+            )
+        };
+        let documents = match documents {
+            Some(any) => any,
+            None => {
+                let any = !self.store.knowledge_docs()?.is_empty();
+                cache().documents = Some((now, any));
+                any
+            }
+        };
+        let others = match others {
+            Some(others) => others,
+            None => {
+                let others = self.store.person_conversations(conversation)?;
+                let mut held = cache();
+                if held.others.len() >= 4_096 {
+                    held.others.clear();
+                }
+                held.others.insert(conversation, (now, others.clone()));
+                others
+            }
+        };
+        Ok((documents, others))
+    }
+
+    /// The candidates for `words`, best first within each kind: from the
+    /// documents when there are some, and from the person's `others`
+    /// conversations.
     fn passages(
         &self,
         last: &Pending,
         words: &[String],
-        now: i64,
-    ) -> Result<Option<Vec<Passage>>, StoreError> {
-        let (documents, others) = {
-            let mut cache = self.retrieval.lock().unwrap_or_else(|p| p.into_inner());
-            let documents = match cache.documents {
-                Some((at, any)) if now - at < RECHECK_MS => any,
-                _ => {
-                    let any = !self.store.knowledge_docs()?.is_empty();
-                    cache.documents = Some((now, any));
-                    any
-                }
-            };
-            let conversation = last.conversation_id;
-            let others = match cache.others.get(&conversation) {
-                Some((at, others)) if now - at < RECHECK_MS => others.clone(),
-                _ => {
-                    let others = self.store.person_conversations(conversation)?;
-                    if cache.others.len() >= 4_096 {
-                        cache.others.clear();
-                    }
-                    cache.others.insert(conversation, (now, others.clone()));
-                    others
-                }
-            };
-            (documents, others)
-        };
-        if !documents && others.is_empty() {
-            return Ok(None);
-        }
+        documents: bool,
+        others: &[(i64, super::message::Channel)],
+    ) -> Result<Vec<Passage>, StoreError> {
         let mut passages = Vec::new();
         if documents {
             passages.extend(
@@ -1532,7 +1560,7 @@ impl Agent {
                 }
             }
         }
-        Ok(Some(passages))
+        Ok(passages)
     }
 
     async fn window(

@@ -69,6 +69,39 @@ impl Person {
     }
 }
 
+/// A stored `/link` code, as a redeem finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCode {
+    /// The identity it was made for (its sender as stored).
+    pub channel: String,
+    pub sender: String,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+/// Why `code` (`None`: not known) cannot be redeemed at `at` by the
+/// identity (`channel`, stored `sender`); `None` when it can.
+pub fn refusal(
+    code: Option<&StoredCode>,
+    channel: &str,
+    sender: &str,
+    at: i64,
+) -> Option<&'static str> {
+    match code {
+        None => Some("that code is not known: check it, or ask for a new one with /link"),
+        Some(c) if c.used_at.is_some() => {
+            Some("that code was used already: ask for a new one with /link")
+        }
+        Some(c) if c.expires_at < at => {
+            Some("that code ran out (codes last 10 minutes): ask for a new one with /link")
+        }
+        Some(c) if c.channel == channel && c.sender == sender => {
+            Some("send the code from your other chat, not from this one")
+        }
+        Some(_) => None,
+    }
+}
+
 /// A fresh code: `CODE_DIGITS` random digits.
 pub fn new_code() -> String {
     let n = uuid::Uuid::new_v4().as_u128();

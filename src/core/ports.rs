@@ -299,13 +299,14 @@ pub enum Write {
         message_id: i64,
         attachments: Vec<crate::core::message::Attachment>,
     },
-    /// A tool call asks for an operator's approval: `Written::Asked` with
+    /// A tool call asks for an operator's approval: `Written::Approval` with
     /// the row (the one asked before by the same call of the same turn, if
-    /// any) and whether it is new.
+    /// any) and whether this write made it.
     Ask(crate::core::approvals::Ask),
     /// An answer to an approval: `Written::Approval` with the row as it is
-    /// after (unchanged when the answer did not take: already answered, or
-    /// past or before its deadline); `NotFound` when there is no such row.
+    /// after and whether this answer took (not when it was answered
+    /// already, or is past or before its deadline); `NotFound` when there
+    /// is no such row.
     Decide {
         id: i64,
         decision: crate::core::approvals::Decision,
@@ -650,8 +651,8 @@ pub enum Written {
     Erased(Erased),
     Sent(Sent),
     Taken(Option<StoredMessage>),
-    Asked(crate::core::approvals::Approval, bool),
-    Approval(crate::core::approvals::Approval),
+    /// The row, and whether this write made or changed it.
+    Approval(crate::core::approvals::Approval, bool),
     Claimed(bool),
     Person(crate::core::people::Person),
     Redeemed(Result<crate::core::people::Person, String>),
@@ -700,17 +701,10 @@ impl Written {
         }
     }
 
-    pub fn asked(self) -> Result<(crate::core::approvals::Approval, bool), StoreError> {
+    pub fn approval(self) -> Result<(crate::core::approvals::Approval, bool), StoreError> {
         match self {
-            Written::Asked(a, new) => Ok((a, new)),
-            _ => Err(Self::mismatch("ask")),
-        }
-    }
-
-    pub fn approval(self) -> Result<crate::core::approvals::Approval, StoreError> {
-        match self {
-            Written::Approval(a) => Ok(a),
-            _ => Err(Self::mismatch("decide")),
+            Written::Approval(a, changed) => Ok((a, changed)),
+            _ => Err(Self::mismatch("ask or decide")),
         }
     }
 

@@ -157,7 +157,7 @@ impl Operators for Desk {
                     return Ok(current);
                 }
                 if now > current.deadline_at {
-                    let after = self
+                    let (after, took) = self
                         .store
                         .write(Write::Decide {
                             id: current.id,
@@ -167,10 +167,7 @@ impl Operators for Desk {
                         })
                         .await
                         .and_then(Written::approval)?;
-                    if after.state == ApprovalState::Expired
-                        && after.decided_by.as_deref() == Some(TIMED_OUT)
-                        && let Some(stages) = &self.stages
-                    {
+                    if took && let Some(stages) = &self.stages {
                         stages.record(after.trace(now));
                     }
                     return Ok(after);
@@ -181,13 +178,10 @@ impl Operators for Desk {
     }
 }
 
-/// Why an answer given at `at` did not take, or `None` when `after` (the
-/// row after `Write::Decide`) holds it.
-pub fn not_taken(after: &Approval, decision: Decision, by: &str, at: i64) -> Option<String> {
-    if after.state == decision.state()
-        && after.decided_by.as_deref() == Some(by)
-        && after.decided_at == Some(at)
-    {
+/// Why an answer given at `at` did not take (`took`, as `Write::Decide`
+/// said), from the row as it is after; `None` when it took.
+pub fn not_taken(after: &Approval, took: bool, at: i64) -> Option<String> {
+    if took {
         return None;
     }
     Some(match after.state {

@@ -304,7 +304,7 @@ async fn decide(
     });
     let said = match found {
         Some((approval, _)) if in_this_chat => {
-            let after = daemon
+            let (after, took) = daemon
                 .store
                 .write(Write::Decide {
                     id,
@@ -315,7 +315,7 @@ async fn decide(
                 .await
                 .and_then(crate::core::ports::Written::approval)
                 .map_err(Rejection::Store)?;
-            match super::operators::not_taken(&after, d.decision, &d.by, now) {
+            match super::operators::not_taken(&after, took, now) {
                 None => {
                     use crate::core::ports::StageSink;
                     daemon.tracer.record(after.trace(now));

@@ -378,7 +378,8 @@ async fn no_answer_in_time_means_no_and_operators_are_told() {
         })
         .unwrap()
         .approval()
-        .unwrap();
+        .unwrap()
+        .0;
     assert_eq!(after.state, ApprovalState::Expired);
     h.stop().await;
 }

@@ -17,7 +17,7 @@ use crate::{Harness, Options, bodies, mount_success};
 
 const NOON: i64 = 1_763_726_400_000;
 
-fn text_from(h: &Harness, update: i64, text: &str) -> convagent::golden::SignedRequest {
+pub(crate) fn text_from(h: &Harness, update: i64, text: &str) -> convagent::golden::SignedRequest {
     let mut golden = h.golden("telegram/text.json");
     let json = golden.json.as_mut().unwrap();
     json["update_id"] = json!(update);
@@ -26,7 +26,7 @@ fn text_from(h: &Harness, update: i64, text: &str) -> convagent::golden::SignedR
     h.sign(&golden)
 }
 
-async fn start(llm: Arc<EchoLlm>, clock: Arc<FakeClock>) -> Harness {
+pub(crate) async fn start(llm: Arc<EchoLlm>, clock: Arc<FakeClock>) -> Harness {
     let mut options = Options {
         llm,
         clock: Some(clock),
@@ -48,7 +48,7 @@ async fn sent(h: &Harness) -> Vec<String> {
 }
 
 /// The texts the fake Twilio was asked to send, in order.
-async fn twilio_texts(h: &Harness) -> Vec<String> {
+pub(crate) async fn twilio_texts(h: &Harness) -> Vec<String> {
     h.twilio
         .received_requests()
         .await

@@ -3,27 +3,21 @@
 
 use std::sync::Arc;
 
+use convagent::core::Channel;
 use convagent::core::ports::SenderRef;
 use convagent::core::ports::all::*;
-use convagent::core::{Burst, Channel};
 use serde_json::json;
 
+use crate::handoff::{start, text_from, twilio_texts};
 use crate::support::{EchoLlm, FakeClock};
-use crate::{Harness, Options, bodies, mount_success};
+use crate::{Harness, Options, bodies};
 
 const NOON: i64 = 1_763_726_400_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_from_telegram_sent_from_whatsapp_links_one_person() {
     let llm = Arc::new(EchoLlm::new());
-    let mut options = Options {
-        llm: llm.clone(),
-        clock: Some(Arc::new(FakeClock::at(NOON))),
-        ..Options::default()
-    };
-    options.settings.burst = Burst::Each;
-    let h = Harness::start(options).await;
-    mount_success(&h).await;
+    let h = start(llm.clone(), Arc::new(FakeClock::at(NOON))).await;
 
     let mut ask = h.golden("telegram/text.json");
     ask.json.as_mut().unwrap()["message"]["text"] = json!("/link");
@@ -50,19 +44,7 @@ async fn a_code_from_telegram_sent_from_whatsapp_links_one_person() {
         *form.get_mut("MessageSid").unwrap() = sid.into();
         h.sign(&golden)
     };
-    let twilio_texts = || async {
-        h.twilio
-            .received_requests()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.url.path().ends_with("/Messages.json"))
-            .map(|r| {
-                let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&r.body).unwrap();
-                form.into_iter().find(|(k, _)| k == "Body").unwrap().1
-            })
-            .collect::<Vec<_>>()
-    };
+    let twilio_texts = || twilio_texts(&h);
     // A wrong code first: refused, and said why.
     assert_eq!(h.post(&whatsapp("/link 000000", "SM1")).await.0, 200);
     h.drained().await;
@@ -108,22 +90,8 @@ async fn a_code_from_telegram_sent_from_whatsapp_links_one_person() {
 async fn memory_crosses_linked_channels_and_leaves_with_an_erasure() {
     use convagent::core::Write;
     let llm = Arc::new(EchoLlm::new());
-    let mut options = Options {
-        llm: llm.clone(),
-        clock: Some(Arc::new(FakeClock::at(NOON))),
-        ..Options::default()
-    };
-    options.settings.burst = Burst::Each;
-    let h = Harness::start(options).await;
-    mount_success(&h).await;
-    let telegram = |text: &str, n: i64| {
-        let mut g = h.golden("telegram/text.json");
-        let json = g.json.as_mut().unwrap();
-        json["update_id"] = json!(n);
-        json["message"]["message_id"] = json!(n);
-        json["message"]["text"] = json!(text);
-        h.sign(&g)
-    };
+    let h = start(llm.clone(), Arc::new(FakeClock::at(NOON))).await;
+    let telegram = |text: &str, n: i64| text_from(&h, n, text);
     let mut wa = h.golden("whatsapp/text.json");
     *wa.form.as_mut().unwrap().get_mut("Body").unwrap() =
         "my bike is a red Gazelle, stolen from the station".into();

@@ -389,7 +389,7 @@ fn approvals_are_asked_once_answered_once_and_run_once(store: &dyn AnyStore) {
     let (first, new) = store
         .write_now(Write::Ask(ask.clone()))
         .unwrap()
-        .asked()
+        .approval()
         .unwrap();
     assert!(new);
     assert_eq!(first.state, ApprovalState::Pending);
@@ -401,7 +401,7 @@ fn approvals_are_asked_once_answered_once_and_run_once(store: &dyn AnyStore) {
             ..ask.clone()
         }))
         .unwrap()
-        .asked()
+        .approval()
         .unwrap();
     assert!(!new);
     assert_eq!(
@@ -413,7 +413,11 @@ fn approvals_are_asked_once_answered_once_and_run_once(store: &dyn AnyStore) {
         arguments: r#"{"people":5}"#.into(),
         ..ask.clone()
     };
-    let (other, new) = store.write_now(Write::Ask(other)).unwrap().asked().unwrap();
+    let (other, new) = store
+        .write_now(Write::Ask(other))
+        .unwrap()
+        .approval()
+        .unwrap();
     assert!(new && other.id != first.id, "other arguments: another call");
     assert_eq!(
         store
@@ -436,6 +440,7 @@ fn approvals_are_asked_once_answered_once_and_run_once(store: &dyn AnyStore) {
             .unwrap()
             .approval()
             .unwrap()
+            .0
     };
     // Expiring before the deadline does nothing; approving does.
     assert_eq!(

@@ -237,26 +237,27 @@ pub(super) fn ask_in(tx: &mut Transaction<'_>, ask: &Ask) -> Result<(Approval, b
     Ok((approval_in(tx, id)?, made > 0))
 }
 
-/// [`crate::core::ports::Write::Decide`]: the row after the answer.
+/// [`crate::core::ports::Write::Decide`]: the row after the answer, and
+/// whether it took.
 pub(super) fn decide_in(
     tx: &mut Transaction<'_>,
     id: i64,
     decision: Decision,
     by: &str,
     at: i64,
-) -> Result<Approval, StoreError> {
+) -> Result<(Approval, bool), StoreError> {
     let when = match decision {
         Decision::Expire => "deadline_at < $4",
         _ => "deadline_at >= $4",
     };
-    tx.execute(
+    let took = tx.execute(
         &format!(
             "UPDATE approvals SET state = $2, decided_by = $3, decided_at = $4
              WHERE id = $1 AND state = 'pending' AND {when}"
         ),
         &[&id, &decision.state().as_str(), &by, &at],
     )?;
-    approval_in(tx, id)
+    Ok((approval_in(tx, id)?, took == 1))
 }
 
 /// [`crate::core::ports::Write::RunApproved`]: whether this caller runs it.

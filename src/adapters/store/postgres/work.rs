@@ -63,14 +63,17 @@ pub(super) fn write_in(tx: &mut Transaction<'_>, write: &Write) -> Result<Writte
         }
         Write::Ask(ask) => {
             let (approval, new) = super::relay::ask_in(tx, ask)?;
-            Written::Asked(approval, new)
+            Written::Approval(approval, new)
         }
         Write::Decide {
             id,
             decision,
             by,
             at,
-        } => Written::Approval(super::relay::decide_in(tx, *id, *decision, by, *at)?),
+        } => {
+            let (after, took) = super::relay::decide_in(tx, *id, *decision, by, *at)?;
+            Written::Approval(after, took)
+        }
         Write::RunApproved { id, at } => {
             Written::Claimed(super::relay::run_approved_in(tx, *id, *at)?)
         }

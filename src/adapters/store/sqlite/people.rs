@@ -260,40 +260,36 @@ pub(super) fn redeem_in(
             "too many wrong codes this hour: ask for a new one later".into(),
         ));
     }
-    let found: Option<(String, String, i64, Option<i64>)> = conn
+    let found: Option<people::StoredCode> = conn
         .prepare_cached(
             "SELECT channel, sender, expires_at, used_at FROM link_codes WHERE code = ?1",
         )?
         .query_row(params![code], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok(people::StoredCode {
+                channel: r.get(0)?,
+                sender: r.get(1)?,
+                expires_at: r.get(2)?,
+                used_at: r.get(3)?,
+            })
         })
         .optional()?;
-    let why = match &found {
-        None => Some("that code is not known: check it, or ask for a new one with /link"),
-        Some((_, _, _, Some(_))) => {
-            Some("that code was used already: ask for a new one with /link")
-        }
-        Some((_, _, expires, None)) if *expires < at => {
-            Some("that code ran out (codes last 10 minutes): ask for a new one with /link")
-        }
-        Some((c, s, _, None)) if c == channel && *s == stored => {
-            Some("send the code from your other chat, not from this one")
-        }
-        _ => None,
-    };
+    let why = people::refusal(found.as_ref(), channel, &stored, at);
     if let Some(why) = why {
         conn.prepare_cached("INSERT INTO link_failures (channel, sender, at) VALUES (?1, ?2, ?3)")?
             .execute(params![channel, stored, at])?;
         return Ok(Err(why.to_string()));
     }
-    let (code_channel, code_sender, _, _) = found.unwrap_or_default();
+    let Some(made) = found else {
+        return Ok(Err("that code is not known".into()));
+    };
     conn.prepare_cached("UPDATE link_codes SET used_at = ?2 WHERE code = ?1")?
         .execute(params![code, at])?;
     let asked = SenderRef {
-        channel: code_channel
+        channel: made
+            .channel
             .parse()
             .map_err(|e| StoreError::Backend(format!("{e}")))?,
-        id: code_sender,
+        id: made.sender,
     };
     Ok(Ok(link_in(conn, &asked, sender, at)?))
 }

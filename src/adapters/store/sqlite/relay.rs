@@ -239,24 +239,25 @@ pub(super) fn ask_in(conn: &Connection, ask: &Ask) -> Result<(Approval, bool), S
     Ok((approval_in(conn, id)?, made > 0))
 }
 
-/// [`Write::Decide`]: the row after the answer (which took or did not).
+/// [`Write::Decide`]: the row after the answer, and whether it took.
 pub(super) fn decide_in(
     conn: &Connection,
     id: i64,
     decision: Decision,
     by: &str,
     at: i64,
-) -> Result<Approval, StoreError> {
+) -> Result<(Approval, bool), StoreError> {
     let when = match decision {
         Decision::Expire => "deadline_at < ?4",
         _ => "deadline_at >= ?4",
     };
-    conn.prepare_cached(&format!(
-        "UPDATE approvals SET state = ?2, decided_by = ?3, decided_at = ?4
-         WHERE id = ?1 AND state = 'pending' AND {when}"
-    ))?
-    .execute(params![id, decision.state().as_str(), by, at])?;
-    approval_in(conn, id)
+    let took = conn
+        .prepare_cached(&format!(
+            "UPDATE approvals SET state = ?2, decided_by = ?3, decided_at = ?4
+             WHERE id = ?1 AND state = 'pending' AND {when}"
+        ))?
+        .execute(params![id, decision.state().as_str(), by, at])?;
+    Ok((approval_in(conn, id)?, took == 1))
 }
 
 /// [`Write::RunApproved`]: whether this caller may run the call.

@@ -344,14 +344,17 @@ fn write_in(conn: &Connection, write: &Write) -> Result<Written, StoreError> {
         }
         Write::Ask(ask) => {
             let (approval, new) = relay::ask_in(conn, ask)?;
-            Written::Asked(approval, new)
+            Written::Approval(approval, new)
         }
         Write::Decide {
             id,
             decision,
             by,
             at,
-        } => Written::Approval(relay::decide_in(conn, *id, *decision, by, *at)?),
+        } => {
+            let (after, took) = relay::decide_in(conn, *id, *decision, by, *at)?;
+            Written::Approval(after, took)
+        }
         Write::RunApproved { id, at } => Written::Claimed(relay::run_approved_in(conn, *id, *at)?),
         Write::ApprovalResult { id, result } => {
             relay::approval_result_in(conn, *id, result)?;
