@@ -42,6 +42,7 @@ const HELP: &str = "\
 /model              show the LLM providers and models in use
 /sources            what the last reply was given from documents and memory
 /attach PATH [TEXT] send a local file as a channel would (a voice note, a photo)
+/human /stop /start /link   the agent's commands, as on any channel
 /help               this list
 /quit               leave (Ctrl-D works too)";
 
@@ -122,6 +123,10 @@ async fn session(ctx: &Context, args: Args) -> Result<ExitCode> {
             Some(command) if command == "attach" || command.starts_with("attach ") => {
                 attach(&mut s, command["attach".len()..].trim()).await
             }
+            // The agent's own chat commands (`/human`, `/stop`, `/start`,
+            // `/link`) go to it as on any channel; `/reset` and `/help`
+            // are chat's.
+            Some(_) if agent_command(line) => turn(&mut s, line).await,
             Some(command) => match slash(&mut s, command, &providers) {
                 Ok(true) => Ok(true),
                 Ok(false) => break,
@@ -315,6 +320,16 @@ fn report(s: &mut Session, reply: &Reply) {
         s.last_answer = Some((provider, model));
         s.last_sources = reply.sources.clone();
     }
+}
+
+/// Whether `line` is one of the agent's chat commands that chat does not
+/// handle itself.
+fn agent_command(line: &str) -> bool {
+    use convagent::core::handoff::{Command, HandoffConfig};
+    matches!(
+        HandoffConfig::default().command(line),
+        Some(c) if !matches!(c, Command::Reset | Command::Help)
+    )
 }
 
 /// Handles a slash command; returns false to end the session.

@@ -79,11 +79,13 @@ pub fn read(path: &Path, bytes: &[u8], chunk_chars: usize) -> Result<Read, Strin
             },
         )?,
     };
-    let title = text
-        .lines()
-        .map(|l| l.trim().trim_start_matches('#').trim())
-        .find(|l| !l.is_empty())
-        .map(|l| l.chars().take(80).collect())
+    let title = html_title(path, bytes)
+        .or_else(|| {
+            text.lines()
+                .map(|l| l.trim().trim_start_matches('#').trim())
+                .find(|l| !l.is_empty())
+                .map(|l| l.chars().take(80).collect())
+        })
         .or(name)
         .unwrap_or_default();
     let chunks = knowledge::chunk(&text, chunk_chars);
@@ -91,6 +93,22 @@ pub fn read(path: &Path, bytes: &[u8], chunk_chars: usize) -> Result<Read, Strin
         return Err("no text in it".into());
     }
     Ok(Read { title, chunks })
+}
+
+/// An HTML page's `<title>`, when it has a non-empty one (its first
+/// rendered line is often the site's navigation).
+fn html_title(path: &Path, bytes: &[u8]) -> Option<String> {
+    if !matches!(extension(path).as_str(), "html" | "htm") {
+        return None;
+    }
+    let page = String::from_utf8_lossy(bytes);
+    let lower = page.to_ascii_lowercase();
+    let start = lower.find("<title")?;
+    let open = start + lower[start..].find('>')? + 1;
+    let close = open + lower[open..].find("</title")?;
+    let title = html2text::from_read(page[open..close].as_bytes(), 200).ok()?;
+    let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!title.is_empty()).then(|| title.chars().take(80).collect())
 }
 
 /// What a [`sync`] did.
@@ -175,10 +193,11 @@ mod tests {
         assert_eq!(md.chunks, ["# Returns\n\nWithin 30 days."]);
         let html = read(
             Path::new("b.html"),
-            b"<html><body><h1>Hours</h1><p>We open at <b>nine</b>.</p></body></html>",
+            b"<html><head><title>Opening hours</title></head><body><h1>Hours</h1><p>We open at <b>nine</b>.</p></body></html>",
             500,
         )
         .unwrap();
+        assert_eq!(html.title, "Opening hours");
         assert!(
             html.chunks[0].contains("We open at") && html.chunks[0].contains("nine"),
             "{html:?}"

@@ -401,3 +401,23 @@ async fn an_attached_voice_note_is_transcribed_when_stt_is_configured() {
         "{attachments}"
     );
 }
+
+/// The agent's chat commands work in `chat` as on any channel: `/link`
+/// gives a code (chat's own `/reset` and `/help` stay chat's).
+#[test]
+fn the_agents_chat_commands_reach_it_from_chat() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["chat", "--json", "--chain", "ollama"])
+        .write_stdin("/link\n")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let reply: serde_json::Value =
+        serde_json::from_str(stdout_of(&out).lines().last().unwrap()).unwrap();
+    assert!(
+        reply["reply"].as_str().unwrap().starts_with("Your link code is "),
+        "{reply}"
+    );
+    assert_eq!(reply["kind"], "refusal", "answered without the LLM");
+}
