@@ -416,7 +416,10 @@ fn the_agents_chat_commands_reach_it_from_chat() {
     let reply: serde_json::Value =
         serde_json::from_str(stdout_of(&out).lines().last().unwrap()).unwrap();
     assert!(
-        reply["reply"].as_str().unwrap().starts_with("Your link code is "),
+        reply["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("Your link code is "),
         "{reply}"
     );
     assert_eq!(reply["kind"], "refusal", "answered without the LLM");

@@ -4,7 +4,8 @@
 //! conversation's messages posted alternately to two daemons are answered
 //! once each and in order, and `kill -9` of one daemon under load loses
 //! nothing; a conversation's media notice goes once an hour whichever
-//! daemon takes its turns.
+//! daemon takes its turns; a takeover silences every daemon; an approval
+//! asked on one daemon is answered through the other.
 
 use std::time::{Duration, Instant};
 
@@ -319,5 +320,89 @@ async fn a_takeover_through_the_store_silences_the_agent_on_every_daemon() {
     );
     let waiting = store.conversations_with_pending(10).unwrap();
     assert_eq!(waiting.len(), 1, "the messages wait for a person");
+    tokio::task::block_in_place(|| stop(running));
+}
+
+/// An approval asked by a turn on one daemon is answered with the Telegram
+/// button through the other daemon's webhook: the waiting turn sees the
+/// answer in the database, and the tool (a real MCP server) runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_asked_on_one_daemon_is_answered_through_the_other() {
+    let cluster = Cluster::start();
+    let url = cluster.database("approvals");
+    let telegram = crate::serve::accepting_telegram().await;
+    let ollama = crate::tools::ollama("book_table", serde_json::json!({ "people": 4 })).await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let script = env!("CARGO_MANIFEST_DIR").to_string() + "/tests/support/mcp_probe_server.py";
+    env.write_config(&format!(
+        "{}approve = true\napprove_in_chat = true\n",
+        crate::tools::server("probe", &[&script], &["book_table"], 15)
+    ));
+    let running = tokio::task::block_in_place(|| daemons(&env, &telegram.uri(), &url, 2));
+    let update = telegram_update(33, 1, "a table for four, please");
+    let at = running[0].url.clone();
+    assert_eq!(
+        tokio::task::block_in_place(|| post_update(&at, &update)),
+        200
+    );
+
+    // The question arrives in the chat with its buttons.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let data = loop {
+        let found = telegram
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .find_map(|b| {
+                b["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+                    .as_str()
+                    .map(str::to_string)
+            });
+        if let Some(data) = found {
+            break data;
+        }
+        assert!(Instant::now() < deadline, "{}", running[0].stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(data.starts_with("approve:"), "{data}");
+    let press = serde_json::json!({
+        "update_id": 2,
+        "callback_query": {
+            "id": "cbq-33",
+            "from": { "id": 33, "is_bot": false, "first_name": "T", "username": "t33" },
+            "chat_instance": "-1",
+            "data": data,
+            "message": { "message_id": 5, "chat": { "id": 33, "type": "private" }, "date": 1,
+                         "text": "May I run book_table?" }
+        }
+    });
+    let other = running[1].url.clone();
+    assert_eq!(
+        tokio::task::block_in_place(|| post_update(&other, &press)),
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let texts = sent(&telegram, "text").await;
+        if texts.iter().any(|t| t.starts_with("Tool said:")) {
+            assert!(
+                texts.contains(&"Tool said: booked for 4 (booking #1)".to_string()),
+                "{texts:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{texts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bookings = std::fs::read_to_string(
+        env.home
+            .path()
+            .join("state/convagent/tools/probe/bookings.txt"),
+    )
+    .unwrap();
+    assert_eq!(bookings, "4\n", "the tool ran once, on one daemon");
     tokio::task::block_in_place(|| stop(running));
 }

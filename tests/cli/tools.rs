@@ -44,7 +44,7 @@ impl wiremock::Respond for ToolCallingOllama {
     }
 }
 
-async fn ollama(tool: &'static str, arguments: Value) -> MockServer {
+pub(crate) async fn ollama(tool: &'static str, arguments: Value) -> MockServer {
     let ollama = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/api/chat"))
@@ -54,7 +54,7 @@ async fn ollama(tool: &'static str, arguments: Value) -> MockServer {
     ollama
 }
 
-fn server(name: &str, args: &[&str], tools: &[&str], timeout_secs: u64) -> String {
+pub(crate) fn server(name: &str, args: &[&str], tools: &[&str], timeout_secs: u64) -> String {
     format!(
         "{}[llm]\nchain = [\"ollama\"]\n[mcp]\ncall_timeout_secs = {timeout_secs}\n\
          [[mcp.servers]]\nname = \"{name}\"\ncommand = {:?}\nargs = {}\ntools = {}\n",
