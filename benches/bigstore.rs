@@ -125,6 +125,8 @@ fn retrieval(store: &SqliteStore, turns: usize) {
                 title: format!("Doc {d}"),
                 chunks,
                 at: 1,
+                embedder: None,
+                vectors: Vec::new(),
             }))
             .unwrap();
     }

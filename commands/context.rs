@@ -11,6 +11,7 @@ use convagent::adapters::llm::{self, Configured};
 use convagent::adapters::mcp::{McpTools, SandboxSettings, ServerStatus, client};
 use convagent::adapters::store::{OpenMode, PostgresStore, SqliteStore};
 use convagent::config::{ConfigError, Settings};
+use convagent::core::embeddings::Embedder;
 use convagent::core::ports::AnyStore;
 use convagent::core::tools::Tools;
 use convagent::core::{Agent, AgentSettings};
@@ -58,6 +59,8 @@ pub struct Context {
     store: OnceCell<Arc<dyn AnyStore>>,
     /// The tools of `[[mcp.servers]]`, once started (`start_tools`).
     tools: OnceCell<Option<Arc<dyn Tools>>>,
+    /// `[knowledge.embeddings]`'s embedder, once made.
+    embedder: OnceCell<Option<Arc<dyn Embedder>>>,
 }
 
 impl Context {
@@ -71,7 +74,29 @@ impl Context {
             telemetry: OnceCell::new(),
             store: OnceCell::new(),
             tools: OnceCell::new(),
+            embedder: OnceCell::new(),
         }
+    }
+
+    /// The embedder `[knowledge.embeddings]` names (none when off); made
+    /// once (the local model is read from disk).
+    pub fn embedder(&self) -> Result<Option<Arc<dyn Embedder>>> {
+        if let Some(e) = self.embedder.get() {
+            return Ok(e.clone());
+        }
+        let settings = self.settings()?;
+        let made = convagent::adapters::embeddings::from_config(
+            &settings.config.knowledge.embeddings,
+            &settings.config.llm,
+            &settings.dirs.default_embedding_model(),
+        )
+        .map_err(|why| {
+            UserError::new(
+                format!("cannot make the embedder: {why}"),
+                "fix [knowledge.embeddings], or set its provider to \"none\"",
+            )
+        })?;
+        Ok(self.embedder.get_or_init(|| made).clone())
     }
 
     /// Keeps log lines off the terminal (for the TUI); call before
@@ -264,9 +289,12 @@ impl Context {
             Vec::new(),
             config.handoff.notify_url.clone(),
         );
-        let agent = Agent::new(store, Arc::new(chain), clock, guardrails, agent_settings)
+        let mut agent = Agent::new(store, Arc::new(chain), clock, guardrails, agent_settings)
             .with_files(Arc::new(files))
             .with_operators(Arc::new(desk));
+        if let Some(embedder) = self.embedder()? {
+            agent = agent.with_embedder(embedder);
+        }
         Ok(match self.tools.get().cloned().flatten() {
             Some(tools) => agent.with_tools(tools),
             None => agent,

@@ -29,7 +29,7 @@ enum Action {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// The indexed documents: path, title, chunks, when
+    /// The indexed documents: path, title, chunks, when, their vectors' embedder
     List {
         /// JSON lines instead of a table
         #[arg(long)]
@@ -62,8 +62,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
                 )
                 .into());
             }
-            let synced =
-                knowledge_files::sync(&*ctx.store()?, &paths, chunk_chars, false, now_ms())?;
+            let synced = sync(ctx, &paths, chunk_chars, false)?;
             report(&synced);
             Ok(exit(&synced))
         }
@@ -80,13 +79,20 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
             } else if docs.is_empty() {
                 eprintln!("no documents: `convagent knowledge add PATH` indexes some");
             } else {
-                outln!("{:>6}  {:<20} {:<32} PATH", "CHUNKS", "INDEXED", "TITLE");
+                outln!(
+                    "{:>6}  {:<20} {:<32} {:<24} PATH",
+                    "CHUNKS",
+                    "INDEXED",
+                    "TITLE",
+                    "VECTORS"
+                );
                 for d in &docs {
                     outln!(
-                        "{:>6}  {:<20} {:<32} {}",
+                        "{:>6}  {:<20} {:<32} {:<24} {}",
                         d.chunks,
                         utc(d.indexed_at),
                         crate::output::preview(&d.title, 32),
+                        crate::output::preview(d.embedder.as_deref().unwrap_or("-"), 24),
                         d.path
                     );
                 }
@@ -115,12 +121,36 @@ pub fn run(ctx: &Context, args: Args) -> Result<ExitCode> {
         }
         Action::Reindex => {
             let paths = settings.config.knowledge.paths.clone();
-            let synced =
-                knowledge_files::sync(&*ctx.store()?, &paths, chunk_chars, true, now_ms())?;
+            let synced = sync(ctx, &paths, chunk_chars, true)?;
             report(&synced);
             Ok(exit(&synced))
         }
     }
+}
+
+/// [`knowledge_files::sync`] with `[knowledge.embeddings]`'s embedder, on
+/// a runtime of its own for the embedder's calls.
+fn sync(ctx: &Context, paths: &[PathBuf], chunk_chars: usize, force: bool) -> Result<Synced> {
+    let store = ctx.store()?;
+    let embedder = ctx.embedder()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let embedding = embedder
+        .as_deref()
+        .map(|embedder| knowledge_files::Embedding {
+            embedder,
+            runtime: runtime.handle().clone(),
+        });
+    Ok(knowledge_files::sync(
+        &*store,
+        paths,
+        chunk_chars,
+        force,
+        now_ms(),
+        embedding.as_ref(),
+    )?)
 }
 
 fn report(s: &Synced) {

@@ -51,6 +51,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
     let tracer = Tracer::start(store.clone(), metrics.clone()).masking(ctx.log_masker());
     let clock = Arc::new(SystemClock);
     let live = live(ctx, settings, &tracer, clock.now_ms())?;
+    let embedder = ctx.embedder()?;
     let daemon_settings = DaemonSettings {
         public_url: args.public_url.or_else(|| config.server.public_url.clone()),
         recorded_public_url: Some(daemon::public_url::recorded_path(&settings.dirs.state)),
@@ -83,6 +84,7 @@ async fn serve(ctx: &Context, args: Args) -> Result<ExitCode> {
             paths: config.knowledge.paths.clone(),
             chunk_chars: config.knowledge.chunk_chars,
             every: std::time::Duration::from_secs(config.knowledge.rescan_secs),
+            embedder: embedder.clone(),
         }),
         ..DaemonSettings::default()
     };

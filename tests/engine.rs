@@ -13,6 +13,8 @@ mod boundary;
 mod chain;
 #[path = "engine/embedded.rs"]
 mod embedded;
+#[path = "engine/embeddings.rs"]
+mod embeddings;
 #[path = "engine/guarded.rs"]
 mod guarded;
 #[path = "engine/knowledge.rs"]

@@ -1,13 +1,16 @@
 //! `[knowledge]` on disk: the files of the configured paths (Markdown,
 //! plain text, HTML through `html2text`, PDF through `pdf-extract`), read,
 //! cut into chunks and put in the store when new or changed (by their
-//! SHA-256), and taken out when gone. `convagent knowledge` and `serve`'s
-//! periodic look both run [`sync`].
+//! SHA-256), and taken out when gone; with an [`Embedder`], each chunk's
+//! vector is stored with it (and a document embedded by another embedder
+//! is embedded again). `convagent knowledge` and `serve`'s periodic look
+//! both run [`sync`].
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::core::embeddings::Embedder;
 use crate::core::knowledge::{self, KnowledgeChange};
 use crate::core::ports::{AnyStore, StoreError, Write};
 
@@ -118,20 +121,32 @@ pub struct Synced {
     pub changed: Vec<String>,
     pub unchanged: usize,
     pub removed: Vec<String>,
-    /// Files that could not be read, and why.
+    /// Files that could not be read, or were indexed without their
+    /// vectors (for full-text search only, embedded at the next sync), and
+    /// why.
     pub failed: Vec<(String, String)>,
+}
+
+/// An embedder, for [`sync`], which runs on a blocking thread: the runtime
+/// its calls run on.
+pub struct Embedding<'a> {
+    pub embedder: &'a dyn Embedder,
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// Brings the store's documents in line with `paths` and with the files
 /// it already holds: new and changed files (or, with `force`, every one)
-/// are indexed again, vanished ones removed.
+/// are indexed again, vanished ones removed. Call it off the async threads
+/// (it reads files, and waits for the embedder).
 pub fn sync(
     store: &dyn AnyStore,
     paths: &[PathBuf],
     chunk_chars: usize,
     force: bool,
     now: i64,
+    embedding: Option<&Embedding<'_>>,
 ) -> Result<Synced, StoreError> {
+    let wanted_embedder = embedding.map(|e| e.embedder.name().to_string());
     let held = store.knowledge_docs()?;
     let mut wanted: Vec<PathBuf> = paths.to_vec();
     wanted.extend(held.iter().map(|d| PathBuf::from(&d.path)));
@@ -148,7 +163,9 @@ pub fn sync(
         };
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let before = held.iter().find(|d| d.path == path);
-        if !force && before.is_some_and(|d| d.sha256 == sha256) {
+        let embedded =
+            wanted_embedder.is_none() || before.is_some_and(|d| d.embedder == wanted_embedder);
+        if !force && embedded && before.is_some_and(|d| d.sha256 == sha256) {
             synced.unchanged += 1;
             continue;
         }
@@ -159,12 +176,26 @@ pub fn sync(
                 continue;
             }
         };
+        let (embedder, vectors) = match embedding {
+            None => (None, Vec::new()),
+            Some(e) => match e.runtime.block_on(e.embedder.embed(&read.chunks)) {
+                Ok(vectors) => (Some(e.embedder.name().to_string()), vectors),
+                Err(why) => {
+                    synced
+                        .failed
+                        .push((path.clone(), format!("indexed without vectors: {why}")));
+                    (None, Vec::new())
+                }
+            },
+        };
         store.write_now(Write::Knowledge(KnowledgeChange::Put {
             path: path.clone(),
             sha256,
             title: read.title,
             chunks: read.chunks,
             at: now,
+            embedder,
+            vectors,
         }))?;
         match before {
             Some(_) => synced.changed.push(path),

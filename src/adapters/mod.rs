@@ -5,6 +5,7 @@ pub mod audio;
 pub mod channels;
 pub mod clock;
 pub mod documents;
+pub mod embeddings;
 pub mod knowledge_files;
 pub mod llm;
 pub mod mcp;

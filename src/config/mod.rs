@@ -48,6 +48,8 @@ pub enum ConfigSource {
 /// The file `install.sh` fetches for the embedded provider (SPEC.md): the
 /// configuration decides where it lives, the embedded adapter checks it.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The directory `install.sh` puts the local embedding model in.
+pub const DEFAULT_EMBEDDING_MODEL: &str = "all-MiniLM-L6-v2";
 
 /// The XDG directories convagent uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +76,11 @@ impl Dirs {
     /// Where `install.sh` puts the default embedded model.
     pub fn default_model_path(&self) -> PathBuf {
         self.data.join("models").join(DEFAULT_MODEL_FILE)
+    }
+
+    /// Where `install.sh` puts the local embedding model (a directory).
+    pub fn default_embedding_model(&self) -> PathBuf {
+        self.data.join("models").join(DEFAULT_EMBEDDING_MODEL)
     }
 }
 

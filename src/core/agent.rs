@@ -14,11 +14,14 @@ use serde::{Deserialize, Serialize};
 
 use tracing::{Instrument, info, info_span, warn};
 
+mod retrieve;
+
 use super::approvals::{ApprovalState, Ask, OperatorEvent, Operators};
 use super::context::{self, ContextWindow};
+use super::embeddings::Embedder;
 use super::guardrails::{Guardrails, SecretFilter, Violation};
 use super::handoff::{self, Command, Handoff, HandoffConfig, Mode};
-use super::knowledge::{self, KnowledgeConfig, MemoryConfig, Passage, Source};
+use super::knowledge::{KnowledgeConfig, MemoryConfig, Passage};
 use super::limits::{self, Limits, Rule, Verdict};
 use super::llm::{
     ChatMessage, Image, LlmError, LlmOutput, LlmProvider, LlmRequest, OnEvent, StreamEvent,
@@ -247,18 +250,10 @@ pub struct Agent {
     files: Option<Arc<dyn MediaFiles>>,
     /// Who answers approvals (and is told of them and of people waiting).
     operators: Option<Arc<dyn Operators>>,
-    /// What retrieval reads seldom: whether there are documents, and each
-    /// conversation's person's other conversations (kept [`RECHECK_MS`]).
-    retrieval: std::sync::Mutex<RetrievalCache>,
-}
-
-/// How long what [`RetrievalCache`] holds is trusted.
-const RECHECK_MS: i64 = 30_000;
-
-#[derive(Default)]
-struct RetrievalCache {
-    documents: Option<(i64, bool)>,
-    others: std::collections::HashMap<i64, (i64, Vec<(i64, super::message::Channel)>)>,
+    /// What retrieval reads seldom (`retrieve.rs`).
+    retrieval: std::sync::Mutex<retrieve::RetrievalCache>,
+    /// Vectors for ranking `[knowledge]` (`[knowledge.embeddings]`).
+    embedder: Option<Arc<dyn Embedder>>,
 }
 
 impl Agent {
@@ -282,6 +277,7 @@ impl Agent {
             files: None,
             operators: None,
             retrieval: Default::default(),
+            embedder: None,
         }
     }
 
@@ -492,7 +488,7 @@ impl Agent {
             return Ok(refusal);
         }
         let mut window = self.context(last, &prompt).await?;
-        let sources = self.retrieve(turn, &mut window);
+        let sources = self.retrieve(turn, &mut window).await;
         let generated = self.generate(last, &window, on_event).await;
         let mut reply = self
             .persist(turn, &prompt, &window, generated, on_event)
@@ -784,11 +780,7 @@ impl Agent {
             Ok(person) => {
                 info!(person = person.id, "identities linked by code");
                 // Their other conversations are read afresh from now on.
-                self.retrieval
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .others
-                    .clear();
+                self.forget_people();
                 let channels: Vec<&str> = person.channels().iter().map(|c| c.as_str()).collect();
                 format!(
                     "Linked: your {} chats are one person to me now.",
@@ -1392,175 +1384,6 @@ impl Agent {
             "context built"
         );
         Ok(window)
-    }
-
-    /// Step 5b: passages from the documents and from the person's other
-    /// conversations that match the turn's words, within the budget, put
-    /// after the system prompt with their sources; traced as `retrieve`. A
-    /// store that cannot answer costs the turn its passages, not its answer.
-    fn retrieve(&self, turn: &[Pending], window: &mut ContextWindow) -> Vec<Passage> {
-        let last = &turn[turn.len() - 1];
-        let began = self.now();
-        let found = self
-            .lookable(last.conversation_id, began.0)
-            .and_then(|(documents, others)| {
-                if !documents && others.is_empty() {
-                    return Ok(None);
-                }
-                let text: String = turn
-                    .iter()
-                    .map(|p| p.message.text.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let words = knowledge::query_words(&text);
-                if words.is_empty() {
-                    return Ok(None);
-                }
-                self.passages(last, &words, documents, &others).map(Some)
-            });
-        let passages = match found {
-            Ok(Some(p)) => p,
-            Ok(None) => return Vec::new(),
-            Err(e) => {
-                warn!(error = %e, "retrieval failed: the turn goes on without it");
-                self.stage(
-                    &last.message,
-                    Stage::Retrieve,
-                    began,
-                    Outcome::Failed,
-                    Some(e.to_string()),
-                );
-                return Vec::new();
-            }
-        };
-        let kept = knowledge::within_budget(passages, self.settings.knowledge.budget_tokens);
-        if !kept.is_empty() {
-            let context = knowledge::as_context(&kept);
-            window.estimated_tokens += context.len() / 4;
-            let at = window.messages.len().min(1);
-            window
-                .messages
-                .insert(at, ChatMessage::new(Role::System, context));
-        }
-        info!(passages = kept.len(), "retrieved");
-        self.stage(
-            &last.message,
-            Stage::Retrieve,
-            began,
-            Outcome::Ok,
-            Some(if kept.is_empty() {
-                "nothing matched".into()
-            } else {
-                knowledge::describe(&kept)
-            }),
-        );
-        kept
-    }
-
-    /// Whether there are documents, and the other conversations of the
-    /// person `conversation` belongs to: from [`RetrievalCache`] while it
-    /// is fresh, else read (outside the lock: a read holds up no other
-    /// turn).
-    fn lookable(
-        &self,
-        conversation: i64,
-        now: i64,
-    ) -> Result<(bool, Vec<(i64, super::message::Channel)>), StoreError> {
-        let cache = || self.retrieval.lock().unwrap_or_else(|p| p.into_inner());
-        let (documents, others) = {
-            let held = cache();
-            let fresh = |at: i64| now - at < RECHECK_MS;
-            (
-                held.documents
-                    .filter(|(at, _)| fresh(*at))
-                    .map(|(_, any)| any),
-                held.others
-                    .get(&conversation)
-                    .filter(|(at, _)| fresh(*at))
-                    .map(|(_, others)| others.clone()),
-            )
-        };
-        let documents = match documents {
-            Some(any) => any,
-            None => {
-                let any = !self.store.knowledge_docs()?.is_empty();
-                cache().documents = Some((now, any));
-                any
-            }
-        };
-        let others = match others {
-            Some(others) => others,
-            None => {
-                let others = self.store.person_conversations(conversation)?;
-                let mut held = cache();
-                if held.others.len() >= 4_096 {
-                    held.others.clear();
-                }
-                held.others.insert(conversation, (now, others.clone()));
-                others
-            }
-        };
-        Ok((documents, others))
-    }
-
-    /// The candidates for `words`, best first within each kind: from the
-    /// documents when there are some, and from the person's `others`
-    /// conversations.
-    fn passages(
-        &self,
-        last: &Pending,
-        words: &[String],
-        documents: bool,
-        others: &[(i64, super::message::Channel)],
-    ) -> Result<Vec<Passage>, StoreError> {
-        let mut passages = Vec::new();
-        if documents {
-            passages.extend(
-                self.store
-                    .search_knowledge(words, self.settings.knowledge.top)?,
-            );
-        }
-        let memory = &self.settings.memory;
-        if !others.is_empty() && memory.recall > 0 {
-            let ids: Vec<i64> = others.iter().map(|(id, _)| *id).collect();
-            let said = self.store.user_messages_of(&ids, memory.window)?;
-            let texts: Vec<&str> = said.iter().map(|(_, _, t)| t.as_str()).collect();
-            let scores = knowledge::rank(words, &texts);
-            let mut ranked: Vec<(f64, &(i64, i64, String))> = scores
-                .into_iter()
-                .zip(&said)
-                .filter(|(score, _)| *score > 0.0)
-                .collect();
-            ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-            for (score, (conversation, at, text)) in ranked.into_iter().take(memory.recall) {
-                let channel = others
-                    .iter()
-                    .find(|(id, _)| id == conversation)
-                    .map(|(_, c)| *c)
-                    .unwrap_or(last.message.key.channel);
-                passages.push(Passage {
-                    source: Source::Memory { channel, at: *at },
-                    text: text.clone(),
-                    score,
-                });
-            }
-        }
-        if memory.across_channels {
-            let channel = last.message.key.channel;
-            for (id, other) in others.iter().filter(|(_, c)| *c != channel).take(3) {
-                if let Some(summary) = self.store.latest_summary(*id)? {
-                    passages.push(Passage {
-                        source: Source::Summary {
-                            channel: *other,
-                            conversation: *id,
-                        },
-                        text: summary.text,
-                        score: 0.0,
-                    });
-                }
-            }
-        }
-        Ok(passages)
     }
 
     async fn window(

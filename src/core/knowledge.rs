@@ -24,6 +24,8 @@ pub struct KnowledgeConfig {
     pub budget_tokens: usize,
     /// How often `serve` looks for changed files, in seconds (0: never).
     pub rescan_secs: u64,
+    /// Vectors for hybrid ranking (none by default).
+    pub embeddings: super::embeddings::EmbeddingsConfig,
 }
 
 impl Default for KnowledgeConfig {
@@ -34,6 +36,7 @@ impl Default for KnowledgeConfig {
             top: 4,
             budget_tokens: 600,
             rescan_secs: 60,
+            embeddings: Default::default(),
         }
     }
 }
@@ -127,10 +130,13 @@ pub struct KnowledgeDoc {
     pub title: String,
     pub chunks: i64,
     pub indexed_at: i64,
+    /// The embedder its chunks' vectors are of ([`super::embeddings::Embedder::name`]);
+    /// none: not embedded.
+    pub embedder: Option<String>,
 }
 
 /// What changes in the documents (`Write::Knowledge`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum KnowledgeChange {
     /// A document, new or changed: its chunks replace any it had.
     Put {
@@ -139,6 +145,9 @@ pub enum KnowledgeChange {
         title: String,
         chunks: Vec<String>,
         at: i64,
+        /// The chunks' vectors, one each, made by `embedder`; or neither.
+        embedder: Option<String>,
+        vectors: Vec<Vec<f32>>,
     },
     /// `NotFound` when there is no such document.
     Remove { path: String },

@@ -7,6 +7,7 @@ pub mod approvals;
 pub mod breaker;
 pub mod channel;
 pub mod context;
+pub mod embeddings;
 pub mod guardrails;
 pub mod handoff;
 pub mod knowledge;

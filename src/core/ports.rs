@@ -462,6 +462,12 @@ pub trait TokenStore: Send + Sync {
 pub trait Retrieval: Send + Sync {
     fn knowledge_docs(&self) -> Result<Vec<crate::core::knowledge::KnowledgeDoc>, StoreError>;
 
+    /// Every chunk with a vector made by `embedder`, in the order stored.
+    fn knowledge_vectors(
+        &self,
+        embedder: &str,
+    ) -> Result<Vec<crate::core::embeddings::VectorChunk>, StoreError>;
+
     /// The chunks best matching any of `words` (full-text ranking: BM25 on
     /// SQLite, `ts_rank` on Postgres), best first.
     fn search_knowledge(

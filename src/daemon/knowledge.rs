@@ -19,8 +19,13 @@ pub(crate) async fn run(daemon: Arc<Daemon>) {
         let store = daemon.store.clone();
         let (paths, chunk_chars) = (rescan.paths.clone(), rescan.chunk_chars);
         let now = daemon.clock.now_ms();
+        let embedder = rescan.embedder.clone();
+        let runtime = tokio::runtime::Handle::current();
         let synced = tokio::task::spawn_blocking(move || {
-            knowledge_files::sync(&*store, &paths, chunk_chars, false, now)
+            let embedding = embedder
+                .as_deref()
+                .map(|embedder| knowledge_files::Embedding { embedder, runtime });
+            knowledge_files::sync(&*store, &paths, chunk_chars, false, now, embedding.as_ref())
         })
         .await;
         match synced {
@@ -34,7 +39,7 @@ pub(crate) async fn run(daemon: Arc<Daemon>) {
                     );
                 }
                 for (path, why) in &s.failed {
-                    tracing::warn!(%path, %why, "a knowledge file could not be read");
+                    tracing::warn!(%path, %why, "a knowledge file could not be indexed whole");
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot index the knowledge files"),
@@ -45,9 +50,22 @@ pub(crate) async fn run(daemon: Arc<Daemon>) {
 }
 
 /// What `serve` looks at, and how often.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Rescan {
     pub paths: Vec<std::path::PathBuf>,
     pub chunk_chars: usize,
     pub every: std::time::Duration,
+    /// Vectors for the chunks (`[knowledge.embeddings]`).
+    pub embedder: Option<Arc<dyn crate::core::embeddings::Embedder>>,
+}
+
+impl std::fmt::Debug for Rescan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rescan")
+            .field("paths", &self.paths)
+            .field("chunk_chars", &self.chunk_chars)
+            .field("every", &self.every)
+            .field("embedder", &self.embedder.as_ref().map(|e| e.name()))
+            .finish()
+    }
 }

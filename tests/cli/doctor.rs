@@ -62,7 +62,7 @@ async fn all_green_with_ollama_serving_the_model() {
     assert!(out.status.success(), "{text}{}", stderr_of(&out));
     assert!(text.contains("✓ config"), "{text}");
     assert!(
-        text.contains("✓ store") && text.contains("schema 13/13, integrity ok"),
+        text.contains("✓ store") && text.contains("schema 14/14, integrity ok"),
         "{text}"
     );
     assert!(
@@ -535,7 +535,7 @@ async fn on_postgres_it_checks_the_schema_connections_and_lease_backlog() {
     // Before anything migrated it: the schema is missing, and said so.
     let text = tokio::task::block_in_place(|| doctor(&env));
     assert!(
-        text.contains("✗ store") && text.contains("schema 0 of 8"),
+        text.contains("✗ store") && text.contains("schema 0 of 9"),
         "{text}"
     );
 
@@ -544,7 +544,7 @@ async fn on_postgres_it_checks_the_schema_connections_and_lease_backlog() {
     });
     let text = tokio::task::block_in_place(|| doctor(&env));
     assert!(
-        text.contains("✓ store") && text.contains("schema 8/8"),
+        text.contains("✓ store") && text.contains("schema 9/9"),
         "{text}"
     );
     assert!(

@@ -114,3 +114,85 @@ async fn documents_are_indexed_retrieved_with_their_source_and_removed() {
         stdout_of(&out)
     );
 }
+
+/// With `[knowledge.embeddings]` (the local model), a question that shares
+/// no word with the document that answers it still finds it: its vector is
+/// near. `knowledge list` names the embedder; a misconfigured embedder is a
+/// clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_find_what_shares_no_word_with_the_question() {
+    let ollama = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(ollama_answer("From nine in the morning [1].")),
+        )
+        .mount(&ollama)
+        .await;
+    let mut env = Env::new();
+    env.ollama = ollama.uri();
+    let kb = env.path("kb");
+    std::fs::create_dir_all(&kb).unwrap();
+    std::fs::write(
+        kb.join("hours.md"),
+        "# Opening times\n\nThe shop welcomes visitors from nine in the morning until six in \
+         the evening, every weekday.",
+    )
+    .unwrap();
+    std::fs::write(
+        kb.join("returns.md"),
+        "# Returns\n\nAn unworn item may be sent back within thirty days for a full refund.",
+    )
+    .unwrap();
+    let model = crate::support::embedding_model();
+    env.write_config(&format!(
+        "{}\n[knowledge]\npaths = [{:?}]\n\n[knowledge.embeddings]\nprovider = \"local\"\n\
+         model = {:?}\n",
+        crate::BASE_CONFIG,
+        kb.display().to_string(),
+        model.display().to_string()
+    ));
+    let run = |args: &[&str]| tokio::task::block_in_place(|| env.cmd(args).output().unwrap());
+    let out = run(&["knowledge", "reindex"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("2 added"), "{}", stdout_of(&out));
+    let listed = stdout_of(&run(&["knowledge", "list"]));
+    assert!(listed.contains("VECTORS"), "{listed}");
+    assert_eq!(
+        listed.matches("local:all-MiniLM-L6-v2").count(),
+        2,
+        "{listed}"
+    );
+
+    let out = tokio::task::block_in_place(|| {
+        env.cmd(&["chat", "--json", "--chain", "ollama"])
+            .write_stdin("When could I drop by?\n/sources\n")
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = stdout_of(&out);
+    let reply: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let first = &reply["sources"][0];
+    assert!(
+        first["source"]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/hours.md")),
+        "the opening times first: {reply}"
+    );
+    assert!(stdout.contains("[1] hours.md#1"), "/sources: {stdout}");
+
+    // An Ollama embedder without a model is refused with the fix.
+    env.write_config(&format!(
+        "{}\n[knowledge.embeddings]\nprovider = \"ollama\"\n",
+        crate::BASE_CONFIG
+    ));
+    let out = run(&["knowledge", "reindex"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("[knowledge.embeddings] model"),
+        "{}",
+        stderr_of(&out)
+    );
+}

@@ -125,6 +125,8 @@ fn populate(env: &Env) {
                 title: "Returns".into(),
                 chunks: vec!["Returns within thirty days.".into()],
                 at: 14,
+                embedder: None,
+                vectors: Vec::new(),
             },
         ))
         .unwrap();

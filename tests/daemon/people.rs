@@ -168,6 +168,7 @@ async fn serve_picks_up_new_changed_and_vanished_knowledge_files() {
         paths: vec![kb.path().to_path_buf()],
         chunk_chars: 1_000,
         every: std::time::Duration::from_millis(100),
+        embedder: None,
     });
     let h = Harness::start(options).await;
     let file = kb.path().join("returns.md");

@@ -25,7 +25,7 @@ fn migrations_apply_once_when_several_daemons_start_together() {
         .map(|s| s.join().unwrap().expect("every start succeeds"))
         .collect();
     for store in &stores {
-        assert_eq!(store.schema_version().unwrap(), (8, 8));
+        assert_eq!(store.schema_version().unwrap(), (9, 9));
     }
     let (versions, tables) = stores[0]
         .pool()
@@ -44,10 +44,10 @@ fn migrations_apply_once_when_several_daemons_start_together() {
             Ok((versions, tables))
         })
         .unwrap();
-    assert_eq!((versions, tables), (8, 6));
+    assert_eq!((versions, tables), (9, 6));
     // Opening again applies nothing new.
     let again = PostgresStore::open(&url, 2).unwrap();
-    assert_eq!(again.schema_version().unwrap(), (8, 8));
+    assert_eq!(again.schema_version().unwrap(), (9, 9));
 }
 
 /// The pool's connections live on threads of their own: a store call from
@@ -301,7 +301,7 @@ fn tls_when_the_url_asks_for_it_with_the_certificate_checked() {
     )
     .unwrap();
     assert!(ssl(&secured));
-    assert_eq!(secured.schema_version().unwrap(), (8, 8));
+    assert_eq!(secured.schema_version().unwrap(), (9, 9));
 
     match PostgresStore::open(&cluster.tcp_url("tls", "?sslmode=require"), 1) {
         Err(StoreError::Backend(reason)) => {

@@ -71,7 +71,65 @@ fn conformance(store: &dyn AnyStore) {
     approvals_are_asked_once_answered_once_and_run_once(store);
     people_are_made_on_first_contact_and_linked_by_code(store);
     knowledge_is_ranked_replaced_and_removed(store);
+    vectors_are_kept_with_their_chunks(store);
     a_persons_other_conversations_are_retrieved(store);
+}
+
+fn vectors_are_kept_with_their_chunks(store: &dyn AnyStore) {
+    use convagent::core::knowledge::KnowledgeChange;
+    use convagent::core::ports::StoreError;
+    let put = |path: &str, embedder: Option<&str>, vectors: Vec<Vec<f32>>| {
+        store.write_now(Write::Knowledge(KnowledgeChange::Put {
+            path: path.into(),
+            sha256: "v".into(),
+            title: "Vectors".into(),
+            chunks: vec!["first".into(), "second".into()],
+            at: 5,
+            embedder: embedder.map(str::to_string),
+            vectors,
+        }))
+    };
+    put(
+        "/kb/v.md",
+        Some("local:m"),
+        vec![vec![1.0, 0.5], vec![-0.25, 3.0e-3]],
+    )
+    .unwrap();
+    put("/kb/w.md", Some("ollama:other"), vec![vec![9.0], vec![8.0]]).unwrap();
+    let held = store.knowledge_vectors("local:m").unwrap();
+    assert_eq!(held.len(), 2, "only this embedder's: {held:?}");
+    assert_eq!((held[0].chunk, held[0].text.as_str()), (1, "first"));
+    assert_eq!(held[0].vector, [1.0, 0.5], "the same numbers back");
+    assert_eq!(held[1].vector, [-0.25, 3.0e-3]);
+    let doc = |path: &str| {
+        store
+            .knowledge_docs()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.path == path)
+            .unwrap()
+    };
+    assert_eq!(doc("/kb/v.md").embedder.as_deref(), Some("local:m"));
+    // One vector short is refused whole.
+    let short = put("/kb/v.md", Some("local:m"), vec![vec![1.0, 0.0]]);
+    assert!(matches!(short, Err(StoreError::Invalid(_))), "{short:?}");
+    assert_eq!(store.knowledge_vectors("local:m").unwrap().len(), 2);
+    // Indexed again without vectors: none left for the old embedder.
+    put("/kb/v.md", None, Vec::new()).unwrap();
+    assert!(store.knowledge_vectors("local:m").unwrap().is_empty());
+    assert_eq!(doc("/kb/v.md").embedder, None);
+    // A removed document takes its vectors with it.
+    store
+        .write_now(Write::Knowledge(KnowledgeChange::Remove {
+            path: "/kb/w.md".into(),
+        }))
+        .unwrap();
+    assert!(store.knowledge_vectors("ollama:other").unwrap().is_empty());
+    store
+        .write_now(Write::Knowledge(KnowledgeChange::Remove {
+            path: "/kb/v.md".into(),
+        }))
+        .unwrap();
 }
 
 fn knowledge_is_ranked_replaced_and_removed(store: &dyn AnyStore) {
@@ -84,6 +142,8 @@ fn knowledge_is_ranked_replaced_and_removed(store: &dyn AnyStore) {
                 title: "T".into(),
                 chunks: chunks.iter().map(|c| c.to_string()).collect(),
                 at,
+                embedder: None,
+                vectors: Vec::new(),
             }))
             .unwrap();
     };

@@ -106,6 +106,18 @@ pub fn model_path() -> PathBuf {
     path
 }
 
+/// The local embedding model (all-MiniLM-L6-v2), as `install.sh` placed
+/// it. Tests that embed need it: fail loudly.
+pub fn embedding_model() -> PathBuf {
+    let dir = Dirs::from_env().unwrap().default_embedding_model();
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "the embedding model is missing at {}: run ./install.sh --deps-only first",
+        dir.display()
+    );
+    dir
+}
+
 /// The official MCP conformance suite (npm) and the Node it runs on, as
 /// `install.sh --deps-only` installs them: (node, the suite's entry point).
 pub fn mcp_conformance() -> (PathBuf, PathBuf) {

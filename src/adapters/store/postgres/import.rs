@@ -21,8 +21,10 @@ enum Kind {
     Text,
     /// An INTEGER 0/1 in SQLite, a BOOLEAN in Postgres.
     Bool,
+    /// A BLOB in SQLite, a BYTEA in Postgres.
+    Bytes,
 }
-use Kind::{Bool, Int, Text};
+use Kind::{Bool, Bytes, Int, Text};
 
 /// The tables and their columns, parents before children.
 const TABLES: &[(&str, &[(&str, Kind)])] = &[
@@ -226,11 +228,18 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("title", Text),
             ("chunks", Int),
             ("indexed_at", Int),
+            ("embedder", Text),
         ],
     ),
     (
         "knowledge_chunks",
-        &[("id", Int), ("path", Text), ("ord", Int), ("text", Text)],
+        &[
+            ("id", Int),
+            ("path", Text),
+            ("ord", Int),
+            ("text", Text),
+            ("vector", Bytes),
+        ],
     ),
 ];
 
@@ -253,6 +262,7 @@ enum Column {
     Int(Vec<Option<i64>>),
     Text(Vec<Option<String>>),
     Bool(Vec<Option<bool>>),
+    Bytes(Vec<Option<Vec<u8>>>),
 }
 
 impl Column {
@@ -261,6 +271,7 @@ impl Column {
             Int => Column::Int(Vec::with_capacity(CHUNK)),
             Text => Column::Text(Vec::with_capacity(CHUNK)),
             Bool => Column::Bool(Vec::with_capacity(CHUNK)),
+            Bytes => Column::Bytes(Vec::with_capacity(CHUNK)),
         }
     }
 
@@ -269,6 +280,8 @@ impl Column {
             (Column::Int(v), ValueRef::Null) => v.push(None),
             (Column::Text(v), ValueRef::Null) => v.push(None),
             (Column::Bool(v), ValueRef::Null) => v.push(None),
+            (Column::Bytes(v), ValueRef::Null) => v.push(None),
+            (Column::Bytes(v), ValueRef::Blob(b)) => v.push(Some(b.to_vec())),
             (Column::Int(v), ValueRef::Integer(i)) => v.push(Some(i)),
             (Column::Bool(v), ValueRef::Integer(i)) => v.push(Some(i != 0)),
             (Column::Text(v), ValueRef::Text(t)) => {
@@ -289,6 +302,7 @@ impl Column {
             Column::Int(v) => v,
             Column::Text(v) => v,
             Column::Bool(v) => v,
+            Column::Bytes(v) => v,
         }
     }
 }
@@ -481,6 +495,7 @@ fn copy(
                 Int => format!("${}::bigint[]", i + 1),
                 Text => format!("${}::text[]", i + 1),
                 Bool => format!("${}::boolean[]", i + 1),
+                Bytes => format!("${}::bytea[]", i + 1),
             })
             .collect();
         let params: Vec<&(dyn ToSql + Sync)> = chunk.columns.iter().map(Column::param).collect();

@@ -6,6 +6,7 @@ use postgres::Transaction;
 
 use super::PostgresStore;
 use crate::core::Channel;
+use crate::core::embeddings::{self, VectorChunk};
 use crate::core::knowledge::{KnowledgeChange, KnowledgeDoc, Passage, Source};
 use crate::core::ports::{Retrieval, StoreError};
 
@@ -17,7 +18,8 @@ impl Retrieval for PostgresStore {
     fn knowledge_docs(&self) -> Result<Vec<KnowledgeDoc>, StoreError> {
         self.read(|c| {
             Ok(c.query(
-                "SELECT path, sha256, title, chunks, indexed_at FROM knowledge_docs ORDER BY path",
+                "SELECT path, sha256, title, chunks, indexed_at, embedder
+                 FROM knowledge_docs ORDER BY path",
                 &[],
             )?
             .iter()
@@ -27,6 +29,27 @@ impl Retrieval for PostgresStore {
                 title: r.get(2),
                 chunks: r.get(3),
                 indexed_at: r.get(4),
+                embedder: r.get(5),
+            })
+            .collect())
+        })
+    }
+
+    fn knowledge_vectors(&self, embedder: &str) -> Result<Vec<VectorChunk>, StoreError> {
+        let embedder = embedder.to_string();
+        self.read(move |c| {
+            Ok(c.query(
+                "SELECT c.path, c.ord, c.text, c.vector FROM knowledge_chunks c
+                 JOIN knowledge_docs d ON d.path = c.path
+                 WHERE d.embedder = $1 AND c.vector IS NOT NULL ORDER BY c.id",
+                &[&embedder],
+            )?
+            .iter()
+            .map(|r| VectorChunk {
+                path: r.get(0),
+                chunk: r.get::<_, i64>(1) + 1,
+                text: r.get(2),
+                vector: embeddings::from_bytes(r.get::<_, &[u8]>(3)),
             })
             .collect())
         })
@@ -121,21 +144,27 @@ pub(super) fn knowledge_in(
             title,
             chunks,
             at,
+            embedder,
+            vectors,
         } => {
+            let embedder = embeddings::vectors_fit(chunks, embedder, vectors)?;
             tx.execute("DELETE FROM knowledge_chunks WHERE path = $1", &[path])?;
             tx.execute(
-                "INSERT INTO knowledge_docs (path, sha256, title, chunks, indexed_at)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO knowledge_docs (path, sha256, title, chunks, indexed_at, embedder)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256,
                      title = excluded.title, chunks = excluded.chunks,
-                     indexed_at = excluded.indexed_at",
-                &[path, sha256, title, &(chunks.len() as i64), at],
+                     indexed_at = excluded.indexed_at, embedder = excluded.embedder",
+                &[path, sha256, title, &(chunks.len() as i64), at, &embedder],
             )?;
             let ords: Vec<i64> = (0..chunks.len() as i64).collect();
+            let vectors: Vec<Option<Vec<u8>>> = (0..chunks.len())
+                .map(|i| vectors.get(i).map(|v| embeddings::to_bytes(v)))
+                .collect();
             tx.execute(
-                "INSERT INTO knowledge_chunks (path, ord, text)
-                 SELECT $1, o, t FROM unnest($2::bigint[], $3::text[]) AS u (o, t)",
-                &[path, &ords, chunks],
+                "INSERT INTO knowledge_chunks (path, ord, text, vector)
+                 SELECT $1, o, t, v FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS u (o, t, v)",
+                &[path, &ords, chunks, &vectors],
             )?;
         }
         KnowledgeChange::Remove { path } => {

@@ -69,6 +69,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../../../../migrations/postgres/0008_knowledge.sql"),
     ),
+    (
+        9,
+        include_str!("../../../../migrations/postgres/0009_knowledge_vectors.sql"),
+    ),
 ];
 
 /// Any number, the same in every convagent: the lock migrations hold.

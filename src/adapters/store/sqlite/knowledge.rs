@@ -5,6 +5,7 @@ use rusqlite::{Connection, params};
 
 use super::SqliteStore;
 use crate::core::Channel;
+use crate::core::embeddings::{self, VectorChunk};
 use crate::core::knowledge::{KnowledgeChange, KnowledgeDoc, Passage, Source};
 use crate::core::ports::{Retrieval, StoreError};
 
@@ -16,7 +17,8 @@ impl Retrieval for SqliteStore {
     fn knowledge_docs(&self) -> Result<Vec<KnowledgeDoc>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
-            "SELECT path, sha256, title, chunks, indexed_at FROM knowledge_docs ORDER BY path",
+            "SELECT path, sha256, title, chunks, indexed_at, embedder
+             FROM knowledge_docs ORDER BY path",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(KnowledgeDoc {
@@ -25,6 +27,25 @@ impl Retrieval for SqliteStore {
                 title: r.get(2)?,
                 chunks: r.get(3)?,
                 indexed_at: r.get(4)?,
+                embedder: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn knowledge_vectors(&self, embedder: &str) -> Result<Vec<VectorChunk>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.path, c.ord, c.text, c.vector FROM knowledge_chunks c
+             JOIN knowledge_docs d ON d.path = c.path
+             WHERE d.embedder = ?1 AND c.vector IS NOT NULL ORDER BY c.id",
+        )?;
+        let rows = stmt.query_map(params![embedder], |r| {
+            Ok(VectorChunk {
+                path: r.get(0)?,
+                chunk: r.get::<_, i64>(1)? + 1,
+                text: r.get(2)?,
+                vector: embeddings::from_bytes(&r.get::<_, Vec<u8>>(3)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -112,22 +133,33 @@ pub(super) fn knowledge_in(conn: &Connection, change: &KnowledgeChange) -> Resul
             title,
             chunks,
             at,
+            embedder,
+            vectors,
         } => {
+            let embedder = embeddings::vectors_fit(chunks, embedder, vectors)?;
             conn.prepare_cached("DELETE FROM knowledge_chunks WHERE path = ?1")?
                 .execute(params![path])?;
             conn.prepare_cached(
-                "INSERT INTO knowledge_docs (path, sha256, title, chunks, indexed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO knowledge_docs (path, sha256, title, chunks, indexed_at, embedder)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256,
                      title = excluded.title, chunks = excluded.chunks,
-                     indexed_at = excluded.indexed_at",
+                     indexed_at = excluded.indexed_at, embedder = excluded.embedder",
             )?
-            .execute(params![path, sha256, title, chunks.len() as i64, at])?;
+            .execute(params![
+                path,
+                sha256,
+                title,
+                chunks.len() as i64,
+                at,
+                embedder
+            ])?;
             let mut insert = conn.prepare_cached(
-                "INSERT INTO knowledge_chunks (path, ord, text) VALUES (?1, ?2, ?3)",
+                "INSERT INTO knowledge_chunks (path, ord, text, vector) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for (ord, text) in chunks.iter().enumerate() {
-                insert.execute(params![path, ord as i64, text])?;
+                let vector = vectors.get(ord).map(|v| embeddings::to_bytes(v));
+                insert.execute(params![path, ord as i64, text, vector])?;
             }
         }
         KnowledgeChange::Remove { path } => {

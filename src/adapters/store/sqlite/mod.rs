@@ -54,6 +54,9 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../../migrations/0011_approvals.sql")),
     M::up(include_str!("../../../../migrations/0012_people.sql")),
     M::up(include_str!("../../../../migrations/0013_knowledge.sql")),
+    M::up(include_str!(
+        "../../../../migrations/0014_knowledge_vectors.sql"
+    )),
 ];
 
 impl From<rusqlite::Error> for StoreError {
