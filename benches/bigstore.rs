@@ -89,35 +89,9 @@ fn retrieval(store: &SqliteStore, turns: usize) {
     use convagent::core::Channel;
     use convagent::core::knowledge::{self, KnowledgeChange};
     use convagent::core::ports::{Retrieval, SenderRef, Write, Writes};
-    let topics = [
-        "shipping",
-        "returns",
-        "refund",
-        "warranty",
-        "invoice",
-        "delivery",
-        "password",
-        "account",
-        "subscription",
-        "discount",
-    ];
     let began = Instant::now();
     for d in 0..100 {
-        let chunks: Vec<String> = (0..100)
-            .map(|c| {
-                let n = d * 100 + c;
-                format!(
-                    "Section {n}. How {} works for orders of type {}: the {} rules, the {} \
-                     steps and the {} exceptions, with the weather of day {}.",
-                    topics[n % 10],
-                    n % 37,
-                    topics[(n / 10) % 10],
-                    topics[(n / 7) % 10],
-                    topics[(n / 3) % 10],
-                    n % 365
-                )
-            })
-            .collect();
+        let chunks: Vec<String> = (0..100).map(|c| chunk_text(d * 100 + c)).collect();
         store
             .write_now(Write::Knowledge(KnowledgeChange::Put {
                 path: format!("/kb/doc-{d}.md"),
@@ -169,14 +143,121 @@ fn retrieval(store: &SqliteStore, turns: usize) {
         times.push(began.elapsed());
         assert!(!passages.is_empty() && !others.is_empty() && !scores.is_empty());
     }
+    percentiles(&format!("a turn's retrieval ({turns} turns)"), times);
+    hybrid(store, &questions, turns);
+}
+
+fn percentiles(what: &str, mut times: Vec<Duration>) {
     times.sort();
     let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
     println!(
         "{:<58} p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>6.2} ms",
-        format!("a turn's retrieval ({turns} turns)"),
+        what,
         at(0.5).as_secs_f64() * 1000.0,
         at(0.99).as_secs_f64() * 1000.0,
         times[times.len() - 1].as_secs_f64() * 1000.0
+    );
+}
+
+/// The text of knowledge chunk `n` of the bench's 10,000.
+fn chunk_text(n: usize) -> String {
+    let topics = [
+        "shipping",
+        "returns",
+        "refund",
+        "warranty",
+        "invoice",
+        "delivery",
+        "password",
+        "account",
+        "subscription",
+        "discount",
+    ];
+    format!(
+        "Section {n}. How {} works for orders of type {}: the {} rules, the {} \
+         steps and the {} exceptions, with the weather of day {}.",
+        topics[n % 10],
+        n % 37,
+        topics[(n / 10) % 10],
+        topics[(n / 7) % 10],
+        topics[(n / 3) % 10],
+        n % 365
+    )
+}
+
+/// What `[knowledge.embeddings]` adds to a turn's documents: the question
+/// embedded by the real local model, the full-text candidates, the exact
+/// scan of 10,000 vectors of 384 numbers and the fusion. The chunks'
+/// vectors are made up (embedding 10,000 chunks takes the model most of an
+/// hour here; a scan costs the same whatever the numbers), stored through
+/// the port and read once, as the agent reads them once per state of the
+/// documents.
+fn hybrid(store: &SqliteStore, questions: &[&str], turns: usize) {
+    use convagent::core::embeddings::{self, CANDIDATES, Embedder};
+    use convagent::core::knowledge::{self, KnowledgeChange};
+    use convagent::core::ports::{Retrieval, Write, Writes};
+    let dir = convagent::config::Dirs::from_env()
+        .unwrap()
+        .default_embedding_model();
+    let Ok(model) = convagent::adapters::embeddings::LocalEmbedder::open(&dir) else {
+        println!(
+            "hybrid retrieval: no local embedding model at {} (install.sh)",
+            dir.display()
+        );
+        return;
+    };
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut random = move || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    for d in 0..100 {
+        let doc = format!("/kb/doc-{d}.md");
+        let chunks: Vec<String> = (0..100).map(|c| chunk_text(d * 100 + c)).collect();
+        let vectors = (0..100)
+            .map(|_| (0..384).map(|_| random()).collect())
+            .collect();
+        store
+            .write_now(Write::Knowledge(KnowledgeChange::Put {
+                path: doc,
+                sha256: format!("v{d}"),
+                title: format!("Doc {d}"),
+                chunks,
+                at: 3,
+                embedder: Some("bench:random".into()),
+                vectors,
+            }))
+            .unwrap();
+    }
+    let began = Instant::now();
+    let vectors = store.knowledge_vectors("bench:random").unwrap();
+    assert_eq!(vectors.len(), 10_000);
+    println!(
+        "read 10,000 vectors once (as each change of the documents) in {:.1} ms",
+        began.elapsed().as_secs_f64() * 1000.0
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut times = Vec::new();
+    let mut embedding = Vec::new();
+    for t in 0..turns {
+        let question = questions[t % questions.len()].to_string();
+        let words = knowledge::query_words(&question);
+        let began = Instant::now();
+        let asked = Instant::now();
+        let query = runtime
+            .block_on(model.embed(std::slice::from_ref(&question)))
+            .unwrap()
+            .remove(0);
+        embedding.push(asked.elapsed());
+        let by_words = store.search_knowledge(&words, 4 * CANDIDATES).unwrap();
+        let fused = embeddings::hybrid(by_words, &query, &vectors, 4);
+        times.push(began.elapsed());
+        assert_eq!(fused.len(), 4);
+    }
+    percentiles("  of which the question's vector (local model)", embedding);
+    percentiles(
+        &format!("a turn's documents, hybrid ({turns} turns)"),
+        times,
     );
 }
 

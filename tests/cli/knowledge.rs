@@ -167,7 +167,7 @@ async fn embeddings_find_what_shares_no_word_with_the_question() {
 
     let out = tokio::task::block_in_place(|| {
         env.cmd(&["chat", "--json", "--chain", "ollama"])
-            .write_stdin("When could I drop by?\n/sources\n")
+            .write_stdin("What time do you open?\n/sources\n")
             .output()
             .unwrap()
     });
